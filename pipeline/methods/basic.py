@@ -1,0 +1,15 @@
+"""`none`: the model exactly as published (the reference every other variant is measured against)."""
+
+from __future__ import annotations
+
+from pipeline.methods.base import Method, register
+
+
+@register
+class AsPublished(Method):
+    name = "none"
+    library = "transformers"
+    summary = "the model as published (dense, unmodified)"
+
+    def kernel(self, params, device: str) -> str:
+        return f"dense matmul ({device})"

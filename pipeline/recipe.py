@@ -1,0 +1,218 @@
+"""Recipe schema: what to build and how to measure it. Knows nothing of torch or MLflow.
+
+Every error a user can fix is raised as `RecipeError` with a one-line message naming the file, the
+field and the fix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
+MMLU_DIR_ENV = "SHRINKGATE_MMLU_DIR"
+
+
+class RecipeError(ValueError):
+    """A recipe (or policy) a user can fix; `str()` is one line: file, field, fix."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSpec(_Strict):
+    name: str = Field(description="label used in tables and MLflow run names")
+    source: str = Field(description="hub id, local dir, path to a .gguf, or a bundled model name")
+    role: Literal["candidate", "reference"] = "candidate"
+    revision: str | None = Field(None, description="hub revision (commit or tag) to pin")
+    trust_remote_code: bool = False
+    allow_pickle: bool = Field(False, description="allow .bin (pickle) checkpoints; safetensors only by default")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="dense compute dtype (fp32 on CPU: bf16 prefill is ~7x slower there)"
+    )
+
+    @model_validator(mode="after")
+    def _remote_code_needs_revision(self) -> ModelSpec:
+        if self.trust_remote_code and not self.revision:
+            raise ValueError("trust_remote_code: true needs a pinned `revision` (a commit hash) so the code cannot change")
+        return self
+
+
+class MethodStep(_Strict):
+    method: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class VariantSpec(_Strict):
+    """One compression variant: a single `method` + `params`, or an ordered list of `steps`."""
+
+    name: str
+    method: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    steps: list[MethodStep] | None = None
+
+    @model_validator(mode="after")
+    def _one_form(self) -> VariantSpec:
+        if (self.method is None) == (self.steps is None):
+            raise ValueError("give either `method` (+ `params`) or `steps: [{method, params}, ...]`, not both")
+        if self.steps is not None and not self.steps:
+            raise ValueError("`steps` is empty: list at least one {method, params}")
+        return self
+
+    @property
+    def pipeline_steps(self) -> list[MethodStep]:
+        if self.steps is not None:
+            return list(self.steps)
+        return [MethodStep(method=self.method or "none", params=self.params)]
+
+
+class EvalSpec(_Strict):
+    num_fewshot: Literal[0, 5] = 5
+    subjects: list[str] | Literal["all"] = "all"
+    limit_per_subject: int | None = Field(None, description="first N test rows of each subject; null = all")
+    batch_size: int = Field(8, ge=1)
+    data_dir: str | None = Field(None, description=f"MMLU JSONL dir; else ${MMLU_DIR_ENV}; else hub cais/mmlu")
+    device: str = Field("auto", description="auto | cpu | cuda")
+    seed: int = 1234
+
+    @field_validator("limit_per_subject")
+    @classmethod
+    def _positive_limit(cls, v: int | None) -> int | None:
+        if v is not None and v < 1:
+            raise ValueError("must be >= 1 (or null for every question)")
+        return v
+
+
+class SpeedSpec(_Strict):
+    enabled: bool = True
+    prompt_tokens: int = Field(128, ge=1)
+    new_tokens: int = Field(32, ge=2)
+    batch_sizes: list[int] = Field(default_factory=lambda: [1])
+    warmup: int = Field(1, ge=0)
+    repeats: int = Field(3, ge=1)
+    threads: int | None = Field(None, ge=1, description="torch threads; null = all cores")
+
+    @field_validator("batch_sizes")
+    @classmethod
+    def _batches(cls, v: list[int]) -> list[int]:
+        if not v or any(b < 1 for b in v):
+            raise ValueError("list at least one batch size, each >= 1")
+        return sorted(set(v))
+
+
+class TrackingSpec(_Strict):
+    uri: str = DEFAULT_TRACKING_URI
+    experiment: str | None = Field(None, description="MLflow experiment; default: the recipe name")
+
+
+class Recipe(_Strict):
+    name: str
+    models: list[ModelSpec]
+    variants: list[VariantSpec] = Field(default_factory=lambda: [VariantSpec(name="none", method="none")])
+    eval: EvalSpec = Field(default_factory=EvalSpec)
+    speed: SpeedSpec = Field(default_factory=SpeedSpec)
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Recipe:
+        for kind, names in (("models", [m.name for m in self.models]), ("variants", [v.name for v in self.variants])):
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise ValueError(f"{kind} names must be unique; repeated: {', '.join(dupes)}")
+        if not self.models:
+            raise ValueError("list at least one model")
+        return self
+
+    @property
+    def experiment(self) -> str:
+        return self.tracking.experiment or self.name
+
+
+def _loc(err: dict[str, Any]) -> str:
+    parts: list[str] = []
+    for p in err.get("loc", ()):
+        if isinstance(p, int):
+            parts.append(f"[{p}]")
+        else:
+            parts.append(("." if parts else "") + str(p))
+    return "".join(parts) or "(top level)"
+
+
+def _fix_hint(err: dict[str, Any]) -> str:
+    kind = err.get("type", "")
+    if kind == "extra_forbidden":
+        return "remove it (unknown key; check the spelling against the recipe reference in README.md)"
+    if kind == "missing":
+        return "add it"
+    if kind == "literal_error":
+        return f"use one of: {err.get('ctx', {}).get('expected', '?')}"
+    msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+    return msg
+
+
+def format_validation_error(path: str | Path, exc: ValidationError) -> str:
+    """First pydantic error as `FILE: field PATH: problem -> fix` (one line)."""
+    err = exc.errors()[0]
+    more = len(exc.errors()) - 1
+    tail = f" (+{more} more)" if more else ""
+    got = err.get("input")
+    got_s = ""
+    if err.get("type") not in ("missing",) and not isinstance(got, (dict, list)):
+        got_s = f" (got {got!r})"
+    return f"{path}: field `{_loc(err)}`{got_s}: {_fix_hint(err)}{tail}"
+
+
+def parse_recipe(doc: Any, path: str | Path = "<recipe>") -> Recipe:
+    if not isinstance(doc, dict):
+        raise RecipeError(f"{path}: the recipe must be a YAML mapping with keys name, models, variants, eval, speed, tracking")
+    try:
+        recipe = Recipe.model_validate(doc)
+    except ValidationError as exc:
+        raise RecipeError(format_validation_error(path, exc)) from None
+    # Method names and params are checked against the registry (imported lazily: no torch here).
+    from pipeline.methods import validate_variant
+
+    for i, variant in enumerate(recipe.variants):
+        for j, step in enumerate(variant.pipeline_steps):
+            field = f"variants[{i}]" + (f".steps[{j}]" if variant.steps is not None else "")
+            problem = validate_variant(step.method, step.params)
+            if problem:
+                raise RecipeError(f"{path}: field `{field}` ({variant.name}): {problem}")
+    return recipe
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"{path}: no such recipe file; give the path to a YAML recipe (see recipes/)")
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise RecipeError(f"{path}:{where} is not valid YAML ({getattr(exc, 'problem', exc)}); fix the syntax") from None
+    return parse_recipe(doc, path)
+
+
+def apply_overrides(
+    recipe: Recipe, *, limit_per_subject: int | None = None, only: list[str] | None = None, tracking_uri: str | None = None
+) -> Recipe:
+    """CLI overrides produce a new validated recipe (recipes are frozen)."""
+    data = recipe.model_dump()
+    if limit_per_subject is not None:
+        if limit_per_subject < 1:
+            raise RecipeError("--limit-per-subject: must be >= 1")
+        data["eval"]["limit_per_subject"] = limit_per_subject
+    if only:
+        known = [v["name"] for v in data["variants"]]
+        unknown = [o for o in only if o not in known]
+        if unknown:
+            raise RecipeError(f"--only: unknown variant(s) {', '.join(unknown)}; the recipe has: {', '.join(known)}")
+        data["variants"] = [v for v in data["variants"] if v["name"] in only]
+    if tracking_uri is not None:
+        data["tracking"]["uri"] = tracking_uri
+    return Recipe.model_validate(data)

