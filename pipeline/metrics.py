@@ -16,6 +16,29 @@ WALL_TOK_S = "wall_tok_s"  # memory-wall ceiling
 MBU = "mbu"
 SPEED_CV = "decode_cv"
 BYTES_PER_TOKEN = "bytes_per_token"
+TTFT_P90_MS = "ttft_p90_ms"
+TPOT_P90_MS = "tpot_p90_ms"
+ITL_P50_MS = "itl_p50_ms"
+ITL_P90_MS = "itl_p90_ms"
+ITL_P99_MS = "itl_p99_ms"
+E2E_MS = "e2e_ms"
+MFU = "mfu"  # achieved FLOP/s / measured matmul peak
+BYTES_PER_STEP = "bytes_per_step"  # weights + batch * KV read by one decode step
+KV_BYTES_PER_TOKEN = "kv_bytes_per_token"
+HOST_MATMUL_TFLOPS = "host_matmul_tflops"
+HOST_LOAD_AVG = "host_load_avg"
+SPEED_THREADS = "speed_threads"
+COMPUTE_BOUND_BATCH = "compute_bound_batch"  # batch where decode turns compute-bound on this host
+CROSSOVER_BATCH = "crossover_batch"  # smallest batch where the variant stops beating the unmodified model
+# More per-batch speed metrics (same `_bs<N>` suffix rule); kept apart so PER_BATCH stays as the spine expects.
+PER_BATCH_EXTRA = (TTFT_P90_MS, TPOT_P90_MS, ITL_P50_MS, ITL_P90_MS, ITL_P99_MS, E2E_MS, MFU, SPEED_CV, BYTES_PER_TOKEN, BYTES_PER_STEP)
+# Speed tags: how the numbers were taken.
+TAG_SPEED_TIMER = "speed.timer"
+TAG_SPEED_COMPILED = "speed.compiled"
+TAG_SPEED_KV_CACHE = "speed.kv_cache"
+TAG_SPEED_SCENARIO = "speed.scenario"
+TAG_SPEED_DEVICE = "speed.device"
+TAG_SPEED_SKIPPED = "speed.skipped"  # batches that did not fit, e.g. "64:oom"
 
 WEIGHT_BYTES = "weight_bytes"
 BITS_PER_WEIGHT = "bits_per_weight"

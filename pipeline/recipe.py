@@ -95,6 +95,15 @@ class SpeedSpec(_Strict):
     warmup: int = Field(1, ge=0)
     repeats: int = Field(3, ge=1)
     threads: int | None = Field(None, ge=1, description="torch threads; null = all cores")
+    scenario: Literal["single-stream", "server", "offline"] | None = Field(
+        None,
+        description="MLPerf scenario: single-stream = batch 1; server = batch sweep (batch_sizes, default 1,4,16,64 "
+        "where memory allows); offline = the largest batch that fits (<= max_batch); null = batch_sizes as listed",
+    )
+    prompt_lengths: list[int] | None = Field(None, description="sweep of prompt lengths; null = [prompt_tokens]")
+    max_batch: int = Field(256, ge=1, description="largest batch the offline scenario tries")
+    compile: bool = Field(False, description="torch.compile the decode step (CUDA: reduce-overhead, CUDA graphs)")
+    static_cache: bool | None = Field(None, description="static KV cache; null = only when compile is on")
 
     @field_validator("batch_sizes")
     @classmethod
@@ -102,6 +111,13 @@ class SpeedSpec(_Strict):
         if not v or any(b < 1 for b in v):
             raise ValueError("list at least one batch size, each >= 1")
         return sorted(set(v))
+
+    @field_validator("prompt_lengths")
+    @classmethod
+    def _prompt_lengths(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and (not v or any(n < 1 for n in v)):
+            raise ValueError("list at least one prompt length, each >= 1 (or null for prompt_tokens)")
+        return sorted(set(v)) if v is not None else None
 
 
 class TrackingSpec(_Strict):

@@ -94,6 +94,15 @@ class SpeedPoint:
     mbu: float  # achieved bytes/s / measured bandwidth
     cv: float  # coefficient of variation of decode tok/s over repeats
     samples: tuple[dict[str, Any], ...] = ()  # raw per-repeat timings (artifact)
+    itl_p50_ms: float = 0.0  # inter-token latency percentiles, pooled over every decode step of every repeat
+    itl_p90_ms: float = 0.0
+    e2e_p90_ms: float = 0.0
+    mfu: float | None = None  # achieved FLOP/s / measured matmul peak (None: shape not covered)
+    bytes_per_step: float = 0.0  # what one decode step of the whole batch reads: weights + batch * KV
+    kv_bytes_per_token: int = 0  # KV-cache bytes one token adds (GQA-aware)
+    context_tokens: float = 0.0  # KV length the byte count assumes (mean decode context; full length for a static cache)
+    flops_per_token: float | None = None
+    scenario: str = ""  # single-stream | server | offline | "" (batch sizes as listed)
 
 
 @dataclass(frozen=True)
@@ -105,12 +114,29 @@ class SpeedResult:
     timer: str  # what timed the tokens, e.g. "perf_counter (CPU)" or "cuda events"
     load_avg: float | None = None
     warnings: tuple[str, ...] = ()
+    kernel: str = ""  # what ran the matmuls (from the method)
+    dense_fallback: bool = False  # True: the compressed form ran as a dense matmul; never report as compressed speed
+    compiled: bool = False  # decode step under torch.compile
+    kv_cache: str = "dynamic"  # dynamic | static
+    scenario: str = ""
+    matmul_tflops: float | None = None  # measured matmul peak (MFU denominator)
+    compute_bound_batch: int | None = None  # batch where decode would turn compute-bound on this host
+    weight_bytes_per_token: int = 0
+    dtype: str = ""
+    model: str = ""
+    method: str = ""
+    skipped: tuple[dict[str, Any], ...] = ()  # {batch_size, prompt_tokens, reason}: did not fit (OOM) or failed
 
-    def at_batch(self, batch_size: int) -> SpeedPoint | None:
+    def at_batch(self, batch_size: int, prompt_tokens: int | None = None) -> SpeedPoint | None:
         for p in self.points:
-            if p.batch_size == batch_size:
+            if p.batch_size == batch_size and (prompt_tokens is None or p.prompt_tokens == prompt_tokens):
                 return p
         return None
+
+    @property
+    def speed_kind(self) -> str:
+        """How a report must name these numbers: dense-fallback speed is not compressed-kernel speed."""
+        return "dense-fallback speed" if self.dense_fallback else "kernel speed"
 
 
 @dataclass(frozen=True)

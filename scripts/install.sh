@@ -5,7 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 venv="${1:-.venv}"
 [ -x "$venv/bin/python" ] || python3.11 -m venv "$venv" 2>/dev/null || python3 -m venv "$venv"
-pip=("$venv/bin/python" -m pip install --disable-pip-version-check -q)
+pip=(quiet "$venv/bin/python" -m pip install --disable-pip-version-check -q)
+# This machine's pip config names local find-links folders that may be absent; drop that noise only.
+quiet() { "$@" 2>&1 | { grep -v '^WARNING: Location' || true; }; return "${PIPESTATUS[0]}"; }
 # torch first: the CPU wheel lies on local disk; a bare `torch` would pull a CUDA build of several GB.
 "${pip[@]}" torch==2.13.0
 "${pip[@]}" -e '.[dev]'

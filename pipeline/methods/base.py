@@ -47,6 +47,7 @@ class Method(ABC):
     devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
     serializable: ClassVar[bool] = True
     needs_calibration: ClassVar[bool] = False
+    quantizes_at_load: ClassVar[bool] = False  # True: works through `load_kwargs`, so it must be the first step
     maintenance: ClassVar[str | None] = None
     summary: ClassVar[str] = ""
 

@@ -16,6 +16,7 @@ class Bnb4bitParams(MethodParams):
 class _Bnb4bit(Method):
     library = "bitsandbytes"
     Params = Bnb4bitParams
+    quantizes_at_load = True
     quant_type: str
 
     def load_kwargs(self, params: Bnb4bitParams, device: str):

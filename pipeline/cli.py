@@ -1,0 +1,224 @@
+"""Thin command-line layer: parse, call, print. Errors users can fix print one line and exit 2."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Is this quantized or pruned model really better than a smaller published model?")
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from pipeline.accuracy import MMLUDataError
+    from pipeline.methods import MethodError
+    from pipeline.models import ModelError
+    from pipeline.recipe import RecipeError
+    from pipeline.tracking import TrackingError
+
+    return (RecipeError, ModelError, MMLUDataError, TrackingError, MethodError)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _split(csv: str | None) -> list[str] | None:
+    return [s.strip() for s in csv.split(",") if s.strip()] if csv else None
+
+
+def _load(recipe_path: Path, **overrides):
+    from pipeline.accuracy import resolve_data
+    from pipeline.recipe import apply_overrides, load_recipe
+
+    recipe = apply_overrides(load_recipe(recipe_path), **overrides)
+    resolve_data(recipe.eval)
+    return recipe
+
+
+@app.command()
+def validate(recipe: Path = typer.Argument(..., help="recipe YAML")) -> None:
+    """Check a recipe (schema, methods, params, MMLU data) without loading any model."""
+    try:
+        r = _load(recipe)
+    except _user_errors() as exc:
+        _fail(str(exc))
+    from pipeline.sweep import plan
+
+    items = plan(r)
+    console.print(f"[green]ok[/] {recipe}: {len(r.models)} model(s), {len(r.variants)} variant(s) -> {len(items)} run(s)")
+    for item in items:
+        console.print(f"  {item.label}  [dim]{'+'.join(s.method for s in item.variant.pipeline_steps)}[/]")
+
+
+@app.command()
+def run(
+    recipe: Path = typer.Argument(..., help="recipe YAML"),
+    limit_per_subject: Optional[int] = typer.Option(None, "--limit-per-subject", help="first N test questions per subject"),
+    only: Optional[str] = typer.Option(None, "--only", help="comma-separated variant names"),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow tracking URI (default: the recipe's)"),
+    rerun: bool = typer.Option(False, "--rerun", help="measure again even when a FINISHED run with the same content key exists"),
+) -> None:
+    """Build every variant, score MMLU through lm-eval, time decode, log to MLflow, print the table."""
+    from pipeline.sweep import plan, run_sweep
+
+    try:
+        r = _load(recipe, limit_per_subject=limit_per_subject, only=_split(only), tracking_uri=tracking_uri)
+    except _user_errors() as exc:
+        _fail(str(exc))
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    items = plan(r)
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(), console=console) as bar:
+        task = bar.add_task("starting", total=len(items))
+
+        def progress(label: str, stage: str) -> None:
+            if stage in ("done", "failed", "skipped"):
+                bar.advance(task)
+                style = {"done": "green", "failed": "red", "skipped": "yellow"}[stage]
+                bar.console.print(f"[{style}]{stage}[/] {label}")
+            else:
+                bar.update(task, description=f"{label}: {stage}")
+
+        try:
+            outcome = run_sweep(r, progress=progress, rerun=rerun)
+        except _user_errors() as exc:
+            _fail(str(exc))
+    _print_outcome(outcome)
+    if outcome.interrupted:
+        err_console.print("[bold red]interrupted:[/] active run and parent marked KILLED; run again to resume")
+        raise typer.Exit(130)
+    if outcome.failures:
+        names = ", ".join(f"{c.item.label} ({c.error})" for c in outcome.failures)
+        err_console.print(f"[bold red]{len(outcome.failures)} variant(s) failed:[/] {names}", soft_wrap=True)
+        raise typer.Exit(1)
+
+
+def _fmt(v: float | None, spec: str) -> str:
+    return "—" if v is None else format(v, spec)
+
+
+def _print_outcome(outcome) -> None:
+    from pipeline import metrics as M
+    from pipeline.tracking import run_metrics
+
+    t = Table(title=f"{outcome.experiment}  (parent run {outcome.parent_run_id}, {outcome.seconds:.0f} s)")
+    for col in ("model", "variant", "status", "MMLU ± stderr", "n", "decode tok/s", "MBU", "weight MB", "bits/w", "sparsity"):
+        t.add_column(col, justify="left" if col in ("model", "variant", "status") else "right")
+    for c in outcome.children:
+        m = run_metrics(outcome.tracking_uri, c.run_id) if c.run_id else {}
+        acc, se = m.get(M.MMLU_ACC), m.get(M.MMLU_ACC_STDERR)
+        wb = m.get(M.WEIGHT_BYTES)
+        status = {"FINISHED": "[green]ok[/]", "SKIPPED": "[yellow]resumed[/]"}.get(c.status, f"[red]{c.status}[/]")
+        t.add_row(
+            c.item.model.name,
+            c.item.variant.name,
+            status if not c.error else f"{status} {c.error[:60]}",
+            f"{acc:.3f} ± {se:.3f}" if acc is not None and se is not None else "—",
+            _fmt(m.get(M.MMLU_N_QUESTIONS), ".0f"),
+            _fmt(m.get(M.DECODE_TOK_S), ".1f"),
+            _fmt(m.get(M.MBU), ".0%"),
+            _fmt(wb / 1e6 if wb is not None else None, ".1f"),
+            _fmt(m.get(M.BITS_PER_WEIGHT), ".2f"),
+            _fmt(m.get(M.SPARSITY), ".0%"),
+        )
+    # Logs and pipes have no terminal width; keep the table on one line per row there.
+    (console if console.is_terminal else Console(width=160)).print(t)
+
+
+@app.command()
+def methods(as_json: bool = typer.Option(False, "--json", help="machine-readable")) -> None:
+    """List every compression method: library, version, params, devices, serializable, notes."""
+    from pipeline.methods.catalog import render_catalog
+
+    console.print(render_catalog(as_json), highlight=False, soft_wrap=True) if not as_json else print(render_catalog(True))
+
+
+@app.command()
+def ui(
+    tracking_uri: str = typer.Option("sqlite:///mlruns/mlflow.db", "--tracking-uri", help="the store to browse"),
+    host: str = typer.Option("127.0.0.1", "--host", help="bind address (loopback unless you mean otherwise)"),
+    port: int = typer.Option(5000, "--port"),
+) -> None:
+    """Start the MLflow UI over the store (one worker, loopback by default)."""
+    exe = shutil.which("mlflow") or str(Path(sys.executable).with_name("mlflow"))
+    cmd = [exe, "ui", "--backend-store-uri", tracking_uri, "--host", host, "--port", str(port), "--workers", "1"]
+    console.print(f"MLflow UI on http://{host}:{port}  ({tracking_uri})")
+    raise typer.Exit(subprocess.call(cmd, env={**os.environ}))
+
+
+@app.command()
+def speed(
+    config: str = typer.Option(..., "--config", help="published architecture, e.g. llama-3.1-8b (random weights)"),
+    dtype: str = typer.Option("bf16", "--dtype"),
+    method: str = typer.Option("none", "--method"),
+    batch_sizes: str = typer.Option("1", "--batch-sizes", help="comma-separated"),
+    prompt_tokens: int = typer.Option(128, "--prompt-tokens"),
+    new_tokens: int = typer.Option(32, "--new-tokens"),
+    device: str = typer.Option("auto", "--device"),
+    compile: bool = typer.Option(False, "--compile", help="static KV cache + torch.compile (CUDA graphs)"),
+    threads: Optional[int] = typer.Option(None, "--threads"),
+) -> None:
+    """Decode speed of a published architecture with random weights: size hardware without downloads."""
+    from pipeline.speed.command import print_table, speed_command
+
+    try:
+        result = speed_command(
+            config=config, dtype=dtype, method=method, batch_sizes=[int(b) for b in _split(batch_sizes) or ["1"]],
+            prompt_tokens=prompt_tokens, new_tokens=new_tokens, device=device, compile=compile, threads=threads,
+        )
+    except (*_user_errors(), ValueError) as exc:
+        _fail(str(exc))
+    print_table(result)
+
+
+@app.command()
+def gate(
+    policy: Path = typer.Option(..., "--policy", help="policy YAML"),
+    run_id: Optional[str] = typer.Option(None, "--run", help="parent run id"),
+    experiment: Optional[str] = typer.Option(None, "--experiment", help="latest sweep of this experiment"),
+    out: Path = typer.Option(Path("gate-report"), "--out", help="where the Markdown report and JUnit XML go"),
+    tracking_uri: str = typer.Option("sqlite:///mlruns/mlflow.db", "--tracking-uri"),
+) -> None:
+    """Pass/fail every variant against a policy (exit 0 pass, 1 fail, 2 error); fails closed."""
+    from pipeline.gate import gate_exit_code, run_gate
+
+    try:
+        result = run_gate(policy, tracking_uri=tracking_uri, run_id=run_id, experiment=experiment, out_dir=out)
+    except _user_errors() as exc:
+        _fail(str(exc))
+    raise typer.Exit(gate_exit_code(result))
+
+
+@app.command()
+def compare(
+    run_id: Optional[str] = typer.Option(None, "--run", help="parent run id"),
+    experiment: Optional[str] = typer.Option(None, "--experiment", help="latest sweep of this experiment"),
+    out: Path = typer.Option(Path("compare-report"), "--out"),
+    tracking_uri: str = typer.Option("sqlite:///mlruns/mlflow.db", "--tracking-uri"),
+) -> None:
+    """Frontier table, Pareto plot and per-subject deltas for a sweep (Markdown, CSV, PNG)."""
+    from pipeline.report import run_compare
+
+    try:
+        run_compare(tracking_uri=tracking_uri, run_id=run_id, experiment=experiment, out_dir=out)
+    except _user_errors() as exc:
+        _fail(str(exc))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""Gate policy schema (YAML). Errors are one line: `FILE: field X: problem -> fix` (as `RecipeError`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from pipeline.recipe import RecipeError, _loc
+
+ALIAS = "gate-passed"
+
+
+class Policy(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_mmlu_drop_points: float = Field(
+        ge=0, description="largest MMLU drop vs the unmodified candidate, in points, that passes (upper confidence bound)"
+    )
+    confidence: float = Field(0.95, ge=0.5, lt=1.0, description="one-sided confidence of the bounds")
+    must_not_be_dominated: bool = Field(True, description="fail a variant that another record dominates on any `dominance_axes`")
+    dominance_axes: list[str] = Field(default_factory=lambda: ["decode_tok_s"], description="decode_tok_s, decode_tok_s_bs<N>, weight_bytes")
+    dominated_by: Literal["any", "references"] = Field("any", description="which records may dominate a gated variant")
+    speed_tolerance: float = Field(0.0, ge=0, lt=1, description="relative: speeds within this ratio count as equal")
+    min_decode_tok_s: float | None = Field(None, gt=0, description="batch-1 decode tok/s floor")
+    max_weight_bytes: float | None = Field(None, gt=0)
+    max_kl_vs_base: float | None = Field(None, ge=0)
+    variants: list[str] | None = Field(None, description="gate only these (variant name or model/variant); default every candidate variant")
+    bootstrap_samples: int = Field(10_000, ge=1000)
+    seed: int = 0
+    register_model: bool = Field(True, description="register passing variants in the MLflow Model Registry")
+    registry_name: str = Field("shrinkgate.{model}.{variant}", description="registered model name; {experiment} {model} {variant}")
+    alias: str = ALIAS
+
+    @field_validator("dominance_axes")
+    @classmethod
+    def _axes(cls, v: list[str]) -> list[str]:
+        from pipeline.frontier import axis_by_name
+
+        for name in v:
+            try:
+                axis_by_name(name)
+            except ValueError:
+                raise ValueError(f"unknown axis {name!r} -> use decode_tok_s, decode_tok_s_bs<N> or weight_bytes") from None
+        return v
+
+    @field_validator("variants")
+    @classmethod
+    def _variants(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and not v:
+            raise ValueError("empty list -> list at least one variant, or remove the key to gate every candidate variant")
+        return v
+
+    @field_validator("registry_name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        try:
+            v.format(experiment="e", model="m", variant="v")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"bad template ({exc}) -> use only {{experiment}}, {{model}}, {{variant}}") from None
+        return v
+
+
+_FIELDS = ", ".join(Policy.model_fields)
+
+
+def _message(path: str | Path, exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    kind = err.get("type", "")
+    got = err.get("input")
+    got_s = "" if kind == "missing" or isinstance(got, (dict, list)) else f" (got {got!r})"
+    if kind == "extra_forbidden":
+        fix = f"unknown key -> remove it or fix the spelling (allowed: {_FIELDS})"
+    elif kind == "missing":
+        fix = "required -> add it"
+    elif kind == "literal_error":
+        fix = f"-> use one of: {err.get('ctx', {}).get('expected', '?')}"
+    elif kind == "value_error":
+        fix = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+    else:
+        fix = f"{err.get('msg', 'invalid')} -> fix the value"
+    more = len(exc.errors()) - 1
+    return f"{path}: field `{_loc(err)}`{got_s}: {fix}" + (f" (+{more} more)" if more else "")
+
+
+def parse_policy(doc: Any, path: str | Path = "<policy>") -> Policy:
+    if not isinstance(doc, dict):
+        raise RecipeError(f"{path}: the policy must be a YAML mapping (keys: {_FIELDS}) -> see policies/default.yaml")
+    try:
+        return Policy.model_validate(doc)
+    except ValidationError as exc:
+        raise RecipeError(_message(path, exc)) from None
+
+
+def load_policy(path: str | Path) -> Policy:
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"{path}: no such policy file -> give the path to a YAML policy (see policies/default.yaml)")
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise RecipeError(f"{path}:{where} is not valid YAML ({getattr(exc, 'problem', exc)}) -> fix the syntax") from None
+    return parse_policy(doc, path)

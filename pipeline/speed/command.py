@@ -1,0 +1,194 @@
+"""`shrinkgate speed`: size hardware for a published architecture without downloading it.
+
+Builds the architecture from `shapes.PUBLISHED` with random non-zero weights (meta device ->
+materialized on the target device), applies an in-memory compression method, measures decode and
+prints a rich table. Load-time methods (e.g. bitsandbytes through `from_pretrained`) and methods that
+need calibration text cannot run on a random in-memory model; they are refused with that reason.
+
+    python -m pipeline.speed.command --config smollm2-135m --dtype fp32 --batch-sizes 1 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, Sequence
+
+import torch
+
+from pipeline.recipe import SpeedSpec
+from pipeline.results import SpeedResult
+from pipeline.speed import shapes
+from pipeline.speed.measure import free_bytes, measure_decode
+
+
+class SpeedCommandError(RuntimeError):
+    """A request `shrinkgate speed` cannot serve; the message says why and what to do."""
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SpeedCommandError(f"--device {device}: no CUDA device here; use --device cpu")
+    return device
+
+
+def _in_memory_method(name: str, params: dict[str, Any] | None, device: str) -> tuple[Any, Any]:
+    """The registered method and its parsed params, if it can transform an in-memory model here."""
+    from pipeline.methods import Method, get_method
+
+    method = get_method(name)
+    parsed = method.parse(params or {})
+    problem = method.check(parsed)
+    if problem:
+        raise SpeedCommandError(f"--method {name}: {problem}")
+    kind = "cuda" if device.startswith("cuda") else "cpu"
+    if kind not in method.devices:
+        raise SpeedCommandError(f"--method {name} runs on {', '.join(method.devices)} only, not {kind}")
+    if type(method).load_kwargs is not Method.load_kwargs:
+        raise SpeedCommandError(
+            f"--method {name} quantizes while loading a checkpoint (from_pretrained); `speed` builds an in-memory "
+            "random model, so only methods that transform a loaded model work here — measure it in a recipe sweep"
+        )
+    if method.needs_calibration:
+        raise SpeedCommandError(f"--method {name} needs calibration text from a real tokenizer; measure it in a recipe sweep")
+    return method, parsed
+
+
+def speed_command(
+    config: str,
+    dtype: str,
+    method: str,
+    batch_sizes: list[int],
+    prompt_tokens: int,
+    new_tokens: int,
+    device: str,
+    compile: bool,
+    threads: int | None,
+    *,
+    method_params: dict[str, Any] | None = None,
+    scenario: str | None = None,
+    prompt_lengths: list[int] | None = None,
+    warmup: int = 1,
+    repeats: int = 3,
+    seed: int = 0,
+) -> SpeedResult:
+    """Measure decode of a published architecture (random weights) under `method` on `device`."""
+    from pipeline.fidelity import StorageSummary
+    from pipeline.methods import BuildContext
+
+    device = resolve_device(device)
+    shape = shapes.shape(config)
+    dt = shapes.torch_dtype(dtype)
+    need = shapes.param_count(config) * torch.empty((), dtype=dt).element_size()
+    free = free_bytes(device)
+    if need > 0.9 * free:
+        raise SpeedCommandError(
+            f"{config} in {dtype} needs {need / 1e9:.1f} GB of weights; {device} has {free / 1e9:.1f} GB free — "
+            "use a smaller config, a lower-precision dtype, or a bigger device"
+        )
+    m, params = _in_memory_method(method, method_params, device)
+    model = shapes.random_model(config, dtype, device, seed)
+    model.requires_grad_(False)
+    model = m.apply(model, params, BuildContext(tokenizer=None, device=device)) or model
+    weight_bytes = StorageSummary(model).bytes_read_per_token
+    spec = SpeedSpec(
+        prompt_tokens=prompt_tokens,
+        new_tokens=new_tokens,
+        batch_sizes=batch_sizes,
+        warmup=warmup,
+        repeats=repeats,
+        threads=threads,
+        scenario=scenario,  # type: ignore[arg-type]
+        prompt_lengths=prompt_lengths,
+        compile=compile,
+    )
+    result = measure_decode(
+        model,
+        None,
+        spec,
+        weight_bytes_per_token=weight_bytes,
+        device=device,
+        kernel=m.kernel(params, device),
+        dense_fallback=m.dense_fallback(params, device),
+        model_name=f"{config} ({shape.hub_id} shape, random weights)",
+        method=method,
+        seed=seed,
+    )
+    del model
+    return result
+
+
+def _fmt(x: float | None, spec: str = ".1f") -> str:
+    return "—" if x is None else format(x, spec)
+
+
+def print_table(results: Sequence[SpeedResult], console: Any = None, extra: dict[int, dict[str, str]] | None = None) -> None:
+    """One row per (result, point): the memory-wall view (tok/s vs ceiling, MBU), then each run's host facts."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    table = Table(title="decode at the memory wall", show_lines=False)
+    for col, just in (
+        ("model", "left"), ("method", "left"), ("batch", "right"), ("prompt", "right"), ("TTFT ms", "right"),
+        ("TPOT ms", "right"), ("ITL p99", "right"), ("tok/s", "right"), ("ceiling", "right"), ("MBU", "right"),
+        ("MFU", "right"), ("peak MB", "right"), ("CV", "right"),
+    ):
+        table.add_column(col, justify=just)  # type: ignore[arg-type]
+    for r in results:
+        label = r.model or "model"
+        method = r.method + (" (dense fallback)" if r.dense_fallback else "")
+        for p in r.points:
+            table.add_row(
+                label, method, str(p.batch_size), str(p.prompt_tokens), _fmt(p.ttft_ms), _fmt(p.tpot_ms, ".2f"),
+                _fmt(p.itl_p99_ms, ".2f"), _fmt(p.decode_tok_s), _fmt(p.wall_tok_s), _fmt(p.mbu * 100, ".0f") + "%",
+                "—" if p.mfu is None else f"{p.mfu * 100:.2f}%", _fmt(p.peak_mem_mb, ".0f"), f"{p.cv:.0%}",
+            )
+        for s in r.skipped:
+            table.add_row(label, method, str(s["batch_size"]), str(s["prompt_tokens"]), *(["—"] * 8), "skipped")
+    console.print(table)
+    for r in results:
+        console.print(
+            f"[dim]{r.model or 'model'} / {r.method or '?'}: {r.device}, {r.threads} threads, {r.dtype}, timer {r.timer}, "
+            f"KV cache {r.kv_cache}{', compiled' if r.compiled else ''}; measured bandwidth {r.bandwidth_gb_s:.1f} GB/s, "
+            f"matmul {_fmt(r.matmul_tflops, '.3f')} TFLOP/s, compute-bound from batch ~{r.compute_bound_batch}; "
+            f"weights read/token {r.weight_bytes_per_token / 1e6:.1f} MB; load avg {_fmt(r.load_avg, '.2f')}; "
+            f"kernel: {r.kernel or 'n/a'} ({r.speed_kind})[/dim]"
+        )
+        for w in r.warnings:
+            console.print(f"[yellow]warning:[/yellow] {w}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m pipeline.speed.command", description=__doc__.splitlines()[0])
+    ap.add_argument("--config", required=True, help=f"one of: {', '.join(sorted(shapes.PUBLISHED))}")
+    ap.add_argument("--dtype", default="bf16", help="fp32 | bf16 | fp16")
+    ap.add_argument("--method", default="none")
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1])
+    ap.add_argument("--prompt-tokens", type=int, default=128)
+    ap.add_argument("--prompt-lengths", type=int, nargs="+", default=None)
+    ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--scenario", choices=["single-stream", "server", "offline"], default=None)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args(argv)
+    try:
+        result = speed_command(
+            args.config, args.dtype, args.method, args.batch_sizes, args.prompt_tokens, args.new_tokens, args.device,
+            args.compile, args.threads, scenario=args.scenario, prompt_lengths=args.prompt_lengths,
+            warmup=args.warmup, repeats=args.repeats,
+        )
+    except (SpeedCommandError, KeyError, ValueError) as exc:
+        print(f"error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
+        return 2
+    print_table([result])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

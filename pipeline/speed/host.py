@@ -1,0 +1,224 @@
+"""Measured host peaks: memory bandwidth (STREAM-like) and matmul FLOP/s, cached per host.
+
+Datasheet numbers are never used: MBU is achieved bytes/s over what this host really moved in a
+bandwidth probe. Probes take a second or two, so results are cached in
+`~/.cache/shrinkgate/host.json` (or `$SHRINKGATE_HOST_CACHE`) keyed by hostname, device model,
+thread count and torch version; pass `refresh=True` to measure again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+CACHE_ENV = "SHRINKGATE_HOST_CACHE"
+_MIN_CPU_BUFFER = 256 * 2**20  # bytes per buffer; >= 8x a last-level cache keeps the probe in DRAM
+_GPU_BUFFER = 1 * 2**30
+
+
+def cache_path() -> Path:
+    env = os.environ.get(CACHE_ENV)
+    return Path(env) if env else Path.home() / ".cache" / "shrinkgate" / "host.json"
+
+
+def default_threads() -> int:
+    """Cores this process may run on (affinity-aware), the meaning of `threads: null`."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _cuda_index(device: str) -> int:
+    return (torch.device(device).index or 0) if device.startswith("cuda") else 0
+
+
+def device_model(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(_cuda_index(device))
+    return cpu_model()
+
+
+def host_key(device: str, threads: int) -> str:
+    kind = "cuda" if device.startswith("cuda") else "cpu"
+    return f"{socket.gethostname()}|{kind}:{device_model(device)}|threads={threads}|torch={torch.__version__}"
+
+
+def load_average() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def _last_level_cache_bytes() -> int:
+    """Largest CPU cache from sysfs (0 when unknown)."""
+    best = 0
+    for size_file in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
+        try:
+            text = size_file.read_text().strip().upper()
+            mult = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1], 1)
+            best = max(best, int(text.rstrip("KMG")) * mult)
+        except (OSError, ValueError):
+            continue
+    return best
+
+
+# ---------------------------------------------------------------------------------------------
+# Cache file
+# ---------------------------------------------------------------------------------------------
+
+
+def _read_cache(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_cache(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True), encoding="utf-8")
+    os.replace(tmp, path)  # atomic: concurrent readers never see half a file
+
+
+def _cached(key: str, field: str, measure: Callable[[], dict[str, Any]], refresh: bool, path: Path | None) -> dict[str, Any]:
+    path = path or cache_path()
+    data = _read_cache(path)
+    entry = data.get(key, {})
+    if refresh or field not in entry:
+        entry[field] = {**measure(), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "load_avg": load_average()}
+        data = _read_cache(path)  # re-read: another process may have written other keys meanwhile
+        data.setdefault(key, {}).update({field: entry[field]})
+        _write_cache(path, data)
+    return entry[field]
+
+
+class _Threads:
+    """Fix torch's intra-op threads for a block and restore them after."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.prev = torch.get_num_threads()
+
+    def __enter__(self) -> None:
+        torch.set_num_threads(self.n)
+
+    def __exit__(self, *exc: object) -> None:
+        torch.set_num_threads(self.prev)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bandwidth
+# ---------------------------------------------------------------------------------------------
+
+
+def _best_rate(fn: Callable[[], Any], nbytes: int, reps: int, timed: Callable[[Callable[[], Any]], float]) -> float:
+    fn()  # first touch / page faults / lazy init are not bandwidth
+    return max(nbytes / timed(fn) for _ in range(reps))  # STREAM reports the best repeat
+
+
+def _host_seconds(fn: Callable[[], Any]) -> float:
+    t0 = time.perf_counter_ns()
+    fn()
+    return (time.perf_counter_ns() - t0) * 1e-9
+
+
+def _cuda_seconds(fn: Callable[[], Any]) -> float:
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) * 1e-3
+
+
+def probe_bandwidth(device: str, threads: int, buffer_bytes: int | None = None, reps: int = 7) -> dict[str, Any]:
+    """STREAM-style copy (read + write) and triad (2 reads + 1 write), plus a read-only sum.
+
+    Bytes counted are bytes read + written by the kernel (STREAM's convention). The peak is the best
+    of the three: decode mostly reads, so a read-only pass is as fair a ceiling as copy or triad.
+    """
+    is_cuda = device.startswith("cuda")
+    if buffer_bytes is None:
+        buffer_bytes = _GPU_BUFFER if is_cuda else max(_MIN_CPU_BUFFER, 8 * _last_level_cache_bytes())
+    n = buffer_bytes // 4
+    timed = _cuda_seconds if is_cuda else _host_seconds
+    with _Threads(threads), torch.inference_mode():
+        a = torch.empty(n, dtype=torch.float32, device=device)
+        b = torch.rand(n, dtype=torch.float32, device=device)
+        c = torch.rand(n, dtype=torch.float32, device=device)
+        rates = {
+            "copy": _best_rate(lambda: a.copy_(b), 2 * n * 4, reps, timed),
+            "triad": _best_rate(lambda: torch.add(b, c, alpha=3.0, out=a), 3 * n * 4, reps, timed),
+            "read": _best_rate(lambda: b.sum(), n * 4, reps, timed),
+        }
+        del a, b, c
+    gb = {k: v / 1e9 for k, v in rates.items()}
+    return {
+        "bandwidth_gb_s": max(gb.values()),
+        "probes_gb_s": gb,
+        "buffer_mb": buffer_bytes / 2**20,
+        "method": "cuda events, device-to-device" if is_cuda else "perf_counter_ns, DRAM-sized buffers",
+    }
+
+
+def host_bandwidth(
+    device: str = "cpu", threads: int | None = None, *, refresh: bool = False, path: Path | None = None
+) -> float:
+    """Measured peak memory bandwidth (GB/s) of `device` at `threads`, cached per host."""
+    n = threads or default_threads()
+    entry = _cached(host_key(device, n), "bandwidth", lambda: probe_bandwidth(device, n), refresh, path)
+    return float(entry["bandwidth_gb_s"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Matmul peak
+# ---------------------------------------------------------------------------------------------
+
+
+def probe_matmul(device: str, threads: int, dtype: torch.dtype, size: int | None = None, reps: int = 5) -> dict[str, Any]:
+    """Best FLOP/s of a square matmul (2 n^3 FLOPs) in `dtype`."""
+    is_cuda = device.startswith("cuda")
+    size = size or (8192 if is_cuda else 1024)
+    timed = _cuda_seconds if is_cuda else _host_seconds
+    with _Threads(threads), torch.inference_mode():
+        x = torch.randn(size, size, device=device).to(dtype)
+        y = torch.randn(size, size, device=device).to(dtype)
+        rate = _best_rate(lambda: x @ y, 2 * size**3, reps, timed)
+    return {"flops": rate, "size": size, "dtype": str(dtype).removeprefix("torch.")}
+
+
+def host_matmul_flops(
+    device: str = "cpu",
+    threads: int | None = None,
+    dtype: torch.dtype | str = torch.float32,
+    *,
+    refresh: bool = False,
+    path: Path | None = None,
+) -> float:
+    """Measured matmul peak (FLOP/s) of `device` in `dtype`, cached per host; the MFU denominator."""
+    dt = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    n = threads or default_threads()
+    field = f"matmul_{str(dt).removeprefix('torch.')}"
+    entry = _cached(host_key(device, n), field, lambda: probe_matmul(device, n, dt), refresh, path)
+    return float(entry["flops"])

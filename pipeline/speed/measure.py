@@ -1,0 +1,449 @@
+"""`measure_decode`: time greedy decode of the very model object given, token by token, per batch size.
+
+A manual loop (prefill with the KV cache, then one forward per token) timestamps every token rather
+than dividing a `generate()` wall time by the token count, so TTFT, TPOT and ITL percentiles are real.
+The loop does only what generation needs (forward, argmax of the last logits), so it adds no
+overhead over `generate()`; `benchmarks/decode_wall.py` checks that ratio.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import warnings as _warnings
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import psutil
+import torch
+
+from pipeline.recipe import SpeedSpec
+from pipeline.results import SpeedPoint, SpeedResult
+from pipeline.speed import roofline
+from pipeline.speed.host import default_threads, host_bandwidth, host_matmul_flops, load_average
+from pipeline.speed.timing import (
+    Clock,
+    ClockTimer,
+    CudaEventTimer,
+    Timeline,
+    Timer,
+    decode_timeline,
+    percentile,
+    summarize,
+)
+
+CV_WARN = 0.10
+SERVER_BATCHES = (1, 4, 16, 64)
+_MEMORY_HEADROOM = 0.85  # share of free memory a point may be estimated to need
+
+# English text tokenized into real, varied prompt ids (content does not change decode speed, but
+# all-zero or constant prompts can hit degenerate kernels and caching paths).
+_PROMPT_TEXT = (
+    "The committee reviewed the annual budget and found that spending on public libraries had grown "
+    "faster than population. Several members argued that digital lending reduced the need for new "
+    "buildings, while others pointed to reading rooms crowded every afternoon with students. In the end "
+    "they agreed to fund two small branches near the river, to extend opening hours on weekends, and to "
+    "publish a report comparing costs per visitor across the region. Meanwhile, engineers measured the "
+    "bridge for fatigue cracks; chemists titrated samples of groundwater; a historian traced letters "
+    "written in 1848 between merchants in Lisbon, Hamburg and Boston about cotton, sugar and credit. "
+    "Question: which of the following best explains why prices rose? A. demand B. supply C. taxes D. war"
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs
+# ---------------------------------------------------------------------------------------------
+
+
+def _vocab_size(model: Any) -> int:
+    cfg = model.config.get_text_config(decoder=True) if hasattr(model.config, "get_text_config") else model.config
+    return int(cfg.vocab_size)
+
+
+def prompt_ids(tokenizer: Any, vocab_size: int, batch: int, length: int, seed: int = 0) -> torch.Tensor:
+    """[batch, length] real token ids: the tokenizer's encoding of English text, each row a different
+    rotation; random non-special ids from the vocab when there is no tokenizer (random-weight shapes)."""
+    special = set(getattr(tokenizer, "all_special_ids", []) or []) if tokenizer is not None else set()
+    pool: list[int] = []
+    if tokenizer is not None:
+        ids = tokenizer(_PROMPT_TEXT, add_special_tokens=False)["input_ids"]
+        pool = [int(i) for i in ids if 0 <= int(i) < vocab_size and int(i) not in special]
+    gen = torch.Generator().manual_seed(seed)
+    if len(set(pool)) < 8:
+        low = min(max(max(special, default=2) + 1, 3), vocab_size - 1)  # above pad/bos/eos-style ids
+        pool = torch.randint(low, vocab_size, (max(512, length),), generator=gen).tolist()
+    rows = []
+    for r in range(batch):
+        start = (r * 7919) % len(pool)  # rows differ: batched sequences are not copies of one another
+        idx = [(start + i) % len(pool) for i in range(length)]
+        rows.append([pool[i] for i in idx])
+    return torch.tensor(rows, dtype=torch.long)
+
+
+# ---------------------------------------------------------------------------------------------
+# Plan: which (batch, prompt length) points a spec asks for
+# ---------------------------------------------------------------------------------------------
+
+
+def planned_batches(spec: SpeedSpec) -> list[int]:
+    """Batch sizes the scenario asks for (offline's largest-that-fits search happens at run time)."""
+    if spec.scenario == "single-stream":
+        return [1]
+    if spec.scenario == "server":
+        return list(spec.batch_sizes) if "batch_sizes" in spec.model_fields_set else list(SERVER_BATCHES)
+    if spec.scenario == "offline":
+        top = max(spec.max_batch, max(spec.batch_sizes))
+        return [top]
+    return list(spec.batch_sizes)
+
+
+def prompt_lengths(spec: SpeedSpec) -> list[int]:
+    return list(spec.prompt_lengths) if spec.prompt_lengths else [spec.prompt_tokens]
+
+
+def _kv_dtype(model: Any) -> torch.dtype:
+    """Activations (and so the KV cache) run in the embedding's dtype; quantized linears keep it."""
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    w = getattr(emb, "weight", None)
+    if isinstance(w, torch.Tensor) and w.is_floating_point():
+        return w.dtype
+    return getattr(model, "dtype", torch.float32)
+
+
+def estimate_point_bytes(config: Any, batch: int, prompt: int, new_tokens: int, dtype_bytes: int) -> float:
+    """Memory a point needs beyond the weights: KV cache + prefill activations (coarse, for fit checks)."""
+    cfg = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    kv = batch * (prompt + new_tokens) * roofline.kv_bytes_per_token(cfg, dtype_bytes)
+    _, heads, _, head_dim = roofline.attention_shape(cfg)
+    hidden = int(getattr(cfg, "hidden_size", heads * head_dim))
+    inter = int(getattr(cfg, "intermediate_size", 4 * hidden) or 4 * hidden)
+    acts = batch * prompt * (4 * hidden + 3 * inter) * dtype_bytes
+    scores = batch * heads * prompt * prompt * dtype_bytes  # eager attention materializes these; sdpa may not
+    logits = batch * int(cfg.vocab_size) * 4 * 2
+    return float(kv + acts + scores + logits)
+
+
+def free_bytes(device: str) -> float:
+    if device.startswith("cuda"):
+        free, _ = torch.cuda.mem_get_info(torch.device(device))
+        return float(free)
+    return float(psutil.virtual_memory().available)
+
+
+def _is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, (RuntimeError, MemoryError)) and (
+        "out of memory" in text or "can't allocate memory" in text or "not enough memory" in text or isinstance(exc, MemoryError)
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# One point
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Runner:
+    """Prefill/step callables over one KV cache, re-used across repeats."""
+
+    model: Any
+    input_ids: torch.Tensor
+    max_len: int
+    static: bool
+    decode_call: Callable[..., Any]
+    keep_arg: bool
+
+    def __post_init__(self) -> None:
+        self.cache = self._new_cache()
+
+    def _new_cache(self) -> Any:
+        from transformers import DynamicCache, StaticCache
+
+        if self.static:
+            return StaticCache(config=self.model.config, max_cache_len=self.max_len)
+        return DynamicCache(config=self.model.config)
+
+    def reset(self) -> None:
+        # A static cache keeps its buffers (CUDA graphs captured against their addresses stay valid).
+        if self.static:
+            self.cache.reset()
+        else:
+            self.cache = self._new_cache()
+
+    def prefill(self) -> torch.Tensor:
+        kw = {"logits_to_keep": 1} if self.keep_arg else {}  # only the last position's logits, like generate()
+        out = self.model(input_ids=self.input_ids, past_key_values=self.cache, use_cache=True, **kw)
+        return out.logits[:, -1, :].argmax(dim=-1, keepdim=True)
+
+    def step(self, token: torch.Tensor) -> torch.Tensor:
+        out = self.decode_call(input_ids=token, past_key_values=self.cache, use_cache=True)
+        return out.logits[:, -1, :].argmax(dim=-1, keepdim=True)
+
+
+def _rss_mb() -> float:
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def _time_point(
+    runner: _Runner, new_tokens: int, warmup: int, repeats: int, timer: Timer, device: str
+) -> tuple[list[Timeline], float, list[int]]:
+    """Warm up, then `repeats` timed runs; returns timelines, peak memory (MB), row-0 generated ids."""
+    is_cuda = device.startswith("cuda")
+    for _ in range(warmup):
+        runner.reset()
+        decode_timeline(runner.prefill, runner.step, new_tokens, ClockTimer())
+    if is_cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    peak_rss = _rss_mb()
+    timelines: list[Timeline] = []
+    generated: list[int] = []
+    for r in range(repeats):
+        runner.reset()
+        if is_cuda:
+            torch.cuda.synchronize(device)
+        if r == 0:
+            tokens: list[torch.Tensor] = []
+            prefill = lambda: _keep(runner.prefill(), tokens)  # noqa: E731
+            step = lambda t: _keep(runner.step(t), tokens)  # noqa: E731
+        else:
+            prefill, step = runner.prefill, runner.step
+        marks, _ = decode_timeline(prefill, step, new_tokens, timer)
+        timelines.append(Timeline(tuple(marks)))
+        # RSS is sampled between tokens' worth of work, never inside the timed loop: the KV cache
+        # only grows during decode, so the end of a run is its peak after prefill.
+        peak_rss = max(peak_rss, _rss_mb())
+        if r == 0:
+            generated = [int(t[0, 0]) for t in tokens]
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if is_cuda else peak_rss
+    return timelines, peak, generated
+
+
+def _keep(token: torch.Tensor, sink: list[torch.Tensor]) -> torch.Tensor:
+    sink.append(token)
+    return token
+
+
+# ---------------------------------------------------------------------------------------------
+# measure_decode
+# ---------------------------------------------------------------------------------------------
+
+
+def _decode_call(model: Any, compile_: bool, device: str) -> Callable[..., Any]:
+    if not compile_:
+        return model
+    if device.startswith("cuda") and hasattr(model, "get_compiled_call"):
+        from transformers import CompileConfig
+
+        # transformers' own decode compile: mode="reduce-overhead" (CUDA graphs) over a static cache
+        return model.get_compiled_call(CompileConfig(fullgraph=False))
+    return torch.compile(model, dynamic=False)
+
+
+def measure_decode(
+    model: Any,
+    tokenizer: Any,
+    spec: SpeedSpec,
+    *,
+    weight_bytes_per_token: int,
+    device: str,
+    kernel: str = "",
+    dense_fallback: bool = False,
+    model_name: str = "",
+    method: str = "",
+    clock: Clock | None = None,
+    bandwidth_gb_s: float | None = None,
+    matmul_flops: float | None = None,
+    seed: int = 0,
+) -> SpeedResult:
+    """Decode figures for `model` at every (prompt length, batch size) the spec asks for.
+
+    `weight_bytes_per_token` is what a decode step reads of the weights as stored (packed values +
+    scales: `StorageSummary(model).bytes_read_per_token`). `kernel`/`dense_fallback` come from the
+    method so a dense fallback is never reported as compressed-kernel speed. `clock`,
+    `bandwidth_gb_s` and `matmul_flops` are injectable (tests); by default the host's measured,
+    cached peaks are used. A point that does not fit in memory is reported in `skipped`, not raised.
+    """
+    is_cuda = device.startswith("cuda")
+    threads = spec.threads or default_threads()
+    prev_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return _measure(
+            model, tokenizer, spec, weight_bytes_per_token, device, threads, kernel, dense_fallback,
+            model_name, method, clock, bandwidth_gb_s, matmul_flops, seed, is_cuda,
+        )
+    finally:
+        torch.set_num_threads(prev_threads)
+
+
+def _measure(
+    model: Any, tokenizer: Any, spec: SpeedSpec, weight_bytes: int, device: str, threads: int, kernel: str,
+    dense_fallback: bool, model_name: str, method: str, clock: Clock | None, bandwidth_gb_s: float | None,
+    matmul_flops: float | None, seed: int, is_cuda: bool,
+) -> SpeedResult:
+    model.eval()
+    load_before = load_average()
+    kv_dtype = _kv_dtype(model)
+    dtype_bytes = torch.empty((), dtype=kv_dtype).element_size()
+    bw_gb_s = bandwidth_gb_s if bandwidth_gb_s is not None else host_bandwidth(device, threads)
+    bw = bw_gb_s * 1e9
+    peak_flops = matmul_flops if matmul_flops is not None else host_matmul_flops(device, threads, kv_dtype)
+    config = model.config
+    kv_tok = roofline.kv_bytes_per_token(config, dtype_bytes)
+    static = spec.static_cache if spec.static_cache is not None else spec.compile
+    decode_call = _decode_call(model, spec.compile, device)
+    keep_arg = "logits_to_keep" in inspect.signature(model.forward).parameters
+    timer: Timer = CudaEventTimer(device) if is_cuda else ClockTimer(clock)
+    warmup = max(spec.warmup, 2) if spec.compile else spec.warmup  # compile + graph capture happen in warmup
+    vocab = _vocab_size(model)
+    scenario = spec.scenario or ""
+
+    points: list[SpeedPoint] = []
+    skipped: list[dict[str, Any]] = []
+    warns: list[str] = []
+    for prompt in prompt_lengths(spec):
+        batches = planned_batches(spec)
+        if spec.scenario == "offline":
+            batches = _offline_batches(config, batches[0], prompt, spec.new_tokens, dtype_bytes, device)
+        for batch in batches:
+            need = estimate_point_bytes(config, batch, prompt, spec.new_tokens, dtype_bytes)
+            free = free_bytes(device)
+            if need > _MEMORY_HEADROOM * free:
+                skipped.append(
+                    {"batch_size": batch, "prompt_tokens": prompt, "reason": f"does not fit: needs ~{need / 1e9:.2f} GB, {free / 1e9:.2f} GB free"}
+                )
+                continue
+            try:
+                point = _measure_point(
+                    model, tokenizer, vocab, batch, prompt, spec, warmup, static, decode_call, keep_arg, timer,
+                    device, seed, weight_bytes, kv_tok, dtype_bytes, bw, peak_flops, scenario,
+                )
+            except Exception as exc:  # noqa: BLE001 - one batch failing must not lose the others
+                if not _is_oom(exc):
+                    raise
+                skipped.append({"batch_size": batch, "prompt_tokens": prompt, "reason": f"out of memory: {str(exc).splitlines()[0][:160]}"})
+                if is_cuda:
+                    torch.cuda.empty_cache()
+                continue  # offline: the next smaller batch is tried
+            points.append(point)
+            if spec.scenario == "offline":
+                break  # the largest batch that fits is the offline point
+            if point.cv > CV_WARN:
+                warns.append(
+                    f"batch {batch}, prompt {prompt}: decode tok/s varies {point.cv:.0%} over {spec.repeats} repeats "
+                    f"(> {CV_WARN:.0%}); host load avg {load_average()}"
+                )
+    for s in skipped:
+        warns.append(f"batch {s['batch_size']}, prompt {s['prompt_tokens']} skipped: {s['reason']}")
+    if dense_fallback:
+        warns.append(f"kernel falls back to dense ({kernel or 'dense matmul'}): these are dense speeds, not compressed-kernel speeds")
+    load_after = load_average()
+    loads = [x for x in (load_before, load_after) if x is not None]
+
+    cb_batch = None
+    first = points[0] if points else None
+    if first is not None and first.flops_per_token:
+        kv_seq = roofline.kv_bytes_at_context(config, first.context_tokens, dtype_bytes)
+        cb_batch = roofline.compute_bound_batch(peak_flops, bw, first.flops_per_token, weight_bytes, kv_seq)
+    return SpeedResult(
+        points=tuple(points),
+        bandwidth_gb_s=bw_gb_s,
+        device=device,
+        threads=threads,
+        timer=timer.name,
+        load_avg=max(loads) if loads else None,
+        warnings=tuple(warns),
+        kernel=kernel,
+        dense_fallback=dense_fallback,
+        compiled=spec.compile,
+        kv_cache="static" if static else "dynamic",
+        scenario=scenario,
+        matmul_tflops=peak_flops / 1e12,
+        compute_bound_batch=cb_batch,
+        weight_bytes_per_token=int(weight_bytes),
+        dtype=str(kv_dtype).removeprefix("torch."),
+        model=model_name,
+        method=method,
+        skipped=tuple(skipped),
+    )
+
+
+def _offline_batches(config: Any, top: int, prompt: int, new_tokens: int, dtype_bytes: int, device: str) -> list[int]:
+    """Offline scenario candidates, largest first: powers of two <= `top` that are estimated to fit."""
+    free = free_bytes(device)
+    cands = sorted({2**k for k in range(int(math.log2(top)) + 1)} | {top}, reverse=True)
+    fitting = [b for b in cands if estimate_point_bytes(config, b, prompt, new_tokens, dtype_bytes) <= _MEMORY_HEADROOM * free]
+    return fitting or [1]
+
+
+def _measure_point(
+    model: Any, tokenizer: Any, vocab: int, batch: int, prompt: int, spec: SpeedSpec, warmup: int, static: bool,
+    decode_call: Callable[..., Any], keep_arg: bool, timer: Timer, device: str, seed: int, weight_bytes: int,
+    kv_tok: int, dtype_bytes: int, bw: float, peak_flops: float, scenario: str,
+) -> SpeedPoint:
+    ids = prompt_ids(tokenizer, vocab, batch, prompt, seed).to(device)
+    runner = _Runner(model, ids, prompt + spec.new_tokens, static, decode_call, keep_arg)
+    with torch.inference_mode(), _warnings.catch_warnings():
+        _warnings.simplefilter("ignore")
+        timelines, peak_mb, generated = _time_point(runner, spec.new_tokens, warmup, spec.repeats, timer, device)
+    del runner
+    stats = summarize(timelines, batch, prompt)
+
+    # Decode step i (1..N-1) attends over prompt + i tokens: mean prompt + N/2. A static cache's
+    # attention reads the whole preallocated buffer every step, so it is charged the full length.
+    context = float(prompt + spec.new_tokens) if static else prompt + spec.new_tokens / 2.0
+    kv_seq = roofline.kv_bytes_at_context(model.config, context, dtype_bytes)
+    step_bytes = roofline.bytes_per_step(weight_bytes, kv_seq, batch)
+    flops = roofline.decode_flops_per_token(model.config, context)
+    samples = tuple(
+        {
+            "repeat": i,
+            "marks_ms": [m * 1e-6 for m in t.marks_ns],
+            "ttft_ms": t.ttft_ns * 1e-6,
+            "tpot_ms": t.tpot_ns * 1e-6,
+            "e2e_ms": t.e2e_ns * 1e-6,
+            "decode_tok_s": stats.per_repeat_decode_tok_s[i],
+        }
+        for i, t in enumerate(timelines)
+    ) + (
+        {
+            "inputs": {
+                "prompt_ids_row0_head": ids[0, :16].tolist(),
+                "distinct_prompt_ids": int(ids.unique().numel()),
+                "generated_ids_row0": generated,
+                "kv_cache": "static" if static else "dynamic",
+            }
+        },
+    )
+    e2es = [t.e2e_ns * 1e-6 for t in timelines]
+    return SpeedPoint(
+        batch_size=batch,
+        prompt_tokens=prompt,
+        new_tokens=spec.new_tokens,
+        ttft_ms=stats.ttft_ms,
+        ttft_p90_ms=stats.ttft_p90_ms,
+        tpot_ms=stats.tpot_ms,
+        tpot_p90_ms=stats.tpot_p90_ms,
+        itl_p99_ms=stats.itl_p99_ms,
+        e2e_ms=stats.e2e_ms,
+        decode_tok_s=stats.decode_tok_s,
+        prefill_tok_s=stats.prefill_tok_s,
+        peak_mem_mb=peak_mb,
+        bytes_per_token=float(weight_bytes + kv_seq),
+        wall_tok_s=roofline.ceiling_tok_s(bw, step_bytes, batch),
+        mbu=roofline.mbu(stats.decode_tok_s, step_bytes, batch, bw),
+        cv=stats.cv,
+        samples=samples,
+        itl_p50_ms=stats.itl_p50_ms,
+        itl_p90_ms=stats.itl_p90_ms,
+        e2e_p90_ms=percentile(e2es, 90),
+        mfu=roofline.mfu(stats.decode_tok_s, flops, peak_flops) if flops else None,
+        bytes_per_step=step_bytes,
+        kv_bytes_per_token=kv_tok,
+        context_tokens=context,
+        flops_per_token=flops,
+        scenario=scenario,
+    )
