@@ -332,15 +332,24 @@ def score_mmlu(lm: LM, spec: EvalSpec) -> AccuracyResult:
         raise RuntimeError("lm-eval returned no results (not rank 0 of a distributed run)")
 
     group = results["results"][GROUP]
-    per_subject = {s: float(results["results"][TASK_PREFIX + s]["acc,none"]) for s in data.subjects}
     questions = [q for s in data.subjects for q in _outcomes(s, results["samples"][TASK_PREFIX + s])]
+    acc_stderr, stderr_source = _stderr(group.get("acc_stderr,none")), "lm-eval pooled (group)"
+    if math.isnan(acc_stderr) and len(questions) > 1:
+        # One question per subject leaves lm-eval's pooled stderr undefined; fall back to treating every
+        # scored question as one sample (the binomial standard error of the mean).
+        p = sum(q.correct for q in questions) / len(questions)
+        acc_stderr = math.sqrt(p * (1 - p) / (len(questions) - 1))
+        stderr_source = "sample stderr over all questions (lm-eval's pooled stderr is N/A with 1 question per subject)"
+    per_subject = {s: float(results["results"][TASK_PREFIX + s]["acc,none"]) for s in data.subjects}
+    safe_results = _json_safe(results)
+    safe_results["shrinkgate"] = {"acc_stderr_source": stderr_source}
     return AccuracyResult(
         acc=float(group["acc,none"]),
-        acc_stderr=_stderr(group.get("acc_stderr,none")),
+        acc_stderr=acc_stderr,
         per_subject=per_subject,
         questions=tuple(questions),
         num_fewshot=spec.num_fewshot,
         limit_per_subject=spec.limit_per_subject,
-        lm_eval_results=_json_safe(results),
+        lm_eval_results=safe_results,
         seconds=seconds,
     )

@@ -33,6 +33,29 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def _quiet_libraries() -> None:
+    """Our rich progress reports each stage; the libraries' own bars and per-task notices only bury it."""
+    import logging
+    import warnings
+
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TORCHAO_LOG_LEVEL", "ERROR")
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    for name in ("lm_eval", "lm-eval", "datasets", "transformers", "mlflow", "alembic", "torchao", "accelerate", "httpx"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        import datasets
+
+        datasets.disable_progress_bars()
+        datasets.logging.set_verbosity_error()
+    except ImportError:
+        pass
+
+
 def _split(csv: str | None) -> list[str] | None:
     return [s.strip() for s in csv.split(",") if s.strip()] if csv else None
 
@@ -68,8 +91,11 @@ def run(
     only: Optional[str] = typer.Option(None, "--only", help="comma-separated variant names"),
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow tracking URI (default: the recipe's)"),
     rerun: bool = typer.Option(False, "--rerun", help="measure again even when a FINISHED run with the same content key exists"),
+    executor: str = typer.Option("local", "--executor", help="local | ray (each model x variant a Ray task)"),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: start a local Ray)"),
 ) -> None:
     """Build every variant, score MMLU through lm-eval, time decode, log to MLflow, print the table."""
+    _quiet_libraries()
     from pipeline.sweep import plan, run_sweep
 
     try:
@@ -91,7 +117,14 @@ def run(
                 bar.update(task, description=f"{label}: {stage}")
 
         try:
-            outcome = run_sweep(r, progress=progress, rerun=rerun)
+            if executor == "ray":
+                from pipeline.executors.ray_executor import run_sweep_ray
+
+                outcome = run_sweep_ray(r, address=address, progress=progress, rerun=rerun)
+            elif executor == "local":
+                outcome = run_sweep(r, progress=progress, rerun=rerun)
+            else:
+                _fail(f"--executor {executor!r}: use `local` or `ray`")
         except _user_errors() as exc:
             _fail(str(exc))
     _print_outcome(outcome)

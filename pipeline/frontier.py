@@ -32,7 +32,9 @@ from typing import Callable, Iterable, Literal, Sequence
 from pipeline import metrics as M
 from pipeline.records import VariantRecord
 
-Margin = Callable[[VariantRecord, VariantRecord], float]  # (a, b) -> accuracy slack (fraction), see `dominates`
+# (a, b) -> accuracy slack as a fraction (0.01 = one point): how far below a's accuracy b may sit and still count
+# as "at least as accurate". Functions that take `margin` also accept a plain fraction.
+Margin = Callable[[VariantRecord, VariantRecord], float]
 
 _BATCH_RE = re.compile(rf"^{re.escape(M.DECODE_TOK_S)}_bs(\d+)$")
 
@@ -96,6 +98,14 @@ def fixed_margin(points: float) -> Margin:
     """The same accuracy slack for every pair, in percentage points (0 = plain Pareto dominance)."""
     slack = float(points) / 100.0
     return lambda a, b: slack
+
+
+def _as_margin(margin: Margin | float) -> Margin:
+    """A plain number is an accuracy fraction (0.01 = one point), like what a `Margin` returns."""
+    if isinstance(margin, (int, float)):
+        slack = float(margin)
+        return lambda a, b: slack
+    return margin
 
 
 def _stderr(r: VariantRecord) -> float | None:
@@ -169,7 +179,7 @@ def dominates(b: VariantRecord, a: VariantRecord, axis: Axis, *, margin: Margin 
     """Does `b` dominate `a` on `axis`? (see the module docstring; unplaced records never take part)"""
     if a.run_id == b.run_id or placement_problem(a, axis) or placement_problem(b, axis):
         return False
-    margin_fn = fixed_margin(margin) if isinstance(margin, (int, float)) else margin
+    margin_fn = _as_margin(margin)
     acc_a, acc_b = a.metric(M.MMLU_ACC), b.metric(M.MMLU_ACC)
     xa, xb = a.metric(axis.metric), b.metric(axis.metric)
     tol = tolerance if axis.speed else 0.0
@@ -193,7 +203,7 @@ def frontier_verdicts(
 ) -> dict[str, Verdict]:
     """One verdict per record (keyed by run id). `dominators` restricts which records may dominate
     (e.g. references only); every record still gets a verdict."""
-    margin_fn = fixed_margin(margin) if isinstance(margin, (int, float)) else margin
+    margin_fn = _as_margin(margin)
     placed = [r for r in records if placement_problem(r, axis) is None]
     can_dominate = [r for r in placed if dominators is None or dominators(r)]
     out: dict[str, Verdict] = {}

@@ -125,6 +125,14 @@ class TrackingSpec(_Strict):
     experiment: str | None = Field(None, description="MLflow experiment; default: the recipe name")
 
 
+class ResourcesSpec(_Strict):
+    """What one model x variant task asks of a Ray cluster (`run --executor ray`)."""
+
+    num_cpus: float = Field(1, gt=0)
+    num_gpus: float = Field(0, ge=0)
+    memory_gb: float | None = Field(None, gt=0)
+
+
 class Recipe(_Strict):
     name: str
     models: list[ModelSpec]
@@ -132,6 +140,7 @@ class Recipe(_Strict):
     eval: EvalSpec = Field(default_factory=EvalSpec)
     speed: SpeedSpec = Field(default_factory=SpeedSpec)
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
 
     @model_validator(mode="after")
     def _unique_names(self) -> Recipe:

@@ -121,105 +121,162 @@ def _free_memory() -> None:
         pass
 
 
-def run_sweep(recipe: Recipe, *, progress: ProgressFn | None = None, rerun: bool = False, runtime_name: str = "transformers") -> SweepOutcome:
-    import torch
+def source_fingerprint(model: ModelSpec) -> str:
+    """Cheap identity of a model source (no download, no conversion), for the resume key."""
+    from pathlib import Path
 
+    from pipeline.models.bundled import BUNDLED, package_version
+
+    if model.source in BUNDLED:
+        pkg = BUNDLED[model.source].package
+        return f"bundled:{pkg}=={package_version(pkg)}"
+    path = Path(model.source).expanduser()
+    if path.exists():
+        files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file())
+        return "local:" + ";".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
+    return f"hub:{model.source}@{model.revision or 'main'}"
+
+
+@dataclass(frozen=True)
+class SweepContext:
+    """What every child needs; plain data so it can travel to another process (e.g. a Ray task)."""
+
+    recipe: Recipe
+    parent_id: str
+    device: str
+    runtime_name: str
+    base_tags: dict[str, str]
+
+
+def start_sweep(recipe: Recipe, runtime_name: str = "transformers") -> tuple[SweepContext, object]:
+    """Checks that fail before any model loads (data, tracking store), then the parent run."""
     from pipeline.accuracy import resolve_data
-    from pipeline.models import ModelError, resolve_model
     from pipeline.models.loader import pick_device
-    from pipeline.runtime import get_runtime
-    from pipeline.tracking import Tracker, find_finished_child, flatten, host_tags
+    from pipeline.tracking import Tracker, flatten, host_tags
 
-    notify = progress or (lambda label, stage: None)
     resolve_data(recipe.eval)  # a broken MMLU dir fails before any model loads
     tracker = Tracker(recipe.tracking.uri, recipe.experiment)  # an unreachable server too
     device = pick_device(recipe.eval.device)
-    if recipe.speed.threads:
-        torch.set_num_threads(recipe.speed.threads)
-    runtime = get_runtime(runtime_name)
     base_tags = host_tags(recipe.speed.threads)
-    versions = {k: v for k, v in base_tags.items() if k.startswith("version.")}
     parent_id = tracker.start_parent(
         recipe.name,
         flatten("recipe", recipe.model_dump(mode="json")),
         {**base_tags, "recipe": recipe.name, "device": device, "seed": str(recipe.eval.seed)},
     )
     tracker.log_text(parent_id, yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False), M.ART_RECIPE)
-    outcome = SweepOutcome(parent_id, recipe.experiment, recipe.tracking.uri, [])
+    return SweepContext(recipe, parent_id, device, runtime_name, base_tags), tracker
+
+
+@dataclass(frozen=True)
+class ChildSlot:
+    key: str
+    run_id: str
+    resumed: bool  # True: run_id is an earlier FINISHED run with the same content key
+
+
+def open_child(ctx: SweepContext, tracker, item: WorkItem, *, rerun: bool) -> ChildSlot:
+    """Reuse an earlier FINISHED twin (resume), or create the child run."""
+    from pipeline.tracking import find_finished_child, flatten
+
+    recipe = ctx.recipe
+    versions = {k: v for k, v in ctx.base_tags.items() if k.startswith("version.")}
+    key = content_key(recipe, item, {"source": source_fingerprint(item.model)}, versions)
+    if not rerun:
+        earlier = find_finished_child(recipe.tracking.uri, recipe.experiment, key)
+        if earlier:
+            return ChildSlot(key, earlier, resumed=True)
+    tags = {
+        **ctx.base_tags,
+        M.TAG_MODEL: item.model.name,
+        M.TAG_VARIANT: item.variant.name,
+        M.TAG_ROLE: item.model.role,
+        M.TAG_CONTENT_KEY: key,
+        "method": _method_tag(item.variant),
+        "runtime": ctx.runtime_name,
+        "device": ctx.device,
+        "seed": str(recipe.eval.seed),
+    }
+    params = {
+        **flatten("model", item.model.model_dump(mode="json")),
+        **flatten("variant", item.variant.model_dump(mode="json", exclude_none=True)),
+        **flatten("eval", recipe.eval.model_dump(mode="json")),
+        **flatten("speed", recipe.speed.model_dump(mode="json")),
+    }
+    return ChildSlot(key, tracker.start_child(ctx.parent_id, item.label, params, tags), resumed=False)
+
+
+def execute_child(ctx: SweepContext, item: WorkItem, run_id: str, notify: ProgressFn | None = None) -> ChildOutcome:
+    """Resolve, build, measure and record one child run, ending it FINISHED or FAILED. Self-contained:
+    it opens its own tracking client, so it runs the same in this process or in a Ray task."""
+    import torch
+
+    from pipeline.models import resolve_model
+    from pipeline.runtime import get_runtime
+    from pipeline.tracking import Tracker
+
+    notify = notify or (lambda label, stage: None)
+    recipe = ctx.recipe
+    tracker = Tracker(recipe.tracking.uri, recipe.experiment)
+    child = ChildOutcome(item, run_id, "RUNNING")
+    if recipe.speed.threads:
+        torch.set_num_threads(recipe.speed.threads)
+    try:
+        notify(item.label, "resolve")
+        resolved = resolve_model(item.model)
+        tracker.set_tags(run_id, resolved.provenance.tags())
+        torch.manual_seed(recipe.eval.seed)
+        _measure(item, resolved, recipe, ctx.device, get_runtime(ctx.runtime_name), tracker, run_id, child, notify)
+        tracker.end(run_id, "FINISHED")
+        child.status = "FINISHED"
+        notify(item.label, "done")
+    except (KeyboardInterrupt, SweepInterrupted):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - any failure of one variant (OOM included) is recorded; the sweep goes on
+        _record_failure(tracker, run_id, child, exc)
+        notify(item.label, "failed")
+    finally:
+        _free_memory()
+    return child
+
+
+def mark_killed(uri: str, experiment: str, run_id: str, reason: str) -> None:
+    from pipeline.tracking import Tracker
+
+    tracker = Tracker(uri, experiment)
+    tracker.set_tags(run_id, {M.TAG_STATUS_ERROR: reason})
+    tracker.end(run_id, "KILLED")
+
+
+def run_sweep(recipe: Recipe, *, progress: ProgressFn | None = None, rerun: bool = False, runtime_name: str = "transformers") -> SweepOutcome:
+    """The local executor: children one after another in this process."""
+    notify = progress or (lambda label, stage: None)
+    ctx, tracker = start_sweep(recipe, runtime_name)
+    outcome = SweepOutcome(ctx.parent_id, recipe.experiment, recipe.tracking.uri, [])
     started = time.perf_counter()
-    resolved_cache: dict[str, object] = {}
-    active: str | None = None
+    active: ChildOutcome | None = None
     try:
         with _sigterm_as_interrupt():
             for item in plan(recipe):
-                notify(item.label, "resolve")
-                child_tags = {
-                    **base_tags,
-                    M.TAG_MODEL: item.model.name,
-                    M.TAG_VARIANT: item.variant.name,
-                    M.TAG_ROLE: item.model.role,
-                    "method": _method_tag(item.variant),
-                    "runtime": runtime.name,
-                    "device": device,
-                    "seed": str(recipe.eval.seed),
-                }
-                params = {
-                    **flatten("model", item.model.model_dump(mode="json")),
-                    **flatten("variant", item.variant.model_dump(mode="json", exclude_none=True)),
-                    **flatten("eval", recipe.eval.model_dump(mode="json")),
-                    **flatten("speed", recipe.speed.model_dump(mode="json")),
-                }
-                resolved = resolved_cache.get(item.model.name)
-                resolve_error = None
-                if resolved is None:
-                    try:
-                        resolved = resolve_model(item.model)
-                        resolved_cache[item.model.name] = resolved
-                    except ModelError as exc:
-                        resolve_error = str(exc)
-                prov_tags = resolved.provenance.tags() if resolved is not None else {}
-                key = content_key(recipe, item, prov_tags, versions)
-                child_tags.update(prov_tags)
-                child_tags[M.TAG_CONTENT_KEY] = key
-                if resolve_error is None and not rerun:
-                    earlier = find_finished_child(recipe.tracking.uri, recipe.experiment, key)
-                    if earlier:
-                        notify(item.label, "skipped")
-                        outcome.children.append(ChildOutcome(item, earlier, "SKIPPED"))
-                        continue
-                run_id = tracker.start_child(parent_id, item.label, params, child_tags)
-                active = run_id
-                child = ChildOutcome(item, run_id, "RUNNING")
-                outcome.children.append(child)
-                try:
-                    if resolve_error is not None:
-                        raise RuntimeError(resolve_error)
-                    torch.manual_seed(recipe.eval.seed)
-                    _measure(item, resolved, recipe, device, runtime, tracker, run_id, child, notify)
-                    tracker.end(run_id, "FINISHED")
-                    child.status, active = "FINISHED", None
-                    notify(item.label, "done")
-                except (KeyboardInterrupt, SweepInterrupted):
-                    raise
-                except BaseException as exc:  # noqa: BLE001 - any failure of one variant is recorded, the sweep goes on
-                    _record_failure(tracker, run_id, child, exc)
-                    active = None
-                    notify(item.label, "failed")
-                finally:
-                    _free_memory()
+                slot = open_child(ctx, tracker, item, rerun=rerun)
+                if slot.resumed:
+                    notify(item.label, "skipped")
+                    outcome.children.append(ChildOutcome(item, slot.run_id, "SKIPPED"))
+                    continue
+                active = ChildOutcome(item, slot.run_id, "RUNNING")
+                outcome.children.append(active)
+                done = execute_child(ctx, item, active.run_id, notify)
+                outcome.children[-1] = done
+                active = None
     except (KeyboardInterrupt, SweepInterrupted) as exc:
         outcome.interrupted = True
         if active is not None:
-            tracker.set_tags(active, {M.TAG_STATUS_ERROR: f"interrupted ({type(exc).__name__})"})
-            tracker.end(active, "KILLED")
-            for c in outcome.children:
-                if c.run_id == active:
-                    c.status, c.error = "KILLED", "interrupted"
-        tracker.end(parent_id, "KILLED")
+            mark_killed(recipe.tracking.uri, recipe.experiment, active.run_id, f"interrupted ({type(exc).__name__})")
+            active.status, active.error = "KILLED", "interrupted"
+        tracker.end(ctx.parent_id, "KILLED")
         outcome.seconds = time.perf_counter() - started
         return outcome
     outcome.seconds = time.perf_counter() - started
-    _finish_parent(tracker, parent_id, outcome)
+    finish_sweep(tracker, outcome)
     return outcome
 
 
@@ -253,7 +310,8 @@ def _record_failure(tracker, run_id: str, child: ChildOutcome, exc: BaseExceptio
         tracker.end(run_id, "FAILED")
 
 
-def _finish_parent(tracker, parent_id: str, outcome: SweepOutcome) -> None:
+def finish_sweep(tracker, outcome: SweepOutcome) -> None:
+    parent_id = outcome.parent_run_id
     failed = [c.item.label for c in outcome.failures]
     tracker.set_tags(
         parent_id,

@@ -90,7 +90,6 @@ def speed_command(
         )
     m, params = _in_memory_method(method, method_params, device)
     model = shapes.random_model(config, dtype, device, seed)
-    model.requires_grad_(False)
     model = m.apply(model, params, BuildContext(tokenizer=None, device=device)) or model
     weight_bytes = StorageSummary(model).bytes_read_per_token
     spec = SpeedSpec(
@@ -112,7 +111,7 @@ def speed_command(
         device=device,
         kernel=m.kernel(params, device),
         dense_fallback=m.dense_fallback(params, device),
-        model_name=f"{config} ({shape.hub_id} shape, random weights)",
+        model_name=f"{config} (random, {shape.hub_id} shape)",
         method=method,
         seed=seed,
     )
@@ -129,7 +128,10 @@ def print_table(results: Sequence[SpeedResult], console: Any = None, extra: dict
     from rich.console import Console
     from rich.table import Table
 
-    console = console or Console()
+    if console is None:
+        console = Console()
+        if not console.is_terminal:  # piped/logged: do not squeeze the table into 80 columns
+            console = Console(width=170)
     table = Table(title="decode at the memory wall", show_lines=False)
     for col, just in (
         ("model", "left"), ("method", "left"), ("batch", "right"), ("prompt", "right"), ("TTFT ms", "right"),

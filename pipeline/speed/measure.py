@@ -226,6 +226,21 @@ def _keep(token: torch.Tensor, sink: list[torch.Tensor]) -> torch.Tensor:
     return token
 
 
+def decode_once(
+    model: Any, input_ids: torch.Tensor, new_tokens: int, *, timer: Timer | None = None, static: bool = False
+) -> tuple[Timeline, torch.Tensor]:
+    """One timed greedy decode exactly as `measure_decode` runs it; returns the timeline and the
+    generated ids [batch, new_tokens] (to compare with `generate()` token for token)."""
+    keep_arg = "logits_to_keep" in inspect.signature(model.forward).parameters
+    runner = _Runner(model, input_ids, input_ids.shape[1] + new_tokens, static, model, keep_arg)
+    tokens: list[torch.Tensor] = []
+    with torch.inference_mode():
+        marks, _ = decode_timeline(
+            lambda: _keep(runner.prefill(), tokens), lambda t: _keep(runner.step(t), tokens), new_tokens, timer or ClockTimer()
+        )
+    return Timeline(tuple(marks)), torch.cat(tokens, dim=1)
+
+
 # ---------------------------------------------------------------------------------------------
 # measure_decode
 # ---------------------------------------------------------------------------------------------

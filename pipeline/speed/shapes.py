@@ -125,4 +125,4 @@ def random_model(name: str, dtype: str = "bf16", device: str = "cpu", seed: int 
     for t in list(model.parameters()) + list(model.buffers()):
         t.__dict__.pop("_is_hf_initialized", None)
     model.init_weights()
-    return model.eval()
+    return model.requires_grad_(False).eval()

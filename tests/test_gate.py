@@ -1,0 +1,289 @@
+"""The gate on hand-made sweeps in a real temporary MLflow sqlite store (no model loading)."""
+
+from __future__ import annotations
+
+import random
+import shutil
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline import metrics as M
+from pipeline.gate import GateResult, gate_exit_code, run_gate
+from pipeline.policy import load_policy
+from pipeline.recipe import RecipeError
+from pipeline.results import QuestionOutcome
+
+N_QUESTIONS = 1000
+SUBJECTS = ("abstract_algebra", "anatomy")
+
+
+def base_questions(n: int = N_QUESTIONS, acc: float = 0.6, seed: int = 0) -> list[QuestionOutcome]:
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        right = rng.random() < acc
+        out.append(QuestionOutcome(SUBJECTS[i % 2], i // 2, 0, 0 if right else 1 + i % 3, right))
+    return out
+
+
+def changed(base: list[QuestionOutcome], losses: int, gains: int) -> list[QuestionOutcome]:
+    """A variant that gets `losses` of base's right answers wrong and `gains` of its wrong ones right."""
+    out, lost, won = [], 0, 0
+    for q in base:
+        if q.correct and lost < losses:
+            out.append(QuestionOutcome(q.subject, q.index, q.answer, 3, False))
+            lost += 1
+        elif not q.correct and won < gains:
+            out.append(QuestionOutcome(q.subject, q.index, q.answer, q.answer, True))
+            won += 1
+        else:
+            out.append(q)
+    return out
+
+
+def acc_metrics(questions: list[QuestionOutcome]) -> dict[str, float]:
+    n = len(questions)
+    acc = sum(q.correct for q in questions) / n
+    out = {M.MMLU_ACC: acc, M.MMLU_ACC_STDERR: (acc * (1 - acc) / n) ** 0.5, M.MMLU_N_QUESTIONS: float(n)}
+    for s in SUBJECTS:
+        qs = [q for q in questions if q.subject == s]
+        out[M.subject_metric(s)] = sum(q.correct for q in qs) / len(qs)
+    return out
+
+
+def child(model, variant, questions, *, role="candidate", method=None, status="FINISHED", log_questions=True, error=None, **metrics):
+    return dict(
+        model=model, variant=variant, role=role, method=method or ("none" if variant == "none" else variant),
+        status=status, questions=questions, log_questions=log_questions, error=error, metrics=metrics,
+    )
+
+
+def write_sweep(uri: str, experiment: str, children: list[dict]) -> tuple[str, dict[str, str]]:
+    """Parent + children as the sweep logs them; returns (parent id, {label: child id})."""
+    from pipeline.tracking import Tracker, questions_csv
+
+    tr = Tracker(uri, experiment)
+    parent = tr.start_parent(experiment, {"recipe.name": experiment}, {"host": "test-host"})
+    tr.log_text(parent, f"name: {experiment}\nmodels: []\n", M.ART_RECIPE)
+    ids = {}
+    for c in children:
+        label = f"{c['model']}/{c['variant']}"
+        tags = {M.TAG_MODEL: c["model"], M.TAG_VARIANT: c["variant"], M.TAG_ROLE: c["role"], "method": c["method"], "provenance.source": f"hub:{c['model']}"}
+        if c["error"]:
+            tags[M.TAG_STATUS_ERROR] = c["error"]
+        run = tr.start_child(parent, label, {"variant.name": c["variant"]}, tags)
+        metrics = dict(c["metrics"])
+        if c["questions"] is not None:
+            metrics = {**acc_metrics(c["questions"]), **metrics}
+            if c["log_questions"]:
+                tr.log_text(run, questions_csv(c["questions"]), M.ART_QUESTIONS)
+        tr.log_metrics(run, metrics)
+        tr.end(run, c["status"])
+        ids[label] = run
+    tr.end(parent, "FINISHED")
+    return parent, ids
+
+
+BASE = base_questions()
+SPEEDY = dict(decode_tok_s=90.0, wall_tok_s=120.0, weight_bytes=2e9, kl_vs_base=0.01)
+
+
+def fresh_store(tmp_path_factory, name: str) -> str:
+    """A migrated empty sqlite store: created once per session (migrations take seconds), then copied."""
+    template = tmp_path_factory.getbasetemp() / "mlflow-template" / "mlflow.db"
+    if not template.exists():
+        from pipeline.tracking import Tracker
+
+        template.parent.mkdir(parents=True, exist_ok=True)
+        Tracker(f"sqlite:///{template}", "template")
+    dest = tmp_path_factory.mktemp(name) / "mlflow.db"
+    shutil.copyfile(template, dest)
+    return f"sqlite:///{dest}"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    uri = fresh_store(tmp_path_factory, "gate-store")
+    base = child("m", "none", BASE, decode_tok_s=50.0, wall_tok_s=60.0, weight_bytes=4e9, kl_vs_base=0.0)
+    ref = child("ref", "none", changed(BASE, 150, 0), role="reference", decode_tok_s=120.0, wall_tok_s=150.0, weight_bytes=1e9)
+    int8 = child("m", "int8", changed(BASE, 5, 5), **SPEEDY)
+    sweeps = {
+        "good": write_sweep(uri, "good", [base, int8, ref]),
+        "mixed": write_sweep(
+            uri,
+            "mixed",
+            [
+                base,
+                int8,
+                ref,
+                child("m", "nf4", None, status="FAILED", error="RuntimeError: CUDA out of memory"),
+                child("m", "prune", changed(BASE, 3, 3), wall_tok_s=100.0, weight_bytes=2e9, kl_vs_base=0.02),  # no decode_tok_s
+                child("m", "slow", changed(BASE, 2, 2), decode_tok_s=30.0, weight_bytes=3e9, kl_vs_base=0.01),  # dominated by the base
+                child("m", "noq", changed(BASE, 1, 1), log_questions=False, **SPEEDY),
+            ],
+        ),
+        "small": write_sweep(
+            uri, "small", [child("m", "none", BASE[:20], decode_tok_s=50.0), child("m", "int8", BASE[:20], decode_tok_s=90.0, kl_vs_base=0.0)]
+        ),
+        "baseonly": write_sweep(uri, "baseonly", [base, ref]),
+    }
+    return uri, sweeps
+
+
+def policy(tmp_path: Path, **over) -> Path:
+    doc = {
+        "max_mmlu_drop_points": 2.0,
+        "confidence": 0.95,
+        "must_not_be_dominated": True,
+        "min_decode_tok_s": 10,
+        "max_kl_vs_base": 0.1,
+        "registry_name": "{experiment}.{model}.{variant}",
+        "bootstrap_samples": 2000,
+        **over,
+    }
+    p = tmp_path / "policy.yaml"
+    p.write_text(yaml.safe_dump(doc))
+    return p
+
+
+def junit(path: Path) -> dict[str, ET.Element]:
+    root = ET.parse(path).getroot()
+    assert root.tag == "testsuites"
+    return {c.get("name"): c for c in root.iter("testcase")}
+
+
+def tags_of(uri: str, run_id: str) -> dict[str, str]:
+    from pipeline.tracking import load_sweep
+
+    for exp in ("good", "mixed", "small"):
+        for c in load_sweep(uri, experiment=exp, with_questions=False).children:
+            if c.run_id == run_id:
+                return c.tags
+    raise KeyError(run_id)
+
+
+def test_gate_passes_registers_and_tags(store, tmp_path):
+    from pipeline.tracking import alias_run_id, read_run_text
+
+    uri, sweeps = store
+    parent, ids = sweeps["good"]
+    out = tmp_path / "out"
+    result = run_gate(policy(tmp_path), tracking_uri=uri, run_id=parent, out_dir=out)
+    assert isinstance(result, GateResult)
+    assert result.exit_code == 0 and gate_exit_code(result) == 0, result.error
+    [g] = result.variants
+    assert g.label == "m/int8" and g.verdict == "pass" and g.mmlu.decision == "pass"
+    assert alias_run_id(uri, "good.m.int8", "gate-passed") == ids["m/int8"]
+    assert g.registered == "good.m.int8 v1 @gate-passed"
+    bundle = read_run_text(uri, ids["m/int8"], "shrinkgate_model/shrinkgate_variant.json")
+    assert bundle and '"provenance.source": "hub:m"' in bundle
+    assert read_run_text(uri, ids["m/int8"], f"shrinkgate_model/{M.ART_RECIPE}").startswith("name: good")
+    tags = tags_of(uri, ids["m/int8"])
+    assert tags["gate.verdict"] == "pass" and tags["gate.reasons"] == "all checks passed"
+    cases = junit(out / "gate_junit.xml")
+    assert list(cases) == ["m/int8"] and cases["m/int8"].find("failure") is None
+    md = (out / "gate_report.md").read_text()
+    assert md.startswith("# shrinkgate gate: PASS") and "m/int8" in md
+    assert read_run_text(uri, parent, "gate/gate_junit.xml") is not None  # on the parent run too
+
+
+def test_gate_fails_closed(store, tmp_path):
+    from pipeline.tracking import alias_run_id
+
+    uri, sweeps = store
+    parent, ids = sweeps["mixed"]
+    out = tmp_path / "out"
+    result = run_gate(policy(tmp_path), tracking_uri=uri, experiment="mixed", out_dir=out)
+    assert result.exit_code == 1 and result.parent_run_id == parent
+    by = {g.label: g for g in result.variants}
+    assert {k: g.verdict for k, g in by.items()} == {
+        "m/int8": "pass",
+        "m/nf4": "fail",
+        "m/prune": "fail",
+        "m/slow": "fail",
+        "m/noq": "fail",
+    }
+    assert any("status FAILED (RuntimeError: CUDA out of memory)" in r for r in by["m/nf4"].reasons)
+    assert any("missing metric decode_tok_s" in r for r in by["m/prune"].reasons)
+    [dominated] = [r for r in by["m/slow"].reasons if "dominated by" in r]
+    assert "m/none" in dominated and "ref/none" not in dominated  # the reference is 15 points less accurate
+    assert any("no per-question outcomes" in r for r in by["m/noq"].reasons)
+    # registry: the pass only
+    assert alias_run_id(uri, "mixed.m.int8", "gate-passed") == ids["m/int8"]
+    for name in ("nf4", "prune", "slow", "noq"):
+        assert alias_run_id(uri, f"mixed.m.{name}", "gate-passed") is None
+    # tags on every child, reasons included
+    assert tags_of(uri, ids["m/nf4"])["gate.verdict"] == "fail"
+    assert "missing metric decode_tok_s" in tags_of(uri, ids["m/prune"])["gate.reasons"]
+    # JUnit: one testcase per gated variant, failure message = reasons
+    root = ET.parse(out / "gate_junit.xml").getroot()
+    suite = root.find("testsuite")
+    assert (suite.get("tests"), suite.get("failures")) == ("5", "4")
+    cases = junit(out / "gate_junit.xml")
+    assert cases["m/int8"].find("failure") is None
+    assert "missing metric decode_tok_s" in cases["m/prune"].find("failure").get("message")
+    assert cases["m/nf4"].find("failure").get("type") == "fail"
+    assert "# shrinkgate gate: FAIL" in (out / "gate_report.md").read_text()
+
+
+def test_gate_selected_variants_and_missing_one(store, tmp_path):
+    uri, sweeps = store
+    parent, _ = sweeps["mixed"]
+    result = run_gate(policy(tmp_path, variants=["int8"], register_model=False), tracking_uri=uri, run_id=parent, out_dir=tmp_path)
+    assert result.exit_code == 0 and [g.label for g in result.variants] == ["m/int8"]
+    assert result.variants[0].registered is None
+    result = run_gate(policy(tmp_path, variants=["m/int8", "ghost"], register_model=False), tracking_uri=uri, run_id=parent, out_dir=tmp_path)
+    assert result.exit_code == 1
+    ghost = result.variants[1]
+    assert ghost.verdict == "fail" and "no candidate child run named 'ghost'" in ghost.reasons[0]
+
+
+def test_gate_undecided_is_not_a_pass(store, tmp_path):
+    from pipeline.tracking import alias_run_id
+
+    uri, sweeps = store
+    parent, ids = sweeps["small"]
+    result = run_gate(policy(tmp_path), tracking_uri=uri, run_id=parent, out_dir=tmp_path / "o")
+    assert result.exit_code == 1
+    [g] = result.variants
+    assert g.verdict == "undecided" and g.mmlu.n == 20 and "questions needed" in g.reasons[0]
+    assert alias_run_id(uri, "small.m.int8", "gate-passed") is None
+    assert tags_of(uri, ids["m/int8"])["gate.verdict"] == "undecided"
+    assert junit(tmp_path / "o" / "gate_junit.xml")["m/int8"].find("failure").get("type") == "undecided"
+
+
+def test_gate_errors_exit_2(store, tmp_path):
+    uri, sweeps = store
+    parent, ids = sweeps["good"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("max_mmlu_drop_points: 1\nmax_mmlu_drop: 2\n")
+    r = run_gate(bad, tracking_uri=uri, run_id=parent, out_dir=tmp_path / "bad")
+    assert r.exit_code == 2 and "field `max_mmlu_drop`" in r.error and "\n" not in r.error
+    assert junit(tmp_path / "bad" / "gate_junit.xml")["gate"].find("error") is not None
+    good = policy(tmp_path)
+    assert run_gate(good, tracking_uri=uri, run_id="0" * 32, out_dir=tmp_path).exit_code == 2
+    assert "not found" in run_gate(good, tracking_uri=uri, experiment="nope", out_dir=tmp_path).error
+    assert "not a sweep parent" in run_gate(good, tracking_uri=uri, run_id=ids["m/int8"], out_dir=tmp_path).error
+    assert "nothing to gate" in run_gate(good, tracking_uri=uri, experiment="baseonly", out_dir=tmp_path).error
+    assert gate_exit_code(tmp_path / "missing.yaml", tracking_uri=uri, run_id=parent, out_dir=tmp_path) == 2
+    assert gate_exit_code(good, tracking_uri=uri, run_id=parent, out_dir=tmp_path) == 0
+
+
+def test_policy_errors_are_one_line(tmp_path):
+    p = tmp_path / "p.yaml"
+    p.write_text("max_mmlu_drop_points: 1\nconfidense: 0.9\n")
+    with pytest.raises(RecipeError, match=r"p\.yaml: field `confidense` .*unknown key -> remove it"):
+        load_policy(p)
+    p.write_text("confidence: 0.9\n")
+    with pytest.raises(RecipeError, match="field `max_mmlu_drop_points`: required -> add it"):
+        load_policy(p)
+    p.write_text("max_mmlu_drop_points: 1\ndominance_axes: [speed]\n")
+    with pytest.raises(RecipeError, match="unknown axis 'speed' -> use decode_tok_s"):
+        load_policy(p)
+    p.write_text("max_mmlu_drop_points: [1\n")
+    with pytest.raises(RecipeError, match="not valid YAML"):
+        load_policy(p)
+    assert load_policy(Path(__file__).resolve().parents[1] / "policies" / "default.yaml").max_mmlu_drop_points == 1.0
