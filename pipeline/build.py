@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from pipeline.fidelity import StorageSummary, check_nm_pattern
-from pipeline.methods import BuildContext, MethodError, get_method
+from pipeline.fidelity import (
+    BaseReference,
+    check_nm_pattern,
+    compute_base_reference,
+    dir_bytes,
+    distance_to_base,
+    sparsity_summary,
+    storage_bytes,
+)
+from pipeline.methods import BuildContext, Method, MethodError, NotSerializable, get_method, validate_steps
 from pipeline.models import ResolvedModel, load_model
 from pipeline.recipe import ModelSpec, VariantSpec
 from pipeline.results import FidelityRecord, Provenance
@@ -70,44 +81,119 @@ class PeakMemory:
             self._thread.join()
 
 
+def _check_before_weights(resolved: ResolvedModel, model_spec: ModelSpec, parsed) -> None:
+    """Read config.json only and let every step refuse a model it cannot handle (Method.check_model)."""
+    if not any(type(m).check_model is not Method.check_model for m, _ in parsed):
+        return
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(resolved.dense_dir, trust_remote_code=model_spec.trust_remote_code)
+    for m, p in parsed:
+        problem = m.check_model(p, config)
+        if problem:
+            raise MethodError(problem)
+
+
+def _serialized(method: Method, model, params, *, measure: bool) -> tuple[int | None, bool | None, str | None]:
+    """(bytes, serializable, reason): save to a temp dir with safetensors, measure, delete."""
+    if not measure:
+        return None, method.serializable, method.serializable_reason if not method.serializable else None
+    out = Path(tempfile.mkdtemp(prefix="shrinkgate-save-"))
+    try:
+        method.serialize(model, params, out)
+        return dir_bytes(out), True, None
+    except NotSerializable as exc:
+        return None, False, str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    except Exception as exc:  # noqa: BLE001 - a library that cannot save this form: record its reason
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return None, False, f"{method.library}: {type(exc).__name__}: {first}"[:300]
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
 def build_artifact(
-    resolved: ResolvedModel, model_spec: ModelSpec, variant: VariantSpec, *, device: str, calibration=None
+    resolved: ResolvedModel,
+    model_spec: ModelSpec,
+    variant: VariantSpec,
+    *,
+    device: str,
+    calibration=None,
+    base: BaseReference | None = None,
+    data_dir: str | None = None,
+    measure_serialized: bool = True,
 ) -> Artifact:
+    """Load, apply each step in order, and account what the result stores and how far it moved.
+
+    `base`: the unmodified model's `BaseReference` (compute once per model with
+    `pipeline.fidelity.compute_base_reference`); without it weight_rel_error / KL / top-1 stay None.
+    `calibration`: a default calibration source (str) for steps that leave their `calibration` param unset,
+    or a legacy `n -> texts` callable. `data_dir`: the MMLU JSONL dir (eval.data_dir).
+    Order of checks: params and step order (no I/O), then `check_model` on config.json, then weights.
+    """
     steps = [(get_method(s.method), s) for s in variant.pipeline_steps]
     parsed = [(m, m.parse(s.params)) for m, s in steps]
     for i, (m, _) in enumerate(parsed):
         dev_kind = "cuda" if device.startswith("cuda") else device
         if dev_kind not in m.devices:
             raise MethodError(f"method {m.name!r} runs on {', '.join(m.devices)} only; this run is on {device}")
-        if i > 0 and m.quantizes_at_load:
-            raise MethodError(f"method {m.name!r} quantizes at load time, so it must be the first step of variant {variant.name!r}")
+    problem = validate_steps([(s.method, s.params) for s in variant.pipeline_steps])
+    if problem:
+        raise MethodError(f"variant {variant.name!r}: {problem}")
+    _check_before_weights(resolved, model_spec, parsed)
     first, first_params = parsed[0]
     started = time.perf_counter()
     with PeakMemory(device) as peak:
         loaded = load_model(resolved, model_spec, device=device, load_kwargs=first.load_kwargs(first_params, device))
-        ctx = BuildContext(tokenizer=loaded.tokenizer, device=device, calibration=calibration)
+        ctx = BuildContext(
+            tokenizer=loaded.tokenizer,
+            device=device,
+            calibration=calibration if callable(calibration) else None,
+            default_calibration=calibration if isinstance(calibration, str) else None,
+            data_dir=data_dir,
+        )
         model = loaded.model
         for m, p in parsed:
             model = m.apply(model, p, ctx)
+            ctx.previous = (*ctx.previous, m.name)
+            ctx.pruned = ctx.pruned or m.kind == "prune"
         model.eval()
     build_seconds = time.perf_counter() - started
-    storage = StorageSummary(model)
+
+    # The step whose form the weights end in decides how they are stored and saved.
+    storer, storer_params = next(((m, p) for m, p in reversed(parsed) if m.kind != "none"), parsed[0])
+    runtime = storage_bytes(model)
+    sparsity = sparsity_summary(model)
+    with storer.stored_form(model, storer_params):
+        stored = storage_bytes(model)
+        serialized_bytes, serializable, reason = _serialized(storer, model, storer_params, measure=measure_serialized)
     nm = next((m.nm_pattern(p) for m, p in parsed if m.nm_pattern(p)), None)
-    last, last_params = parsed[-1]
+    distance = distance_to_base(model, base)
+    extra = {"dense_fallback": any(m.dense_fallback(p, device) for m, p in parsed), **ctx.notes}
+    if nm:
+        extra["nm_pattern"] = f"{nm[0]}:{nm[1]}"
+    if base is not None:
+        extra["heldout.sha256"] = base.texts_sha256
+        extra["heldout.tokens"] = int(sum(ids.shape[-1] for ids in base.input_ids))
     fidelity = FidelityRecord(
-        weight_bytes=storage.weight_bytes,
-        linear_weight_bytes=storage.linear_bytes,
-        linear_weight_count=storage.linear_count,
-        bits_per_weight=storage.bits_per_weight,
-        bytes_read_per_token=storage.bytes_read_per_token,
-        sparsity=storage.sparsity,
-        kernel=" then ".join(m.kernel(p, device) for m, p in parsed),
+        weight_bytes=stored.weight_bytes,
+        linear_weight_bytes=stored.linear_bytes,
+        linear_weight_count=stored.linear_count,
+        bits_per_weight=stored.bits_per_weight,
+        bytes_read_per_token=runtime.bytes_read_per_token,
+        sparsity=sparsity.sparsity,
+        kernel=" then ".join(m.kernel_for(model, p, device) for m, p in parsed),
         build_seconds=build_seconds,
         build_peak_mem_mb=peak.peak_mb,
-        per_layer_sparsity=storage.per_layer_sparsity,
-        serializable=all(m.serializable for m, _ in parsed),
+        per_layer_sparsity=sparsity.per_layer,
+        weight_rel_error=distance.weight_rel_error,
+        kl_vs_base=distance.kl_vs_base,
+        top1_agree_vs_base=distance.top1_agree_vs_base,
+        serialized_bytes=serialized_bytes,
+        serializable=serializable,
+        serializable_reason=reason,
         nm_pattern_ok=check_nm_pattern(model, *nm) if nm else None,
-        extra={"dense_fallback": any(m.dense_fallback(p, device) for m, p in parsed), **ctx.notes},
+        runtime_weight_bytes=runtime.weight_bytes,
+        extra=extra,
     )
     return Artifact(
         model_name=model_spec.name,
@@ -119,4 +205,19 @@ def build_artifact(
         fidelity=fidelity,
         device=device,
         methods=tuple(m.name for m, _ in parsed),
+        notes=dict(ctx.notes),
     )
+
+
+def base_reference_for(
+    resolved: ResolvedModel, model_spec: ModelSpec, *, device: str, data_dir: str | None = None
+) -> BaseReference:
+    """Load the unmodified model once, compute its `BaseReference`, free it."""
+    import gc
+
+    loaded = load_model(resolved, model_spec, device=device)
+    try:
+        return compute_base_reference(loaded.model, loaded.tokenizer, model_name=model_spec.name, data_dir=data_dir)
+    finally:
+        del loaded
+        gc.collect()

@@ -64,8 +64,14 @@ def _load(recipe_path: Path, **overrides):
     from pipeline.accuracy import resolve_data
     from pipeline.recipe import apply_overrides, load_recipe
 
+    from pipeline.models import preflight
+    from pipeline.models.loader import pick_device
+
     recipe = apply_overrides(load_recipe(recipe_path), **overrides)
     resolve_data(recipe.eval)
+    pick_device(recipe.eval.device)
+    for model in recipe.models:
+        preflight(model)
     return recipe
 
 
@@ -183,11 +189,50 @@ def ui(
     host: str = typer.Option("127.0.0.1", "--host", help="bind address (loopback unless you mean otherwise)"),
     port: int = typer.Option(5000, "--port"),
 ) -> None:
-    """Start the MLflow UI over the store (one worker, loopback by default)."""
-    exe = shutil.which("mlflow") or str(Path(sys.executable).with_name("mlflow"))
-    cmd = [exe, "ui", "--backend-store-uri", tracking_uri, "--host", host, "--port", str(port), "--workers", "1"]
+    """Start the MLflow UI over the store (one worker, loopback by default); Ctrl-C or SIGTERM stops it."""
+    import signal
+
+    from pipeline.tracking import artifact_root_for
+
+    venv_mlflow = Path(sys.executable).with_name("mlflow")
+    exe = str(venv_mlflow) if venv_mlflow.is_file() else (shutil.which("mlflow") or "mlflow")
+    cmd = [exe, "server", "--backend-store-uri", tracking_uri, "--host", host, "--port", str(port), "--workers", "1"]
+    artifacts = artifact_root_for(tracking_uri)  # sqlite: runs' artifacts beside the db; new ones go there too
+    if artifacts:
+        Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        cmd += ["--artifacts-destination", artifacts]
     console.print(f"MLflow UI on http://{host}:{port}  ({tracking_uri})")
-    raise typer.Exit(subprocess.call(cmd, env={**os.environ}))
+    # The server (and its uvicorn worker) live in their own process group, which we end on Ctrl-C / SIGTERM.
+    proc = subprocess.Popen(cmd, env={**os.environ}, start_new_session=True)
+
+    def _stop(signum, frame):  # noqa: ARG001
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, _stop)
+    except ValueError:  # not the main thread: Ctrl-C handling is the caller's
+        previous = None
+    try:
+        code = proc.wait()
+    except KeyboardInterrupt:
+        for sig, grace in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
+            try:
+                os.killpg(proc.pid, sig)
+                proc.wait(timeout=grace)
+                break
+            except ProcessLookupError:
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        try:  # a worker that outlived the server's main process
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        code = 0
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    raise typer.Exit(code)
 
 
 @app.command()

@@ -1,13 +1,33 @@
 """What a built variant really stores and how far it moved from the base model. No MLflow here.
 
 Bytes are counted from the tensors themselves (packed values + scales + zero-points + masks):
-`get_memory_footprint()` counts a torchao tensor subclass at its logical dtype, which is wrong.
+`get_memory_footprint()` counts a torchao or quanto tensor subclass at its logical dtype, and misses
+hqq's scales (kept in a plain dict), so it is wrong for most methods. `tensor_storage_bytes` looks inside:
+
+- torchao / optimum-quanto tensor subclasses: the inner tensors named by `__tensor_flatten__` (recursively,
+  e.g. quanto's PackedTensor inside a WeightQBitsTensor);
+- bitsandbytes: `Params4bit` packed bytes + its `quant_state` (absmax, code, nested double-quant state),
+  `Int8Params` + its row scales `SCB`;
+- hqq `HQQLinear`: packed `W_q` + the `meta` dict's scale/zero tensors;
+- compressed-tensors: the packed `weight_packed`/`weight_scale`/`weight_zero_point` parameters of the
+  model in its stored form (see `Method.stored_form`).
+
+Distance from the base model is measured against a `BaseReference`, computed once per model from the
+unmodified (dense) model: its linear weights (spilled to a temp safetensors file, not kept in RAM) and
+its next-token log-probs on a fixed batch of held-out MMLU validation text (never test).
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Iterable
+import os
+import shutil
+import tempfile
+import weakref
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 import torch
 
@@ -16,12 +36,28 @@ from pipeline.methods.targets import target_linears
 if TYPE_CHECKING:
     from torch import nn
 
+# Fidelity forwards run with a fixed thread count: a CPU matmul's reduction order (so its last bits)
+# can depend on the thread count, and `none` must score KL exactly 0 against the reference.
+FIDELITY_THREADS = 1
+HELDOUT_TEXTS = 4
+HELDOUT_SEQ_LEN = 128
+
+
+# -- bytes ------------------------------------------------------------------------------------------
+def _is_plain(t: torch.Tensor) -> bool:
+    return type(t) in (torch.Tensor, torch.nn.Parameter)
+
 
 def tensor_storage_bytes(t: torch.Tensor) -> int:
     """Bytes a tensor really occupies, looking inside quantized tensor subclasses and bnb quant states."""
-    if hasattr(t, "__tensor_flatten__") and type(t) not in (torch.Tensor, torch.nn.Parameter):
+    if not _is_plain(t) and hasattr(t, "__tensor_flatten__"):
         inner_names, _ = t.__tensor_flatten__()
-        return sum(tensor_storage_bytes(getattr(t, n)) for n in inner_names)
+        total = 0
+        for n in inner_names:
+            inner = getattr(t, n, None)
+            if isinstance(inner, torch.Tensor):
+                total += tensor_storage_bytes(inner)
+        return total
     total = t.numel() * t.element_size()
     state = getattr(t, "quant_state", None)  # bitsandbytes Params4bit
     if state is not None:
@@ -44,45 +80,64 @@ def _quant_state_bytes(state) -> int:
     return total
 
 
-def _logical_numel(module: nn.Module, weight: torch.Tensor) -> int:
-    """Number of weights the layer represents (bnb packs two 4-bit values per byte)."""
-    in_f, out_f = getattr(module, "in_features", None), getattr(module, "out_features", None)
-    if in_f and out_f:
-        return int(in_f) * int(out_f)
-    shape = getattr(weight, "shape", None)
-    return int(math.prod(shape)) if shape is not None else weight.numel()
-
-
-def dense_weight(module: nn.Module) -> torch.Tensor:
-    """The layer's weight as a dense float tensor (dequantized where needed), for sparsity and error."""
-    w = module.weight
-    if hasattr(module, "dequantize") and not isinstance(w, torch.nn.Parameter | torch.Tensor):
-        return module.dequantize().float()
-    quant_state = getattr(w, "quant_state", None)
-    if quant_state is not None:
-        import bitsandbytes.functional as bnbf
-
-        return bnbf.dequantize_4bit(w.data, quant_state).float()
-    scb = getattr(w, "SCB", None)
-    if isinstance(scb, torch.Tensor) and w.dtype == torch.int8:
-        return (w.data.float() * scb.float().unsqueeze(1) / 127.0)
-    if hasattr(w, "dequantize") and type(w) not in (torch.Tensor, torch.nn.Parameter):
-        return w.dequantize().float()
-    return w.detach().float()
-
-
-def _unique_tensors(model: nn.Module) -> Iterable[tuple[str, torch.Tensor]]:
-    seen: set[int] = set()
-    for name, t in list(model.named_parameters(remove_duplicate=False)) + list(model.named_buffers()):
-        key = id(t)
+def _tensor_key(t: torch.Tensor) -> Any:
+    if _is_plain(t):
         try:
-            key = t.untyped_storage().data_ptr() if type(t) in (torch.Tensor, torch.nn.Parameter) else id(t)
+            return ("p", t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
         except (RuntimeError, NotImplementedError):
-            pass
+            return ("i", id(t))
+    return ("i", id(t))
+
+
+def _dict_tensors(d: dict) -> Iterator[torch.Tensor]:
+    for v in d.values():
+        if isinstance(v, torch.Tensor):
+            yield v
+        elif isinstance(v, dict):
+            yield from _dict_tensors(v)
+
+
+def module_tensors(module: nn.Module) -> Iterator[torch.Tensor]:
+    """Every tensor a module itself stores (not its children's): parameters, buffers and hqq's meta."""
+    yield from module.parameters(recurse=False)
+    yield from module.buffers(recurse=False)
+    meta = getattr(module, "meta", None)  # hqq HQQLinear keeps scale/zero in a plain dict
+    if isinstance(meta, dict):
+        yield from _dict_tensors(meta)
+    scb = _bnb_int8_row_scales(module)  # bnb Linear8bitLt moves SCB from the weight to `state` on first call
+    if scb is not None and getattr(getattr(module, "weight", None), "SCB", None) is None:
+        yield scb
+
+
+def _bnb_int8_row_scales(module: nn.Module) -> torch.Tensor | None:
+    w = getattr(module, "weight", None)
+    scb = getattr(w, "SCB", None)
+    if not isinstance(scb, torch.Tensor):
+        scb = getattr(getattr(module, "state", None), "SCB", None)
+    return scb if isinstance(scb, torch.Tensor) else None
+
+
+def _module_bytes(module: nn.Module, seen: set) -> int:
+    total = 0
+    for t in module_tensors(module):
+        key = _tensor_key(t)
         if key in seen:
             continue
         seen.add(key)
-        yield name, t
+        total += tensor_storage_bytes(t)
+    return total
+
+
+def logical_numel(module: nn.Module) -> int:
+    """Number of weights the layer represents (packed formats store fewer elements)."""
+    in_f, out_f = getattr(module, "in_features", None), getattr(module, "out_features", None)
+    if in_f and out_f:
+        return int(in_f) * int(out_f)
+    meta = getattr(module, "meta", None)
+    if isinstance(meta, dict) and "shape" in meta:
+        return int(math.prod(meta["shape"]))
+    w = getattr(module, "weight", None)
+    return int(math.prod(w.shape)) if w is not None else 0
 
 
 def _input_embedding_bytes(model: nn.Module) -> int:
@@ -93,46 +148,118 @@ def _input_embedding_bytes(model: nn.Module) -> int:
         return 0
     emb = get_in()
     out = get_out() if get_out is not None else None
-    if emb is None:
+    if emb is None or getattr(emb, "weight", None) is None:
         return 0
-    if out is not None and getattr(out, "weight", None) is not None and out.weight.data_ptr() == emb.weight.data_ptr():
+    if out is not None and getattr(out, "weight", None) is not None and _tensor_key(out.weight) == _tensor_key(emb.weight):
         return 0
     return tensor_storage_bytes(emb.weight)
 
 
+@dataclass
+class StorageBytes:
+    weight_bytes: int  # every unique tensor of the model (packed + scales + zeros + masks)
+    linear_bytes: int  # the compressed (target) linear layers only
+    linear_count: int  # logical weights in those layers
+    bytes_read_per_token: int
+
+    @property
+    def bits_per_weight(self) -> float:
+        return 8.0 * self.linear_bytes / max(self.linear_count, 1)
+
+
+def storage_bytes(model: nn.Module) -> StorageBytes:
+    seen: set = set()
+    linear_bytes = linear_count = 0
+    for _, module in target_linears(model):
+        linear_bytes += _module_bytes(module, seen)
+        linear_count += logical_numel(module)
+    rest = sum(_module_bytes(m, seen) for m in model.modules())
+    weight_bytes = linear_bytes + rest
+    return StorageBytes(weight_bytes, linear_bytes, linear_count, weight_bytes - _input_embedding_bytes(model))
+
+
+# -- dense views of compressed layers -----------------------------------------------------------------
+def _identity_probe(module: nn.Module) -> torch.Tensor:
+    """W recovered by running the layer on the identity (for kernels that expose no dequantize)."""
+    in_f = int(module.in_features)
+    w = getattr(module, "weight", None)
+    dtype = getattr(module, "compute_dtype", None) or (w.dtype if w is not None and w.is_floating_point() else torch.float32)
+    device = w.device if w is not None else torch.device("cpu")
+    with torch.no_grad():
+        eye = torch.eye(in_f, dtype=dtype, device=device)
+        y = module(eye)
+        bias = getattr(module, "bias", None)
+        if isinstance(bias, torch.Tensor):
+            y = y - bias
+    return y.t().float()
+
+
+def _ct_effective_weight(module: nn.Module) -> torch.Tensor | None:
+    """compressed-tensors layers that fake-quantize their float weight on every call: the weight they use."""
+    scheme = getattr(module, "quantization_scheme", None)
+    status = getattr(module, "quantization_status", None)
+    if scheme is None or status is None or getattr(scheme, "weights", None) is None:
+        return None
+    from compressed_tensors.quantization import QuantizationStatus
+    from compressed_tensors.quantization.lifecycle.forward import forward_quantize
+
+    if status >= QuantizationStatus.COMPRESSED or not hasattr(module, "weight_scale"):
+        return None
+    with torch.no_grad():
+        return forward_quantize(module, module.weight.data, "weight", scheme.weights).float()
+
+
+def dense_weight(module: nn.Module) -> torch.Tensor:
+    """The layer's weight as a dense float tensor (dequantized where needed), for sparsity and error."""
+    if type(module).__name__.startswith("HQQLinear"):
+        return module.dequantize().float().reshape(module.meta["shape"])
+    w = module.weight
+    quant_state = getattr(w, "quant_state", None)
+    if quant_state is not None:
+        import bitsandbytes.functional as bnbf
+
+        return bnbf.dequantize_4bit(w.data, quant_state).float()
+    scb = _bnb_int8_row_scales(module)
+    if scb is not None and w.dtype == torch.int8:
+        return w.data.float() * scb.float().unsqueeze(1) / 127.0
+    if not _is_plain(w):
+        try:
+            return w.dequantize().float()
+        except (NotImplementedError, AttributeError, RuntimeError):
+            return _identity_probe(module)
+    ct = _ct_effective_weight(module)
+    if ct is not None:
+        return ct
+    return w.detach().float()
+
+
+@dataclass
+class SparsitySummary:
+    sparsity: float
+    per_layer: dict[str, float]
+
+
+def sparsity_summary(model: nn.Module) -> SparsitySummary:
+    zeros = total = 0
+    per_layer: dict[str, float] = {}
+    for name, module in target_linears(model):
+        n = logical_numel(module)
+        z = int((dense_weight(module) == 0).sum())
+        per_layer[name] = z / max(n, 1)
+        zeros += z
+        total += n
+    return SparsitySummary(zeros / max(total, 1), per_layer)
+
+
 class StorageSummary:
+    """Bytes and sparsity of a model as it is (kept for callers of the spine's API)."""
+
     def __init__(self, model: nn.Module) -> None:
-        self.weight_bytes = sum(tensor_storage_bytes(t) for _, t in _unique_tensors(model))
-        self.linear_bytes = 0
-        self.linear_count = 0
-        zeros = 0
-        self.per_layer_sparsity: dict[str, float] = {}
-        for name, module in target_linears(model):
-            w = module.weight if hasattr(module, "weight") else None
-            layer_bytes = sum(tensor_storage_bytes(t) for t in module.parameters(recurse=False))
-            layer_bytes += sum(tensor_storage_bytes(t) for t in module.buffers(recurse=False))
-            if w is None or layer_bytes == 0:  # e.g. HQQLinear keeps its packed tensors as plain attributes
-                layer_bytes = _attribute_tensor_bytes(module)
-            n = _logical_numel(module, w if w is not None else torch.empty(0))
-            dense = dense_weight(module)
-            layer_zeros = int((dense == 0).sum())
-            zeros += layer_zeros
-            self.per_layer_sparsity[name] = layer_zeros / max(n, 1)
-            self.linear_bytes += layer_bytes
-            self.linear_count += n
-        self.sparsity = zeros / max(self.linear_count, 1)
-        self.bits_per_weight = 8.0 * self.linear_bytes / max(self.linear_count, 1)
-        self.bytes_read_per_token = self.weight_bytes - _input_embedding_bytes(model)
-
-
-def _attribute_tensor_bytes(module: nn.Module) -> int:
-    total = 0
-    for v in vars(module).values():
-        if isinstance(v, torch.Tensor):
-            total += tensor_storage_bytes(v)
-        elif isinstance(v, dict):
-            total += sum(tensor_storage_bytes(x) for x in v.values() if isinstance(x, torch.Tensor))
-    return total
+        b = storage_bytes(model)
+        s = sparsity_summary(model)
+        self.weight_bytes, self.linear_bytes, self.linear_count = b.weight_bytes, b.linear_bytes, b.linear_count
+        self.bits_per_weight, self.bytes_read_per_token = b.bits_per_weight, b.bytes_read_per_token
+        self.sparsity, self.per_layer_sparsity = s.sparsity, s.per_layer
 
 
 def check_nm_pattern(model: nn.Module, n: int, m: int) -> bool:
@@ -145,3 +272,193 @@ def check_nm_pattern(model: nn.Module, n: int, m: int) -> bool:
         if bool((groups > n).any()):
             return False
     return True
+
+
+# -- the base model's reference ------------------------------------------------------------------------
+@contextmanager
+def fixed_threads(n: int = FIDELITY_THREADS):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _next_token_logprobs(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+    device = next((p.device for p in model.parameters() if p.device.type != "meta"), torch.device("cpu"))
+    # no_grad, not inference_mode: optimum-quanto's qint4 weights fail under inference_mode
+    # ("Cannot set version_counter for inference tensor").
+    with torch.no_grad():
+        logits = model(input_ids=input_ids.to(device)).logits[0]
+    return torch.log_softmax(logits.float(), dim=-1).cpu()
+
+
+@dataclass
+class BaseReference:
+    """The unmodified model's dense linear weights and next-token log-probs on a fixed held-out batch.
+
+    Compute once per model with `compute_base_reference` and pass to every `build_artifact` of that model.
+    Tensors live in a temp safetensors file (read lazily), so holding a reference costs little RAM.
+    """
+
+    model_name: str
+    path: Path  # temp safetensors file
+    linear_names: tuple[str, ...]
+    input_ids: tuple[torch.Tensor, ...]  # one [1, T] tensor per held-out text
+    texts_sha256: str
+    _dir: Path | None = None
+    _finalizer: Any = field(default=None, repr=False)
+
+    def weight(self, name: str) -> torch.Tensor:
+        from safetensors import safe_open
+
+        with safe_open(str(self.path), framework="pt") as f:
+            return f.get_tensor(f"w.{name}")
+
+    def weights(self) -> Iterator[tuple[str, torch.Tensor]]:
+        from safetensors import safe_open
+
+        with safe_open(str(self.path), framework="pt") as f:
+            for name in self.linear_names:
+                yield name, f.get_tensor(f"w.{name}")
+
+    def logprobs(self) -> Iterator[torch.Tensor]:
+        from safetensors import safe_open
+
+        with safe_open(str(self.path), framework="pt") as f:
+            for i in range(len(self.input_ids)):
+                yield f.get_tensor(f"lp.{i}")
+
+    def close(self) -> None:
+        if self._finalizer is not None:
+            self._finalizer()
+
+
+def compute_base_reference(
+    model: nn.Module,
+    tokenizer: Any,
+    *,
+    model_name: str = "",
+    data_dir: str | os.PathLike | None = None,
+    texts: list[str] | None = None,
+    n_texts: int = HELDOUT_TEXTS,
+    seq_len: int = HELDOUT_SEQ_LEN,
+    workdir: str | os.PathLike | None = None,
+) -> BaseReference:
+    """Reference from the UNMODIFIED model (method `none`); `texts` default to held-out MMLU validation rows."""
+    import hashlib
+
+    from safetensors.torch import save_file
+
+    from pipeline.calibration import heldout_texts, tokenized_batches
+
+    if texts is None:
+        texts = heldout_texts(n_texts, data_dir=data_dir)
+    batches = tokenized_batches(tokenizer, texts, seq_len)
+    tensors: dict[str, torch.Tensor] = {}
+    names = []
+    for name, module in target_linears(model):
+        tensors[f"w.{name}"] = dense_weight(module).contiguous().cpu()
+        names.append(name)
+    with fixed_threads():
+        for i, b in enumerate(batches):
+            tensors[f"lp.{i}"] = _next_token_logprobs(model, b["input_ids"]).contiguous()
+    tmp = Path(tempfile.mkdtemp(prefix="shrinkgate-baseref-", dir=workdir))
+    path = tmp / "reference.safetensors"
+    save_file(tensors, str(path))
+    del tensors
+    ref = BaseReference(
+        model_name=model_name,
+        path=path,
+        linear_names=tuple(names),
+        input_ids=tuple(b["input_ids"].cpu() for b in batches),
+        texts_sha256=hashlib.sha256("\n\n".join(texts).encode("utf-8")).hexdigest(),
+        _dir=tmp,
+    )
+    ref._finalizer = weakref.finalize(ref, shutil.rmtree, str(tmp), True)
+    return ref
+
+
+@dataclass
+class Distance:
+    weight_rel_error: float | None
+    kl_vs_base: float | None
+    top1_agree_vs_base: float | None
+
+
+def weight_rel_error(model: nn.Module, base: BaseReference) -> float:
+    """‖W_q − W‖ / ‖W‖ over all compressed linear weights together (Frobenius, as one vector)."""
+    modules = dict(target_linears(model))
+    num = den = 0.0
+    for name, w0 in base.weights():
+        module = modules.get(name)
+        if module is None:
+            raise KeyError(f"layer {name} of the base model is missing from the variant")
+        w = dense_weight(module).cpu()
+        num += float((w - w0).double().pow(2).sum())
+        den += float(w0.double().pow(2).sum())
+    return math.sqrt(num) / math.sqrt(den) if den else 0.0
+
+
+def kl_and_agreement(model: nn.Module, base: BaseReference) -> tuple[float, float]:
+    """Mean per-token KL(base ‖ variant) of the next-token distribution, and top-1 agreement."""
+    kl_sum = 0.0
+    agree = count = 0
+    with fixed_threads():
+        for ids, lp_base in zip(base.input_ids, base.logprobs()):
+            lp = _next_token_logprobs(model, ids)
+            if lp.shape != lp_base.shape:
+                raise ValueError(f"variant logits {tuple(lp.shape)} do not match the reference's {tuple(lp_base.shape)}")
+            kl = (lp_base.exp() * (lp_base - lp)).sum(dim=-1)
+            kl_sum += float(kl.double().sum())
+            agree += int((lp.argmax(-1) == lp_base.argmax(-1)).sum())
+            count += lp.shape[0]
+    return max(kl_sum / max(count, 1), 0.0), agree / max(count, 1)
+
+
+def distance_to_base(model: nn.Module, base: BaseReference | None) -> Distance:
+    if base is None:
+        return Distance(None, None, None)
+    kl, top1 = kl_and_agreement(model, base)
+    return Distance(weight_rel_error(model, base), kl, top1)
+
+
+# -- layer-wise reconstruction error (what GPTQ / SparseGPT minimise) ---------------------------------
+def capture_layer_inputs(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], max_rows: int = 4096) -> dict[str, torch.Tensor]:
+    """Inputs X (rows = tokens) reaching every compressed linear layer of `model` on `batches`."""
+    captured: dict[str, list[torch.Tensor]] = {}
+    hooks = []
+    for name, module in target_linears(model):
+        def hook(_m, args, _out, name=name):
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).float().cpu()
+            captured.setdefault(name, []).append(x)
+
+        hooks.append(module.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            for b in batches:
+                model(**b)
+    finally:
+        for h in hooks:
+            h.remove()
+    return {k: torch.cat(v)[:max_rows] for k, v in captured.items()}
+
+
+def reconstruction_error(
+    inputs: dict[str, torch.Tensor], base: BaseReference | dict[str, torch.Tensor], model: nn.Module
+) -> float:
+    """sqrt(Σ_l ‖X_l (W_l − Ŵ_l)ᵀ‖²) / sqrt(Σ_l ‖X_l W_lᵀ‖²): output error of every layer on the same inputs."""
+    weights = dict(base.weights()) if isinstance(base, BaseReference) else base
+    modules = dict(target_linears(model))
+    num = den = 0.0
+    for name, x in inputs.items():
+        w0 = weights[name].float()
+        w = dense_weight(modules[name]).cpu()
+        num += float((x @ (w - w0).t()).double().pow(2).sum())
+        den += float((x @ w0.t()).double().pow(2).sum())
+    return math.sqrt(num / den) if den else 0.0
+
+
+def dir_bytes(path: str | os.PathLike) -> int:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())

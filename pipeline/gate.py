@@ -312,13 +312,18 @@ def run_gate(
     out_dir: str | Path = "reports/gate",
     console=None,
 ) -> GateResult:
-    """Gate one sweep (`run_id` of its parent run, or the latest sweep of `experiment`). Never raises for a
-    bad policy, an unknown run or an unreachable store: those return exit code 2 with `error` set (and a
-    JUnit file with one error testcase, so CI shows why)."""
+    """Gate one sweep (`run_id` of its parent run, or the latest sweep of `experiment`).
+
+    Never raises: a bad policy, an unknown run, an unreachable store or any failure while tagging or
+    registering returns exit code 2 with `error` set (one line), and still writes the report and a JUnit
+    file (with an error testcase when nothing could be gated) so CI shows why."""
+    import os
+
     from rich.console import Console
 
-    from pipeline.tracking import TrackingError, load_sweep, log_run_artifacts, register_passing, set_run_tags
+    from pipeline.tracking import TrackingError, load_sweep
 
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     console = console or Console()
     started = time.perf_counter()
     out = Path(out_dir)
@@ -335,15 +340,46 @@ def run_gate(
         result.variants = evaluate(sweep, result.policy)
         if not result.variants:
             raise GateError(f"sweep run {sweep.parent_run_id} has no candidate variant besides the unmodified model; nothing to gate")
-    except (RecipeError, TrackingError, GateError) as exc:
-        result.error = str(exc).splitlines()[0]
+    except Exception as exc:  # noqa: BLE001 - every error is exit 2 with one line
+        known = isinstance(exc, (RecipeError, TrackingError, GateError))
+        result.error = _one_line(exc, with_type=not known)
         result.variants = []
         _write_safely(result, out, policy_path, time.perf_counter() - started)
         _print(result, console)
         return result
 
-    policy = result.policy
     result.exit_code = 0 if all(g.verdict == "pass" for g in result.variants) else 1
+    try:
+        _record(result, sweep, uri, policy_path)
+    except Exception as exc:  # noqa: BLE001 - verdicts stand, but the store was not updated as promised
+        result.error = f"verdicts not fully recorded in {uri}: {_one_line(exc, with_type=True)}"
+        result.exit_code = 2
+    _write_safely(result, out, policy_path, time.perf_counter() - started)
+    try:
+        with tempfile.TemporaryDirectory() as d:
+            for p in (result.report_path, result.junit_path):
+                if p is not None:
+                    Path(d, p.name).write_bytes(p.read_bytes())
+            from pipeline.tracking import log_run_artifacts
+
+            log_run_artifacts(uri, sweep.parent_run_id, d, GATE_ARTIFACT_DIR)
+    except Exception as exc:  # noqa: BLE001
+        result.error = result.error or f"report not logged to run {sweep.parent_run_id}: {_one_line(exc, with_type=True)}"
+        result.exit_code = 2
+    _print(result, console)
+    return result
+
+
+def _one_line(exc: BaseException, *, with_type: bool) -> str:
+    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {msg}" if with_type or not msg else msg
+
+
+def _record(result: GateResult, sweep: SweepRecord, uri: str, policy_path: str | Path) -> None:
+    """Verdict tags on each child, registry entries for passes, a summary on the parent."""
+    from pipeline.tracking import register_passing, set_run_tags
+
+    policy = result.policy
     by_id = {r.run_id: r for r in sweep.children}
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     set_run_tags(
@@ -360,46 +396,36 @@ def run_gate(
                 continue
             r = by_id[g.run_id]
             name = policy.registry_name.format(experiment=sweep.experiment, model=r.model, variant=r.variant).replace("/", "-").replace(":", "-")
-            try:
-                reg_name, version = register_passing(
-                    uri,
-                    r,
-                    name=name,
-                    alias=policy.alias,
-                    files=_bundle(g, r, policy, sweep),
-                    parent_run_id=sweep.parent_run_id,
-                    tags={"gate.verdict": "pass", "gate.policy": str(policy_path), "model": r.model, "variant": r.variant},
-                )
-            except Exception as exc:  # noqa: BLE001 - a pass that could not be registered is an error (exit 2)
-                result.error = f"{g.label} passed but could not be registered as {name!r}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
-                result.exit_code = 2
-                continue
+            reg_name, version = register_passing(
+                uri,
+                r,
+                name=name,
+                alias=policy.alias,
+                files=_bundle(g, r, policy, sweep),
+                parent_run_id=sweep.parent_run_id,
+                tags={"gate.verdict": "pass", "gate.policy": str(policy_path), "model": r.model, "variant": r.variant},
+            )
             g.registered = f"{reg_name} v{version} @{policy.alias}"
             set_run_tags(uri, {g.run_id: {"gate.registered": g.registered}})
-    _write(result, out, policy_path, time.perf_counter() - started)
     set_run_tags(
         uri,
         {
             sweep.parent_run_id: {
-                "gate.verdict": {0: "pass", 1: "fail", 2: "error"}[result.exit_code],
+                "gate.verdict": {0: "pass", 1: "fail"}[result.exit_code],
                 "gate.summary": ", ".join(f"{g.label}={g.verdict}" for g in result.variants)[:5000],
                 "gate.time": stamp,
             }
         },
     )
-    with tempfile.TemporaryDirectory() as d:
-        for p in (result.report_path, result.junit_path):
-            Path(d, p.name).write_bytes(p.read_bytes())
-        log_run_artifacts(uri, sweep.parent_run_id, d, GATE_ARTIFACT_DIR)
-    _print(result, console)
-    return result
 
 
 def _write_safely(result: GateResult, out: Path, policy_path: str | Path, seconds: float) -> None:
     try:
         _write(result, out, policy_path, seconds)
-    except OSError:
+    except OSError as exc:
         result.report_path = result.junit_path = None
+        result.error = result.error or f"cannot write the report to {out}: {exc.strerror or exc}; fix --out"
+        result.exit_code = 2
 
 
 def gate_exit_code(

@@ -131,11 +131,23 @@ def _pct(x: float | None) -> float | None:
     return None if x is None else 100.0 * x
 
 
+def ordered(records: Sequence[VariantRecord]) -> list[VariantRecord]:
+    """Candidates by model (the unmodified one first), then references from the smallest."""
+
+    def key(r: VariantRecord):
+        if r.role == "reference":
+            wb = r.metric(M.WEIGHT_BYTES)
+            return (1, "", wb is None, wb or 0.0, r.label)
+        return (0, r.model, not r.is_base, 0.0, r.variant)
+
+    return sorted(records, key=key)
+
+
 def rows(analysis: SweepAnalysis) -> list[dict[str, Any]]:
     """One flat row per child run (the CSV; the Markdown and rich tables show a subset)."""
     z = _z2(analysis.confidence)
     out: list[dict[str, Any]] = []
-    for r in analysis.records:
+    for r in ordered(analysis.records):
         st = analysis.stats[r.run_id]
         acc, se = r.metric(M.MMLU_ACC), r.metric(M.MMLU_ACC_STDERR)
         row: dict[str, Any] = {
@@ -277,7 +289,7 @@ def markdown(analysis: SweepAnalysis, table_rows: list[dict[str, Any]], plots: S
     ]
     if analysis.axes:
         header = ["model/variant"] + [ax.title for ax in analysis.axes]
-        body = [[r.label] + [str(analysis.verdicts[ax.metric][r.run_id]) for ax in analysis.axes] for r in analysis.records]
+        body = [[r.label] + [str(analysis.verdicts[ax.metric][r.run_id]) for ax in analysis.axes] for r in ordered(analysis.records)]
         lines.append(_md_table(header, body))
     else:
         lines.append("No speed or size metric was logged: nothing to place on a frontier.")
@@ -349,13 +361,16 @@ def plot_pareto(analysis: SweepAnalysis, axis: Axis, path: Path) -> Path | None:
     plt = _plt()
     z = _z2(analysis.confidence)
     style = _style(analysis.records)
-    scale = 1e9 if axis.metric == M.WEIGHT_BYTES else 1.0
+    scale, unit = 1.0, ""
+    if axis.metric == M.WEIGHT_BYTES:
+        scale, unit = (1e9, "GB") if max(r.metric(axis.metric) for r in placed) >= 1e9 else (1e6, "MB")
     fig, ax = plt.subplots(figsize=(9, 6), dpi=120)
     batch = 1
     if axis.speed and "_bs" in axis.metric:
         batch = int(axis.metric.rsplit("_bs", 1)[1])
     xs_all: list[float] = []
     seen_legend: set[str] = set()
+    spots: dict[tuple[float, float], int] = {}  # near-coincident points get stacked labels
     for r in placed:
         x, y = r.metric(axis.metric) / scale, 100 * r.metric(M.MMLU_ACC)
         se = r.metric(M.MMLU_ACC_STDERR)
@@ -375,12 +390,14 @@ def plot_pareto(analysis: SweepAnalysis, axis: Axis, path: Path) -> Path | None:
         )
         seen_legend.add(legend)
         xs_all.append(x)
-        ax.annotate(r.label, (x, y), textcoords="offset points", xytext=(6, 6), fontsize=8)
+        spot = (round(math.log10(x), 2) if x > 0 else x, round(y, 1))
+        k = spots[spot] = spots.get(spot, -1) + 1
+        ax.annotate(r.label, (x, y), textcoords="offset points", xytext=(6, 6 + 11 * k), fontsize=8)
         if axis.speed:
             wall = roofline_tok_s(r, batch)
             if wall:
                 ax.plot([x, wall], [y, y], ":", color=color, linewidth=0.8)
-                ax.plot([wall, wall], [y - 1.2, y + 1.2], "-", color=color, linewidth=2.0, alpha=0.8)
+                ax.plot([wall], [y], marker="|", markersize=18, markeredgewidth=2.0, color=color, alpha=0.8, linestyle="none")
                 xs_all.append(wall)
     front = sorted((r for r in placed if verdicts[r.run_id].status == "frontier"), key=lambda r: r.metric(axis.metric))
     if front:
@@ -388,12 +405,17 @@ def plot_pareto(analysis: SweepAnalysis, axis: Axis, path: Path) -> Path | None:
         fy = [100 * r.metric(M.MMLU_ACC) for r in front]
         ax.plot(fx, fy, "--", color="black", linewidth=1.2, label="frontier", zorder=0)
     if axis.speed:
-        ax.plot([], [], "-", color="grey", linewidth=2.0, label="memory-wall ceiling (wall_tok_s)")
+        ax.plot([], [], marker="|", markersize=12, markeredgewidth=2.0, color="grey", linestyle="none", label="memory-wall ceiling (wall_tok_s)")
     positive = [v for v in xs_all if v > 0]
     if positive and max(positive) / min(positive) > 20:
+        from matplotlib.ticker import FuncFormatter, LogLocator
+
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
     if axis.metric == M.WEIGHT_BYTES:
-        ax.set_xlabel("weight bytes (GB, lower is better)")
+        ax.set_xlabel(f"weight bytes ({unit}, lower is better)")
     else:
         ax.set_xlabel(f"{axis.title} (higher is better)")
     ax.set_ylabel(f"MMLU accuracy % (± {analysis.confidence:.0%} CI)")
@@ -451,7 +473,7 @@ def plot_subject_heatmap(analysis: SweepAnalysis, model: str, path: Path) -> Pat
         for i in range(arr.shape[0]):
             for j in range(arr.shape[1]):
                 if np.isfinite(arr[i, j]):
-                    ax.text(j, i, f"{arr[i, j]:+.0f}", ha="center", va="center", fontsize=6)
+                    ax.text(j, i, f"{arr[i, j]:+.1f}" if lim < 10 else f"{arr[i, j]:+.0f}", ha="center", va="center", fontsize=6)
     fig.colorbar(im, ax=ax, label=f"MMLU points vs {model}/none")
     ax.set_title(f"Per-subject accuracy change vs the unmodified {model}")
     fig.tight_layout()
@@ -506,17 +528,35 @@ def write_compare(analysis: SweepAnalysis, out_dir: str | Path) -> CompareResult
     return CompareResult(analysis, table_rows, md, csv_path, plots)
 
 
+def _short_verdict(v: str) -> str:
+    return v.replace("dominated by ", "dom. by ").replace("unplaced ", "")
+
+
 def print_table(analysis: SweepAnalysis, table_rows: list[dict[str, Any]], console=None) -> None:
+    """A compact terminal table (the Markdown/CSV have every column)."""
     from rich.console import Console
     from rich.table import Table
 
     console = console or Console()
-    t = Table(title=f"shrinkgate compare: {analysis.sweep.experiment} ({analysis.sweep.parent_run_id[:8]})")
-    for col in TABLE_COLUMNS:
-        t.add_column(col, overflow="fold")
-    for cells, row in zip(table_cells(analysis, table_rows), table_rows):
-        style = "dim" if row["role"] == "reference" else ("red" if row["status"] != "FINISHED" else None)
-        t.add_row(*cells, style=style)
+    speed = M.DECODE_TOK_S if M.DECODE_TOK_S in analysis.verdicts else None
+    size = M.WEIGHT_BYTES if M.WEIGHT_BYTES in analysis.verdicts else None
+    t = Table(title=f"shrinkgate compare: {analysis.sweep.experiment} ({analysis.sweep.parent_run_id[:8]})", title_justify="left")
+    for col, justify in (("model/variant", "left"), ("MMLU %", "right"), ("Δ vs base [CI]", "right"), ("tok/s (ceiling)", "right"), ("weights", "right"), ("speed", "left"), ("size", "left")):
+        t.add_column(col, justify=justify)
+    for row in table_rows:
+        finished = row["status"] == "FINISHED"
+        label = row["label"] + (" (ref)" if row["role"] == "reference" else "")
+        tok = "-" if row[M.DECODE_TOK_S] is None else f"{row[M.DECODE_TOK_S]:.1f}" + ("" if row[M.WALL_TOK_S] is None else f" ({row[M.WALL_TOK_S]:.0f})")
+        t.add_row(
+            label,
+            _acc_cell(row) if finished else f"[red]{row['status']}[/]",
+            _delta_cell(row),
+            tok,
+            fmt(row[M.WEIGHT_BYTES], M.WEIGHT_BYTES),
+            _short_verdict(row[f"verdict_{speed}"]) if speed else "-",
+            _short_verdict(row[f"verdict_{size}"]) if size else "-",
+            style="dim" if row["role"] == "reference" else None,
+        )
     console.print(t)
 
 
@@ -532,8 +572,11 @@ def run_compare(
 ) -> CompareResult:
     """Read a sweep back, print the table, write compare.md, compare.csv and PNG plots to `out_dir`.
     Raises `TrackingError` for an unknown run/experiment (see `compare_exit_code`)."""
+    import os
+
     from pipeline.tracking import load_sweep
 
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     sweep = load_sweep(_uri(tracking_uri), run_id=run_id, experiment=experiment)
     analysis = analyze(sweep, confidence=confidence, seed=seed)
     result = write_compare(analysis, out_dir)

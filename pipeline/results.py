@@ -46,6 +46,9 @@ class FidelityRecord:
     serializable_reason: str | None = None
     nm_pattern_ok: bool | None = None  # N:M sparsity verified group by group (None: not an N:M variant)
     extra: dict[str, Any] = field(default_factory=dict)
+    # Bytes the in-memory model holds while it runs; differs from weight_bytes where the library runs from
+    # an unpacked copy (compressed-tensors on CPU). bytes_read_per_token is computed from this form.
+    runtime_weight_bytes: int | None = None
 
 
 @dataclass(frozen=True)

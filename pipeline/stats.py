@@ -22,6 +22,7 @@ Units: accuracies are fractions (0..1, like the `mmlu_acc` metric); differences 
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Iterable, Literal, Sequence
 
@@ -69,16 +70,52 @@ class Pairing:
         return self.only_a == 0 and self.only_b == 0
 
 
+@dataclass(frozen=True)
+class _Indexed:
+    keys: tuple[Key, ...]  # sorted
+    correct: np.ndarray
+    predicted: np.ndarray
+
+
+_CACHE: OrderedDict[int, tuple[Sequence[QuestionOutcome], _Indexed]] = OrderedDict()
+
+
+def _indexed(questions: Sequence[QuestionOutcome], who: str) -> _Indexed:
+    """Sorted keys + arrays; memoised for tuples (records hold tuples, and a sweep pairs each many times)."""
+    hit = _CACHE.get(id(questions))
+    if hit is not None and hit[0] is questions:
+        return hit[1]
+    idx = _index(questions, who)
+    keys = tuple(sorted(idx))
+    out = _Indexed(
+        keys,
+        np.array([bool(idx[k].correct) for k in keys], dtype=bool),
+        np.array([int(idx[k].predicted) for k in keys], dtype=np.int64),
+    )
+    if isinstance(questions, tuple):
+        _CACHE[id(questions)] = (questions, out)  # holds the tuple, so its id cannot be reused meanwhile
+        while len(_CACHE) > 64:
+            _CACHE.popitem(last=False)
+    return out
+
+
 def pair(a: Sequence[QuestionOutcome], b: Sequence[QuestionOutcome]) -> Pairing:
-    ia, ib = _index(a, "a"), _index(b, "b")
-    keys = tuple(sorted(set(ia) & set(ib)))
+    ia, ib = _indexed(a, "a"), _indexed(b, "b")
+    if ia.keys == ib.keys:
+        keys, sa, sb = ia.keys, slice(None), slice(None)
+    else:
+        pos_b = {k: i for i, k in enumerate(ib.keys)}
+        common = [(i, pos_b[k]) for i, k in enumerate(ia.keys) if k in pos_b]
+        keys = tuple(ia.keys[i] for i, _ in common)
+        sa = np.array([i for i, _ in common], dtype=np.int64)
+        sb = np.array([j for _, j in common], dtype=np.int64)
     return Pairing(
         keys=keys,
-        a_correct=np.array([bool(ia[k].correct) for k in keys], dtype=bool),
-        b_correct=np.array([bool(ib[k].correct) for k in keys], dtype=bool),
-        same_prediction=np.array([ia[k].predicted == ib[k].predicted for k in keys], dtype=bool),
-        only_a=len(ia) - len(keys),
-        only_b=len(ib) - len(keys),
+        a_correct=ia.correct[sa],
+        b_correct=ib.correct[sb],
+        same_prediction=ia.predicted[sa] == ib.predicted[sb],
+        only_a=len(ia.keys) - len(keys),
+        only_b=len(ib.keys) - len(keys),
     )
 
 
@@ -258,7 +295,7 @@ class NonInferiority:
     drop_lower_points: float  # one-sided lower confidence bound used for "fail"
     bootstrap_upper_points: float
     exact_upper_points: float
-    questions_needed: int  # at the observed discordance (paired)
+    questions_needed: int | None  # for a pass if the observed shares held (None: the observed drop is >= delta)
     reason: str
 
 
@@ -288,8 +325,7 @@ def non_inferiority(
     upper = max(boot.upper_one_sided, ex_hi) * 100.0
     lower = min(boot.lower_one_sided, ex_lo) * 100.0
     drop = boot.diff * 100.0
-    disc = (gains + losses) / p.n
-    needed = questions_needed(delta_points, confidence=confidence, discordance=max(disc, 1.0 / p.n)) if delta_points > 0 else 0
+    needed = questions_for_pass(p.n, losses, gains, delta_points, confidence)
     conf_s = f"{confidence:.0%}"
     if upper <= delta_points + 1e-12:
         decision: Decision = "pass"
@@ -301,7 +337,11 @@ def non_inferiority(
         decision = "undecided"
         reason = (
             f"drop {drop:+.2f} pts, {conf_s} bounds [{lower:.2f}, {upper:.2f}] straddle {delta_points:g} over {p.n} questions"
-            f" (about {needed} questions needed at this discordance)"
+            + (
+                f" (a pass needs about {needed:,} questions at this discordance)"
+                if needed is not None
+                else " (the observed drop is not below delta: more questions cannot make it pass)"
+            )
         )
     return NonInferiority(
         decision=decision,
@@ -316,6 +356,39 @@ def non_inferiority(
         questions_needed=needed,
         reason=reason,
     )
+
+
+def questions_for_pass(n: int, losses: int, gains: int, delta_points: float, confidence: float = 0.95, cap: int = 10_000_000) -> int | None:
+    """Fewest questions for which `non_inferiority` would pass if the observed loss/gain shares held: the
+    decision bound (the exact one, which dominates the bootstrap's, and a normal approximation of the
+    bootstrap's) falls to `delta_points`. None when the observed drop is already >= delta (or beyond `cap`)."""
+    if n <= 0:
+        raise PairingError("no paired questions")
+    p_loss, p_gain = losses / n, gains / n
+    delta = delta_points / 100.0
+    if p_loss - p_gain >= delta:
+        return None
+    z = float(_st.norm.ppf(confidence))
+
+    def upper(m: int) -> float:
+        lo_c, ga_c = round(p_loss * m), round(p_gain * m)
+        exact = exact_diff_bounds(m, lo_c, ga_c, confidence)[1]
+        var = p_loss + p_gain - (p_loss - p_gain) ** 2
+        return max(exact, (p_loss - p_gain) + z * math.sqrt(max(var, 0.0) / m))
+
+    hi = max(n, 1)
+    while upper(hi) > delta:
+        hi *= 2
+        if hi > cap:
+            return None
+    lo = 1
+    while lo < hi:  # smallest m with upper(m) <= delta (monotone up to count rounding)
+        mid = (lo + hi) // 2
+        if upper(mid) <= delta:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
 
 
 # -- margins for dominance (see pipeline.frontier) ----------------------------------------------------

@@ -116,11 +116,19 @@ def test_second_run_resumes_finished_children(finished_sweep):
 
 
 def test_failed_variant_is_recorded_and_sweep_goes_on(tmp_path, tiny_model_dir):
+    import shutil
+
+    broken = tmp_path / "broken-model"  # passes the pre-flight checks, fails when the weights are read
+    broken.mkdir()
+    for f in tiny_model_dir.iterdir():
+        if f.suffix != ".safetensors":
+            shutil.copy(f, broken / f.name)
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
     path = _recipe(
         tmp_path,
         tiny_model_dir,
         [{"name": "none", "method": "none"}, {"name": "boom", "method": "test-raises"}],
-        extra_models=[{"name": "ghost", "source": str(tmp_path / "no-such-model"), "role": "reference"}],
+        extra_models=[{"name": "ghost", "source": str(broken), "role": "reference"}],
     )
     path.write_text(path.read_text().replace("batch_sizes:\n  - 1\n  - 2", "batch_sizes:\n  - 1"))
     result = CliRunner().invoke(app, ["run", str(path), "--limit-per-subject", "1"])
@@ -132,7 +140,7 @@ def test_failed_variant_is_recorded_and_sweep_goes_on(tmp_path, tiny_model_dir):
     assert status["tiny/boom"].info.status == "FAILED"
     assert "deliberate failure" in status["tiny/boom"].data.tags[M.TAG_STATUS_ERROR]
     assert M.ART_TRACEBACK in _artifact_names(client, status["tiny/boom"].info.run_id)
-    assert "does not exist" in status["ghost/none"].data.tags[M.TAG_STATUS_ERROR]
+    assert status["ghost/none"].info.status == "FAILED" and status["ghost/none"].data.tags[M.TAG_STATUS_ERROR]
     assert parents[0].info.status == "FAILED"
     assert json.loads(json.dumps(parents[0].data.tags))["failed_children"] == "tiny/boom,ghost/none"
 

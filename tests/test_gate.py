@@ -249,7 +249,7 @@ def test_gate_undecided_is_not_a_pass(store, tmp_path):
     result = run_gate(policy(tmp_path), tracking_uri=uri, run_id=parent, out_dir=tmp_path / "o")
     assert result.exit_code == 1
     [g] = result.variants
-    assert g.verdict == "undecided" and g.mmlu.n == 20 and "questions needed" in g.reasons[0]
+    assert g.verdict == "undecided" and g.mmlu.n == 20 and "a pass needs about" in g.reasons[0]
     assert alias_run_id(uri, "small.m.int8", "gate-passed") is None
     assert tags_of(uri, ids["m/int8"])["gate.verdict"] == "undecided"
     assert junit(tmp_path / "o" / "gate_junit.xml")["m/int8"].find("failure").get("type") == "undecided"
@@ -270,6 +270,10 @@ def test_gate_errors_exit_2(store, tmp_path):
     assert "nothing to gate" in run_gate(good, tracking_uri=uri, experiment="baseonly", out_dir=tmp_path).error
     assert gate_exit_code(tmp_path / "missing.yaml", tracking_uri=uri, run_id=parent, out_dir=tmp_path) == 2
     assert gate_exit_code(good, tracking_uri=uri, run_id=parent, out_dir=tmp_path) == 0
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a directory")
+    r = run_gate(policy(tmp_path, register_model=False), tracking_uri=uri, run_id=parent, out_dir=blocked)
+    assert r.exit_code == 2 and "cannot write the report" in r.error and r.variants[0].verdict == "pass"
 
 
 def test_policy_errors_are_one_line(tmp_path):

@@ -19,6 +19,7 @@ from pipeline.stats import (
     pair,
     paired_bootstrap,
     paired_bootstrap_counts,
+    questions_for_pass,
     questions_needed,
 )
 
@@ -136,10 +137,16 @@ def test_non_inferiority_undecided_with_too_few_questions():
     ni = non_inferiority(variant, base, 2.0)
     assert ni.drop_points == 0.0 and ni.bootstrap_upper_points == 0.0
     assert ni.decision == "undecided"  # never a pass on 20 questions
-    assert ni.questions_needed > 20 and "questions needed" in ni.reason
+    assert ni.questions_needed > 20 and f"a pass needs about {ni.questions_needed:,} questions" in ni.reason
+    # ... and that many identical answers are indeed enough, one fewer is not
+    same = outcomes(ni.questions_needed, 0, 0, 0)[0]
+    assert non_inferiority(same, same, 2.0).decision == "pass"
+    assert non_inferiority(same[:-1], same[:-1], 2.0).decision == "undecided"
     # straddling: drop near delta with wide bounds
-    base, variant = outcomes(100, 4, 2, 94)
-    assert non_inferiority(variant, base, 2.0).decision == "undecided"
+    base, variant = outcomes(96, 4, 0, 100)  # 200 questions, drop exactly 2 points
+    ni = non_inferiority(variant, base, 2.0)
+    assert ni.decision == "undecided" and ni.questions_needed is None  # drop == delta: more questions cannot help
+    assert "cannot make it pass" in ni.reason
 
 
 def test_non_inferiority_direction():
@@ -148,6 +155,12 @@ def test_non_inferiority_direction():
     ni = non_inferiority(variant, base, 0.5)
     assert ni.drop_points == pytest.approx(-1.9)
     assert ni.decision == "pass"
+
+
+def test_questions_for_pass():
+    assert questions_for_pass(1000, 5, 5, 1.0) == 1001  # 1000 questions leave the bound at exactly 1.00 points
+    assert questions_for_pass(1000, 5, 5, 2.0) < 1000
+    assert questions_for_pass(1000, 30, 0, 2.0) is None  # a 3-point drop never passes a 2-point margin
 
 
 def test_questions_needed():

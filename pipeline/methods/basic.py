@@ -9,6 +9,7 @@ from pipeline.methods.base import Method, register
 class AsPublished(Method):
     name = "none"
     library = "transformers"
+    kind = "none"
     summary = "the model as published (dense, unmodified)"
 
     def kernel(self, params, device: str) -> str:

@@ -107,7 +107,7 @@ def _dense_from_gguf(gguf_path: Path, spec: ModelSpec, base: Provenance) -> Reso
         tok = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
         model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype="float32")
     except (ValueError, KeyError, NotImplementedError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = str(exc).strip().splitlines()[0].rstrip(".") if str(exc).strip() else type(exc).__name__
         raise ModelError(
             f"models `{spec.name}`: GGUF {gguf_path} (architecture {arch!r}) cannot be dequantized by transformers "
             f"{transformers.__version__}: {first}; use a GGUF of a supported architecture or a safetensors directory"
@@ -163,6 +163,39 @@ def _from_hub(spec: ModelSpec) -> ResolvedModel:
     revision = path.name  # snapshot folders are named by commit hash: the pin recorded in provenance
     _check_local_weights(path, spec)
     return ResolvedModel(spec.name, path, Provenance(source=spec.source, kind="hub", revision=revision))
+
+
+def preflight(spec: ModelSpec) -> None:
+    """Cheap checks of a model source, before any model loads (used by `validate` and at the start of `run`)."""
+    if spec.source in BUNDLED:
+        bundle = BUNDLED[spec.source]
+        if package_version(bundle.package) is None:
+            raise ModelError(f"models `{spec.name}`: package {bundle.package} is not installed; {bundle.install_hint}")
+        return
+    path = Path(spec.source).expanduser()
+    if spec.source.endswith(".gguf"):
+        if not path.is_file():
+            raise ModelError(f"models `{spec.name}`: GGUF file {path} does not exist; fix `source`")
+        return
+    if path.exists() or spec.source.startswith((".", "/", "~")):
+        if not path.is_dir():
+            raise ModelError(f"models `{spec.name}`: local path {path} does not exist; fix `source` (a directory, a .gguf, a hub id or one of: {', '.join(BUNDLED)})")
+        _check_local_weights(path, spec)
+        return
+    if spec.source.count("/") != 1:
+        raise ModelError(
+            f"models `{spec.name}`: source {spec.source!r} is neither a local path, a .gguf, a hub id (org/name) nor a "
+            f"bundled model ({', '.join(BUNDLED)}); fix `source`"
+        )
+    if not hub_reachable():
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(spec.source, "config.json", revision=spec.revision)
+        if not isinstance(cached, str):
+            raise ModelError(
+                f"models `{spec.name}`: hub id {spec.source!r} is not in the local Hugging Face cache and the hub is "
+                "unreachable (offline); download it where the hub is reachable, or set source to a local directory or .gguf"
+            )
 
 
 def resolve_model(spec: ModelSpec) -> ResolvedModel:

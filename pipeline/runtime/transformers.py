@@ -4,6 +4,41 @@ from __future__ import annotations
 
 from pipeline.runtime.base import Runtime
 
+# MMLU continuations are one token (" A"); keep a margin for tokenizers that split the letter.
+SCORED_POSITIONS = 8
+
+
+def _hflm_class():
+    import torch
+    from lm_eval.models.huggingface import HFLM
+
+    class LastPositionsHFLM(HFLM):
+        """HFLM that asks the model for logits of the last `keep` positions only.
+
+        lm-eval log-softmaxes logits over the whole padded sequence: with a 262k vocabulary (Gemma 3) and a
+        2,700-token 5-shot prompt that is ~2.8 GB per sequence and dominates the forward. Only continuation
+        positions are scored, and lm-eval's own slice (`inplen + (len(logits) - padding_len)`) already
+        accounts for a shorter logits tensor, so scores are unchanged. Batch size 1 keeps that slice exact
+        (no right padding).
+        """
+
+        def __init__(self, *args, keep: int = SCORED_POSITIONS, **kwargs):
+            super().__init__(*args, batch_size=1, **kwargs)
+            self._keep = keep
+
+        def _model_call(self, inps, attn_mask=None, labels=None):
+            if attn_mask is not None or labels is not None:  # seq2seq path: leave as lm-eval does it
+                return super()._model_call(inps, attn_mask, labels)
+            with torch.no_grad():
+                return self.model(inps, logits_to_keep=self._keep).logits
+
+        def _select_cont_toks(self, logits, contlen=None, inplen=None):
+            if contlen is not None and contlen > self._keep:
+                raise ValueError(f"continuation of {contlen} tokens exceeds the {self._keep} scored positions")
+            return super()._select_cont_toks(logits, contlen=contlen, inplen=inplen)
+
+    return LastPositionsHFLM
+
 
 class TransformersRuntime(Runtime):
     name = "transformers"
@@ -13,7 +48,11 @@ class TransformersRuntime(Runtime):
 
         from pipeline.accuracy import score_mmlu
 
-        lm = HFLM(pretrained=artifact.model, tokenizer=artifact.tokenizer, batch_size=spec.batch_size, device=artifact.device)
+        if artifact.device == "cpu":
+            # CPU: batching buys little and full-vocabulary logits cost GBs; score the last positions only.
+            lm = _hflm_class()(pretrained=artifact.model, tokenizer=artifact.tokenizer, device=artifact.device)
+        else:
+            lm = HFLM(pretrained=artifact.model, tokenizer=artifact.tokenizer, batch_size=spec.batch_size, device=artifact.device)
         return score_mmlu(lm, spec)
 
     def decode(self, artifact, spec):

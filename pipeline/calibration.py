@@ -1,0 +1,265 @@
+"""Calibration text for methods that look at activations (GPTQ, AWQ, SparseGPT, Wanda, W8A8), and the
+fixed held-out batch the fidelity record scores KL on.
+
+A method's `calibration` param names the source:
+
+- `mmlu-validation` (the default, offline): MMLU's `validation` split read from the eval data dir
+  (`eval.data_dir`, else `$SHRINKGATE_MMLU_DIR`, else the hub's cais/mmlu when it is reachable).
+  Never `test` (that is what gets scored) and never `dev` (the few-shot examples).
+- a local file: `.txt` (paragraphs separated by blank lines; one text per line when there are none) or
+  `.jsonl` (field `text`, else MMLU-style `question` + `choices`).
+- a hub dataset id `org/name` (optionally `org/name:split`, default split `train`), online only.
+
+The validation split is cut in two disjoint parts: every 10th row is held out for the KL batch, the rest
+is calibration material, so a calibrated method is never scored on the very text it was fitted to.
+What was used is recorded (`calibration.source`, `calibration.sha256` of the exact text fed to the
+method, `calibration.file_sha256` of a local file) in `BuildContext.notes` -> `FidelityRecord.extra`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pipeline.recipe import MMLU_DIR_ENV
+
+if TYPE_CHECKING:
+    import torch
+
+DEFAULT_SOURCE = "mmlu-validation"
+HELDOUT_EVERY = 10  # validation row i is held out (KL batch) when i % HELDOUT_EVERY == 0
+_FILE_SUFFIXES = (".txt", ".jsonl")
+_LETTERS = "ABCD"
+
+
+class CalibrationError(RuntimeError):
+    """Calibration data that cannot be had; one line naming the source and the fix."""
+
+
+@dataclass(frozen=True)
+class CalibrationData:
+    texts: tuple[str, ...]  # the samples fed to the method, in order
+    source: str
+    kind: str  # mmlu-local | mmlu-hub | file | hub
+    sha256: str  # of "\n\n".join(texts): identifies exactly what the method saw
+    file_sha256: str | None = None
+    tokens: int | None = None
+
+    def notes(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "calibration.source": self.source,
+            "calibration.kind": self.kind,
+            "calibration.sha256": self.sha256,
+            "calibration.samples": len(self.texts),
+        }
+        if self.file_sha256:
+            out["calibration.file_sha256"] = self.file_sha256
+        if self.tokens is not None:
+            out["calibration.tokens"] = self.tokens
+        return out
+
+
+def _sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def looks_like_file(source: str) -> bool:
+    return source.endswith(_FILE_SUFFIXES) or source.startswith((".", "/", "~")) or Path(source).expanduser().exists()
+
+
+def check_source(source: str) -> str | None:
+    """Validation-time check (no model, no network): a one-line problem or None."""
+    if source == DEFAULT_SOURCE:
+        return None
+    if looks_like_file(source):
+        path = Path(source).expanduser()
+        if not path.is_file():
+            return f"calibration file {source} does not exist; give a .txt/.jsonl file, a hub dataset id or {DEFAULT_SOURCE!r}"
+        if path.suffix not in _FILE_SUFFIXES:
+            return f"calibration file {source} must be .txt or .jsonl"
+        return None
+    name = source.split(":", 1)[0]
+    if name.count("/") != 1 or not all(name.split("/")):
+        return f"calibration {source!r} is neither {DEFAULT_SOURCE!r}, a local .txt/.jsonl file nor a hub dataset id (org/name[:split])"
+    return None
+
+
+# -- MMLU -------------------------------------------------------------------------------------------
+def mmlu_dir(data_dir: str | os.PathLike | None = None) -> Path | None:
+    raw = data_dir or os.environ.get(MMLU_DIR_ENV)
+    if not raw:
+        return None
+    path = Path(raw).expanduser()
+    return path if (path / "validation.jsonl").is_file() else None
+
+
+def format_mmlu(row: dict[str, Any]) -> str:
+    choices = "\n".join(f"{_LETTERS[i]}. {c}" for i, c in enumerate(row["choices"]))
+    answer = row.get("answer")
+    tail = f"\nAnswer: {_LETTERS[int(answer)]}" if isinstance(answer, int) or str(answer).isdigit() else "\nAnswer:"
+    return f"{str(row['question']).strip()}\n{choices}{tail}"
+
+
+def _mmlu_validation_rows(data_dir: str | os.PathLike | None) -> tuple[list[dict[str, Any]], str, str | None]:
+    local = mmlu_dir(data_dir)
+    if local is not None:
+        path = local / "validation.jsonl"
+        raw = path.read_bytes()
+        rows = [json.loads(line) for line in raw.decode("utf-8").splitlines() if line.strip()]
+        return rows, "mmlu-local", _sha256_bytes(raw)
+    from pipeline.models.loader import hub_reachable
+
+    if not hub_reachable():
+        raise CalibrationError(
+            f"calibration {DEFAULT_SOURCE!r}: no MMLU validation.jsonl (set eval.data_dir or ${MMLU_DIR_ENV}) "
+            "and the hub is unreachable; point the eval data dir at the MMLU JSONL folder or give a local calibration file"
+        )
+    from datasets import load_dataset
+
+    ds = load_dataset("cais/mmlu", "all", split="validation")
+    return [dict(r) for r in ds], "mmlu-hub", None
+
+
+def heldout_texts(n: int, *, data_dir: str | os.PathLike | None = None) -> list[str]:
+    """The fixed KL batch: the first `n` held-out MMLU validation rows (disjoint from calibration)."""
+    rows, _, _ = _mmlu_validation_rows(data_dir)
+    held = [format_mmlu(r) for i, r in enumerate(rows) if i % HELDOUT_EVERY == 0]
+    return held[:n]
+
+
+# -- loading ----------------------------------------------------------------------------------------
+def _file_texts(path: Path) -> list[str]:
+    raw = path.read_text(encoding="utf-8")
+    if path.suffix == ".jsonl":
+        texts = []
+        for i, line in enumerate(raw.splitlines()):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                raise CalibrationError(f"calibration file {path}: line {i + 1} is not JSON") from None
+            if isinstance(row, dict) and isinstance(row.get("text"), str):
+                texts.append(row["text"])
+            elif isinstance(row, dict) and "question" in row and "choices" in row:
+                texts.append(format_mmlu(row))
+            else:
+                raise CalibrationError(f"calibration file {path}: line {i + 1} has neither `text` nor `question`+`choices`")
+        return texts
+    paras = [p.strip() for p in raw.split("\n\n") if p.strip()]
+    if len(paras) <= 1:
+        paras = [line.strip() for line in raw.splitlines() if line.strip()]
+    return paras
+
+
+def _hub_texts(source: str, limit: int) -> list[str]:
+    from pipeline.models.loader import hub_reachable
+
+    name, _, split = source.partition(":")
+    if not hub_reachable():
+        raise CalibrationError(
+            f"calibration dataset {name!r} needs the hub, which is unreachable (offline); use a local .txt/.jsonl file or {DEFAULT_SOURCE!r}"
+        )
+    from datasets import load_dataset
+
+    try:
+        ds = load_dataset(name, split=split or "train", streaming=True)
+    except Exception as exc:  # noqa: BLE001 - any hub/dataset failure becomes one line
+        raise CalibrationError(f"calibration dataset {source!r}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+    texts: list[str] = []
+    for row in ds:
+        text = row.get("text")
+        if not isinstance(text, str):
+            text = next((v for v in row.values() if isinstance(v, str)), None)
+        if text and text.strip():
+            texts.append(text.strip())
+        if len(texts) >= limit:
+            break
+    if not texts:
+        raise CalibrationError(f"calibration dataset {source!r} has no text column")
+    return texts
+
+
+def load_calibration(
+    source: str | None,
+    n_samples: int,
+    *,
+    tokenizer: Any = None,
+    seq_len: int | None = None,
+    data_dir: str | os.PathLike | None = None,
+    seed: int = 0,
+) -> CalibrationData:
+    """`n_samples` calibration texts from `source`; with a tokenizer and `seq_len`, short texts are packed
+    (joined with blank lines) into samples of about `seq_len` tokens so every sample carries real context."""
+    source = source or DEFAULT_SOURCE
+    problem = check_source(source)
+    if problem:
+        raise CalibrationError(problem)
+    file_sha = None
+    if source == DEFAULT_SOURCE:
+        rows, kind, file_sha = _mmlu_validation_rows(data_dir)
+        pool = [format_mmlu(r) for i, r in enumerate(rows) if i % HELDOUT_EVERY != 0]
+        random.Random(seed).shuffle(pool)
+    elif looks_like_file(source):
+        path = Path(source).expanduser()
+        pool, kind, file_sha = _file_texts(path), "file", _sha256_bytes(path.read_bytes())
+    else:
+        pool, kind = _hub_texts(source, limit=max(64, n_samples * 16)), "hub"
+    if not pool:
+        raise CalibrationError(f"calibration {source!r} holds no text")
+    texts = _pack(pool, n_samples, tokenizer, seq_len)
+    tokens = None
+    if tokenizer is not None:
+        tokens = sum(min(len(tokenizer(t)["input_ids"]), seq_len or 10**9) for t in texts)
+    return CalibrationData(
+        texts=tuple(texts),
+        source=source,
+        kind=kind,
+        sha256=_sha256_bytes("\n\n".join(texts).encode("utf-8")),
+        file_sha256=file_sha,
+        tokens=tokens,
+    )
+
+
+def _pack(pool: list[str], n_samples: int, tokenizer: Any, seq_len: int | None) -> list[str]:
+    if tokenizer is None or not seq_len:
+        return [pool[i % len(pool)] for i in range(n_samples)] if len(pool) < n_samples else pool[:n_samples]
+    out: list[str] = []
+    cur: list[str] = []
+    cur_len = 0
+    i = 0
+    while len(out) < n_samples and i < len(pool) * 2:
+        text = pool[i % len(pool)]
+        i += 1
+        n = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+        cur.append(text)
+        cur_len += n + 2
+        if cur_len >= seq_len:
+            out.append("\n\n".join(cur))
+            cur, cur_len = [], 0
+    if len(out) < n_samples and cur:
+        out.append("\n\n".join(cur))
+    return out
+
+
+# -- tokenized forms --------------------------------------------------------------------------------
+def tokenized_batches(tokenizer: Any, texts: list[str] | tuple[str, ...], seq_len: int, device: str = "cpu") -> list[dict[str, torch.Tensor]]:
+    """One batch per text (batch size 1: no padding, so every token is real), truncated to `seq_len`."""
+    out = []
+    for text in texts:
+        enc = tokenizer(text, return_tensors="pt", truncation=True, max_length=seq_len)
+        out.append({k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")})
+    return out
+
+
+def hf_dataset(tokenizer: Any, texts: list[str] | tuple[str, ...], seq_len: int):
+    """Pre-tokenized `datasets.Dataset` (input_ids, attention_mask) for llm-compressor's `oneshot`."""
+    from datasets import Dataset
+
+    enc = tokenizer(list(texts), truncation=True, max_length=seq_len)
+    return Dataset.from_dict({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})

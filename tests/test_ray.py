@@ -1,0 +1,249 @@
+"""`run --executor ray` on a real local Ray against a real `mlflow server`: the same runs, metrics and MMLU
+predictions as the local executor; a crashed worker and a failing task end FAILED while the rest finish;
+Ctrl-C ends outstanding children and the parent KILLED."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+ray = pytest.importorskip("ray", reason="ray is not installed (the `ray` extra: pip install -e '.[ray]')")
+
+from typer.testing import CliRunner  # noqa: E402
+
+from pipeline import metrics as M  # noqa: E402
+from pipeline.cli import app  # noqa: E402
+from pipeline.methods import Method, register  # noqa: E402
+
+TESTS = Path(__file__).resolve().parent
+SUBJECTS = ["abstract_algebra", "anatomy"]
+EXPERIMENT = "ray-e2e"
+
+
+@register
+class _CrashesWorker(Method):
+    """Test-only: kills the process that builds it (a Ray worker), as an OOM kill or a segfault would."""
+
+    name = "test-crash-worker"
+    library = "tests"
+
+    def apply(self, model, params, ctx):
+        os._exit(3)
+
+
+@register
+class _RaisesInWorker(Method):
+    """Test-only: an ordinary failure inside the task; `execute_child` records it and the task returns."""
+
+    name = "test-raises-in-worker"
+    library = "tests"
+
+    def apply(self, model, params, ctx):
+        raise RuntimeError("deliberate failure inside the Ray task")
+
+
+def register_test_methods() -> None:
+    """Ray's worker_process_setup_hook: importing this module registers `test-crash-worker` in the worker."""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_http(url: str, proc: subprocess.Popen, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before answering {url}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer within {timeout_s:.0f} s")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Stop a server we started in its own session: signal its process group (pgid == its pid)."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """A real tracking server: sqlite backend, proxied artifacts, loopback, one worker."""
+    tmp = tmp_path_factory.mktemp("mlflow-server")
+    port = _free_port()
+    exe = str(Path(sys.executable).with_name("mlflow"))
+    cmd = [
+        exe, "server", "--backend-store-uri", f"sqlite:///{tmp}/server.db", "--artifacts-destination", (tmp / "artifacts").as_uri(),
+        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+    ]
+    log = open(tmp / "server.log", "wb")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/health", proc)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        _stop(proc)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A real local Ray; workers import this module at start so the crash method exists there too."""
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        object_store_memory=128 * 1024**2,
+        runtime_env={"env_vars": {"PYTHONPATH": str(TESTS)}, "worker_process_setup_hook": f"{__name__}.register_test_methods"},
+    )
+    yield ray
+    ray.shutdown()
+
+
+def _recipe(path: Path, tiny_model_dir: Path, uri: str, variants: list[dict], extra_models=()) -> Path:
+    doc = {
+        "name": "ray-e2e",
+        "models": [{"name": "tiny", "source": str(tiny_model_dir), "role": "candidate"}, *extra_models],
+        "variants": variants,
+        "eval": {"num_fewshot": 0, "subjects": SUBJECTS, "limit_per_subject": 1, "batch_size": 4},
+        "speed": {"prompt_tokens": 16, "new_tokens": 4, "batch_sizes": [1], "warmup": 0, "repeats": 1, "threads": 1},
+        "tracking": {"uri": uri, "experiment": EXPERIMENT},
+        "resources": {"num_cpus": 1, "memory_gb": 0.5},
+    }
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+SAME = [{"name": "none", "method": "none"}, {"name": "pruned", "method": "magnitude-prune", "params": {"amount": 0.5}}]
+
+
+def _children(uri: str) -> tuple[object, object, dict]:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    runs = client.search_runs([exp.experiment_id], max_results=100, order_by=["attributes.start_time DESC"])
+    parent = next(r for r in runs if r.data.tags.get(M.TAG_KIND) == "sweep")
+    kids = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    return client, parent, {f"{r.data.tags[M.TAG_MODEL]}/{r.data.tags[M.TAG_VARIANT]}": r for r in kids}
+
+
+def _questions(client, run_id: str, dest: Path) -> str:
+    dest.mkdir(parents=True, exist_ok=True)
+    return Path(client.download_artifacts(run_id, M.ART_QUESTIONS, str(dest))).read_text()
+
+
+@pytest.fixture(scope="module")
+def both_runs(tmp_path_factory, tiny_model_dir, mlflow_server, local_ray):
+    tmp = tmp_path_factory.mktemp("ray-e2e")
+    local_uri = f"sqlite:///{tmp}/local.db"
+    local = CliRunner().invoke(app, ["run", str(_recipe(tmp / "local.yaml", tiny_model_dir, local_uri, SAME))])
+    failing = [{"name": "crash", "method": "test-crash-worker"}, {"name": "boom", "method": "test-raises-in-worker"}]
+    ray_recipe = _recipe(tmp / "ray.yaml", tiny_model_dir, "sqlite:///unused.db", [*SAME, *failing])
+    started = time.perf_counter()
+    remote = CliRunner().invoke(app, ["run", str(ray_recipe), "--executor", "ray", "--tracking-uri", mlflow_server])
+    return tmp, local_uri, local, remote, time.perf_counter() - started
+
+
+def test_ray_matches_local_and_failures_are_recorded(both_runs, mlflow_server):
+    tmp, local_uri, local, remote, seconds = both_runs
+    assert local.exit_code == 0, local.output
+    assert remote.exit_code == 1, remote.output  # two children failed on purpose
+    assert "2 variant(s) failed" in remote.output and "tiny/crash" in remote.output and "tiny/boom" in remote.output
+    for line in ("done tiny/none", "done tiny/pruned", "failed tiny/crash", "failed tiny/boom"):
+        assert line in remote.output, remote.output
+
+    lclient, lparent, lkids = _children(local_uri)
+    rclient, rparent, rkids = _children(mlflow_server)
+    assert rparent.info.status == "FAILED" and rparent.data.tags["executor"] == "ray"
+    assert sorted(rparent.data.tags["failed_children"].split(",")) == ["tiny/boom", "tiny/crash"]
+    assert sorted(rkids) == ["tiny/boom", "tiny/crash", "tiny/none", "tiny/pruned"]
+    assert M.ART_RECIPE in {a.path for a in rclient.list_artifacts(rparent.info.run_id)}
+
+    for label in ("tiny/none", "tiny/pruned"):
+        lr, rr = lkids[label], rkids[label]
+        assert lr.info.status == rr.info.status == "FINISHED"
+        assert set(rr.data.metrics) == set(lr.data.metrics)
+        assert set(M.REQUIRED) <= set(rr.data.metrics)
+        for name in (M.MMLU_ACC, M.MMLU_ACC_STDERR, M.MMLU_N_QUESTIONS, M.WEIGHT_BYTES, M.BITS_PER_WEIGHT, M.SPARSITY):
+            assert rr.data.metrics[name] == lr.data.metrics[name], (label, name)
+        for s in SUBJECTS:
+            assert rr.data.metrics[M.subject_metric(s)] == lr.data.metrics[M.subject_metric(s)]
+        assert rr.data.metrics[M.DECODE_TOK_S] > 0
+        # per-question predictions identical to the local executor's
+        assert _questions(rclient, rr.info.run_id, tmp / "r" / label) == _questions(lclient, lr.info.run_id, tmp / "l" / label)
+        # same parameters (the recipe's tracking URI aside) and the tags that say where it ran
+        assert {k: v for k, v in rr.data.params.items()} == {k: v for k, v in lr.data.params.items()}
+        assert rr.data.tags[M.TAG_CONTENT_KEY] == lr.data.tags[M.TAG_CONTENT_KEY]
+        assert rr.data.tags["executor"] == "ray" and rr.data.tags["ray.node_id"] and rr.data.tags["device"] == "cpu"
+
+    crash, boom = rkids["tiny/crash"], rkids["tiny/boom"]
+    assert crash.info.status == "FAILED"
+    assert crash.data.tags[M.TAG_STATUS_ERROR].startswith(("WorkerCrashedError", "RayTaskError", "LocalRayletDiedError")), crash.data.tags
+    assert M.ART_TRACEBACK in {a.path for a in rclient.list_artifacts(crash.info.run_id)}
+    assert boom.info.status == "FAILED" and "deliberate failure inside the Ray task" in boom.data.tags[M.TAG_STATUS_ERROR]
+    print(f"ray sweep of 4 children: {seconds:.1f} s")
+
+
+def test_interrupt_cancels_outstanding_and_marks_killed(tmp_path, tiny_model_dir, local_ray):
+    from pipeline.executors.ray_executor import run_sweep_ray
+    from pipeline.recipe import load_recipe
+
+    uri = f"sqlite:///{tmp_path}/interrupt.db"
+    recipe = load_recipe(_recipe(tmp_path / "r.yaml", tiny_model_dir, uri, SAME))
+    seen: list[tuple[str, str]] = []
+
+    def progress(label: str, stage: str) -> None:
+        seen.append((label, stage))
+        if label == "tiny/pruned" and stage == "queued":
+            raise KeyboardInterrupt  # Ctrl-C while both tasks are out
+
+    outcome = run_sweep_ray(recipe, progress=progress)
+    assert outcome.interrupted
+    assert [c.status for c in outcome.children] == ["KILLED", "KILLED"]
+    _, parent, kids = _children(uri)
+    assert parent.info.status == "KILLED"
+    assert {label: r.info.status for label, r in kids.items()} == {"tiny/none": "KILLED", "tiny/pruned": "KILLED"}
+    assert all(r.data.tags[M.TAG_STATUS_ERROR].startswith("interrupted") for r in kids.values())
+    assert ray.is_initialized()  # not ours to shut down
+
+
+def test_task_options_and_store_checks(tmp_path, monkeypatch):
+    from pipeline.executors.ray_executor import RayExecutorError, _absolute_store, check_store_reachable_from_cluster, task_options
+    from pipeline.recipe import parse_recipe
+
+    monkeypatch.setenv("SHRINKGATE_MMLU_DIR", "/data/mmlu")
+    recipe = parse_recipe(
+        {"name": "r", "models": [{"name": "m", "source": "x"}], "resources": {"num_cpus": 4, "num_gpus": 1, "memory_gb": 1.5}}
+    )
+    opts = task_options(recipe, "m/none")
+    assert (opts["num_cpus"], opts["num_gpus"], opts["memory"], opts["max_retries"]) == (4, 1, int(1.5 * 1024**3), 0)
+    assert opts["runtime_env"]["env_vars"]["SHRINKGATE_MMLU_DIR"] == "/data/mmlu"
+    assert _absolute_store(recipe).tracking.uri == f"sqlite:///{Path('mlruns/mlflow.db').resolve()}"
+    check_store_reachable_from_cluster("sqlite:///x.db", client_mode=False, nodes=1)  # one host: fine
+    with pytest.raises(RayExecutorError, match="shared server"):
+        check_store_reachable_from_cluster("sqlite:///x.db", client_mode=True, nodes=1)
+    with pytest.raises(RayExecutorError, match="loopback"):
+        check_store_reachable_from_cluster("http://127.0.0.1:5000", client_mode=False, nodes=3)
+    check_store_reachable_from_cluster("http://mlflow.internal:5000", client_mode=True, nodes=3)
