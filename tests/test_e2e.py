@@ -11,20 +11,10 @@ from typer.testing import CliRunner
 
 from pipeline import metrics as M
 from pipeline.cli import app
-from pipeline.methods import Method, register
+
+import _methods  # noqa: F401 - registers the test-only methods (test-raises, ...)
 
 SUBJECTS = ["abstract_algebra", "anatomy"]
-
-
-@register
-class _AlwaysRaises(Method):
-    """Test-only method: building it fails, so the sweep must record FAILED and go on."""
-
-    name = "test-raises"
-    library = "tests"
-
-    def apply(self, model, params, ctx):
-        raise RuntimeError("deliberate failure for the test")
 
 
 def _recipe(tmp_path: Path, tiny_model_dir: Path, variants, extra_models=()) -> Path:
