@@ -203,7 +203,10 @@ def ui(
         cmd += ["--artifacts-destination", artifacts]
     console.print(f"MLflow UI on http://{host}:{port}  ({tracking_uri})")
     # The server (and its uvicorn worker) live in their own process group, which we end on Ctrl-C / SIGTERM.
-    proc = subprocess.Popen(cmd, env={**os.environ}, start_new_session=True)
+    # MLflow's GenAI job runner (a job process + 7 huey consumers) is of no use here; opt back in by setting it.
+    env = {**os.environ}
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
 
     def _stop(signum, frame):  # noqa: ARG001
         raise KeyboardInterrupt

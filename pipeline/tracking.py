@@ -22,6 +22,10 @@ from pipeline.results import AccuracyResult, FidelityRecord, QuestionOutcome, Sp
 _PACKAGES = ("torch", "transformers", "lm_eval", "torchao", "bitsandbytes", "mlflow", "accelerate", "gguf", "optimum-quanto", "hqq", "llmcompressor")
 
 
+# MLflow 3 opens untagged experiments in GenAI mode (traces); ours are training-style runs.
+_EXPERIMENT_KIND = "mlflow.experimentKind"
+
+
 class TrackingError(RuntimeError):
     """The tracking store cannot be used; one line naming the URI and the fix."""
 
@@ -192,8 +196,10 @@ class Tracker:
         try:
             exp = self.client.get_experiment_by_name(experiment)
             self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(
-                experiment, artifact_location=artifact_root_for(uri)
+                experiment, artifact_location=artifact_root_for(uri), tags={_EXPERIMENT_KIND: "custom_model_development"}
             )
+            if exp is not None and exp.tags.get(_EXPERIMENT_KIND) is None:
+                self.client.set_experiment_tag(self.experiment_id, _EXPERIMENT_KIND, "custom_model_development")
         except mlflow.exceptions.MlflowException as exc:
             raise TrackingError(f"tracking.uri {uri}: {str(exc).splitlines()[0]}; fix the URI or start the server") from None
         self.experiment = experiment

@@ -124,14 +124,15 @@ def _child_task(ctx: SweepContext, item: WorkItem, run_id: str) -> ChildOutcome:
 
 
 # -- the driver ----------------------------------------------------------------------------------------------
-def task_options(recipe: Recipe, label: str) -> dict[str, Any]:
-    """Ray options of one child task from `recipe.resources` (memory in bytes); no retries: a crash is a result."""
+def task_options(recipe: Recipe, label: str, *, forward_env: bool = True) -> dict[str, Any]:
+    """Ray options of one child task from `recipe.resources` (memory in bytes); no retries: a crash is a result.
+    `forward_env`: pass the FORWARD_ENV variables set here (a cluster's workers do not inherit our environment)."""
     res = recipe.resources
     opts: dict[str, Any] = {"num_cpus": res.num_cpus, "num_gpus": res.num_gpus, "max_retries": 0, "retry_exceptions": False}
     if res.memory_gb:
         opts["memory"] = int(res.memory_gb * 1024**3)
     opts["name"] = f"shrinkgate:{label}"
-    env = {k: os.environ[k] for k in FORWARD_ENV if os.environ.get(k)}
+    env = {k: os.environ[k] for k in FORWARD_ENV if os.environ.get(k)} if forward_env else {}
     if env:
         opts["runtime_env"] = {"env_vars": env}
     return opts
@@ -197,7 +198,14 @@ def _connect(ray, address: str | None) -> bool:
     if ray.is_initialized():
         return False
     if address:
-        ray.init(address=address, log_to_driver=True)
+        try:
+            ray.init(address=address, log_to_driver=True)
+        except Exception as exc:  # noqa: BLE001 - ConnectionError, a version mismatch, ...
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise RayExecutorError(
+                f"--address {address}: cannot join the Ray cluster ({first[:300]}); check the address "
+                "(ray://HEAD:10001 for Ray Client, HEAD:6379 or `auto` on a cluster node) and that ray versions match"
+            ) from None
         return True
     ray.init(include_dashboard=False, object_store_memory=LOCAL_OBJECT_STORE_BYTES, log_to_driver=True)
     return True
@@ -250,7 +258,8 @@ def run_sweep_ray(
 
     `address`: a cluster (`ray://head:10001`, `auto`, `host:6379`); None attaches to an initialised Ray or
     starts a local one (shut down at the end only if started here). `runtime_env` is merged into every
-    task's (e.g. `{"pip": [...]}`); the variables in FORWARD_ENV that are set here are passed on."""
+    task's (e.g. `{"pip": [...]}`); with an `address`, the variables in FORWARD_ENV that are set here are
+    passed on (a local Ray's workers inherit this environment anyway)."""
     ray = _import_ray()
     notify = progress or (lambda label, stage: None)
     recipe = _absolute_store(recipe)
@@ -283,7 +292,8 @@ def _drive(ray, recipe: Recipe, *, address, notify: ProgressFn, rerun: bool, run
                     outcome.children.append(ChildOutcome(item, slot.run_id, "SKIPPED"))
                     continue
                 outcome.children.append(ChildOutcome(item, slot.run_id, "RUNNING"))
-                opts = task_options(recipe, item.label)
+                # A cluster's workers do not share our environment; a Ray started here (or by our caller) does.
+                opts = task_options(recipe, item.label, forward_env=address is not None)
                 if runtime_env:
                     env = {**runtime_env, "env_vars": {**opts.get("runtime_env", {}).get("env_vars", {}), **runtime_env.get("env_vars", {})}}
                     opts["runtime_env"] = env
@@ -323,6 +333,10 @@ def _kill_outstanding(ray, tracker, recipe: Recipe, outcome: SweepOutcome, pendi
             ray.cancel(ref, force=True)
         except Exception:  # noqa: BLE001 - already finished, or Ray itself is going down
             pass
+    try:  # let the cancellations land, so no worker ends its run after we mark it
+        ray.wait(list(pending), num_returns=len(pending), timeout=5)
+    except Exception:  # noqa: BLE001
+        pass
     for ref, index in pending.items():
         child = outcome.children[index]
         status = _run_status(tracker, child.run_id)
