@@ -377,10 +377,11 @@ def plot_pareto(analysis: SweepAnalysis, axis: Axis, path: Path) -> Path | None:
         color, marker = style[r.run_id]
         kind = "reference" if r.role == "reference" else ("base (as published)" if r.is_base else "candidate variant")
         legend = f"{kind}" if r.role == "reference" else f"{r.model}: {kind}"
+        half = None if se is None else 100 * z * se
         ax.errorbar(
             x,
             y,
-            yerr=None if se is None else 100 * z * se,
+            yerr=None if half is None else [[min(half, y)], [min(half, 100 - y)]],  # accuracy lives in 0-100 %
             fmt=marker,
             color=color,
             markersize=8,
@@ -419,6 +420,7 @@ def plot_pareto(analysis: SweepAnalysis, axis: Axis, path: Path) -> Path | None:
     else:
         ax.set_xlabel(f"{axis.title} (higher is better)")
     ax.set_ylabel(f"MMLU accuracy % (± {analysis.confidence:.0%} CI)")
+    ax.set_ylim(-2, 102)
     ax.set_title(f"{analysis.sweep.experiment}: MMLU vs {axis.title}")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="best")
