@@ -30,7 +30,7 @@ from pipeline.recipe import SpeedSpec  # noqa: E402
 from pipeline.results import SpeedResult  # noqa: E402
 from pipeline.speed import measure_decode, roofline, shapes  # noqa: E402
 from pipeline.speed.command import resolve_device  # noqa: E402
-from pipeline.speed.host import default_threads  # noqa: E402
+from pipeline.speed.host import default_threads, host_bandwidth, host_matmul_flops  # noqa: E402
 from pipeline.speed.measure import decode_once, prompt_ids  # noqa: E402
 from pipeline.speed.timing import ClockTimer, CudaEventTimer  # noqa: E402
 
@@ -129,12 +129,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pairs", type=int, default=5, help="harness/generate() pairs for the overhead ratio")
     ap.add_argument("--attn", default=None, help="attention implementation to set (e.g. eager, sdpa); default: as loaded")
     ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--refresh-host", action="store_true", help="re-probe bandwidth/matmul peaks (the cache keeps the best)")
     args = ap.parse_args(argv)
 
     device = resolve_device(args.device)
     threads = args.threads or default_threads()
     torch.set_num_threads(threads)
     base, tokenizer, label = load(args, device)
+    if args.refresh_host:
+        host_bandwidth(device, threads, refresh=True)
+        host_matmul_flops(device, threads, shapes.torch_dtype(args.dtype), refresh=True)
     base.requires_grad_(False)
     if args.attn:
         base.set_attn_implementation(args.attn)
@@ -176,6 +180,7 @@ def _target(device: str, label: str, batch: int) -> tuple[str, float] | None:
 
 def print_report(results: list[SpeedResult], ratio: dict[str, Any] | None, args: argparse.Namespace, device: str) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = Console()
@@ -188,7 +193,7 @@ def print_report(results: list[SpeedResult], ratio: dict[str, Any] | None, args:
         for p in r.points:
             tgt = _target(device, r.model, p.batch_size) if r.method == "none" else None
             table.add_row(
-                r.model, r.method + (" [dense fallback]" if r.dense_fallback else ""), r.kernel, str(p.batch_size),
+                r.model, r.method + (" (dense fallback)" if r.dense_fallback else ""), r.kernel, str(p.batch_size),
                 f"{p.tpot_ms:.1f}", f"{p.decode_tok_s:.1f}", f"{p.wall_tok_s:.1f}", f"{p.mbu:.0%}",
                 "—" if p.mfu is None else f"{p.mfu:.1%}", f"{p.cv:.0%}",
                 f">= {tgt[1]:.0%} ({tgt[0]})" if tgt else "",
@@ -213,7 +218,7 @@ def print_report(results: list[SpeedResult], ratio: dict[str, Any] | None, args:
                 )
         for r in results:
             for w in r.warnings:
-                console.print(f"[yellow]warning ({r.method}):[/yellow] {w}")
+                console.print(f"[yellow]warning ({escape(r.method)}):[/yellow] {escape(w)}")
     if ratio:
         verdict = "ok" if ratio["ratio"] >= 1.0 else "BELOW 1.0"
         console.print(

@@ -210,14 +210,58 @@ def build_artifact(
 
 
 def base_reference_for(
-    resolved: ResolvedModel, model_spec: ModelSpec, *, device: str, data_dir: str | None = None
+    resolved: ResolvedModel,
+    model_spec: ModelSpec,
+    *,
+    device: str,
+    data_dir: str | None = None,
+    cache: bool = True,
 ) -> BaseReference:
-    """Load the unmodified model once, compute its `BaseReference`, free it."""
-    import gc
+    """The unmodified model's `BaseReference`, computed once per model and cached on disk.
 
+    The cache entry (under the shrinkgate cache dir, `baseref/`) is keyed by the dense weights' location and
+    provenance, dtype, device kind, the held-out text and the library versions, so every process of a sweep
+    (local or another executor on this machine) reuses one reference; KL of `none` is then exactly 0.
+    """
+    import gc
+    import hashlib
+    import json
+
+    import torch
+    import transformers
+
+    from pipeline.calibration import heldout_texts
+    from pipeline.fidelity import FIDELITY_THREADS, HELDOUT_SEQ_LEN, HELDOUT_TEXTS
+    from pipeline.models.bundled import cache_root
+
+    texts = heldout_texts(HELDOUT_TEXTS, data_dir=data_dir)
+    path = None
+    if cache:
+        key = json.dumps(
+            {
+                "dense_dir": str(resolved.dense_dir),
+                "files": sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in Path(resolved.dense_dir).glob("*.safetensors")),
+                "provenance": resolved.provenance.__dict__,
+                "dtype": model_spec.dtype,
+                "device": "cuda" if device.startswith("cuda") else device,
+                "texts": hashlib.sha256("\n\n".join(texts).encode()).hexdigest(),
+                "seq_len": HELDOUT_SEQ_LEN,
+                "threads": FIDELITY_THREADS,
+                "torch": torch.__version__,
+                "transformers": transformers.__version__,
+                "v": 1,
+            },
+            sort_keys=True,
+            default=str,
+        )
+        path = cache_root() / "baseref" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.safetensors"
+        if path.is_file():
+            return BaseReference.load(path)
     loaded = load_model(resolved, model_spec, device=device)
     try:
-        return compute_base_reference(loaded.model, loaded.tokenizer, model_name=model_spec.name, data_dir=data_dir)
+        return compute_base_reference(
+            loaded.model, loaded.tokenizer, model_name=model_spec.name, texts=texts, out_path=path
+        )
     finally:
         del loaded
         gc.collect()

@@ -10,7 +10,8 @@ A method's `calibration` param names the source:
   `.jsonl` (field `text`, else MMLU-style `question` + `choices`).
 - a hub dataset id `org/name` (optionally `org/name:split`, default split `train`), online only.
 
-The validation split is cut in two disjoint parts: every 10th row is held out for the KL batch, the rest
+Validation rows that repeat a test question verbatim (MMLU has a few dozen such duplicates) are dropped
+when the local test.jsonl is there. The rest of the validation split is cut in two disjoint parts: every 10th row is held out for the KL batch, the rest
 is calibration material, so a calibrated method is never scored on the very text it was fitted to.
 What was used is recorded (`calibration.source`, `calibration.sha256` of the exact text fed to the
 method, `calibration.file_sha256` of a local file) in `BuildContext.notes` -> `FidelityRecord.extra`.
@@ -49,6 +50,7 @@ class CalibrationData:
     sha256: str  # of "\n\n".join(texts): identifies exactly what the method saw
     file_sha256: str | None = None
     tokens: int | None = None
+    excluded_test_duplicates: int = 0  # MMLU validation rows dropped because test holds the same question
 
     def notes(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -61,6 +63,8 @@ class CalibrationData:
             out["calibration.file_sha256"] = self.file_sha256
         if self.tokens is not None:
             out["calibration.tokens"] = self.tokens
+        if self.excluded_test_duplicates:
+            out["calibration.excluded_test_duplicates"] = self.excluded_test_duplicates
         return out
 
 
@@ -105,13 +109,32 @@ def format_mmlu(row: dict[str, Any]) -> str:
     return f"{str(row['question']).strip()}\n{choices}{tail}"
 
 
-def _mmlu_validation_rows(data_dir: str | os.PathLike | None) -> tuple[list[dict[str, Any]], str, str | None]:
+def _row_key(row: dict[str, Any]) -> tuple[str, tuple[str, ...]]:
+    return str(row["question"]).strip(), tuple(str(c) for c in row["choices"])
+
+
+_VALIDATION_CACHE: dict[tuple[str, float], tuple[list[dict[str, Any]], str, str | None, int]] = {}
+
+
+def _mmlu_validation_rows(data_dir: str | os.PathLike | None) -> tuple[list[dict[str, Any]], str, str | None, int]:
+    """Validation rows (minus any that repeat a test question verbatim: MMLU has a few dozen), kind,
+    sha256 of the local file, and how many rows were dropped as test duplicates."""
     local = mmlu_dir(data_dir)
     if local is not None:
         path = local / "validation.jsonl"
+        key = (str(path.resolve()), path.stat().st_mtime)
+        if key in _VALIDATION_CACHE:
+            return _VALIDATION_CACHE[key]
         raw = path.read_bytes()
         rows = [json.loads(line) for line in raw.decode("utf-8").splitlines() if line.strip()]
-        return rows, "mmlu-local", _sha256_bytes(raw)
+        dropped = 0
+        test = local / "test.jsonl"
+        if test.is_file():
+            test_keys = {_row_key(json.loads(line)) for line in test.read_text(encoding="utf-8").splitlines() if line.strip()}
+            kept = [r for r in rows if _row_key(r) not in test_keys]
+            dropped, rows = len(rows) - len(kept), kept
+        _VALIDATION_CACHE[key] = (rows, "mmlu-local", _sha256_bytes(raw), dropped)
+        return _VALIDATION_CACHE[key]
     from pipeline.models.loader import hub_reachable
 
     if not hub_reachable():
@@ -122,12 +145,15 @@ def _mmlu_validation_rows(data_dir: str | os.PathLike | None) -> tuple[list[dict
     from datasets import load_dataset
 
     ds = load_dataset("cais/mmlu", "all", split="validation")
-    return [dict(r) for r in ds], "mmlu-hub", None
+    test_keys = {_row_key(r) for r in load_dataset("cais/mmlu", "all", split="test")}
+    rows = [dict(r) for r in ds]
+    kept = [r for r in rows if _row_key(r) not in test_keys]
+    return kept, "mmlu-hub", None, len(rows) - len(kept)
 
 
 def heldout_texts(n: int, *, data_dir: str | os.PathLike | None = None) -> list[str]:
     """The fixed KL batch: the first `n` held-out MMLU validation rows (disjoint from calibration)."""
-    rows, _, _ = _mmlu_validation_rows(data_dir)
+    rows, _, _, _ = _mmlu_validation_rows(data_dir)
     held = [format_mmlu(r) for i, r in enumerate(rows) if i % HELDOUT_EVERY == 0]
     return held[:n]
 
@@ -201,8 +227,9 @@ def load_calibration(
     if problem:
         raise CalibrationError(problem)
     file_sha = None
+    dropped = 0
     if source == DEFAULT_SOURCE:
-        rows, kind, file_sha = _mmlu_validation_rows(data_dir)
+        rows, kind, file_sha, dropped = _mmlu_validation_rows(data_dir)
         pool = [format_mmlu(r) for i, r in enumerate(rows) if i % HELDOUT_EVERY != 0]
         random.Random(seed).shuffle(pool)
     elif looks_like_file(source):
@@ -223,6 +250,7 @@ def load_calibration(
         sha256=_sha256_bytes("\n\n".join(texts).encode("utf-8")),
         file_sha256=file_sha,
         tokens=tokens,
+        excluded_test_duplicates=dropped,
     )
 
 

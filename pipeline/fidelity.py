@@ -19,6 +19,7 @@ its next-token log-probs on a fixed batch of held-out MMLU validation text (neve
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
 # Fidelity forwards run with a fixed thread count: a CPU matmul's reduction order (so its last bits)
 # can depend on the thread count, and `none` must score KL exactly 0 against the reference.
 FIDELITY_THREADS = 1
-HELDOUT_TEXTS = 4
+HELDOUT_TEXTS = 8
 HELDOUT_SEQ_LEN = 128
 
 
@@ -194,6 +195,42 @@ def _identity_probe(module: nn.Module) -> torch.Tensor:
     return y.t().float()
 
 
+_INT4PACK_POSITIONS: dict[tuple[int, int], torch.Tensor] = {}
+
+
+def _int4pack_cpu_positions(n: int, k: int) -> torch.Tensor:
+    """For each nibble of `_convert_weight_to_int4pack_for_cpu`'s output (low nibble first), the flat index
+    n*K+k it came from. The packed layout depends on the CPU's ISA, so it is measured, not assumed: the
+    op is run on the 4-bit digits of every position's index and the digits are read back."""
+    key = (n, k)
+    if key in _INT4PACK_POSITIONS:
+        return _INT4PACK_POSITIONS[key]
+    idx = torch.arange(n * k, dtype=torch.int64).reshape(n, k)
+    pos = None
+    for j in range(max(1, math.ceil(math.log(n * k, 16)))):
+        digit = ((idx >> (4 * j)) & 15).to(torch.int32)
+        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(digit, 1)
+        nib = torch.stack([packed & 15, packed >> 4], dim=-1).reshape(-1).to(torch.int64)
+        pos = nib << (4 * j) if pos is None else pos | (nib << (4 * j))
+    _INT4PACK_POSITIONS[key] = pos
+    return pos
+
+
+def _int4_opaque_dequantize(w: torch.Tensor) -> torch.Tensor:
+    """torchao Int4OpaqueTensor (CPU tinygemm layout; no dequantize op): unpack the nibbles, then
+    tinygemm's affine form w = (q - 8) * scale + zero per group. The kernel itself is far too slow for an
+    identity probe (one scalar pass per input row without AVX-512)."""
+    n, k = w.shape
+    group = int(w.block_size[-1])
+    packed = w.qdata
+    nib = torch.stack([packed & 15, packed >> 4], dim=-1).reshape(-1).to(torch.float32)
+    q = torch.empty(n * k, dtype=torch.float32)
+    q[_int4pack_cpu_positions(n, k)] = nib
+    scale, zero = w.scale_and_zero.float().unbind(-1)  # each (K/group, N)
+    q = q.reshape(n, k // group, group)
+    return ((q - 8.0) * scale.t().unsqueeze(-1) + zero.t().unsqueeze(-1)).reshape(n, k)
+
+
 def _ct_effective_weight(module: nn.Module) -> torch.Tensor | None:
     """compressed-tensors layers that fake-quantize their float weight on every call: the weight they use."""
     scheme = getattr(module, "quantization_scheme", None)
@@ -222,6 +259,8 @@ def dense_weight(module: nn.Module) -> torch.Tensor:
     scb = _bnb_int8_row_scales(module)
     if scb is not None and w.dtype == torch.int8:
         return w.data.float() * scb.float().unsqueeze(1) / 127.0
+    if type(w).__name__ == "Int4OpaqueTensor" and getattr(w, "act_mapping_type", None) is None:
+        return _int4_opaque_dequantize(w)
     if not _is_plain(w):
         try:
             return w.dequantize().float()
@@ -331,8 +370,33 @@ class BaseReference:
                 yield f.get_tensor(f"lp.{i}")
 
     def close(self) -> None:
+        """Delete the temp file (a cached reference, see `load`, is left in place)."""
         if self._finalizer is not None:
             self._finalizer()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # picklable for executors that build in another process: the copy reads the same file, owns nothing
+        state = dict(self.__dict__)
+        state["_finalizer"] = None
+        return state
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> BaseReference:
+        """A reference written by `compute_base_reference` (e.g. into the cache): no copy, nothing deleted."""
+        from safetensors import safe_open
+
+        path = Path(path)
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            n = int(meta["n_texts"])
+            ids = tuple(f.get_tensor(f"ids.{i}") for i in range(n))
+        return cls(
+            model_name=meta.get("model_name", ""),
+            path=path,
+            linear_names=tuple(json.loads(meta["linear_names"])),
+            input_ids=ids,
+            texts_sha256=meta["texts_sha256"],
+        )
 
 
 def compute_base_reference(
@@ -345,8 +409,12 @@ def compute_base_reference(
     n_texts: int = HELDOUT_TEXTS,
     seq_len: int = HELDOUT_SEQ_LEN,
     workdir: str | os.PathLike | None = None,
+    out_path: str | os.PathLike | None = None,
 ) -> BaseReference:
-    """Reference from the UNMODIFIED model (method `none`); `texts` default to held-out MMLU validation rows."""
+    """Reference from the UNMODIFIED model (method `none`); `texts` default to held-out MMLU validation rows.
+
+    Written to `out_path` (kept; e.g. a cache entry) or to a temp file deleted by `close()`/garbage collection.
+    """
     import hashlib
 
     from safetensors.torch import save_file
@@ -364,16 +432,26 @@ def compute_base_reference(
     with fixed_threads():
         for i, b in enumerate(batches):
             tensors[f"lp.{i}"] = _next_token_logprobs(model, b["input_ids"]).contiguous()
+            tensors[f"ids.{i}"] = b["input_ids"].cpu().contiguous()
+    texts_sha = hashlib.sha256("\n\n".join(texts).encode("utf-8")).hexdigest()
+    metadata = {"model_name": model_name, "n_texts": str(len(batches)), "linear_names": json.dumps(names), "texts_sha256": texts_sha}
+    if out_path is not None:
+        path = Path(out_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+        save_file(tensors, str(partial), metadata=metadata)
+        os.replace(partial, path)  # atomic: a concurrent writer of the same entry just loses the race
+        return BaseReference.load(path)
     tmp = Path(tempfile.mkdtemp(prefix="shrinkgate-baseref-", dir=workdir))
     path = tmp / "reference.safetensors"
-    save_file(tensors, str(path))
+    save_file(tensors, str(path), metadata=metadata)
     del tensors
     ref = BaseReference(
         model_name=model_name,
         path=path,
         linear_names=tuple(names),
         input_ids=tuple(b["input_ids"].cpu() for b in batches),
-        texts_sha256=hashlib.sha256("\n\n".join(texts).encode("utf-8")).hexdigest(),
+        texts_sha256=texts_sha,
         _dir=tmp,
     )
     ref._finalizer = weakref.finalize(ref, shutil.rmtree, str(tmp), True)

@@ -49,6 +49,7 @@ TOP1_AGREE_VS_BASE = "top1_agree_vs_base"
 SERIALIZED_BYTES = "serialized_bytes"
 BUILD_SECONDS = "build_seconds"
 BUILD_PEAK_MEM_MB = "build_peak_mem_mb"
+RUNTIME_WEIGHT_BYTES = "runtime_weight_bytes"  # bytes the running model holds (unpacked copies included)
 BANDWIDTH_GB_S = "host_bandwidth_gb_s"
 
 # Speed metrics logged per batch size: batch 1 unsuffixed, others suffixed `_bs<N>`.
@@ -89,6 +90,13 @@ TAG_KIND = "shrinkgate.kind"  # "sweep" (parent) | "variant" (child)
 TAG_CONTENT_KEY = "shrinkgate.content_key"
 TAG_SERIALIZABLE = "serializable"
 TAG_DENSE_FALLBACK = "kernel_dense_fallback"
+TAG_NM_PATTERN_OK = "nm_pattern_ok"
+TAG_SERIALIZABLE_REASON = "serializable_reason"
+# FidelityRecord.extra keys written by the build (log them as tags of the same name)
+TAG_CALIBRATION_SOURCE = "calibration.source"
+TAG_CALIBRATION_SHA256 = "calibration.sha256"
+TAG_CALIBRATION_FILE_SHA256 = "calibration.file_sha256"
+TAG_HELDOUT_SHA256 = "heldout.sha256"
 
 # Artifacts
 ART_LM_EVAL = "lm_eval_results.json"

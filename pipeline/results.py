@@ -92,7 +92,7 @@ class SpeedPoint:
     decode_tok_s: float  # batch * tokens per second during decode
     prefill_tok_s: float
     peak_mem_mb: float
-    bytes_per_token: float  # weights + KV read per decode step (per sequence step of the batch)
+    bytes_per_token: float  # weights + one sequence's KV at the measured context (what a batch-1 step reads)
     wall_tok_s: float  # memory-wall ceiling for this batch: bandwidth / bytes per step * batch
     mbu: float  # achieved bytes/s / measured bandwidth
     cv: float  # coefficient of variation of decode tok/s over repeats

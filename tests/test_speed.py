@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from pipeline.recipe import SpeedSpec, parse_recipe
-from pipeline.results import SpeedPoint
 from pipeline.speed import host, roofline
 from pipeline.speed import measure as measure_mod
 from pipeline.speed.measure import measure_decode, planned_batches, prompt_ids
@@ -194,10 +193,10 @@ def test_a_batch_that_does_not_fit_is_reported_not_raised(tiny, monkeypatch):
     model, tok = tiny
     real = measure_mod._measure_point
 
-    def flaky(*args, **kwargs):
-        if args[3] == 4:  # batch
+    def flaky(setup, batch, prompt):
+        if batch == 4:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real(*args, **kwargs)
+        return real(setup, batch, prompt)
 
     monkeypatch.setattr(measure_mod, "_measure_point", flaky)
     spec = SpeedSpec(prompt_tokens=4, new_tokens=2, batch_sizes=[1, 4], warmup=0, repeats=1, threads=1)
@@ -340,10 +339,12 @@ def test_crossover_batch_on_hand_made_points():
 
 def test_bandwidth_cache_is_reused(tmp_path, monkeypatch):
     calls = []
+    readings = iter([12.5, 11.0, 12.5, 10.0, 15.0])
 
     def fake_probe(device, threads, buffer_bytes=None, reps=7):
         calls.append((device, threads))
-        return {"bandwidth_gb_s": 12.5, "probes_gb_s": {"copy": 12.5}}
+        gb = next(readings)
+        return {"bandwidth_gb_s": gb, "probes_gb_s": {"copy": gb}}
 
     monkeypatch.setattr(host, "probe_bandwidth", fake_probe)
     path = tmp_path / "h.json"
@@ -353,9 +354,13 @@ def test_bandwidth_cache_is_reused(tmp_path, monkeypatch):
     data = json.loads(path.read_text())
     key = host.host_key("cpu", 2)
     assert key in data and "threads=2" in key and data[key]["bandwidth"]["bandwidth_gb_s"] == 12.5
-    host.host_bandwidth("cpu", 1, path=path)  # another thread count is another key
-    host.host_bandwidth("cpu", 2, path=path, refresh=True)
-    assert calls == [("cpu", 2), ("cpu", 1), ("cpu", 2)]
+    assert host.host_bandwidth("cpu", 1, path=path) == 11.0  # another thread count is another key
+    # a refresh keeps the best reading: a lower one only means the host was busy
+    assert host.host_bandwidth("cpu", 2, path=path, refresh=True) == 12.5
+    assert host.host_bandwidth("cpu", 2, path=path, refresh=True) == 12.5
+    assert host.host_bandwidth("cpu", 2, path=path, refresh=True) == 15.0
+    assert calls == [("cpu", 2), ("cpu", 1), ("cpu", 2), ("cpu", 2), ("cpu", 2)]
+    assert host.host_bandwidth("cpu", 2, path=path) == 15.0 and len(calls) == 5
     # the default path comes from the environment (the autouse fixture points it at tmp)
     assert host.cache_path() != path
 

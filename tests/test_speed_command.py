@@ -59,12 +59,14 @@ def test_unknown_config_and_dtype_are_named():
 def test_speed_command_refuses_what_it_cannot_do():
     with pytest.raises(command.SpeedCommandError, match="needs 141.* GB"):
         command.speed_command("llama-3.1-70b", "bf16", "none", [1], 8, 4, "cpu", False, 1)
+    with pytest.raises(command.SpeedCommandError, match="--config: unknown config 'gpt-9'"):
+        command.speed_command("gpt-9", "bf16", "none", [1], 8, 4, "cpu", False, 1)
     with pytest.raises(command.SpeedCommandError, match="while loading a checkpoint"):
         command.speed_command("smollm2-135m", "fp32", "bnb-nf4", [1], 8, 4, "cpu", False, 1)
 
 
 def test_speed_command_end_to_end_with_an_in_memory_method(monkeypatch):
-    monkeypatch.setattr(measure_mod, "host_bandwidth", lambda device, threads: 20.0)
+    monkeypatch.setattr(measure_mod, "bandwidth_probe", lambda device, threads: {"bandwidth_gb_s": 20.0, "load_avg": 0.0})
     monkeypatch.setattr(measure_mod, "host_matmul_flops", lambda device, threads, dtype: 1e11)
     res = command.speed_command("smollm2-135m", "fp32", "none", [1], 4, 2, "cpu", False, 1, repeats=1, warmup=0)
     assert res.method == "none" and not res.dense_fallback and "dense" in res.kernel
@@ -80,6 +82,9 @@ def test_speed_command_end_to_end_with_an_in_memory_method(monkeypatch):
     text = console.export_text()
     assert "MBU" in text and "magnitude-prune (dense fallback)" in text and "dense-fallback speed" in text
     assert "skipped" in text and "smollm2-135m" in text
+    console = Console(record=True, width=220)
+    command.print_table(res, console=console)  # one result, as the CLI passes it
+    assert "smollm2-135m" in console.export_text()
 
 
 def _point(batch: int, prompt: int = 128) -> SpeedPoint:

@@ -231,6 +231,11 @@ class AWQ(_LLMCompressor):
     def check_model(self, params: AWQParams, config) -> str | None:
         return _check_group(self.name, params.group_size, config)
 
+    def apply(self, model, params, ctx):
+        model = super().apply(model, params, ctx)
+        ctx.notes["awq.weight_rel_error"] = "includes AWQ's per-channel rescaling (folded into the preceding norms/layers), not only rounding"
+        return model
+
     def recipe(self, params: AWQParams):
         from llmcompressor.modifiers.quantization import QuantizationModifier
         from llmcompressor.modifiers.transform import AWQModifier

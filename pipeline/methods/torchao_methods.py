@@ -116,7 +116,11 @@ class TorchaoInt4WeightOnly(_Torchao):
     def kernel(self, params, device: str) -> str:
         if device.startswith("cuda"):
             return "torchao Int4Tensor: int4 weight-only CUDA kernel"
-        return "torchao Int4OpaqueTensor: tinygemm int4 CPU kernel (_weight_int4pack_mm_for_cpu)"
+        import torch
+
+        isa = torch.backends.cpu.get_cpu_capability()
+        slow = "" if isa == "AVX512" else f" ({isa}: no AVX-512 vector path, far slower than dense here)"
+        return f"torchao Int4OpaqueTensor: int4 CPU kernel _weight_int4pack_mm_for_cpu{slow}"
 
     def serialize(self, model, params, out_dir):
         # Int4OpaqueTensor (the CPU packing) is not in torchao's safetensors allow-list; flattening says why.

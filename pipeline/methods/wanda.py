@@ -91,7 +91,7 @@ def _collect(block, inputs, stats):
 @register
 class Wanda(Method):
     name = "wanda"
-    library = "torch (Wanda, Sun et al. 2023)"
+    library = "torch"
     Params = WandaParams
     kind = "prune"
     needs_calibration = True

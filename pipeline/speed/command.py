@@ -22,8 +22,8 @@ from pipeline.speed import shapes
 from pipeline.speed.measure import free_bytes, measure_decode
 
 
-class SpeedCommandError(RuntimeError):
-    """A request `shrinkgate speed` cannot serve; the message says why and what to do."""
+class SpeedCommandError(ValueError):
+    """A request `shrinkgate speed` cannot serve; the message says why and what to do (the CLI prints it)."""
 
 
 def resolve_device(device: str) -> str:
@@ -79,7 +79,10 @@ def speed_command(
     from pipeline.methods import BuildContext
 
     device = resolve_device(device)
-    shape = shapes.shape(config)
+    try:
+        shape = shapes.shape(config)
+    except KeyError as exc:
+        raise SpeedCommandError(f"--config: {exc.args[0]}") from None
     dt = shapes.torch_dtype(dtype)
     need = shapes.param_count(config) * torch.empty((), dtype=dt).element_size()
     free = free_bytes(device)
@@ -123,10 +126,14 @@ def _fmt(x: float | None, spec: str = ".1f") -> str:
     return "—" if x is None else format(x, spec)
 
 
-def print_table(results: Sequence[SpeedResult], console: Any = None, extra: dict[int, dict[str, str]] | None = None) -> None:
+def print_table(results: SpeedResult | Sequence[SpeedResult], console: Any = None) -> None:
     """One row per (result, point): the memory-wall view (tok/s vs ceiling, MBU), then each run's host facts."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
+
+    if isinstance(results, SpeedResult):
+        results = [results]
 
     if console is None:
         console = Console()
@@ -152,15 +159,16 @@ def print_table(results: Sequence[SpeedResult], console: Any = None, extra: dict
             table.add_row(label, method, str(s["batch_size"]), str(s["prompt_tokens"]), *(["—"] * 8), "skipped")
     console.print(table)
     for r in results:
-        console.print(
-            f"[dim]{r.model or 'model'} / {r.method or '?'}: {r.device}, {r.threads} threads, {r.dtype}, timer {r.timer}, "
+        facts = (
+            f"{r.model or 'model'} / {r.method or '?'}: {r.device}, {r.threads} threads, {r.dtype}, timer {r.timer}, "
             f"KV cache {r.kv_cache}{', compiled' if r.compiled else ''}; measured bandwidth {r.bandwidth_gb_s:.1f} GB/s, "
             f"matmul {_fmt(r.matmul_tflops, '.3f')} TFLOP/s, compute-bound from batch ~{r.compute_bound_batch}; "
             f"weights read/token {r.weight_bytes_per_token / 1e6:.1f} MB; load avg {_fmt(r.load_avg, '.2f')}; "
-            f"kernel: {r.kernel or 'n/a'} ({r.speed_kind})[/dim]"
+            f"kernel: {r.kernel or 'n/a'} ({r.speed_kind})"
         )
+        console.print(f"[dim]{escape(facts)}[/dim]")
         for w in r.warnings:
-            console.print(f"[yellow]warning:[/yellow] {w}")
+            console.print(f"[yellow]warning:[/yellow] {escape(w)}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -179,13 +187,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args(argv)
+    from pipeline.methods import MethodError
+
     try:
         result = speed_command(
             args.config, args.dtype, args.method, args.batch_sizes, args.prompt_tokens, args.new_tokens, args.device,
             args.compile, args.threads, scenario=args.scenario, prompt_lengths=args.prompt_lengths,
             warmup=args.warmup, repeats=args.repeats,
         )
-    except (SpeedCommandError, KeyError, ValueError) as exc:
+    except (SpeedCommandError, ValueError, MethodError) as exc:
         print(f"error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
         return 2
     print_table([result])

@@ -101,16 +101,25 @@ def _write_cache(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)  # atomic: concurrent readers never see half a file
 
 
-def _cached(key: str, field: str, measure: Callable[[], dict[str, Any]], refresh: bool, path: Path | None) -> dict[str, Any]:
+def _cached(
+    key: str, field: str, value: str, measure: Callable[[], dict[str, Any]], refresh: bool, path: Path | None
+) -> dict[str, Any]:
+    """The cached probe `field` of host `key`, measured when missing or on `refresh`.
+
+    A peak is a property of the hardware; a lower reading only means the host was busy. So a
+    refresh keeps whichever of the old and new probes has the higher `value`.
+    """
     path = path or cache_path()
-    data = _read_cache(path)
-    entry = data.get(key, {})
-    if refresh or field not in entry:
-        entry[field] = {**measure(), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "load_avg": load_average()}
-        data = _read_cache(path)  # re-read: another process may have written other keys meanwhile
-        data.setdefault(key, {}).update({field: entry[field]})
-        _write_cache(path, data)
-    return entry[field]
+    old = _read_cache(path).get(key, {}).get(field)
+    if old is not None and not refresh:
+        return old
+    load = load_average()  # before the probe: the probe's own threads would count otherwise
+    new = {**measure(), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "load_avg": load}
+    best = old if old is not None and old.get(value, 0) >= new[value] else new
+    data = _read_cache(path)  # re-read: another process may have written other keys meanwhile
+    data.setdefault(key, {})[field] = best
+    _write_cache(path, data)
+    return best
 
 
 class _Threads:
@@ -182,13 +191,19 @@ def probe_bandwidth(device: str, threads: int, buffer_bytes: int | None = None, 
     }
 
 
+def bandwidth_probe(
+    device: str = "cpu", threads: int | None = None, *, refresh: bool = False, path: Path | None = None
+) -> dict[str, Any]:
+    """The cached bandwidth probe record (GB/s per kernel, buffer size, when, host load at the time)."""
+    n = threads or default_threads()
+    return _cached(host_key(device, n), "bandwidth", "bandwidth_gb_s", lambda: probe_bandwidth(device, n), refresh, path)
+
+
 def host_bandwidth(
     device: str = "cpu", threads: int | None = None, *, refresh: bool = False, path: Path | None = None
 ) -> float:
     """Measured peak memory bandwidth (GB/s) of `device` at `threads`, cached per host."""
-    n = threads or default_threads()
-    entry = _cached(host_key(device, n), "bandwidth", lambda: probe_bandwidth(device, n), refresh, path)
-    return float(entry["bandwidth_gb_s"])
+    return float(bandwidth_probe(device, threads, refresh=refresh, path=path)["bandwidth_gb_s"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,5 +235,5 @@ def host_matmul_flops(
     dt = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     n = threads or default_threads()
     field = f"matmul_{str(dt).removeprefix('torch.')}"
-    entry = _cached(host_key(device, n), field, lambda: probe_matmul(device, n, dt), refresh, path)
+    entry = _cached(host_key(device, n), field, "flops", lambda: probe_matmul(device, n, dt), refresh, path)
     return float(entry["flops"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 import warnings as _warnings
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -20,7 +21,7 @@ import torch
 from pipeline.recipe import SpeedSpec
 from pipeline.results import SpeedPoint, SpeedResult
 from pipeline.speed import roofline
-from pipeline.speed.host import default_threads, host_bandwidth, host_matmul_flops, load_average
+from pipeline.speed.host import bandwidth_probe, default_threads, host_matmul_flops, load_average
 from pipeline.speed.timing import (
     Clock,
     ClockTimer,
@@ -131,12 +132,11 @@ def free_bytes(device: str) -> float:
 
 
 def _is_oom(exc: BaseException) -> bool:
-    if isinstance(exc, torch.OutOfMemoryError):
+    """CUDA OOM, or the CPU allocator's refusal (when the kernel lets the process live to see it)."""
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
         return True
     text = str(exc).lower()
-    return isinstance(exc, (RuntimeError, MemoryError)) and (
-        "out of memory" in text or "can't allocate memory" in text or "not enough memory" in text or isinstance(exc, MemoryError)
-    )
+    return isinstance(exc, RuntimeError) and any(k in text for k in ("out of memory", "can't allocate memory", "not enough memory"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -247,14 +247,45 @@ def decode_once(
 
 
 def _decode_call(model: Any, compile_: bool, device: str) -> Callable[..., Any]:
+    """The decode-step callable: the model itself, or its compiled call (prefill always runs eager)."""
     if not compile_:
         return model
+    # Every (batch, cache length) is its own static graph; past the default limit of 8 dynamo would
+    # silently fall back to eager and a sweep's later points would be timed uncompiled.
+    dynamo_config = torch._dynamo.config
+    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 64)
     if device.startswith("cuda") and hasattr(model, "get_compiled_call"):
         from transformers import CompileConfig
 
         # transformers' own decode compile: mode="reduce-overhead" (CUDA graphs) over a static cache
-        return model.get_compiled_call(CompileConfig(fullgraph=False))
+        return model.get_compiled_call(CompileConfig(fullgraph=False, dynamic=False))
     return torch.compile(model, dynamic=False)
+
+
+@dataclass(frozen=True)
+class _Setup:
+    """Everything a point's measurement shares within one `measure_decode` call."""
+
+    model: Any
+    tokenizer: Any
+    spec: SpeedSpec
+    device: str
+    timer: Timer
+    decode_call: Callable[..., Any]
+    keep_arg: bool  # forward takes `logits_to_keep`
+    static: bool
+    warmup: int
+    vocab: int
+    dtype_bytes: int
+    weight_bytes: int
+    kv_tok: int
+    bw: float  # bytes/s
+    peak_flops: float
+    seed: int
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.device.startswith("cuda")
 
 
 def measure_decode(
@@ -281,159 +312,169 @@ def measure_decode(
     `bandwidth_gb_s` and `matmul_flops` are injectable (tests); by default the host's measured,
     cached peaks are used. A point that does not fit in memory is reported in `skipped`, not raised.
     """
-    is_cuda = device.startswith("cuda")
     threads = spec.threads or default_threads()
     prev_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
+    torch.set_num_threads(threads)  # fixed for the whole measurement and reported
     try:
-        return _measure(
-            model, tokenizer, spec, weight_bytes_per_token, device, threads, kernel, dense_fallback,
-            model_name, method, clock, bandwidth_gb_s, matmul_flops, seed, is_cuda,
+        model.eval()
+        load_before = load_average()
+        warns: list[str] = []
+        setup = _setup(model, tokenizer, spec, device, threads, weight_bytes_per_token, clock, bandwidth_gb_s, matmul_flops, seed, warns)
+        _warn_if_busy(load_before, warns)
+        points, skipped = _run_points(setup, warns)
+        for s in skipped:
+            warns.append(f"batch {s['batch_size']}, prompt {s['prompt_tokens']} skipped: {s['reason']}")
+        if dense_fallback:
+            warns.append(f"kernel falls back to dense ({kernel or 'dense matmul'}): these are dense speeds, not compressed-kernel speeds")
+        loads = [x for x in (load_before, load_average()) if x is not None]
+        return SpeedResult(
+            points=tuple(points),
+            bandwidth_gb_s=setup.bw / 1e9,
+            device=device,
+            threads=threads,
+            timer=setup.timer.name,
+            load_avg=max(loads) if loads else None,
+            warnings=tuple(warns),
+            kernel=kernel,
+            dense_fallback=dense_fallback,
+            compiled=spec.compile,
+            kv_cache="static" if setup.static else "dynamic",
+            scenario=spec.scenario or "",
+            matmul_tflops=setup.peak_flops / 1e12,
+            compute_bound_batch=_compute_bound_batch(setup, points),
+            weight_bytes_per_token=int(weight_bytes_per_token),
+            dtype=str(_kv_dtype(model)).removeprefix("torch."),
+            model=model_name,
+            method=method,
+            skipped=tuple(skipped),
         )
     finally:
         torch.set_num_threads(prev_threads)
 
 
-def _measure(
-    model: Any, tokenizer: Any, spec: SpeedSpec, weight_bytes: int, device: str, threads: int, kernel: str,
-    dense_fallback: bool, model_name: str, method: str, clock: Clock | None, bandwidth_gb_s: float | None,
-    matmul_flops: float | None, seed: int, is_cuda: bool,
-) -> SpeedResult:
-    model.eval()
-    load_before = load_average()
+def _setup(
+    model: Any, tokenizer: Any, spec: SpeedSpec, device: str, threads: int, weight_bytes: int, clock: Clock | None,
+    bandwidth_gb_s: float | None, matmul_flops: float | None, seed: int, warns: list[str],
+) -> _Setup:
     kv_dtype = _kv_dtype(model)
     dtype_bytes = torch.empty((), dtype=kv_dtype).element_size()
-    bw_gb_s = bandwidth_gb_s if bandwidth_gb_s is not None else host_bandwidth(device, threads)
-    bw = bw_gb_s * 1e9
+    if bandwidth_gb_s is None:
+        probe = bandwidth_probe(device, threads)
+        bandwidth_gb_s = float(probe["bandwidth_gb_s"])
+        cpus = os.cpu_count() or 1
+        if (probe.get("load_avg") or 0) > cpus:
+            warns.append(
+                f"the cached bandwidth probe ran at load avg {probe['load_avg']:.1f} on {cpus} CPUs: the peak may be "
+                "underestimated (MBU overstated); re-probe on an idle host with host_bandwidth(..., refresh=True)"
+            )
     peak_flops = matmul_flops if matmul_flops is not None else host_matmul_flops(device, threads, kv_dtype)
-    config = model.config
-    kv_tok = roofline.kv_bytes_per_token(config, dtype_bytes)
-    static = spec.static_cache if spec.static_cache is not None else spec.compile
-    decode_call = _decode_call(model, spec.compile, device)
-    keep_arg = "logits_to_keep" in inspect.signature(model.forward).parameters
-    timer: Timer = CudaEventTimer(device) if is_cuda else ClockTimer(clock)
-    warmup = max(spec.warmup, 2) if spec.compile else spec.warmup  # compile + graph capture happen in warmup
-    vocab = _vocab_size(model)
-    scenario = spec.scenario or ""
-
-    points: list[SpeedPoint] = []
-    skipped: list[dict[str, Any]] = []
-    warns: list[str] = []
-    for prompt in prompt_lengths(spec):
-        batches = planned_batches(spec)
-        if spec.scenario == "offline":
-            batches = _offline_batches(config, batches[0], prompt, spec.new_tokens, dtype_bytes, device)
-        for batch in batches:
-            need = estimate_point_bytes(config, batch, prompt, spec.new_tokens, dtype_bytes)
-            free = free_bytes(device)
-            if need > _MEMORY_HEADROOM * free:
-                skipped.append(
-                    {"batch_size": batch, "prompt_tokens": prompt, "reason": f"does not fit: needs ~{need / 1e9:.2f} GB, {free / 1e9:.2f} GB free"}
-                )
-                continue
-            try:
-                point = _measure_point(
-                    model, tokenizer, vocab, batch, prompt, spec, warmup, static, decode_call, keep_arg, timer,
-                    device, seed, weight_bytes, kv_tok, dtype_bytes, bw, peak_flops, scenario,
-                )
-            except Exception as exc:  # noqa: BLE001 - one batch failing must not lose the others
-                if not _is_oom(exc):
-                    raise
-                skipped.append({"batch_size": batch, "prompt_tokens": prompt, "reason": f"out of memory: {str(exc).splitlines()[0][:160]}"})
-                if is_cuda:
-                    torch.cuda.empty_cache()
-                continue  # offline: the next smaller batch is tried
-            points.append(point)
-            if spec.scenario == "offline":
-                break  # the largest batch that fits is the offline point
-            if point.cv > CV_WARN:
-                warns.append(
-                    f"batch {batch}, prompt {prompt}: decode tok/s varies {point.cv:.0%} over {spec.repeats} repeats "
-                    f"(> {CV_WARN:.0%}); host load avg {load_average()}"
-                )
-    for s in skipped:
-        warns.append(f"batch {s['batch_size']}, prompt {s['prompt_tokens']} skipped: {s['reason']}")
-    if dense_fallback:
-        warns.append(f"kernel falls back to dense ({kernel or 'dense matmul'}): these are dense speeds, not compressed-kernel speeds")
-    load_after = load_average()
-    loads = [x for x in (load_before, load_after) if x is not None]
-
-    cb_batch = None
-    first = points[0] if points else None
-    if first is not None and first.flops_per_token:
-        kv_seq = roofline.kv_bytes_at_context(config, first.context_tokens, dtype_bytes)
-        cb_batch = roofline.compute_bound_batch(peak_flops, bw, first.flops_per_token, weight_bytes, kv_seq)
-    return SpeedResult(
-        points=tuple(points),
-        bandwidth_gb_s=bw_gb_s,
+    is_cuda = device.startswith("cuda")
+    return _Setup(
+        model=model,
+        tokenizer=tokenizer,
+        spec=spec,
         device=device,
-        threads=threads,
-        timer=timer.name,
-        load_avg=max(loads) if loads else None,
-        warnings=tuple(warns),
-        kernel=kernel,
-        dense_fallback=dense_fallback,
-        compiled=spec.compile,
-        kv_cache="static" if static else "dynamic",
-        scenario=scenario,
-        matmul_tflops=peak_flops / 1e12,
-        compute_bound_batch=cb_batch,
-        weight_bytes_per_token=int(weight_bytes),
-        dtype=str(kv_dtype).removeprefix("torch."),
-        model=model_name,
-        method=method,
-        skipped=tuple(skipped),
+        timer=CudaEventTimer(device) if is_cuda else ClockTimer(clock),
+        decode_call=_decode_call(model, spec.compile, device),
+        keep_arg="logits_to_keep" in inspect.signature(model.forward).parameters,
+        static=spec.static_cache if spec.static_cache is not None else spec.compile,
+        warmup=max(spec.warmup, 2) if spec.compile else spec.warmup,  # compile + graph capture happen in warmup
+        vocab=_vocab_size(model),
+        dtype_bytes=dtype_bytes,
+        weight_bytes=int(weight_bytes),
+        kv_tok=roofline.kv_bytes_per_token(model.config, dtype_bytes),
+        bw=bandwidth_gb_s * 1e9,
+        peak_flops=peak_flops,
+        seed=seed,
     )
 
 
-def _offline_batches(config: Any, top: int, prompt: int, new_tokens: int, dtype_bytes: int, device: str) -> list[int]:
+def _warn_if_busy(load: float | None, warns: list[str]) -> None:
+    cpus = os.cpu_count() or 1
+    if load is not None and load > cpus:
+        warns.append(
+            f"host load avg {load:.1f} on {cpus} CPUs: other processes compete for cores and memory bandwidth, "
+            "so these timings are contended"
+        )
+
+
+def _run_points(setup: _Setup, warns: list[str]) -> tuple[list[SpeedPoint], list[dict[str, Any]]]:
+    spec = setup.spec
+    points: list[SpeedPoint] = []
+    skipped: list[dict[str, Any]] = []
+    for prompt in prompt_lengths(spec):
+        batches = planned_batches(spec)
+        if spec.scenario == "offline":
+            batches = _offline_batches(setup, batches[0], prompt)
+        for batch in batches:
+            need = estimate_point_bytes(setup.model.config, batch, prompt, spec.new_tokens, setup.dtype_bytes)
+            free = free_bytes(setup.device)
+            if need > _MEMORY_HEADROOM * free:
+                reason = f"does not fit: needs ~{need / 1e9:.2f} GB, {free / 1e9:.2f} GB free"
+                skipped.append({"batch_size": batch, "prompt_tokens": prompt, "reason": reason})
+                continue
+            try:
+                point = _measure_point(setup, batch, prompt)
+            except Exception as exc:  # noqa: BLE001 - one batch running out of memory must not lose the others
+                if not _is_oom(exc):
+                    raise
+                first_line = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
+                skipped.append({"batch_size": batch, "prompt_tokens": prompt, "reason": f"out of memory: {first_line}"})
+                if setup.is_cuda:
+                    torch.cuda.empty_cache()
+                continue  # offline: the next smaller batch is tried
+            points.append(point)
+            if point.cv > CV_WARN:
+                load = load_average()
+                warns.append(
+                    f"batch {batch}, prompt {prompt}: decode tok/s varies {point.cv:.0%} over {spec.repeats} repeats "
+                    f"(> {CV_WARN:.0%}); host load avg {'?' if load is None else f'{load:.1f}'}"
+                )
+            if spec.scenario == "offline":
+                break  # the largest batch that fits is the offline point
+    return points, skipped
+
+
+def _compute_bound_batch(setup: _Setup, points: list[SpeedPoint]) -> int | None:
+    """Where decode would turn compute-bound on this host, at the first point's context."""
+    first = points[0] if points else None
+    if first is None or not first.flops_per_token:
+        return None
+    kv_seq = roofline.kv_bytes_at_context(setup.model.config, first.context_tokens, setup.dtype_bytes)
+    return roofline.compute_bound_batch(setup.peak_flops, setup.bw, first.flops_per_token, setup.weight_bytes, kv_seq)
+
+
+def _offline_batches(setup: _Setup, top: int, prompt: int) -> list[int]:
     """Offline scenario candidates, largest first: powers of two <= `top` that are estimated to fit."""
-    free = free_bytes(device)
+    free = free_bytes(setup.device)
     cands = sorted({2**k for k in range(int(math.log2(top)) + 1)} | {top}, reverse=True)
-    fitting = [b for b in cands if estimate_point_bytes(config, b, prompt, new_tokens, dtype_bytes) <= _MEMORY_HEADROOM * free]
+    cfg, new, nbytes = setup.model.config, setup.spec.new_tokens, setup.dtype_bytes
+    fitting = [b for b in cands if estimate_point_bytes(cfg, b, prompt, new, nbytes) <= _MEMORY_HEADROOM * free]
     return fitting or [1]
 
 
-def _measure_point(
-    model: Any, tokenizer: Any, vocab: int, batch: int, prompt: int, spec: SpeedSpec, warmup: int, static: bool,
-    decode_call: Callable[..., Any], keep_arg: bool, timer: Timer, device: str, seed: int, weight_bytes: int,
-    kv_tok: int, dtype_bytes: int, bw: float, peak_flops: float, scenario: str,
-) -> SpeedPoint:
-    ids = prompt_ids(tokenizer, vocab, batch, prompt, seed).to(device)
-    runner = _Runner(model, ids, prompt + spec.new_tokens, static, decode_call, keep_arg)
+def _measure_point(setup: _Setup, batch: int, prompt: int) -> SpeedPoint:
+    spec = setup.spec
+    ids = prompt_ids(setup.tokenizer, setup.vocab, batch, prompt, setup.seed).to(setup.device)
+    runner = _Runner(setup.model, ids, prompt + spec.new_tokens, setup.static, setup.decode_call, setup.keep_arg)
     with torch.inference_mode(), _warnings.catch_warnings():
         _warnings.simplefilter("ignore")
-        timelines, peak_mb, generated = _time_point(runner, spec.new_tokens, warmup, spec.repeats, timer, device)
+        timelines, peak_mb, generated = _time_point(runner, spec.new_tokens, setup.warmup, spec.repeats, setup.timer, setup.device)
     del runner
     stats = summarize(timelines, batch, prompt)
 
     # Decode step i (1..N-1) attends over prompt + i tokens: mean prompt + N/2. A static cache's
     # attention reads the whole preallocated buffer every step, so it is charged the full length.
-    context = float(prompt + spec.new_tokens) if static else prompt + spec.new_tokens / 2.0
-    kv_seq = roofline.kv_bytes_at_context(model.config, context, dtype_bytes)
-    step_bytes = roofline.bytes_per_step(weight_bytes, kv_seq, batch)
-    flops = roofline.decode_flops_per_token(model.config, context)
-    samples = tuple(
-        {
-            "repeat": i,
-            "marks_ms": [m * 1e-6 for m in t.marks_ns],
-            "ttft_ms": t.ttft_ns * 1e-6,
-            "tpot_ms": t.tpot_ns * 1e-6,
-            "e2e_ms": t.e2e_ns * 1e-6,
-            "decode_tok_s": stats.per_repeat_decode_tok_s[i],
-        }
-        for i, t in enumerate(timelines)
-    ) + (
-        {
-            "inputs": {
-                "prompt_ids_row0_head": ids[0, :16].tolist(),
-                "distinct_prompt_ids": int(ids.unique().numel()),
-                "generated_ids_row0": generated,
-                "kv_cache": "static" if static else "dynamic",
-            }
-        },
-    )
-    e2es = [t.e2e_ns * 1e-6 for t in timelines]
+    context = float(prompt + spec.new_tokens) if setup.static else prompt + spec.new_tokens / 2.0
+    kv_seq = roofline.kv_bytes_at_context(setup.model.config, context, setup.dtype_bytes)
+    step_bytes = roofline.bytes_per_step(setup.weight_bytes, kv_seq, batch)
+    flops = roofline.decode_flops_per_token(setup.model.config, context)
+    inputs = {
+        "prompt_ids_row0_head": ids[0, :16].tolist(),
+        "distinct_prompt_ids": int(ids.unique().numel()),
+        "generated_ids_row0": generated,
+        "kv_cache": "static" if setup.static else "dynamic",
+    }
     return SpeedPoint(
         batch_size=batch,
         prompt_tokens=prompt,
@@ -447,18 +488,33 @@ def _measure_point(
         decode_tok_s=stats.decode_tok_s,
         prefill_tok_s=stats.prefill_tok_s,
         peak_mem_mb=peak_mb,
-        bytes_per_token=float(weight_bytes + kv_seq),
-        wall_tok_s=roofline.ceiling_tok_s(bw, step_bytes, batch),
-        mbu=roofline.mbu(stats.decode_tok_s, step_bytes, batch, bw),
+        bytes_per_token=float(setup.weight_bytes + kv_seq),
+        wall_tok_s=roofline.ceiling_tok_s(setup.bw, step_bytes, batch),
+        mbu=roofline.mbu(stats.decode_tok_s, step_bytes, batch, setup.bw),
         cv=stats.cv,
-        samples=samples,
+        samples=_samples(timelines, stats.per_repeat_decode_tok_s) + ({"inputs": inputs},),
         itl_p50_ms=stats.itl_p50_ms,
         itl_p90_ms=stats.itl_p90_ms,
-        e2e_p90_ms=percentile(e2es, 90),
-        mfu=roofline.mfu(stats.decode_tok_s, flops, peak_flops) if flops else None,
+        e2e_p90_ms=percentile([t.e2e_ns * 1e-6 for t in timelines], 90),
+        mfu=roofline.mfu(stats.decode_tok_s, flops, setup.peak_flops) if flops else None,
         bytes_per_step=step_bytes,
-        kv_bytes_per_token=kv_tok,
+        kv_bytes_per_token=setup.kv_tok,
         context_tokens=context,
         flops_per_token=flops,
-        scenario=scenario,
+        scenario=spec.scenario or "",
+    )
+
+
+def _samples(timelines: list[Timeline], rates: tuple[float, ...]) -> tuple[dict[str, Any], ...]:
+    """Raw per-repeat timings for the speed artifact (every token's mark, in ms since prefill began)."""
+    return tuple(
+        {
+            "repeat": i,
+            "marks_ms": [m * 1e-6 for m in t.marks_ns],
+            "ttft_ms": t.ttft_ns * 1e-6,
+            "tpot_ms": t.tpot_ns * 1e-6,
+            "e2e_ms": t.e2e_ns * 1e-6,
+            "decode_tok_s": rates[i],
+        }
+        for i, t in enumerate(timelines)
     )
