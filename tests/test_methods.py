@@ -137,7 +137,7 @@ def build(tiny, base):
 @pytest.mark.parametrize(
     "method,params,expected",
     [
-        ("nope", {}, "unknown method 'nope'; use one of: " + ", ".join(sorted(registry())) + " (see `shrinkgate methods`)"),
+        ("nope", {}, None),  # the list of known methods is read at test time (tests register their own)
         ("gptq", {"bits": 3}, "method 'gptq' param `bits`: Input should be 4 or 8"),
         ("rtn", {"bits": 2}, "method 'rtn' param `bits`: Input should be 4 or 8"),
         ("awq", {"bits": 8}, "method 'awq' param `bits`: Input should be 4"),
@@ -164,6 +164,8 @@ def build(tiny, base):
 )
 def test_validation_errors_are_exact_one_liners(method, params, expected):
     problem = validate_variant(method, params)
+    if expected is None:
+        expected = "unknown method 'nope'; use one of: " + ", ".join(sorted(registry())) + " (see `shrinkgate methods`)"
     assert problem == expected
     assert "\n" not in problem
 
