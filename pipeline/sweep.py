@@ -284,7 +284,11 @@ def _measure(item, resolved, recipe, device, runtime, tracker, run_id, child: Ch
     from pipeline.build import build_artifact
 
     notify(item.label, "build")
-    artifact = build_artifact(resolved, item.model, item.variant, device=device)
+    from pipeline.build import base_reference_for
+
+    # KL / top-1 agreement / weight error are measured against the unmodified model (cached per model on disk).
+    base = base_reference_for(resolved, item.model, device=device, data_dir=recipe.eval.data_dir)
+    artifact = build_artifact(resolved, item.model, item.variant, device=device, base=base, data_dir=recipe.eval.data_dir)
     child.fidelity = artifact.fidelity
     tracker.log_fidelity(run_id, artifact.fidelity)
     tracker.set_tags(run_id, {f"build.{k}": str(v) for k, v in artifact.fidelity.extra.items()})

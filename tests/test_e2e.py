@@ -90,6 +90,8 @@ def test_run_logs_parent_children_metrics_and_artifacts(finished_sweep):
     assert by_variant["none"][M.BITS_PER_WEIGHT] == pytest.approx(32.0)  # fp32 dense
     assert by_variant["none"][M.SPARSITY] < 0.001
     assert by_variant["pruned"][M.SPARSITY] == pytest.approx(0.5, abs=0.01)
+    assert by_variant["none"][M.KL_VS_BASE] == 0.0 and by_variant["none"][M.TOP1_AGREE_VS_BASE] == 1.0
+    assert by_variant["pruned"][M.KL_VS_BASE] > 0.0
 
 
 def test_closing_table_printed(finished_sweep):
