@@ -124,26 +124,6 @@ def _git_commit() -> str | None:
         return None
 
 
-def speed_metrics(speed: SpeedResult) -> dict[str, float]:
-    out: dict[str, float] = {M.BANDWIDTH_GB_S: speed.bandwidth_gb_s}
-    for p in speed.points:
-        values = {
-            M.TTFT_MS: p.ttft_ms,
-            M.TPOT_MS: p.tpot_ms,
-            M.DECODE_TOK_S: p.decode_tok_s,
-            M.PREFILL_TOK_S: p.prefill_tok_s,
-            M.PEAK_MEM_MB: p.peak_mem_mb,
-            M.WALL_TOK_S: p.wall_tok_s,
-            M.MBU: p.mbu,
-            M.SPEED_CV: p.cv,
-            M.BYTES_PER_TOKEN: p.bytes_per_token,
-        }
-        for k, v in values.items():
-            if v is not None:
-                out[M.batch_metric(k, p.batch_size)] = float(v)
-    return out
-
-
 def fidelity_metrics(f: FidelityRecord) -> dict[str, float]:
     values = {
         M.WEIGHT_BYTES: f.weight_bytes,
@@ -272,10 +252,11 @@ class Tracker:
         self.log_text(run_id, questions_csv(a.questions), M.ART_QUESTIONS)
 
     def log_speed(self, run_id: str, s: SpeedResult) -> None:
+        # Imported here: the speed package pulls in torch, which the verdict side never needs.
+        from pipeline.speed.report import speed_metrics, speed_tags
+
         self.log_metrics(run_id, speed_metrics(s))
-        tags = {"speed.device": s.device, "speed.timer": s.timer, "speed.threads": str(s.threads)}
-        if s.load_avg is not None:
-            tags["speed.load_avg"] = f"{s.load_avg:.2f}"
+        tags = speed_tags(s)
         if s.warnings:
             tags["speed.warnings"] = " | ".join(s.warnings)
         self.set_tags(run_id, tags)
