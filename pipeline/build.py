@@ -81,17 +81,31 @@ class PeakMemory:
             self._thread.join()
 
 
-def _check_before_weights(resolved: ResolvedModel, model_spec: ModelSpec, parsed) -> None:
+def needs_model_check(variant: VariantSpec) -> bool:
+    """Whether any step of the variant has a `check_model` (so reading the model's config is worth it)."""
+    return any(type(get_method(s.method)).check_model is not Method.check_model for s in variant.pipeline_steps)
+
+
+def check_variant_fits(variant: VariantSpec, config: Any) -> str | None:
+    """One-line reason a variant cannot be applied to a model with this config (shapes, group sizes), or None."""
+    for step in variant.pipeline_steps:
+        method = get_method(step.method)
+        problem = method.check_model(method.parse(step.params), config)
+        if problem:
+            return problem
+    return None
+
+
+def _check_before_weights(resolved: ResolvedModel, model_spec: ModelSpec, variant: VariantSpec) -> None:
     """Read config.json only and let every step refuse a model it cannot handle (Method.check_model)."""
-    if not any(type(m).check_model is not Method.check_model for m, _ in parsed):
+    if not needs_model_check(variant):
         return
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(resolved.dense_dir, trust_remote_code=model_spec.trust_remote_code)
-    for m, p in parsed:
-        problem = m.check_model(p, config)
-        if problem:
-            raise MethodError(problem)
+    problem = check_variant_fits(variant, config)
+    if problem:
+        raise MethodError(problem)
 
 
 def _serialized(method: Method, model, params, *, measure: bool) -> tuple[int | None, bool | None, str | None]:
@@ -139,7 +153,7 @@ def build_artifact(
     problem = validate_steps([(s.method, s.params) for s in variant.pipeline_steps])
     if problem:
         raise MethodError(f"variant {variant.name!r}: {problem}")
-    _check_before_weights(resolved, model_spec, parsed)
+    _check_before_weights(resolved, model_spec, variant)
     first, first_params = parsed[0]
     started = time.perf_counter()
     with PeakMemory(device) as peak:
@@ -168,7 +182,7 @@ def build_artifact(
         serialized_bytes, serializable, reason = _serialized(storer, model, storer_params, measure=measure_serialized)
     nm = next((m.nm_pattern(p) for m, p in parsed if m.nm_pattern(p)), None)
     distance = distance_to_base(model, base)
-    extra = {"dense_fallback": any(m.dense_fallback(p, device) for m, p in parsed), **ctx.notes}
+    extra = dict(ctx.notes)
     if nm:
         extra["nm_pattern"] = f"{nm[0]}:{nm[1]}"
     if base is not None:
@@ -192,6 +206,7 @@ def build_artifact(
         serializable=serializable,
         serializable_reason=reason,
         nm_pattern_ok=check_nm_pattern(model, *nm) if nm else None,
+        dense_fallback=any(m.dense_fallback(p, device) for m, p in parsed),
         runtime_weight_bytes=runtime.weight_bytes,
         extra=extra,
     )

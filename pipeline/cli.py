@@ -14,7 +14,8 @@ from rich.console import Console
 from rich.table import Table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Is this quantized or pruned model really better than a smaller published model?")
-console = Console()
+# Logs and CI pipes have no terminal width; 160 columns keeps table rows on one line there.
+console = Console() if Console().is_terminal else Console(width=160)
 err_console = Console(stderr=True)
 
 
@@ -75,6 +76,24 @@ def _load(recipe_path: Path, **overrides):
     return recipe
 
 
+def _check_variants_fit(recipe_path: Path, recipe, items) -> None:
+    """Each method's `check_model` against each model's config (read from config.json or the GGUF header)."""
+    from pipeline.build import check_variant_fits, needs_model_check
+    from pipeline.models.loader import read_config
+    from pipeline.recipe import RecipeError
+
+    configs: dict[str, object] = {}
+    for item in items:
+        if not needs_model_check(item.variant):
+            continue
+        if item.model.name not in configs:
+            configs[item.model.name] = read_config(item.model)
+        problem = check_variant_fits(item.variant, configs[item.model.name])
+        if problem:
+            index = [v.name for v in recipe.variants].index(item.variant.name)
+            raise RecipeError(f"{recipe_path}: field `variants[{index}]` ({item.variant.name}) on model `{item.model.name}`: {problem}")
+
+
 @app.command()
 def validate(recipe: Path = typer.Argument(..., help="recipe YAML")) -> None:
     """Check a recipe (schema, methods, params, MMLU data) without loading any model."""
@@ -85,6 +104,10 @@ def validate(recipe: Path = typer.Argument(..., help="recipe YAML")) -> None:
     from pipeline.sweep import plan
 
     items = plan(r)
+    try:
+        _check_variants_fit(recipe, r, items)
+    except _user_errors() as exc:
+        _fail(str(exc))
     console.print(f"[green]ok[/] {recipe}: {len(r.models)} model(s), {len(r.variants)} variant(s) -> {len(items)} run(s)")
     for item in items:
         console.print(f"  {item.label}  [dim]{'+'.join(s.method for s in item.variant.pipeline_steps)}[/]")
@@ -171,8 +194,7 @@ def _print_outcome(outcome) -> None:
             _fmt(m.get(M.BITS_PER_WEIGHT), ".2f"),
             _fmt(m.get(M.SPARSITY), ".0%"),
         )
-    # Logs and pipes have no terminal width; keep the table on one line per row there.
-    (console if console.is_terminal else Console(width=160)).print(t)
+    console.print(t)
 
 
 @app.command()

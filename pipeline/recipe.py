@@ -199,7 +199,7 @@ def parse_recipe(doc: Any, path: str | Path = "<recipe>") -> Recipe:
     except ValidationError as exc:
         raise RecipeError(format_validation_error(path, exc)) from None
     # Method names and params are checked against the registry (imported lazily: no torch here).
-    from pipeline.methods import validate_variant
+    from pipeline.methods import validate_steps, validate_variant
 
     for i, variant in enumerate(recipe.variants):
         for j, step in enumerate(variant.pipeline_steps):
@@ -207,6 +207,9 @@ def parse_recipe(doc: Any, path: str | Path = "<recipe>") -> Recipe:
             problem = validate_variant(step.method, step.params)
             if problem:
                 raise RecipeError(f"{path}: field `{field}` ({variant.name}): {problem}")
+        problem = validate_steps([(s.method, s.params) for s in variant.pipeline_steps])
+        if problem:
+            raise RecipeError(f"{path}: field `variants[{i}].steps` ({variant.name}): {problem}")
     return recipe
 
 

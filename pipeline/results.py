@@ -45,7 +45,8 @@ class FidelityRecord:
     serializable: bool | None = None
     serializable_reason: str | None = None
     nm_pattern_ok: bool | None = None  # N:M sparsity verified group by group (None: not an N:M variant)
-    extra: dict[str, Any] = field(default_factory=dict)
+    dense_fallback: bool = False  # the compressed form runs as a dense matmul here (no speed gain to expect)
+    extra: dict[str, Any] = field(default_factory=dict)  # provenance notes logged as tags (calibration.*, heldout.*)
     # Bytes the in-memory model holds while it runs; differs from weight_bytes where the library runs from
     # an unpacked copy (compressed-tensors on CPU). bytes_read_per_token is computed from this form.
     runtime_weight_bytes: int | None = None

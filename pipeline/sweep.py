@@ -291,7 +291,6 @@ def _measure(item, resolved, recipe, device, runtime, tracker, run_id, child: Ch
     artifact = build_artifact(resolved, item.model, item.variant, device=device, base=base, data_dir=recipe.eval.data_dir)
     child.fidelity = artifact.fidelity
     tracker.log_fidelity(run_id, artifact.fidelity)
-    tracker.set_tags(run_id, {f"build.{k}": str(v) for k, v in artifact.fidelity.extra.items()})
     notify(item.label, "mmlu")
     child.accuracy = runtime.score_mmlu(artifact, recipe.eval)
     tracker.log_accuracy(run_id, child.accuracy)
@@ -299,8 +298,6 @@ def _measure(item, resolved, recipe, device, runtime, tracker, run_id, child: Ch
         notify(item.label, "speed")
         child.speed = runtime.decode(artifact, recipe.speed)
         tracker.log_speed(run_id, child.speed)
-        if artifact.fidelity.extra.get("dense_fallback"):
-            tracker.set_tags(run_id, {M.TAG_DENSE_FALLBACK: "true"})
     del artifact
 
 

@@ -133,6 +133,7 @@ def fidelity_metrics(f: FidelityRecord) -> dict[str, float]:
         M.KL_VS_BASE: f.kl_vs_base,
         M.TOP1_AGREE_VS_BASE: f.top1_agree_vs_base,
         M.SERIALIZED_BYTES: f.serialized_bytes,
+        M.RUNTIME_WEIGHT_BYTES: f.runtime_weight_bytes,
         M.BUILD_SECONDS: f.build_seconds,
         M.BUILD_PEAK_MEM_MB: f.build_peak_mem_mb,
     }
@@ -236,7 +237,9 @@ class Tracker:
     # -- measurements -----------------------------------------------------------------------------
     def log_fidelity(self, run_id: str, f: FidelityRecord) -> None:
         self.log_metrics(run_id, fidelity_metrics(f))
-        tags = {M.TAG_KERNEL: f.kernel}
+        # extra holds provenance notes (calibration.source/sha256/samples, heldout.sha256, nm_pattern).
+        tags = {k: str(v) for k, v in f.extra.items()}
+        tags.update({M.TAG_KERNEL: f.kernel, M.TAG_DENSE_FALLBACK: str(f.dense_fallback).lower()})
         if f.serializable is not None:
             tags[M.TAG_SERIALIZABLE] = str(f.serializable).lower()
             if f.serializable_reason:

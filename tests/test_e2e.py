@@ -77,6 +77,8 @@ def test_run_logs_parent_children_metrics_and_artifacts(finished_sweep):
         assert 0.0 <= m[M.MMLU_ACC] <= 1.0 and m[M.MMLU_ACC_STDERR] > 0
         assert m[M.DECODE_TOK_S] > 0 and m[M.WALL_TOK_S] > 0 and 0 < m[M.MBU] < 2
         assert m[M.WEIGHT_BYTES] > 0
+        assert m[M.RUNTIME_WEIGHT_BYTES] >= m[M.WEIGHT_BYTES] * 0.99
+        assert len(tags["heldout.sha256"]) == 64  # the held-out text KL was measured on
         for tag in ("host", "cpu", "threads", "version.torch", "version.lm_eval", M.TAG_ROLE, M.TAG_KERNEL, "provenance.kind", M.TAG_CONTENT_KEY):
             assert tag in tags, tag
         assert tags["threads"] == "2" and tags["provenance.kind"] == "local"
@@ -92,6 +94,8 @@ def test_run_logs_parent_children_metrics_and_artifacts(finished_sweep):
     assert by_variant["pruned"][M.SPARSITY] == pytest.approx(0.5, abs=0.01)
     assert by_variant["none"][M.KL_VS_BASE] == 0.0 and by_variant["none"][M.TOP1_AGREE_VS_BASE] == 1.0
     assert by_variant["pruned"][M.KL_VS_BASE] > 0.0
+    fallback = {c.data.tags[M.TAG_VARIANT]: c.data.tags[M.TAG_DENSE_FALLBACK] for c in children}
+    assert fallback == {"none": "false", "pruned": "true"}  # masked weights run as a dense matmul on CPU
 
 
 def test_closing_table_printed(finished_sweep):

@@ -296,7 +296,7 @@ def test_fidelity_record_complete_and_consistent(build, name):
     assert 0 < f.linear_weight_bytes < f.weight_bytes
     assert len(f.per_layer_sparsity) == 14 and 0.0 <= f.sparsity < 1.0
     assert f.kernel and f.build_seconds > 0 and f.build_peak_mem_mb > 0
-    assert isinstance(f.extra["dense_fallback"], bool)
+    assert isinstance(f.dense_fallback, bool)
     assert f.runtime_weight_bytes and f.bytes_read_per_token <= f.runtime_weight_bytes
     # serialization: measured when the library can save, else the library's reason
     if f.serializable:
@@ -312,7 +312,7 @@ def test_fidelity_record_complete_and_consistent(build, name):
     else:
         assert f.kl_vs_base > 0.0 and f.weight_rel_error > 0.0
     if name in PRUNED:
-        assert f.bits_per_weight == 32.0 and f.extra["dense_fallback"] is True
+        assert f.bits_per_weight == 32.0 and f.dense_fallback is True
     if VARIANTS[name][0] in ("gptq", "awq", "wanda", "sparsegpt") or isinstance(VARIANTS[name], list):
         assert f.extra["calibration.source"] == "mmlu-validation"
         assert len(f.extra["calibration.sha256"]) == 64 and f.extra["calibration.samples"] >= 1
@@ -332,7 +332,7 @@ def test_int4_cpu_form_is_not_serializable_and_says_why(build):
     f = build("int4-weight-only").fidelity
     assert f.serializable is False
     assert "torchao" in f.serializable_reason and "Int4OpaqueTensor" in f.serializable_reason
-    assert "_weight_int4pack_mm_for_cpu" in f.kernel and f.extra["dense_fallback"] is False
+    assert "_weight_int4pack_mm_for_cpu" in f.kernel and f.dense_fallback is False
 
 
 @needs_mmlu
@@ -341,7 +341,7 @@ def test_compressed_tensors_stores_packed_runs_dequantized(build):
     # stored: int4 packed into int32 + fp32 group scales; running: the dequantized fp32 weights
     assert f.weight_bytes < f.runtime_weight_bytes
     assert f.bytes_read_per_token > f.weight_bytes
-    assert "pack-quantized" in f.kernel and f.extra["dense_fallback"] is True
+    assert "pack-quantized" in f.kernel and f.dense_fallback is True
 
 
 # -- sparsity ------------------------------------------------------------------------------------

@@ -232,6 +232,27 @@ def resolve_model(spec: ModelSpec) -> ResolvedModel:
     return _from_hub(spec)
 
 
+def read_config(spec: ModelSpec) -> Any:
+    """The model's transformers config without loading or converting weights (a GGUF's header is read).
+
+    Lets `validate` run each method's `check_model` (shapes, group sizes) before any model loads."""
+    from transformers import AutoConfig
+
+    if spec.source in BUNDLED or spec.source.endswith(".gguf"):
+        if spec.source in BUNDLED:
+            try:
+                gguf = BUNDLED[spec.source].locate(cache_root())
+            except BundleMissing as exc:
+                raise ModelError(f"models `{spec.name}`: {exc}") from None
+        else:
+            gguf = Path(spec.source).expanduser().resolve()
+        return AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    path = Path(spec.source).expanduser()
+    if path.is_dir():
+        return AutoConfig.from_pretrained(path, trust_remote_code=spec.trust_remote_code)
+    return AutoConfig.from_pretrained(spec.source, revision=spec.revision, trust_remote_code=spec.trust_remote_code)
+
+
 def pick_device(requested: str = "auto") -> str:
     import torch
 

@@ -64,4 +64,6 @@ class TransformersRuntime(Runtime):
             spec,
             weight_bytes_per_token=artifact.fidelity.bytes_read_per_token,
             device=artifact.device,
+            kernel=artifact.fidelity.kernel,
+            dense_fallback=artifact.fidelity.dense_fallback,
         )
