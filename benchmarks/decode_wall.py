@@ -2,13 +2,15 @@
 
 One run prints a table (model, method, batch, tok/s, ceiling, MBU) plus the ratio of the harness's
 batch-1 speed to a plain `model.generate()` of the same tokens (>= 1.0: the harness adds nothing).
+Eager and compiled decode (static KV cache + torch.compile; on CPU with frozen weights and max-autotune
+GEMM, ~2.5 min of autotuning per method on 2 cores) run side by side in one process.
 Targets are printed beside the measured numbers; nothing is asserted.
 
 Model, first that works: --model-dir (any HF dir); the bundled SmolLM2-135M-Instruct (fp32, via
 `pipeline.models`); a published shape from the config table with random weights (--config).
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/decode_wall.py            # CPU, SmolLM2-135M fp32
-    .venv/bin/python benchmarks/decode_wall.py --config llama-3.1-8b --dtype bf16 --device cuda --compile
+    .venv/bin/python benchmarks/decode_wall.py --config llama-3.1-8b --dtype bf16 --device cuda --modes eager compiled
 """
 
 from __future__ import annotations
@@ -128,7 +130,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--pairs", type=int, default=5, help="harness/generate() pairs for the overhead ratio")
     ap.add_argument("--attn", default=None, help="attention implementation to set (e.g. eager, sdpa); default: as loaded")
-    ap.add_argument("--compile", action="store_true")
+    ap.add_argument(
+        "--modes", nargs="+", choices=["eager", "compiled"], default=["eager", "compiled"],
+        help="decode-step modes, side by side (compiled: static KV cache + torch.compile; on CPU with frozen weights and max-autotune GEMM)",
+    )
+    ap.add_argument("--compile", action="store_true", help="same as --modes compiled")
     ap.add_argument("--refresh-host", action="store_true", help="re-probe bandwidth/matmul peaks (the cache keeps the best)")
     args = ap.parse_args(argv)
 
@@ -142,10 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     base.requires_grad_(False)
     if args.attn:
         base.set_attn_implementation(args.attn)
-    spec = SpeedSpec(
-        prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens, batch_sizes=args.batch_sizes,
-        warmup=args.warmup, repeats=args.repeats, threads=threads, compile=args.compile,
-    )
+    if args.compile:
+        args.modes = ["compiled"]
 
     results: list[SpeedResult] = []
     ratio: dict[str, Any] | None = None
@@ -156,11 +160,20 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:  # noqa: BLE001 - one method failing must not lose the table
             print(f"[method {method} skipped: {type(exc).__name__}: {exc}]")
             continue
-        res = measure_decode(
-            model, tokenizer, spec, weight_bytes_per_token=StorageSummary(model).bytes_read_per_token, device=device,
-            kernel=kernel, dense_fallback=fallback, model_name=label, method=method,
-        )
-        results.append(res)
+        for mode in args.modes:
+            spec = SpeedSpec(
+                prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens, batch_sizes=args.batch_sizes,
+                warmup=args.warmup, repeats=args.repeats, threads=threads, compile=mode == "compiled",
+            )
+            try:
+                res = measure_decode(
+                    model, tokenizer, spec, weight_bytes_per_token=StorageSummary(model).bytes_read_per_token, device=device,
+                    kernel=kernel, dense_fallback=fallback, model_name=label, method=method,
+                )
+            except Exception as exc:  # noqa: BLE001 - e.g. a quantized tensor subclass that inductor cannot freeze
+                print(f"[method {method} ({mode}) skipped: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}]")
+                continue
+            results.append(res)
         if method == "none":
             ratio = harness_vs_generate(model, tokenizer, device, args.prompt_tokens, args.new_tokens, args.pairs)
         if model is not base:
@@ -170,12 +183,17 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _target(device: str, label: str, batch: int) -> tuple[str, float] | None:
+def _target(device: str, label: str, batch: int, compiled: bool) -> tuple[str, float] | None:
     kind = "cuda" if device.startswith("cuda") else "cpu"
     for (dev, key), target in TARGETS.items():
-        if dev == kind and key in label.lower() and batch == 1:
+        # The GPU target is stated for compiled decode; the CPU target for either mode.
+        if dev == kind and key in label.lower() and batch == 1 and (compiled or dev == "cpu"):
             return target
     return None
+
+
+def _mode(r: SpeedResult) -> str:
+    return f"compiled, {r.kv_cache} KV" if r.compiled else f"eager, {r.kv_cache} KV"
 
 
 def print_report(results: list[SpeedResult], ratio: dict[str, Any] | None, args: argparse.Namespace, device: str) -> None:
@@ -187,34 +205,36 @@ def print_report(results: list[SpeedResult], ratio: dict[str, Any] | None, args:
     if not console.is_terminal:
         console = Console(width=170)
     table = Table(title="decode_wall: tok/s against the memory wall (measured bandwidth)")
-    for col in ("model", "method", "kernel", "batch", "TPOT ms", "tok/s", "ceiling", "MBU", "MFU", "CV", "target MBU"):
+    for col in ("model", "method", "mode", "kernel", "batch", "TPOT ms", "tok/s", "ceiling", "MBU", "MFU", "CV", "target MBU"):
         table.add_column(col, justify="left" if col in ("model", "method", "kernel") else "right")
     for r in results:
         for p in r.points:
-            tgt = _target(device, r.model, p.batch_size) if r.method == "none" else None
+            tgt = _target(device, r.model, p.batch_size, r.compiled) if r.method == "none" else None
             table.add_row(
-                r.model, r.method + (" (dense fallback)" if r.dense_fallback else ""), r.kernel, str(p.batch_size),
+                r.model, r.method + (" (dense fallback)" if r.dense_fallback else ""), _mode(r), r.kernel, str(p.batch_size),
                 f"{p.tpot_ms:.1f}", f"{p.decode_tok_s:.1f}", f"{p.wall_tok_s:.1f}", f"{p.mbu:.0%}",
                 "—" if p.mfu is None else f"{p.mfu:.1%}", f"{p.cv:.0%}",
                 f">= {tgt[1]:.0%} ({tgt[0]})" if tgt else "",
             )
         for s in r.skipped:
-            table.add_row(r.model, r.method, r.kernel, str(s["batch_size"]), "—", "—", "—", "—", "—", "—", s["reason"])
+            table.add_row(r.model, r.method, _mode(r), r.kernel, str(s["batch_size"]), "—", "—", "—", "—", "—", "—", s["reason"])
     console.print(table)
     if results:
         r0 = results[0]
         console.print(
             f"host: {r0.device}, {r0.threads} threads, {r0.dtype}; measured bandwidth {r0.bandwidth_gb_s:.1f} GB/s, "
             f"matmul {r0.matmul_tflops or 0:.3f} TFLOP/s; load avg {r0.load_avg}; prompt {args.prompt_tokens}, "
-            f"{args.new_tokens} new tokens, {args.repeats} repeats; KV cache {r0.kv_cache}{', compiled' if r0.compiled else ''}"
+            f"{args.new_tokens} new tokens, {args.repeats} repeats"
         )
+        for mode in sorted({r.compile_mode for r in results if r.compile_mode}):
+            console.print(f"compiled = {mode}")
         console.print(f"compute-bound from batch ~{r0.compute_bound_batch} on this host (roofline, measured peaks)")
-        base = next((r for r in results if r.method == "none"), None)
         for r in results:
+            base = next((b for b in results if b.method == "none" and b.compiled == r.compiled), None)
             if base is not None and r is not base:
                 cb = roofline.crossover_batch(base.points, r.points)
                 console.print(
-                    f"crossover {r.method} vs none: " + (f"stops beating the unmodified model at batch {cb}" if cb else "beats it at every measured batch")
+                    f"crossover {r.method} vs none ({_mode(r)}): " + (f"stops beating the unmodified model at batch {cb}" if cb else "beats it at every measured batch")
                 )
         for r in results:
             for w in r.warnings:

@@ -35,6 +35,7 @@ PER_BATCH_EXTRA = (TTFT_P90_MS, TPOT_P90_MS, ITL_P50_MS, ITL_P90_MS, ITL_P99_MS,
 # Speed tags: how the numbers were taken.
 TAG_SPEED_TIMER = "speed.timer"
 TAG_SPEED_COMPILED = "speed.compiled"
+TAG_SPEED_COMPILE_MODE = "speed.compile_mode"
 TAG_SPEED_KV_CACHE = "speed.kv_cache"
 TAG_SPEED_SCENARIO = "speed.scenario"
 TAG_SPEED_DEVICE = "speed.device"

@@ -8,7 +8,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from pipeline.recipe import RecipeError, _loc
+from pipeline.recipe import RecipeError, format_validation_error
 
 ALIAS = "gate-passed"
 
@@ -66,32 +66,13 @@ class Policy(BaseModel):
 _FIELDS = ", ".join(Policy.model_fields)
 
 
-def _message(path: str | Path, exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    kind = err.get("type", "")
-    got = err.get("input")
-    got_s = "" if kind == "missing" or isinstance(got, (dict, list)) else f" (got {got!r})"
-    if kind == "extra_forbidden":
-        fix = f"unknown key -> remove it or fix the spelling (allowed: {_FIELDS})"
-    elif kind == "missing":
-        fix = "required -> add it"
-    elif kind == "literal_error":
-        fix = f"-> use one of: {err.get('ctx', {}).get('expected', '?')}"
-    elif kind == "value_error":
-        fix = str(err.get("msg", "invalid")).removeprefix("Value error, ")
-    else:
-        fix = f"{err.get('msg', 'invalid')} -> fix the value"
-    more = len(exc.errors()) - 1
-    return f"{path}: field `{_loc(err)}`{got_s}: {fix}" + (f" (+{more} more)" if more else "")
-
-
 def parse_policy(doc: Any, path: str | Path = "<policy>") -> Policy:
     if not isinstance(doc, dict):
         raise RecipeError(f"{path}: the policy must be a YAML mapping (keys: {_FIELDS}) -> see policies/default.yaml")
     try:
         return Policy.model_validate(doc)
     except ValidationError as exc:
-        raise RecipeError(_message(path, exc)) from None
+        raise RecipeError(format_validation_error(path, exc, f"remove it (unknown key; allowed: {_FIELDS})")) from None
 
 
 def load_policy(path: str | Path) -> Policy:

@@ -167,10 +167,13 @@ def _loc(err: dict[str, Any]) -> str:
     return "".join(parts) or "(top level)"
 
 
-def _fix_hint(err: dict[str, Any]) -> str:
+_UNKNOWN_RECIPE_KEY = "remove it (unknown key; check the spelling against the recipe reference in README.md)"
+
+
+def _fix_hint(err: dict[str, Any], unknown_key_fix: str) -> str:
     kind = err.get("type", "")
     if kind == "extra_forbidden":
-        return "remove it (unknown key; check the spelling against the recipe reference in README.md)"
+        return unknown_key_fix
     if kind == "missing":
         return "add it"
     if kind == "literal_error":
@@ -179,8 +182,8 @@ def _fix_hint(err: dict[str, Any]) -> str:
     return msg
 
 
-def format_validation_error(path: str | Path, exc: ValidationError) -> str:
-    """First pydantic error as `FILE: field PATH: problem -> fix` (one line)."""
+def format_validation_error(path: str | Path, exc: ValidationError, unknown_key_fix: str = _UNKNOWN_RECIPE_KEY) -> str:
+    """First pydantic error as `FILE: field PATH: problem -> fix` (one line); recipes and policies share it."""
     err = exc.errors()[0]
     more = len(exc.errors()) - 1
     tail = f" (+{more} more)" if more else ""
@@ -188,7 +191,7 @@ def format_validation_error(path: str | Path, exc: ValidationError) -> str:
     got_s = ""
     if err.get("type") not in ("missing",) and not isinstance(got, (dict, list)):
         got_s = f" (got {got!r})"
-    return f"{path}: field `{_loc(err)}`{got_s}: {_fix_hint(err)}{tail}"
+    return f"{path}: field `{_loc(err)}`{got_s}: {_fix_hint(err, unknown_key_fix)}{tail}"
 
 
 def parse_recipe(doc: Any, path: str | Path = "<recipe>") -> Recipe:

@@ -121,6 +121,7 @@ class SpeedResult:
     kernel: str = ""  # what ran the matmuls (from the method)
     dense_fallback: bool = False  # True: the compressed form ran as a dense matmul; never report as compressed speed
     compiled: bool = False  # decode step under torch.compile
+    compile_mode: str = ""  # what compile meant on this device (CPU: inductor freezing + max-autotune)
     kv_cache: str = "dynamic"  # dynamic | static
     scenario: str = ""
     matmul_tflops: float | None = None  # measured matmul peak (MFU denominator)

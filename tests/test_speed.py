@@ -127,6 +127,22 @@ def test_measure_decode_on_a_fake_clock_gives_exact_figures(tiny):
 # ---------------------------------------------------------------------------------------------
 
 
+def test_cpu_compiled_decode_is_frozen_autotuned_and_decodes_the_eager_tokens(tiny):
+    """`compile` on CPU (inductor, frozen weights, max-autotune GEMM) times the same greedy tokens as eager."""
+    model, tok = tiny
+    runs = {}
+    for compiled in (False, True):
+        spec = SpeedSpec(prompt_tokens=12, new_tokens=5, batch_sizes=[1], warmup=1, repeats=1, threads=1, compile=compiled)
+        runs[compiled] = measure_decode(
+            model, tok, spec, weight_bytes_per_token=_weight_bytes(model), device="cpu", bandwidth_gb_s=5.0, matmul_flops=2e10,
+        )
+    eager, compiled = runs[False], runs[True]
+    assert compiled.compiled and compiled.kv_cache == "static" and "frozen weights" in compiled.compile_mode
+    assert not eager.compiled and eager.compile_mode == ""
+    tokens = {k: next(x["inputs"]["generated_ids_row0"] for x in r.points[0].samples if "inputs" in x) for k, r in runs.items()}
+    assert tokens[True] == tokens[False] and len(tokens[False]) == 5
+
+
 def test_measure_decode_tiny_model_returns_sane_fields(tiny):
     model, tok = tiny
     spec = SpeedSpec(prompt_tokens=16, new_tokens=6, batch_sizes=[1, 3], warmup=1, repeats=2, threads=1)

@@ -61,6 +61,8 @@ def speed_tags(result: SpeedResult) -> dict[str, str]:
     }
     if result.kernel:
         tags[M.TAG_KERNEL] = result.kernel
+    if result.compile_mode:
+        tags[M.TAG_SPEED_COMPILE_MODE] = result.compile_mode
     if result.scenario:
         tags[M.TAG_SPEED_SCENARIO] = result.scenario
     if result.skipped:
