@@ -94,7 +94,7 @@ def harness_vs_generate(model: Any, tokenizer: Any, device: str, prompt: int, ne
         if is_cuda:
             torch.cuda.synchronize()
         t0 = time.perf_counter_ns()
-        with torch.inference_mode():
+        with torch.no_grad():
             out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=gen_cfg)
         if is_cuda:
             torch.cuda.synchronize()

@@ -43,6 +43,7 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TORCHAO_LOG_LEVEL", "ERROR")
+    os.environ.setdefault("LLM_COMPRESSOR_LOG_LEVEL", "WARNING")  # else GPTQ/SparseGPT log every layer to stdout
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
@@ -297,7 +298,7 @@ def gate(
     from pipeline.gate import gate_exit_code, run_gate
 
     try:
-        result = run_gate(policy, tracking_uri=tracking_uri, run_id=run_id, experiment=experiment, out_dir=out)
+        result = run_gate(policy, tracking_uri=tracking_uri, run_id=run_id, experiment=experiment, out_dir=out, console=console)
     except _user_errors() as exc:
         _fail(str(exc))
     raise typer.Exit(gate_exit_code(result))
@@ -314,7 +315,7 @@ def compare(
     from pipeline.report import run_compare
 
     try:
-        run_compare(tracking_uri=tracking_uri, run_id=run_id, experiment=experiment, out_dir=out)
+        run_compare(tracking_uri=tracking_uri, run_id=run_id, experiment=experiment, out_dir=out, console=console)
     except _user_errors() as exc:
         _fail(str(exc))
 

@@ -143,6 +143,21 @@ def test_cpu_compiled_decode_is_frozen_autotuned_and_decodes_the_eager_tokens(ti
     assert tokens[True] == tokens[False] and len(tokens[False]) == 5
 
 
+def test_decode_runs_on_quanto_int4_weights(tiny):
+    """optimum-quanto's packed int4 weights raise under torch.inference_mode; the harness must time them."""
+    import copy
+
+    from optimum.quanto import freeze, qint4, quantize
+
+    model, tok = tiny
+    q = copy.deepcopy(model)
+    quantize(q, weights=qint4)
+    freeze(q)
+    spec = SpeedSpec(prompt_tokens=8, new_tokens=3, batch_sizes=[1], warmup=0, repeats=1, threads=1)
+    res = measure_decode(q, tok, spec, weight_bytes_per_token=_weight_bytes(model), device="cpu", bandwidth_gb_s=5.0, matmul_flops=2e10)
+    assert res.points[0].decode_tok_s > 0
+
+
 def test_measure_decode_tiny_model_returns_sane_fields(tiny):
     model, tok = tiny
     spec = SpeedSpec(prompt_tokens=16, new_tokens=6, batch_sizes=[1, 3], warmup=1, repeats=2, threads=1)

@@ -234,7 +234,7 @@ def decode_once(
     keep_arg = "logits_to_keep" in inspect.signature(model.forward).parameters
     runner = _Runner(model, input_ids, input_ids.shape[1] + new_tokens, static, model, keep_arg)
     tokens: list[torch.Tensor] = []
-    with torch.inference_mode():
+    with torch.no_grad():  # not inference_mode: optimum-quanto qint4 weights fail under it
         marks, _ = decode_timeline(
             lambda: _keep(runner.prefill(), tokens), lambda t: _keep(runner.step(t), tokens), new_tokens, timer or ClockTimer()
         )
@@ -497,7 +497,7 @@ def _measure_point(setup: _Setup, batch: int, prompt: int) -> SpeedPoint:
     spec = setup.spec
     ids = prompt_ids(setup.tokenizer, setup.vocab, batch, prompt, setup.seed).to(setup.device)
     runner = _Runner(setup.model, ids, prompt + spec.new_tokens, setup.static, setup.decode_call, setup.keep_arg)
-    with torch.inference_mode(), _warnings.catch_warnings():
+    with torch.no_grad(), _warnings.catch_warnings():  # not inference_mode: quanto qint4 fails under it
         _warnings.simplefilter("ignore")
         timelines, peak_mb, generated = _time_point(runner, spec.new_tokens, setup.warmup, spec.repeats, setup.timer, setup.device)
     del runner
