@@ -281,11 +281,9 @@ def run_sweep(recipe: Recipe, *, progress: ProgressFn | None = None, rerun: bool
 
 
 def _measure(item, resolved, recipe, device, runtime, tracker, run_id, child: ChildOutcome, notify) -> None:
-    from pipeline.build import build_artifact
+    from pipeline.build import base_reference_for, build_artifact
 
     notify(item.label, "build")
-    from pipeline.build import base_reference_for
-
     # KL / top-1 agreement / weight error are measured against the unmodified model (cached per model on disk).
     base = base_reference_for(resolved, item.model, device=device, data_dir=recipe.eval.data_dir)
     artifact = build_artifact(resolved, item.model, item.variant, device=device, base=base, data_dir=recipe.eval.data_dir)

@@ -29,8 +29,9 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def mmlu_dir() -> Path:
     path = Path(os.environ["SHRINKGATE_MMLU_DIR"])
-    if not (path / "test.jsonl").is_file():
-        pytest.fail(f"MMLU data not found at {path}; set SHRINKGATE_MMLU_DIR")
+    missing = [f"{split}.jsonl" for split in ("test", "dev", "validation") if not (path / f"{split}.jsonl").is_file()]
+    if missing:
+        pytest.fail(f"MMLU data not found at {path} ({', '.join(missing)} missing); set SHRINKGATE_MMLU_DIR")
     return path
 
 

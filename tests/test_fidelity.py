@@ -4,23 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-from pathlib import Path
 
 import pytest
+import torch
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+from pipeline.fidelity import dense_weight, module_tensors, storage_bytes, tensor_storage_bytes
 
-import torch  # noqa: E402
-
-from pipeline.fidelity import dense_weight, module_tensors, storage_bytes, tensor_storage_bytes  # noqa: E402
-
-MMLU_DIR = os.environ.get("SHRINKGATE_MMLU_DIR")
-needs_mmlu = pytest.mark.skipif(
-    not (MMLU_DIR and (Path(MMLU_DIR) / "validation.jsonl").is_file()),
-    reason="set SHRINKGATE_MMLU_DIR to the MMLU JSONL dir",
-)
 OUT, IN = 64, 128  # one Linear(128 -> 64): 8192 weights
 
 
@@ -141,7 +130,7 @@ def tiny_model(tmp_path_factory):
     return path, AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval(), AutoTokenizer.from_pretrained(path)
 
 
-@needs_mmlu
+@pytest.mark.usefixtures("mmlu_dir")  # calibration and held-out text come from MMLU validation
 def test_base_reference_is_disk_backed_and_none_scores_exactly_zero(tiny_model):
     from transformers import AutoModelForCausalLM
 
@@ -162,7 +151,7 @@ def test_base_reference_is_disk_backed_and_none_scores_exactly_zero(tiny_model):
     assert not tmp_dir.exists()
 
 
-@needs_mmlu
+@pytest.mark.usefixtures("mmlu_dir")  # calibration and held-out text come from MMLU validation
 def test_base_reference_cache_and_pickle(tiny_model, tmp_path, monkeypatch):
     import pickle
 
@@ -184,20 +173,20 @@ def test_base_reference_cache_and_pickle(tiny_model, tmp_path, monkeypatch):
 
 
 # -- calibration ----------------------------------------------------------------------------------
-@needs_mmlu
-def test_default_calibration_is_mmlu_validation_never_test_and_disjoint_from_heldout(tiny_model):
+@pytest.mark.usefixtures("mmlu_dir")  # calibration and held-out text come from MMLU validation
+def test_default_calibration_is_mmlu_validation_never_test_and_disjoint_from_heldout(tiny_model, mmlu_dir):
     from pipeline.calibration import format_mmlu, heldout_texts, load_calibration
 
     _, _, tok = tiny_model
     data = load_calibration(None, 16, tokenizer=tok, seq_len=128)
     assert data.source == "mmlu-validation" and data.kind == "mmlu-local" and len(data.texts) == 16
-    assert data.file_sha256 == hashlib.sha256((Path(MMLU_DIR) / "validation.jsonl").read_bytes()).hexdigest()
+    assert data.file_sha256 == hashlib.sha256((mmlu_dir / "validation.jsonl").read_bytes()).hexdigest()
     assert data.sha256 == hashlib.sha256("\n\n".join(data.texts).encode()).hexdigest()
-    val = {format_mmlu(json.loads(x)) for x in (Path(MMLU_DIR) / "validation.jsonl").read_text().splitlines() if x}
+    val = {format_mmlu(json.loads(x)) for x in (mmlu_dir / "validation.jsonl").read_text().splitlines() if x}
     pieces = {p for t in data.texts for p in t.split("\n\n")}
     assert pieces <= val  # every packed piece is a validation row
     # MMLU's validation split repeats some test questions verbatim: those rows are never calibration text
-    test_rows = [json.loads(x) for x in (Path(MMLU_DIR) / "test.jsonl").read_text().splitlines() if x]
+    test_rows = [json.loads(x) for x in (mmlu_dir / "test.jsonl").read_text().splitlines() if x]
     test_texts = {format_mmlu({**r, "answer": None}) for r in test_rows}
     assert not any(p.rsplit("\nAnswer:", 1)[0] + "\nAnswer:" in test_texts for p in pieces)
     assert data.excluded_test_duplicates > 0

@@ -1,30 +1,21 @@
 """Every CPU compression method on the tiny Llama: fidelity record complete and consistent, N:M and
 sparsity exact, the calibrated methods beat their baselines, bad params fail as exact one-liners.
 
-Run: HF_HUB_OFFLINE=1 SHRINKGATE_MMLU_DIR=/work/shared/data/mmlu .venv/bin/pytest tests/test_methods*.py tests/test_fidelity*.py
+Run: .venv/bin/pytest tests/test_methods.py tests/test_fidelity.py (conftest: offline, MMLU dir default ../shared/data/mmlu)
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import warnings
 from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+from pipeline.methods import MethodError, registry, validate_steps, validate_variant
+from pipeline.recipe import ModelSpec, VariantSpec
 
-from pipeline.methods import MethodError, registry, validate_steps, validate_variant  # noqa: E402
-from pipeline.recipe import ModelSpec, VariantSpec  # noqa: E402
-
-MMLU_DIR = os.environ.get("SHRINKGATE_MMLU_DIR")
-needs_mmlu = pytest.mark.skipif(
-    not (MMLU_DIR and (Path(MMLU_DIR) / "validation.jsonl").is_file()),
-    reason="set SHRINKGATE_MMLU_DIR to the MMLU JSONL dir (calibration + held-out text)",
-)
 
 # Small calibration so the whole file stays fast on a shared 2-core CPU.
 CAL = {"calibration_samples": 8, "calibration_seq_len": 64}
@@ -285,9 +276,9 @@ def test_quantizer_then_pruning_fails_before_loading(tiny):
 
 
 # -- the fidelity record of every CPU method -----------------------------------------------------
-@needs_mmlu
+@pytest.mark.usefixtures("mmlu_dir")  # calibration and held-out text come from MMLU validation
 @pytest.mark.parametrize("name", list(VARIANTS))
-def test_fidelity_record_complete_and_consistent(build, name):
+def test_fidelity_record_complete_and_consistent(build, name, mmlu_dir):
     f = build(name).fidelity
     lo, hi = BITS.get(name, (32.0, 32.0))
     assert lo <= f.bits_per_weight <= hi, f"{name}: {f.bits_per_weight:.3f} bits/weight"
@@ -316,18 +307,18 @@ def test_fidelity_record_complete_and_consistent(build, name):
     if VARIANTS[name][0] in ("gptq", "awq", "wanda", "sparsegpt") or isinstance(VARIANTS[name], list):
         assert f.extra["calibration.source"] == "mmlu-validation"
         assert len(f.extra["calibration.sha256"]) == 64 and f.extra["calibration.samples"] >= 1
-        sha = hashlib.sha256((Path(MMLU_DIR) / "validation.jsonl").read_bytes()).hexdigest()
+        sha = hashlib.sha256((mmlu_dir / "validation.jsonl").read_bytes()).hexdigest()
         assert f.extra["calibration.file_sha256"] == sha
 
 
-@needs_mmlu
+@pytest.mark.usefixtures("mmlu_dir")  # calibration and held-out text come from MMLU validation
 def test_8bit_beats_4bit_beats_2bit(build):
     kl = {n: build(n).fidelity.kl_vs_base for n in ("hqq-8", "hqq-4", "hqq-2", "rtn-8", "rtn-4")}
     assert kl["hqq-8"] < kl["hqq-4"] < kl["hqq-2"]
     assert kl["rtn-8"] < kl["rtn-4"]
 
 
-@needs_mmlu
+@pytest.mark.usefixtures("mmlu_dir")  # calibration and held-out text come from MMLU validation
 def test_int4_cpu_form_is_not_serializable_and_says_why(build):
     f = build("int4-weight-only").fidelity
     assert f.serializable is False
@@ -335,7 +326,7 @@ def test_int4_cpu_form_is_not_serializable_and_says_why(build):
     assert "_weight_int4pack_mm_for_cpu" in f.kernel and f.dense_fallback is False
 
 
-@needs_mmlu
+@pytest.mark.usefixtures("mmlu_dir")  # calibration and held-out text come from MMLU validation
 def test_compressed_tensors_stores_packed_runs_dequantized(build):
     f = build("gptq-4").fidelity
     # stored: int4 packed into int32 + fp32 group scales; running: the dequantized fp32 weights
@@ -345,7 +336,7 @@ def test_compressed_tensors_stores_packed_runs_dequantized(build):
 
 
 # -- sparsity ------------------------------------------------------------------------------------
-@needs_mmlu
+@pytest.mark.usefixtures("mmlu_dir")  # calibration and held-out text come from MMLU validation
 @pytest.mark.parametrize("name", ["magnitude-2of4", "wanda-2of4", "sparsegpt-2of4", "sparsegpt-2of4+gptq-4"])
 def test_2of4_pattern_holds_exactly(build, name):
     from pipeline.fidelity import dense_weight
@@ -360,7 +351,7 @@ def test_2of4_pattern_holds_exactly(build, name):
         assert a.fidelity.per_layer_sparsity[layer] >= 0.5
 
 
-@needs_mmlu
+@pytest.mark.usefixtures("mmlu_dir")  # calibration and held-out text come from MMLU validation
 @pytest.mark.parametrize("name,amount", [("magnitude-30", 0.3), ("magnitude-50", 0.5), ("wanda-30", 0.3), ("sparsegpt-50", 0.5)])
 def test_sparsity_matches_amount_within_one_weight_per_layer(build, name, amount):
     from pipeline.fidelity import dense_weight
@@ -377,14 +368,14 @@ def test_sparsity_matches_amount_within_one_weight_per_layer(build, name, amount
     assert a.fidelity.sparsity == total / a.fidelity.linear_weight_count
 
 
-@needs_mmlu
+@pytest.mark.usefixtures("mmlu_dir")  # calibration and held-out text come from MMLU validation
 def test_global_magnitude_sparsity_is_global(build):
     f = build("magnitude-global-30").fidelity
     assert abs(f.sparsity * f.linear_weight_count - 0.3 * f.linear_weight_count) <= 1
     assert len({round(s, 3) for s in f.per_layer_sparsity.values()}) > 1  # layers differ: ranked across all
 
 
-@needs_mmlu
+@pytest.mark.usefixtures("mmlu_dir")  # calibration and held-out text come from MMLU validation
 def test_lm_head_and_embeddings_untouched(build, tiny):
     import torch
     from transformers import AutoModelForCausalLM
@@ -397,7 +388,7 @@ def test_lm_head_and_embeddings_untouched(build, tiny):
         assert torch.equal(m.get_input_embeddings().weight, dense.get_input_embeddings().weight), name
 
 
-@needs_mmlu
+@pytest.mark.usefixtures("mmlu_dir")  # calibration and held-out text come from MMLU validation
 def test_composition_keeps_the_mask_through_gptq(build):
     a = build("sparsegpt-2of4+gptq-4")
     f = a.fidelity
@@ -425,7 +416,7 @@ def calib_inputs(tiny):
     return capture_layer_inputs(dense, tokenized_batches(tok, data.texts, CAL["calibration_seq_len"]))
 
 
-@needs_mmlu
+@pytest.mark.usefixtures("mmlu_dir")  # calibration and held-out text come from MMLU validation
 def test_gptq_reconstructs_calibration_outputs_better_than_rtn(build, base, calib_inputs):
     from pipeline.fidelity import reconstruction_error
 
@@ -435,7 +426,7 @@ def test_gptq_reconstructs_calibration_outputs_better_than_rtn(build, base, cali
     assert gptq < rtn, (gptq, rtn)
 
 
-@needs_mmlu
+@pytest.mark.usefixtures("mmlu_dir")  # calibration and held-out text come from MMLU validation
 def test_sparsegpt_reconstructs_calibration_outputs_better_than_magnitude(build, base, calib_inputs):
     from pipeline.fidelity import reconstruction_error
 
@@ -446,7 +437,7 @@ def test_sparsegpt_reconstructs_calibration_outputs_better_than_magnitude(build,
 
 
 # -- llm-compressor's ignore=["lm_head"] --------------------------------------------------------------
-@needs_mmlu
+@pytest.mark.usefixtures("mmlu_dir")  # calibration and held-out text come from MMLU validation
 def test_upstream_plain_ignore_prunes_lm_head_which_is_why_we_add_a_regex(tiny):
     """Documents the upstream behaviour our IGNORE list works around (llm-compressor 0.14.0.1)."""
     import torch
@@ -479,7 +470,7 @@ def _cuda() -> bool:
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not _cuda(), reason="needs CUDA")
-@needs_mmlu
+@pytest.mark.usefixtures("mmlu_dir")  # calibration and held-out text come from MMLU validation
 @pytest.mark.parametrize("name,params", [("int4-weight-only", {"group_size": 64}), ("bnb-nf4", {}), ("bnb-int8", {})])
 def test_gpu_paths(tiny, name, params):
     from pipeline.build import build_artifact, base_reference_for

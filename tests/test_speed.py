@@ -158,6 +158,19 @@ def test_decode_runs_on_quanto_int4_weights(tiny):
     assert res.points[0].decode_tok_s > 0
 
 
+def test_busy_host_and_busy_bandwidth_probe_are_warned(tiny, monkeypatch):
+    import pipeline.speed.measure as measure
+
+    model, tok = tiny
+    monkeypatch.setattr(measure, "load_average", lambda: 99.0)
+    monkeypatch.setattr(measure, "bandwidth_probe", lambda device, threads: {"bandwidth_gb_s": 10.0, "load_avg": 99.0})
+    spec = SpeedSpec(prompt_tokens=8, new_tokens=3, batch_sizes=[1], warmup=0, repeats=1, threads=1)
+    res = measure_decode(model, tok, spec, weight_bytes_per_token=_weight_bytes(model), device="cpu", matmul_flops=2e10)
+    assert res.bandwidth_gb_s == 10.0 and res.load_avg == 99.0
+    assert any(w.startswith("host load avg 99.0 on") for w in res.warnings), res.warnings
+    assert any(w.startswith("the cached bandwidth probe ran at load avg 99.0") for w in res.warnings), res.warnings
+
+
 def test_measure_decode_tiny_model_returns_sane_fields(tiny):
     model, tok = tiny
     spec = SpeedSpec(prompt_tokens=16, new_tokens=6, batch_sizes=[1, 3], warmup=1, repeats=2, threads=1)

@@ -401,10 +401,9 @@ def _setup(
     if bandwidth_gb_s is None:
         probe = bandwidth_probe(device, threads)
         bandwidth_gb_s = float(probe["bandwidth_gb_s"])
-        cpus = os.cpu_count() or 1
-        if (probe.get("load_avg") or 0) > cpus:
+        if _busy(probe.get("load_avg")):
             warns.append(
-                f"the cached bandwidth probe ran at load avg {probe['load_avg']:.1f} on {cpus} CPUs: the peak may be "
+                f"the cached bandwidth probe ran at load avg {probe['load_avg']:.1f} on {os.cpu_count()} CPUs: the peak may be "
                 "underestimated (MBU overstated); re-probe on an idle host with host_bandwidth(..., refresh=True)"
             )
     peak_flops = matmul_flops if matmul_flops is not None else host_matmul_flops(device, threads, kv_dtype)
@@ -429,11 +428,15 @@ def _setup(
     )
 
 
+def _busy(load: float | None) -> bool:
+    """More runnable processes than CPUs: timings (and probes) taken now are contended."""
+    return load is not None and load > (os.cpu_count() or 1)
+
+
 def _warn_if_busy(load: float | None, warns: list[str]) -> None:
-    cpus = os.cpu_count() or 1
-    if load is not None and load > cpus:
+    if _busy(load):
         warns.append(
-            f"host load avg {load:.1f} on {cpus} CPUs: other processes compete for cores and memory bandwidth, "
+            f"host load avg {load:.1f} on {os.cpu_count()} CPUs: other processes compete for cores and memory bandwidth, "
             "so these timings are contended"
         )
 
