@@ -27,14 +27,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.fidelity import StorageSummary  # noqa: E402
-from pipeline.recipe import SpeedSpec  # noqa: E402
+from pipeline.build.fidelity import StorageSummary  # noqa: E402
+from pipeline.config.recipe import SpeedSpec  # noqa: E402
 from pipeline.results import SpeedResult  # noqa: E402
-from pipeline.speed import measure_decode, roofline, shapes  # noqa: E402
-from pipeline.speed.command import resolve_device  # noqa: E402
-from pipeline.speed.host import default_threads, host_bandwidth, host_matmul_flops  # noqa: E402
-from pipeline.speed.measure import decode_once, prompt_ids  # noqa: E402
-from pipeline.speed.timing import ClockTimer, CudaEventTimer  # noqa: E402
+from pipeline.runtime.speed import measure_decode, roofline, shapes  # noqa: E402
+from pipeline.runtime.speed.command import resolve_device  # noqa: E402
+from pipeline.runtime.speed.host import default_threads, host_bandwidth, host_matmul_flops  # noqa: E402
+from pipeline.runtime.speed.measure import decode_once, prompt_ids  # noqa: E402
+from pipeline.runtime.speed.timing import ClockTimer, CudaEventTimer  # noqa: E402
 
 TARGETS = {
     ("cpu", "smollm2"): ("fp32 SmolLM2-135M, batch 1, CPU", 0.60),
@@ -53,7 +53,7 @@ def load(args: argparse.Namespace, device: str) -> tuple[Any, Any, str]:
     if args.config == "smollm2-135m" and not args.random:
         try:
             from pipeline.models import load_model, resolve_model
-            from pipeline.recipe import ModelSpec
+            from pipeline.config.recipe import ModelSpec
 
             spec = ModelSpec(name="smollm2-135m-instruct", source="smollm2-135m-instruct", dtype=str(dtype).removeprefix("torch."))
             loaded = load_model(resolve_model(spec), spec, device=device)

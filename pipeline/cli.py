@@ -13,6 +13,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from pipeline.env import DEFAULT_TRACKING_URI, quiet_libraries
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Is this quantized or pruned model really better than a smaller published model?")
 # Logs and CI pipes have no terminal width; 160 columns keeps table rows on one line there.
 console = Console() if Console().is_terminal else Console(width=160)
@@ -20,13 +22,14 @@ err_console = Console(stderr=True)
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from pipeline.accuracy import MMLUDataError
+    from pipeline.data.mmlu import MMLUDataError
     from pipeline.methods import MethodError
+    from pipeline.env import DeviceUnavailable
     from pipeline.models import ModelError
-    from pipeline.recipe import RecipeError
-    from pipeline.tracking import TrackingError
+    from pipeline.config.recipe import RecipeError
+    from pipeline.tracking.store import TrackingError
 
-    return (RecipeError, ModelError, MMLUDataError, TrackingError, MethodError)
+    return (RecipeError, ModelError, MMLUDataError, TrackingError, MethodError, DeviceUnavailable)
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -34,28 +37,6 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def _quiet_libraries() -> None:
-    """Our rich progress reports each stage; the libraries' own bars and per-task notices only bury it."""
-    import logging
-    import warnings
-
-    os.environ.setdefault("TQDM_DISABLE", "1")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("TORCHAO_LOG_LEVEL", "ERROR")
-    os.environ.setdefault("LLM_COMPRESSOR_LOG_LEVEL", "WARNING")  # else GPTQ/SparseGPT log every layer to stdout
-    warnings.filterwarnings("ignore", category=UserWarning)
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    for name in ("lm_eval", "lm-eval", "datasets", "transformers", "mlflow", "alembic", "torchao", "accelerate", "httpx"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    try:
-        import datasets
-
-        datasets.disable_progress_bars()
-        datasets.logging.set_verbosity_error()
-    except ImportError:
-        pass
 
 
 def _split(csv: str | None) -> list[str] | None:
@@ -63,36 +44,12 @@ def _split(csv: str | None) -> list[str] | None:
 
 
 def _load(recipe_path: Path, **overrides):
-    from pipeline.accuracy import resolve_data
-    from pipeline.recipe import apply_overrides, load_recipe
-
-    from pipeline.models import preflight
-    from pipeline.models.loader import pick_device
+    from pipeline.build.plan import load_recipe, preflight
+    from pipeline.config.recipe import apply_overrides
 
     recipe = apply_overrides(load_recipe(recipe_path), **overrides)
-    resolve_data(recipe.eval)
-    pick_device(recipe.eval.device)
-    for model in recipe.models:
-        preflight(model)
+    preflight(recipe)
     return recipe
-
-
-def _check_variants_fit(recipe_path: Path, recipe, items) -> None:
-    """Each method's `check_model` against each model's config (read from config.json or the GGUF header)."""
-    from pipeline.build import check_variant_fits, needs_model_check
-    from pipeline.models.loader import read_config
-    from pipeline.recipe import RecipeError
-
-    configs: dict[str, object] = {}
-    for item in items:
-        if not needs_model_check(item.variant):
-            continue
-        if item.model.name not in configs:
-            configs[item.model.name] = read_config(item.model)
-        problem = check_variant_fits(item.variant, configs[item.model.name])
-        if problem:
-            index = [v.name for v in recipe.variants].index(item.variant.name)
-            raise RecipeError(f"{recipe_path}: field `variants[{index}]` ({item.variant.name}) on model `{item.model.name}`: {problem}")
 
 
 @app.command()
@@ -102,11 +59,11 @@ def validate(recipe: Path = typer.Argument(..., help="recipe YAML")) -> None:
         r = _load(recipe)
     except _user_errors() as exc:
         _fail(str(exc))
-    from pipeline.sweep import plan
+    from pipeline.build.plan import check_variants_fit, plan
 
     items = plan(r)
     try:
-        _check_variants_fit(recipe, r, items)
+        check_variants_fit(recipe, r, items)
     except _user_errors() as exc:
         _fail(str(exc))
     console.print(f"[green]ok[/] {recipe}: {len(r.models)} model(s), {len(r.variants)} variant(s) -> {len(items)} run(s)")
@@ -125,8 +82,9 @@ def run(
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: start a local Ray)"),
 ) -> None:
     """Build every variant, score MMLU through lm-eval, time decode, log to MLflow, print the table."""
-    _quiet_libraries()
-    from pipeline.sweep import plan, run_sweep
+    quiet_libraries()
+    from pipeline.build.plan import plan
+    from pipeline.sweep.driver import run_sweep
 
     try:
         r = _load(recipe, limit_per_subject=limit_per_subject, only=_split(only), tracking_uri=tracking_uri)
@@ -148,7 +106,7 @@ def run(
 
         try:
             if executor == "ray":
-                from pipeline.executors.ray_executor import run_sweep_ray
+                from pipeline.sweep.executors.ray import run_sweep_ray
 
                 outcome = run_sweep_ray(r, address=address, progress=progress, rerun=rerun)
             elif executor == "local":
@@ -173,7 +131,7 @@ def _fmt(v: float | None, spec: str) -> str:
 
 def _print_outcome(outcome) -> None:
     from pipeline import metrics as M
-    from pipeline.tracking import run_metrics
+    from pipeline.tracking.store import run_metrics
 
     t = Table(title=f"{outcome.experiment}  (parent run {outcome.parent_run_id}, {outcome.seconds:.0f} s)")
     for col in ("model", "variant", "status", "MMLU ± stderr", "n", "decode tok/s", "MBU", "weight MB", "bits/w", "sparsity"):
@@ -208,14 +166,14 @@ def methods(as_json: bool = typer.Option(False, "--json", help="machine-readable
 
 @app.command()
 def ui(
-    tracking_uri: str = typer.Option("sqlite:///mlruns/mlflow.db", "--tracking-uri", help="the store to browse"),
+    tracking_uri: str = typer.Option(DEFAULT_TRACKING_URI, "--tracking-uri", help="the store to browse"),
     host: str = typer.Option("127.0.0.1", "--host", help="bind address (loopback unless you mean otherwise)"),
     port: int = typer.Option(5000, "--port"),
 ) -> None:
     """Start the MLflow UI over the store (one worker, loopback by default); Ctrl-C or SIGTERM stops it."""
     import signal
 
-    from pipeline.tracking import artifact_root_for
+    from pipeline.tracking.store import artifact_root_for
 
     venv_mlflow = Path(sys.executable).with_name("mlflow")
     exe = str(venv_mlflow) if venv_mlflow.is_file() else (shutil.which("mlflow") or "mlflow")
@@ -274,7 +232,7 @@ def speed(
     threads: Optional[int] = typer.Option(None, "--threads"),
 ) -> None:
     """Decode speed of a published architecture with random weights: size hardware without downloads."""
-    from pipeline.speed.command import print_table, speed_command
+    from pipeline.runtime.speed.command import print_table, speed_command
 
     try:
         result = speed_command(
@@ -292,10 +250,10 @@ def gate(
     run_id: Optional[str] = typer.Option(None, "--run", help="parent run id"),
     experiment: Optional[str] = typer.Option(None, "--experiment", help="latest sweep of this experiment"),
     out: Path = typer.Option(Path("gate-report"), "--out", help="where the Markdown report and JUnit XML go"),
-    tracking_uri: str = typer.Option("sqlite:///mlruns/mlflow.db", "--tracking-uri"),
+    tracking_uri: str = typer.Option(DEFAULT_TRACKING_URI, "--tracking-uri"),
 ) -> None:
     """Pass/fail every variant against a policy (exit 0 pass, 1 fail, 2 error); fails closed."""
-    from pipeline.gate import gate_exit_code, run_gate
+    from pipeline.verdict.gate import gate_exit_code, run_gate
 
     try:
         result = run_gate(policy, tracking_uri=tracking_uri, run_id=run_id, experiment=experiment, out_dir=out, console=console)
@@ -309,10 +267,10 @@ def compare(
     run_id: Optional[str] = typer.Option(None, "--run", help="parent run id"),
     experiment: Optional[str] = typer.Option(None, "--experiment", help="latest sweep of this experiment"),
     out: Path = typer.Option(Path("compare-report"), "--out"),
-    tracking_uri: str = typer.Option("sqlite:///mlruns/mlflow.db", "--tracking-uri"),
+    tracking_uri: str = typer.Option(DEFAULT_TRACKING_URI, "--tracking-uri"),
 ) -> None:
     """Frontier table, Pareto plot and per-subject deltas for a sweep (Markdown, CSV, PNG)."""
-    from pipeline.report import run_compare
+    from pipeline.verdict.report import run_compare
 
     try:
         run_compare(tracking_uri=tracking_uri, run_id=run_id, experiment=experiment, out_dir=out, console=console)

@@ -38,6 +38,6 @@ def mmlu_dir() -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, mmlu_dir) -> Path:
     """A tiny random Llama with a locally trained tokenizer, built once per session."""
-    from pipeline.testing import build_tiny_llama
+    from tiny_llama import build_tiny_llama
 
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama") / "model", mmlu_dir=mmlu_dir)

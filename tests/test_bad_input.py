@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.recipe import Recipe, RecipeError, parse_recipe
+from pipeline.build.plan import parse_recipe
+from pipeline.config.recipe import Recipe, RecipeError
 
 
 def _base(model_dir: str, data_dir: str) -> dict:
@@ -184,7 +185,7 @@ def test_unreachable_tracking_server_fails_before_any_model_loads(env, monkeypat
 
 def test_unsupported_gguf_architecture(tmp_path):
     from pipeline.models import ModelError, resolve_model
-    from pipeline.recipe import ModelSpec
+    from pipeline.config.recipe import ModelSpec
 
     gguf = _unsupported_gguf(tmp_path / "odd.gguf")
     with pytest.raises(ModelError) as info:

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from pipeline.fidelity import dense_weight, module_tensors, storage_bytes, tensor_storage_bytes
+from pipeline.build.fidelity import dense_weight, module_tensors, storage_bytes, tensor_storage_bytes
 
 OUT, IN = 64, 128  # one Linear(128 -> 64): 8192 weights
 
@@ -124,7 +124,7 @@ def test_storage_bytes_counts_tied_weights_once(tmp_path):
 def tiny_model(tmp_path_factory):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from pipeline.testing import build_tiny_llama
+    from tiny_llama import build_tiny_llama
 
     path = build_tiny_llama(tmp_path_factory.mktemp("tiny") / "llama")
     return path, AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval(), AutoTokenizer.from_pretrained(path)
@@ -134,7 +134,7 @@ def tiny_model(tmp_path_factory):
 def test_base_reference_is_disk_backed_and_none_scores_exactly_zero(tiny_model):
     from transformers import AutoModelForCausalLM
 
-    from pipeline.fidelity import compute_base_reference, distance_to_base
+    from pipeline.build.fidelity import compute_base_reference, distance_to_base
 
     path, model, tok = tiny_model
     ref = compute_base_reference(model, tok, model_name="tiny")
@@ -155,9 +155,9 @@ def test_base_reference_is_disk_backed_and_none_scores_exactly_zero(tiny_model):
 def test_base_reference_cache_and_pickle(tiny_model, tmp_path, monkeypatch):
     import pickle
 
-    from pipeline.build import base_reference_for
+    from pipeline.build.artifact import base_reference_for
     from pipeline.models import resolve_model
-    from pipeline.recipe import ModelSpec
+    from pipeline.config.recipe import ModelSpec
 
     monkeypatch.setenv("SHRINKGATE_CACHE", str(tmp_path / "cache"))
     path, _, _ = tiny_model
@@ -175,7 +175,7 @@ def test_base_reference_cache_and_pickle(tiny_model, tmp_path, monkeypatch):
 # -- calibration ----------------------------------------------------------------------------------
 @pytest.mark.usefixtures("mmlu_dir")  # calibration and held-out text come from MMLU validation
 def test_default_calibration_is_mmlu_validation_never_test_and_disjoint_from_heldout(tiny_model, mmlu_dir):
-    from pipeline.calibration import format_mmlu, heldout_texts, load_calibration
+    from pipeline.data.calibration import format_mmlu, heldout_texts, load_calibration
 
     _, _, tok = tiny_model
     data = load_calibration(None, 16, tokenizer=tok, seq_len=128)
@@ -196,7 +196,7 @@ def test_default_calibration_is_mmlu_validation_never_test_and_disjoint_from_hel
 
 
 def test_local_calibration_files(tmp_path):
-    from pipeline.calibration import CalibrationError, check_source, load_calibration
+    from pipeline.data.calibration import CalibrationError, check_source, load_calibration
 
     txt = tmp_path / "calib.txt"
     txt.write_text("first paragraph\nstill first\n\nsecond paragraph\n\nthird\n", encoding="utf-8")
@@ -215,7 +215,7 @@ def test_local_calibration_files(tmp_path):
 
 
 def test_hub_calibration_offline_is_a_one_line_error(monkeypatch):
-    from pipeline.calibration import CalibrationError, load_calibration
+    from pipeline.data.calibration import CalibrationError, load_calibration
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(CalibrationError) as exc:

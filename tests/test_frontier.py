@@ -7,7 +7,7 @@ import random
 import pytest
 
 from pipeline import metrics as M
-from pipeline.frontier import (
+from pipeline.verdict.frontier import (
     SIZE_AXIS,
     axes_for,
     axis_by_name,

@@ -11,9 +11,9 @@ import pytest
 import yaml
 
 from pipeline import metrics as M
-from pipeline.gate import GateResult, gate_exit_code, run_gate
-from pipeline.policy import load_policy
-from pipeline.recipe import RecipeError
+from pipeline.verdict.gate import GateResult, gate_exit_code, run_gate
+from pipeline.config.policy import load_policy
+from pipeline.config.recipe import RecipeError
 from pipeline.results import QuestionOutcome
 
 N_QUESTIONS = 1000
@@ -63,7 +63,7 @@ def child(model, variant, questions, *, role="candidate", method=None, status="F
 
 def write_sweep(uri: str, experiment: str, children: list[dict]) -> tuple[str, dict[str, str]]:
     """Parent + children as the sweep logs them; returns (parent id, {label: child id})."""
-    from pipeline.tracking import Tracker, questions_csv
+    from pipeline.tracking.store import Tracker, questions_csv
 
     tr = Tracker(uri, experiment)
     parent = tr.start_parent(experiment, {"recipe.name": experiment}, {"host": "test-host"})
@@ -95,7 +95,7 @@ def fresh_store(tmp_path_factory, name: str) -> str:
     """A migrated empty sqlite store: created once per session (migrations take seconds), then copied."""
     template = tmp_path_factory.getbasetemp() / "mlflow-template" / "mlflow.db"
     if not template.exists():
-        from pipeline.tracking import Tracker
+        from pipeline.tracking.store import Tracker
 
         template.parent.mkdir(parents=True, exist_ok=True)
         Tracker(f"sqlite:///{template}", "template")
@@ -156,7 +156,7 @@ def junit(path: Path) -> dict[str, ET.Element]:
 
 
 def tags_of(uri: str, run_id: str) -> dict[str, str]:
-    from pipeline.tracking import load_sweep
+    from pipeline.tracking.store import load_sweep
 
     for exp in ("good", "mixed", "small"):
         for c in load_sweep(uri, experiment=exp, with_questions=False).children:
@@ -166,7 +166,7 @@ def tags_of(uri: str, run_id: str) -> dict[str, str]:
 
 
 def test_gate_passes_registers_and_tags(store, tmp_path):
-    from pipeline.tracking import alias_run_id, read_run_text
+    from pipeline.tracking.store import alias_run_id, read_run_text
 
     uri, sweeps = store
     parent, ids = sweeps["good"]
@@ -191,7 +191,7 @@ def test_gate_passes_registers_and_tags(store, tmp_path):
 
 
 def test_gate_fails_closed(store, tmp_path):
-    from pipeline.tracking import alias_run_id
+    from pipeline.tracking.store import alias_run_id
 
     uri, sweeps = store
     parent, ids = sweeps["mixed"]
@@ -242,7 +242,7 @@ def test_gate_selected_variants_and_missing_one(store, tmp_path):
 
 
 def test_gate_undecided_is_not_a_pass(store, tmp_path):
-    from pipeline.tracking import alias_run_id
+    from pipeline.tracking.store import alias_run_id
 
     uri, sweeps = store
     parent, ids = sweeps["small"]

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.methods import MethodError, registry, validate_steps, validate_variant
-from pipeline.recipe import ModelSpec, VariantSpec
+from pipeline.config.recipe import ModelSpec, VariantSpec
 
 
 # Small calibration so the whole file stays fast on a shared 2-core CPU.
@@ -90,7 +90,7 @@ def _variant(name: str) -> VariantSpec:
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     from pipeline.models import resolve_model
-    from pipeline.testing import build_tiny_llama
+    from tiny_llama import build_tiny_llama
 
     path = build_tiny_llama(tmp_path_factory.mktemp("tiny") / "llama")
     spec = ModelSpec(name="tiny", source=str(path))
@@ -99,7 +99,7 @@ def tiny(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def base(tiny):
-    from pipeline.build import base_reference_for
+    from pipeline.build.artifact import base_reference_for
 
     resolved, spec = tiny
     ref = base_reference_for(resolved, spec, device="cpu", cache=False)
@@ -109,7 +109,7 @@ def base(tiny):
 
 @pytest.fixture(scope="module")
 def build(tiny, base):
-    from pipeline.build import build_artifact
+    from pipeline.build.artifact import build_artifact
 
     resolved, spec = tiny
     cache: dict[str, object] = {}
@@ -236,7 +236,7 @@ def _write_model_dir(tmp_path: Path, **config_kw) -> Path:
     ],
 )
 def test_check_model_refuses_before_loading_weights(tmp_path, method, params, config_kw, expected):
-    from pipeline.build import build_artifact
+    from pipeline.build.artifact import build_artifact
     from pipeline.models.loader import ResolvedModel
     from pipeline.results import Provenance
 
@@ -249,7 +249,7 @@ def test_check_model_refuses_before_loading_weights(tmp_path, method, params, co
 
 
 def test_method_not_on_this_device_is_a_clear_error(tiny):
-    from pipeline.build import build_artifact
+    from pipeline.build.artifact import build_artifact
     from pipeline.methods.base import _REGISTRY, Method, register
 
     class CudaOnly(Method):
@@ -267,7 +267,7 @@ def test_method_not_on_this_device_is_a_clear_error(tiny):
 
 
 def test_quantizer_then_pruning_fails_before_loading(tiny):
-    from pipeline.build import build_artifact
+    from pipeline.build.artifact import build_artifact
 
     resolved, spec = tiny
     v = VariantSpec(name="bad", steps=[{"method": "int8-weight-only"}, {"method": "magnitude-prune"}])
@@ -339,7 +339,7 @@ def test_compressed_tensors_stores_packed_runs_dequantized(build):
 @pytest.mark.usefixtures("mmlu_dir")  # calibration and held-out text come from MMLU validation
 @pytest.mark.parametrize("name", ["magnitude-2of4", "wanda-2of4", "sparsegpt-2of4", "sparsegpt-2of4+gptq-4"])
 def test_2of4_pattern_holds_exactly(build, name):
-    from pipeline.fidelity import dense_weight
+    from pipeline.build.fidelity import dense_weight
     from pipeline.methods.targets import target_linears
 
     a = build(name)
@@ -354,7 +354,7 @@ def test_2of4_pattern_holds_exactly(build, name):
 @pytest.mark.usefixtures("mmlu_dir")  # calibration and held-out text come from MMLU validation
 @pytest.mark.parametrize("name,amount", [("magnitude-30", 0.3), ("magnitude-50", 0.5), ("wanda-30", 0.3), ("sparsegpt-50", 0.5)])
 def test_sparsity_matches_amount_within_one_weight_per_layer(build, name, amount):
-    from pipeline.fidelity import dense_weight
+    from pipeline.build.fidelity import dense_weight
     from pipeline.methods.targets import target_linears
 
     a = build(name)
@@ -406,8 +406,8 @@ def calib_inputs(tiny):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from pipeline.calibration import load_calibration, tokenized_batches
-    from pipeline.fidelity import capture_layer_inputs
+    from pipeline.data.calibration import load_calibration, tokenized_batches
+    from pipeline.build.fidelity import capture_layer_inputs
 
     resolved, _ = tiny
     tok = AutoTokenizer.from_pretrained(resolved.dense_dir)
@@ -418,7 +418,7 @@ def calib_inputs(tiny):
 
 @pytest.mark.usefixtures("mmlu_dir")  # calibration and held-out text come from MMLU validation
 def test_gptq_reconstructs_calibration_outputs_better_than_rtn(build, base, calib_inputs):
-    from pipeline.fidelity import reconstruction_error
+    from pipeline.build.fidelity import reconstruction_error
 
     gptq = reconstruction_error(calib_inputs, base, build("gptq-4").model)
     rtn = reconstruction_error(calib_inputs, base, build("rtn-4").model)
@@ -428,7 +428,7 @@ def test_gptq_reconstructs_calibration_outputs_better_than_rtn(build, base, cali
 
 @pytest.mark.usefixtures("mmlu_dir")  # calibration and held-out text come from MMLU validation
 def test_sparsegpt_reconstructs_calibration_outputs_better_than_magnitude(build, base, calib_inputs):
-    from pipeline.fidelity import reconstruction_error
+    from pipeline.build.fidelity import reconstruction_error
 
     sgpt = reconstruction_error(calib_inputs, base, build("sparsegpt-50").model)
     mag = reconstruction_error(calib_inputs, base, build("magnitude-50").model)
@@ -445,7 +445,7 @@ def test_upstream_plain_ignore_prunes_lm_head_which_is_why_we_add_a_regex(tiny):
     from llmcompressor.modifiers.pruning import SparseGPTModifier
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from pipeline.calibration import hf_dataset, load_calibration
+    from pipeline.data.calibration import hf_dataset, load_calibration
     from pipeline.methods.llmcompressor_methods import IGNORE
 
     resolved, _ = tiny
@@ -473,7 +473,7 @@ def _cuda() -> bool:
 @pytest.mark.usefixtures("mmlu_dir")  # calibration and held-out text come from MMLU validation
 @pytest.mark.parametrize("name,params", [("int4-weight-only", {"group_size": 64}), ("bnb-nf4", {}), ("bnb-int8", {})])
 def test_gpu_paths(tiny, name, params):
-    from pipeline.build import build_artifact, base_reference_for
+    from pipeline.build.artifact import build_artifact, base_reference_for
 
     resolved, spec = tiny
     spec = spec.model_copy(update={"dtype": "bfloat16"})

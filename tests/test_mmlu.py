@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.accuracy import (
+from pipeline.data.mmlu import (
     CATEGORIES,
     EVALS_DIR,
     GROUP,
@@ -33,7 +33,8 @@ from pipeline.accuracy import (
     resolve_data,
     score_mmlu,
 )
-from pipeline.recipe import MMLU_DIR_ENV, EvalSpec
+from pipeline.config.recipe import EvalSpec
+from pipeline.env import MMLU_DIR_ENV
 
 MMLU_DIR = Path(os.environ.get(MMLU_DIR_ENV) or "/work/shared/data/mmlu")
 needs_mmlu = pytest.mark.skipif(not (MMLU_DIR / "test.jsonl").is_file(), reason=f"no MMLU JSONL at {MMLU_DIR}")
@@ -424,7 +425,7 @@ def test_hflm_smoke_on_tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> N
     from lm_eval.models.huggingface import HFLM
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from pipeline.testing import build_tiny_llama
+    from tiny_llama import build_tiny_llama
 
     path = build_tiny_llama(tmp_path_factory.mktemp("tiny") / "llama", mmlu_dir=MMLU_DIR)
     model = AutoModelForCausalLM.from_pretrained(path).eval()

@@ -239,8 +239,8 @@ def test_ray_matches_local_and_failures_are_recorded(both_runs, mlflow_server):
 
 
 def test_interrupt_cancels_outstanding_and_marks_killed(tmp_path, tiny_model_dir, local_ray):
-    from pipeline.executors.ray_executor import run_sweep_ray
-    from pipeline.recipe import load_recipe
+    from pipeline.sweep.executors.ray import run_sweep_ray
+    from pipeline.build.plan import load_recipe
 
     uri = f"sqlite:///{tmp_path}/interrupt.db"
     recipe = load_recipe(_recipe(tmp_path / "r.yaml", tiny_model_dir, uri, SAME))
@@ -262,8 +262,8 @@ def test_interrupt_cancels_outstanding_and_marks_killed(tmp_path, tiny_model_dir
 
 
 def test_task_options_and_store_checks(tmp_path, monkeypatch):
-    from pipeline.executors.ray_executor import RayExecutorError, _absolute_store, check_store_reachable_from_cluster, task_options
-    from pipeline.recipe import parse_recipe
+    from pipeline.sweep.executors.ray import RayExecutorError, _absolute_store, check_store_reachable_from_cluster, task_options
+    from pipeline.build.plan import parse_recipe
 
     monkeypatch.setenv("SHRINKGATE_MMLU_DIR", "/data/mmlu")
     recipe = parse_recipe(

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.recipe import Recipe, RecipeError, apply_overrides, load_recipe, parse_recipe
-from pipeline.sweep import plan
+from pipeline.build.plan import load_recipe, parse_recipe, plan
+from pipeline.config.recipe import Recipe, RecipeError, apply_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 

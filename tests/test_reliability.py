@@ -14,8 +14,8 @@ import yaml
 
 import _methods  # noqa: F401 - registers test-raises / test-oom / test-sleep
 from pipeline import metrics as M
-from pipeline.recipe import parse_recipe
-from pipeline.sweep import run_sweep
+from pipeline.build.plan import parse_recipe
+from pipeline.sweep.driver import run_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 

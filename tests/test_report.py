@@ -12,7 +12,7 @@ import pytest
 
 from pipeline import metrics as M
 from pipeline.records import SweepRecord, VariantRecord
-from pipeline.report import analyze, compare_exit_code, rows, run_compare, subject_deltas
+from pipeline.verdict.report import analyze, compare_exit_code, rows, run_compare, subject_deltas
 from pipeline.results import QuestionOutcome
 
 SUBJECTS = ("abstract_algebra", "anatomy", "astronomy")
@@ -83,7 +83,7 @@ def fresh_store(tmp_path_factory, name: str) -> str:
     """A migrated empty sqlite store: created once per session (migrations take seconds), then copied."""
     template = tmp_path_factory.getbasetemp() / "mlflow-template" / "mlflow.db"
     if not template.exists():
-        from pipeline.tracking import Tracker
+        from pipeline.tracking.store import Tracker
 
         template.parent.mkdir(parents=True, exist_ok=True)
         Tracker(f"sqlite:///{template}", "template")
@@ -93,7 +93,7 @@ def fresh_store(tmp_path_factory, name: str) -> str:
 
 
 def write_sweep(uri, experiment, spec, *, end_parent=True, drop=()):
-    from pipeline.tracking import Tracker, questions_csv
+    from pipeline.tracking.store import Tracker, questions_csv
 
     tr = Tracker(uri, experiment)
     parent = tr.start_parent(experiment, {}, {"host": "test-host"})
@@ -182,8 +182,8 @@ def test_run_compare_writes_table_csv_markdown_plots(store, tmp_path):
 
 
 def test_log_sweep_report_tolerates_missing_speed(store):
-    from pipeline.report import log_sweep_report
-    from pipeline.tracking import load_sweep, read_run_text
+    from pipeline.verdict.report import log_sweep_report
+    from pipeline.tracking.store import load_sweep, read_run_text
 
     uri, sweeps = store
     parent, ids = sweeps["nospeed"]
@@ -202,7 +202,7 @@ def test_log_sweep_report_tolerates_missing_speed(store):
 
 
 def test_log_sweep_report_with_no_metrics_at_all(store):
-    from pipeline.report import log_sweep_report
+    from pipeline.verdict.report import log_sweep_report
 
     uri, sweeps = store
     parent, _ = sweeps["bare"]

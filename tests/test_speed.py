@@ -12,11 +12,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from pipeline.recipe import SpeedSpec, parse_recipe
-from pipeline.speed import host, roofline
-from pipeline.speed import measure as measure_mod
-from pipeline.speed.measure import measure_decode, planned_batches, prompt_ids
-from pipeline.speed.timing import ClockTimer, Timeline, decode_timeline, percentile, summarize
+from pipeline.build.plan import parse_recipe
+from pipeline.config.recipe import SpeedSpec
+from pipeline.runtime.speed import host, roofline
+from pipeline.runtime.speed import measure as measure_mod
+from pipeline.runtime.speed.measure import measure_decode, planned_batches, prompt_ids
+from pipeline.runtime.speed.timing import ClockTimer, Timeline, decode_timeline, percentile, summarize
 
 MS = 1_000_000  # ns
 
@@ -30,14 +31,14 @@ def _isolated_host_cache(tmp_path, monkeypatch):
 def tiny(tmp_path_factory):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from pipeline.testing import build_tiny_llama
+    from tiny_llama import build_tiny_llama
 
     d = build_tiny_llama(tmp_path_factory.mktemp("tiny"))
     return AutoModelForCausalLM.from_pretrained(d).eval(), AutoTokenizer.from_pretrained(d)
 
 
 def _weight_bytes(model) -> int:
-    from pipeline.fidelity import StorageSummary
+    from pipeline.build.fidelity import StorageSummary
 
     return StorageSummary(model).bytes_read_per_token
 
@@ -159,7 +160,7 @@ def test_decode_runs_on_quanto_int4_weights(tiny):
 
 
 def test_busy_host_and_busy_bandwidth_probe_are_warned(tiny, monkeypatch):
-    import pipeline.speed.measure as measure
+    import pipeline.runtime.speed.measure as measure
 
     model, tok = tiny
     monkeypatch.setattr(measure, "load_average", lambda: 99.0)
@@ -211,7 +212,7 @@ def test_static_cache_is_recorded_and_charged_full_length(tiny):
 def test_harness_decode_matches_generate_tokens(tiny):
     from transformers import GenerationConfig
 
-    from pipeline.speed.measure import decode_once
+    from pipeline.runtime.speed.measure import decode_once
 
     model, tok = tiny
     ids = prompt_ids(tok, model.config.vocab_size, 2, 10)
@@ -315,7 +316,7 @@ def test_ceiling_llama8b_bf16_on_3_2_tb_s_is_200_tok_s():
 
 
 def test_kv_bytes_per_token_is_gqa_aware():
-    from pipeline.speed.shapes import published_config
+    from pipeline.runtime.speed.shapes import published_config
 
     assert roofline.kv_bytes_per_token(published_config("llama-3.1-8b"), 2) == 32 * 2 * 8 * 128 * 2 == 131072
     assert roofline.kv_bytes_per_token(published_config("llama-3.1-70b"), 2) == 80 * 2 * 8 * 128 * 2
@@ -326,7 +327,7 @@ def test_kv_bytes_per_token_is_gqa_aware():
 
 
 def test_sliding_window_layers_cap_kv_reads():
-    from pipeline.speed.shapes import published_config
+    from pipeline.runtime.speed.shapes import published_config
 
     cfg = published_config("gemma-3-270m")
     per_layer_token = 2 * 1 * 256 * 2
@@ -338,7 +339,7 @@ def test_sliding_window_layers_cap_kv_reads():
 
 
 def test_decode_flops_for_llama8b():
-    from pipeline.speed.shapes import published_config
+    from pipeline.runtime.speed.shapes import published_config
 
     cfg = published_config("llama-3.1-8b")
     params = roofline.linear_params_per_token(cfg)

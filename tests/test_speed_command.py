@@ -9,9 +9,9 @@ import torch
 
 from pipeline import metrics as M
 from pipeline.results import SpeedPoint, SpeedResult
-from pipeline.speed import command, host, shapes
-from pipeline.speed import measure as measure_mod
-from pipeline.speed.report import speed_metrics, speed_tags
+from pipeline.runtime.speed import command, host, shapes
+from pipeline.runtime.speed import measure as measure_mod
+from pipeline.runtime.speed.report import speed_metrics, speed_tags
 
 
 @pytest.fixture(autouse=True)
@@ -21,7 +21,7 @@ def _isolated_host_cache(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("name", sorted(shapes.PUBLISHED))
 def test_published_shapes_match_the_model_cards_parameter_count(name):
-    from pipeline.speed.roofline import linear_params_per_token
+    from pipeline.runtime.speed.roofline import linear_params_per_token
 
     s = shapes.PUBLISHED[name]
     cfg = shapes.published_config(name)

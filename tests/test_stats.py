@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from pipeline.results import QuestionOutcome
-from pipeline.stats import (
+from pipeline.verdict.stats import (
     PairingError,
     compare_paired,
     exact_diff_bounds,

@@ -49,7 +49,7 @@ class CalibrationParams(MethodParams):
     @classmethod
     def _source_exists(cls, v: str | None) -> str | None:
         if v is not None:
-            from pipeline.calibration import check_source
+            from pipeline.data.calibration import check_source
 
             problem = check_source(v)
             if problem:
@@ -72,7 +72,7 @@ class BuildContext:
 
     def calibration_data(self, params: CalibrationParams):
         """Load (and record in `notes`) the calibration texts a step asks for."""
-        from pipeline.calibration import CalibrationData, CalibrationError, _sha256_bytes, load_calibration
+        from pipeline.data.calibration import CalibrationData, CalibrationError, _sha256_bytes, load_calibration
 
         source = params.calibration or self.default_calibration
         if source is None and self.calibration is not None:  # a caller-supplied text provider

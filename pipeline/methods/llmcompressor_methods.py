@@ -108,7 +108,7 @@ class _LLMCompressor(Method):
         import torch
         from llmcompressor import oneshot
 
-        from pipeline.calibration import hf_dataset
+        from pipeline.data.calibration import hf_dataset
 
         kwargs: dict = {}
         if self.needs_calibration:

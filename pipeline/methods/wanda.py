@@ -111,7 +111,7 @@ class Wanda(Method):
     def apply(self, model, params: WandaParams, ctx):
         import torch
 
-        from pipeline.calibration import tokenized_batches
+        from pipeline.data.calibration import tokenized_batches
 
         data = ctx.calibration_data(params)
         batches = tokenized_batches(ctx.tokenizer, data.texts, params.calibration_seq_len, ctx.device)

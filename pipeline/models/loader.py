@@ -10,18 +10,16 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import tempfile
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.env import hub_reachable
 from pipeline.models.bundled import BUNDLED, BundleMissing, cache_root, package_version
-from pipeline.recipe import ModelSpec
+from pipeline.config.recipe import ModelSpec
 from pipeline.results import Provenance
 
-_HUB_HOST = ("huggingface.co", 443)
 _ALLOWED_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "tokenizer*"]
 
 
@@ -52,23 +50,6 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def hub_reachable(timeout_s: float = 3.0) -> bool:
-    """Bounded probe: a DNS lookup alone can hang for tens of seconds offline, so it runs in a thread."""
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
-        return False
-    result: list[bool] = []
-
-    def probe() -> None:
-        try:
-            with socket.create_connection(_HUB_HOST, timeout=timeout_s):
-                result.append(True)
-        except OSError:
-            result.append(False)
-
-    t = threading.Thread(target=probe, daemon=True)
-    t.start()
-    t.join(timeout_s)
-    return bool(result and result[0])
 
 
 def gguf_facts(path: Path) -> tuple[str, str]:
@@ -253,14 +234,6 @@ def read_config(spec: ModelSpec) -> Any:
     return AutoConfig.from_pretrained(spec.source, revision=spec.revision, trust_remote_code=spec.trust_remote_code)
 
 
-def pick_device(requested: str = "auto") -> str:
-    import torch
-
-    if requested == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise ModelError(f"device {requested!r} requested but CUDA is not available here; use `cpu` or `auto`")
-    return requested
 
 
 def load_model(resolved: ResolvedModel, spec: ModelSpec, *, device: str, load_kwargs: dict[str, Any] | None = None) -> LoadedModel:

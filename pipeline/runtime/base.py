@@ -4,8 +4,8 @@ from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from pipeline.build import Artifact
-    from pipeline.recipe import EvalSpec, SpeedSpec
+    from pipeline.build.artifact import Artifact
+    from pipeline.config.recipe import EvalSpec, SpeedSpec
     from pipeline.results import AccuracyResult, SpeedResult
 
 

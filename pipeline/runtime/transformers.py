@@ -46,7 +46,7 @@ class TransformersRuntime(Runtime):
     def score_mmlu(self, artifact, spec):
         from lm_eval.models.huggingface import HFLM
 
-        from pipeline.accuracy import score_mmlu
+        from pipeline.data.mmlu import score_mmlu
 
         if artifact.device == "cpu":
             # CPU: batching buys little and full-vocabulary logits cost GBs; score the last positions only.
@@ -56,7 +56,7 @@ class TransformersRuntime(Runtime):
         return score_mmlu(lm, spec)
 
     def decode(self, artifact, spec):
-        from pipeline.speed import measure_decode
+        from pipeline.runtime.speed import measure_decode
 
         return measure_decode(
             artifact.model,

@@ -391,7 +391,7 @@ def questions_for_pass(n: int, losses: int, gains: int, delta_points: float, con
     return lo
 
 
-# -- margins for dominance (see pipeline.frontier) ----------------------------------------------------
+# -- margins for dominance (see pipeline.verdict.frontier) ----------------------------------------------------
 
 
 def paired_margin(
@@ -403,7 +403,7 @@ def paired_margin(
     a is not significantly more accurate than b (paired bootstrap on common questions). Records without
     per-question data use `fallback` (default: the unpaired stderr margin).
     """
-    from pipeline.frontier import stderr_margin
+    from pipeline.verdict.frontier import stderr_margin
 
     fb = fallback or stderr_margin(confidence)
     cache: dict[tuple[str, str], float] = {}

@@ -3,7 +3,7 @@
 Fails closed: a gated variant passes only when every check it is subject to could be evaluated and passed.
 A FAILED/KILLED/RUNNING child, a missing metric, missing or mismatched per-question outcomes, a missing
 unmodified candidate to compare against, or a variant named in the policy but absent from the sweep is a
-failure with its reason. The MMLU check is three-way (see `pipeline.stats.non_inferiority`): `undecided`
+failure with its reason. The MMLU check is three-way (see `pipeline.verdict.stats.non_inferiority`): `undecided`
 (too few questions to tell) is not a pass, so it also exits 1.
 
 Writes `gate_report.md` and `gate_junit.xml` (one testcase per gated variant) to `out_dir`, tags each
@@ -23,12 +23,12 @@ from pathlib import Path
 from typing import Literal
 
 from pipeline import metrics as M
-from pipeline.frontier import axis_by_name, frontier_verdicts
-from pipeline.policy import Policy, load_policy
+from pipeline.verdict.frontier import axis_by_name, frontier_verdicts
+from pipeline.config.policy import Policy, load_policy
 from pipeline.records import SweepRecord, VariantRecord
-from pipeline.recipe import RecipeError
-from pipeline.report import _uri, base_for, fmt
-from pipeline.stats import NonInferiority, PairingError, non_inferiority, pair, paired_margin, questions_needed
+from pipeline.config.recipe import RecipeError
+from pipeline.verdict.report import _uri, base_for, fmt
+from pipeline.verdict.stats import NonInferiority, PairingError, non_inferiority, pair, paired_margin, questions_needed
 
 Outcome = Literal["pass", "fail", "undecided"]
 REPORT_NAME = "gate_report.md"
@@ -321,7 +321,7 @@ def run_gate(
 
     from rich.console import Console
 
-    from pipeline.tracking import TrackingError, load_sweep
+    from pipeline.tracking.store import TrackingError, load_sweep
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     console = console or Console()
@@ -360,7 +360,7 @@ def run_gate(
             for p in (result.report_path, result.junit_path):
                 if p is not None:
                     Path(d, p.name).write_bytes(p.read_bytes())
-            from pipeline.tracking import log_run_artifacts
+            from pipeline.tracking.store import log_run_artifacts
 
             log_run_artifacts(uri, sweep.parent_run_id, d, GATE_ARTIFACT_DIR)
     except Exception as exc:  # noqa: BLE001
@@ -377,7 +377,7 @@ def _one_line(exc: BaseException, *, with_type: bool) -> str:
 
 def _record(result: GateResult, sweep: SweepRecord, uri: str, policy_path: str | Path) -> None:
     """Verdict tags on each child, registry entries for passes, a summary on the parent."""
-    from pipeline.tracking import register_passing, set_run_tags
+    from pipeline.tracking.store import register_passing, set_run_tags
 
     policy = result.policy
     by_id = {r.run_id: r for r in sweep.children}

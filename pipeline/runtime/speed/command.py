@@ -5,7 +5,7 @@ materialized on the target device), applies an in-memory compression method, mea
 prints a rich table. Load-time methods (e.g. bitsandbytes through `from_pretrained`) and methods that
 need calibration text cannot run on a random in-memory model; they are refused with that reason.
 
-    python -m pipeline.speed.command --config smollm2-135m --dtype fp32 --batch-sizes 1 4
+    python -m pipeline.runtime.speed.command --config smollm2-135m --dtype fp32 --batch-sizes 1 4
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from typing import Any, Sequence
 
 import torch
 
-from pipeline.recipe import SpeedSpec
+from pipeline.config.recipe import SpeedSpec
 from pipeline.results import SpeedResult
-from pipeline.speed import shapes
-from pipeline.speed.measure import free_bytes, measure_decode
+from pipeline.runtime.speed import shapes
+from pipeline.runtime.speed.measure import free_bytes, measure_decode
 
 
 class SpeedCommandError(ValueError):
@@ -75,7 +75,7 @@ def speed_command(
     seed: int = 0,
 ) -> SpeedResult:
     """Measure decode of a published architecture (random weights) under `method` on `device`."""
-    from pipeline.fidelity import StorageSummary
+    from pipeline.build.fidelity import StorageSummary
     from pipeline.methods import BuildContext
 
     device = resolve_device(device)
@@ -172,7 +172,7 @@ def print_table(results: SpeedResult | Sequence[SpeedResult], console: Any = Non
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m pipeline.speed.command", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m pipeline.runtime.speed.command", description=__doc__.splitlines()[0])
     ap.add_argument("--config", required=True, help=f"one of: {', '.join(sorted(shapes.PUBLISHED))}")
     ap.add_argument("--dtype", default="bf16", help="fp32 | bf16 | fp16")
     ap.add_argument("--method", default="none")

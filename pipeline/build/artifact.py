@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.fidelity import (
+from pipeline.build.fidelity import (
     BaseReference,
     check_nm_pattern,
     compute_base_reference,
@@ -19,9 +19,10 @@ from pipeline.fidelity import (
     sparsity_summary,
     storage_bytes,
 )
+from pipeline.build.plan import check_variant_fits, needs_model_check
 from pipeline.methods import BuildContext, Method, MethodError, NotSerializable, get_method, validate_steps
 from pipeline.models import ResolvedModel, load_model
-from pipeline.recipe import ModelSpec, VariantSpec
+from pipeline.config.recipe import ModelSpec, VariantSpec
 from pipeline.results import FidelityRecord, Provenance
 
 
@@ -81,21 +82,6 @@ class PeakMemory:
             self._thread.join()
 
 
-def needs_model_check(variant: VariantSpec) -> bool:
-    """Whether any step of the variant has a `check_model` (so reading the model's config is worth it)."""
-    return any(type(get_method(s.method)).check_model is not Method.check_model for s in variant.pipeline_steps)
-
-
-def check_variant_fits(variant: VariantSpec, config: Any) -> str | None:
-    """One-line reason a variant cannot be applied to a model with this config (shapes, group sizes), or None."""
-    for step in variant.pipeline_steps:
-        method = get_method(step.method)
-        problem = method.check_model(method.parse(step.params), config)
-        if problem:
-            return problem
-    return None
-
-
 def _check_before_weights(resolved: ResolvedModel, model_spec: ModelSpec, variant: VariantSpec) -> None:
     """Read config.json only and let every step refuse a model it cannot handle (Method.check_model)."""
     if not needs_model_check(variant):
@@ -139,7 +125,7 @@ def build_artifact(
     """Load, apply each step in order, and account what the result stores and how far it moved.
 
     `base`: the unmodified model's `BaseReference` (compute once per model with
-    `pipeline.fidelity.compute_base_reference`); without it weight_rel_error / KL / top-1 stay None.
+    `pipeline.build.fidelity.compute_base_reference`); without it weight_rel_error / KL / top-1 stay None.
     `calibration`: a default calibration source (str) for steps that leave their `calibration` param unset,
     or a legacy `n -> texts` callable. `data_dir`: the MMLU JSONL dir (eval.data_dir).
     Order of checks: params and step order (no I/O), then `check_model` on config.json, then weights.
@@ -245,8 +231,8 @@ def base_reference_for(
     import torch
     import transformers
 
-    from pipeline.calibration import heldout_texts
-    from pipeline.fidelity import FIDELITY_THREADS, HELDOUT_SEQ_LEN, HELDOUT_TEXTS
+    from pipeline.data.calibration import heldout_texts
+    from pipeline.build.fidelity import FIDELITY_THREADS, HELDOUT_SEQ_LEN, HELDOUT_TEXTS
     from pipeline.models.bundled import cache_root
 
     texts = heldout_texts(HELDOUT_TEXTS, data_dir=data_dir)

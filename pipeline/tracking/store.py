@@ -256,7 +256,7 @@ class Tracker:
 
     def log_speed(self, run_id: str, s: SpeedResult) -> None:
         # Imported here: the speed package pulls in torch, which the verdict side never needs.
-        from pipeline.speed.report import speed_metrics, speed_tags
+        from pipeline.runtime.speed.report import speed_metrics, speed_tags
 
         self.log_metrics(run_id, speed_metrics(s))
         tags = speed_tags(s)
@@ -344,9 +344,6 @@ def find_finished_child(uri: str, experiment: str, content_key: str) -> str | No
     return runs[0].info.run_id if runs else None
 
 
-def default_env_tracking_uri() -> str | None:
-    return os.environ.get("MLFLOW_TRACKING_URI")
-
 
 def run_metrics(uri: str, run_id: str) -> dict[str, float]:
     from mlflow.tracking import MlflowClient
@@ -355,7 +352,7 @@ def run_metrics(uri: str, run_id: str) -> dict[str, float]:
 
 
 # -- verdict side ----------------------------------------------------------------------------------
-# Writers used by pipeline.gate / pipeline.report (the only mlflow imports stay in this module).
+# Writers used by pipeline.verdict.gate / pipeline.verdict.report (the only mlflow imports stay in this module).
 
 MODEL_BUNDLE_DIR = "shrinkgate_model"  # what a passing variant registers: recipe + provenance (weights are not serialized)
 

@@ -8,7 +8,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from pipeline.recipe import RecipeError, format_validation_error
+from pipeline.config.recipe import RecipeError, format_validation_error
 
 ALIAS = "gate-passed"
 
@@ -37,7 +37,7 @@ class Policy(BaseModel):
     @field_validator("dominance_axes")
     @classmethod
     def _axes(cls, v: list[str]) -> list[str]:
-        from pipeline.frontier import axis_by_name
+        from pipeline.verdict.frontier import axis_by_name
 
         for name in v:
             try:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from pipeline import metrics as M
-from pipeline.frontier import (
+from pipeline.verdict.frontier import (
     Axis,
     LadderRung,
     Verdict,
@@ -26,7 +26,7 @@ from pipeline.frontier import (
     roofline_tok_s,
 )
 from pipeline.records import SweepRecord, VariantRecord
-from pipeline.stats import PairedComparison, PairingError, compare_paired, paired_margin, questions_needed
+from pipeline.verdict.stats import PairedComparison, PairingError, compare_paired, paired_margin, questions_needed
 
 REPORT_ARTIFACT_DIR = "report"
 
@@ -576,7 +576,7 @@ def run_compare(
     Raises `TrackingError` for an unknown run/experiment (see `compare_exit_code`)."""
     import os
 
-    from pipeline.tracking import load_sweep
+    from pipeline.tracking.store import load_sweep
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     sweep = load_sweep(_uri(tracking_uri), run_id=run_id, experiment=experiment)
@@ -605,10 +605,9 @@ def compare_exit_code(
 
 
 def _uri(tracking_uri: str | None) -> str:
-    from pipeline.recipe import DEFAULT_TRACKING_URI
-    from pipeline.tracking import default_env_tracking_uri
+    from pipeline.env import tracking_uri as resolve_tracking_uri
 
-    return tracking_uri or default_env_tracking_uri() or DEFAULT_TRACKING_URI
+    return resolve_tracking_uri(tracking_uri)
 
 
 # -- on the parent run (called by the sweep) --------------------------------------------------------------
@@ -637,7 +636,7 @@ def log_sweep_report(tracking_uri: str, parent_run_id: str) -> list[str]:
     """Log compare.md, compare.csv and the plots under `report/` on the parent run and verdict tags on
     every child, so the MLflow UI shows them; returns the artifact paths logged. Missing metrics (speed
     disabled, failed children) only leave cells empty and plots out."""
-    from pipeline.tracking import load_sweep, log_run_artifacts, set_run_tags
+    from pipeline.tracking.store import load_sweep, log_run_artifacts, set_run_tags
 
     sweep = load_sweep(tracking_uri, run_id=parent_run_id)
     analysis = analyze(sweep)

@@ -7,11 +7,11 @@ Public API (the sweep and the CLI call these):
     command.speed_command(...) / command.print_table(results)   (imported lazily: rich, transformers)
 """
 
-from pipeline.speed import roofline
-from pipeline.speed.host import host_bandwidth, host_matmul_flops
-from pipeline.speed.measure import measure_decode, planned_batches, prompt_ids
-from pipeline.speed.report import speed_metrics, speed_tags
-from pipeline.speed.roofline import ceiling_tok_s, compute_bound_batch, crossover_batch, kv_bytes_per_token, mbu
+from pipeline.runtime.speed import roofline
+from pipeline.runtime.speed.host import host_bandwidth, host_matmul_flops
+from pipeline.runtime.speed.measure import measure_decode, planned_batches, prompt_ids
+from pipeline.runtime.speed.report import speed_metrics, speed_tags
+from pipeline.runtime.speed.roofline import ceiling_tok_s, compute_bound_batch, crossover_batch, kv_bytes_per_token, mbu
 
 __all__ = [
     "ceiling_tok_s",

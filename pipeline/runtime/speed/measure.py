@@ -18,11 +18,11 @@ from typing import Any, Callable
 import psutil
 import torch
 
-from pipeline.recipe import SpeedSpec
+from pipeline.config.recipe import SpeedSpec
 from pipeline.results import SpeedPoint, SpeedResult
-from pipeline.speed import roofline
-from pipeline.speed.host import bandwidth_probe, default_threads, host_matmul_flops, load_average
-from pipeline.speed.timing import (
+from pipeline.runtime.speed import roofline
+from pipeline.runtime.speed.host import bandwidth_probe, default_threads, host_matmul_flops, load_average
+from pipeline.runtime.speed.timing import (
     Clock,
     ClockTimer,
     CudaEventTimer,

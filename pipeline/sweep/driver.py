@@ -7,8 +7,6 @@ SIGTERM ends the active child and the parent as KILLED so the store never keeps 
 from __future__ import annotations
 
 import gc
-import hashlib
-import json
 import signal
 import time
 import traceback
@@ -19,10 +17,9 @@ from typing import Callable, Iterator
 import yaml
 
 from pipeline import metrics as M
-from pipeline.recipe import ModelSpec, Recipe, VariantSpec
+from pipeline.build.plan import WorkItem, content_key, plan, source_fingerprint
+from pipeline.config.recipe import Recipe, VariantSpec
 from pipeline.results import AccuracyResult, FidelityRecord, SpeedResult
-
-AS_PUBLISHED = VariantSpec(name="none", method="none")
 
 # stage callback: (item label, stage name) -> None; stages: resolve, build, mmlu, speed, done, failed, skipped
 ProgressFn = Callable[[str, str], None]
@@ -30,16 +27,6 @@ ProgressFn = Callable[[str, str], None]
 
 class SweepInterrupted(Exception):
     """Raised inside the sweep on SIGTERM so that it unwinds like Ctrl-C."""
-
-
-@dataclass(frozen=True)
-class WorkItem:
-    model: ModelSpec
-    variant: VariantSpec
-
-    @property
-    def label(self) -> str:
-        return f"{self.model.name}/{self.variant.name}"
 
 
 @dataclass
@@ -66,28 +53,6 @@ class SweepOutcome:
     @property
     def failures(self) -> list[ChildOutcome]:
         return [c for c in self.children if c.status in ("FAILED", "KILLED")]
-
-
-def plan(recipe: Recipe) -> list[WorkItem]:
-    """Candidates get every variant; references are evaluated as published."""
-    items: list[WorkItem] = []
-    for model in recipe.models:
-        variants = recipe.variants if model.role == "candidate" else [AS_PUBLISHED]
-        items += [WorkItem(model, v) for v in variants]
-    return items
-
-
-def content_key(recipe: Recipe, item: WorkItem, provenance_tags: dict[str, str], versions: dict[str, str]) -> str:
-    """What determines a child's results; a FINISHED run with the same key can be reused on resume."""
-    doc = {
-        "model": item.model.model_dump(),
-        "variant": item.variant.model_dump(),
-        "eval": recipe.eval.model_dump(),
-        "speed": recipe.speed.model_dump(),
-        "provenance": provenance_tags,
-        "versions": versions,
-    }
-    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
 def _method_tag(variant: VariantSpec) -> str:
@@ -121,22 +86,6 @@ def _free_memory() -> None:
         pass
 
 
-def source_fingerprint(model: ModelSpec) -> str:
-    """Cheap identity of a model source (no download, no conversion), for the resume key."""
-    from pathlib import Path
-
-    from pipeline.models.bundled import BUNDLED, package_version
-
-    if model.source in BUNDLED:
-        pkg = BUNDLED[model.source].package
-        return f"bundled:{pkg}=={package_version(pkg)}"
-    path = Path(model.source).expanduser()
-    if path.exists():
-        files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file())
-        return "local:" + ";".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
-    return f"hub:{model.source}@{model.revision or 'main'}"
-
-
 @dataclass(frozen=True)
 class SweepContext:
     """What every child needs; plain data so it can travel to another process (e.g. a Ray task)."""
@@ -150,9 +99,9 @@ class SweepContext:
 
 def start_sweep(recipe: Recipe, runtime_name: str = "transformers") -> tuple[SweepContext, object]:
     """Checks that fail before any model loads (data, tracking store), then the parent run."""
-    from pipeline.accuracy import resolve_data
-    from pipeline.models.loader import pick_device
-    from pipeline.tracking import Tracker, flatten, host_tags
+    from pipeline.data.mmlu import resolve_data
+    from pipeline.env import pick_device
+    from pipeline.tracking.store import Tracker, flatten, host_tags
 
     resolve_data(recipe.eval)  # a broken MMLU dir fails before any model loads
     tracker = Tracker(recipe.tracking.uri, recipe.experiment)  # an unreachable server too
@@ -176,7 +125,7 @@ class ChildSlot:
 
 def open_child(ctx: SweepContext, tracker, item: WorkItem, *, rerun: bool) -> ChildSlot:
     """Reuse an earlier FINISHED twin (resume), or create the child run."""
-    from pipeline.tracking import find_finished_child, flatten
+    from pipeline.tracking.store import find_finished_child, flatten
 
     recipe = ctx.recipe
     versions = {k: v for k, v in ctx.base_tags.items() if k.startswith("version.")}
@@ -212,7 +161,7 @@ def execute_child(ctx: SweepContext, item: WorkItem, run_id: str, notify: Progre
 
     from pipeline.models import resolve_model
     from pipeline.runtime import get_runtime
-    from pipeline.tracking import Tracker
+    from pipeline.tracking.store import Tracker
 
     notify = notify or (lambda label, stage: None)
     recipe = ctx.recipe
@@ -240,7 +189,7 @@ def execute_child(ctx: SweepContext, item: WorkItem, run_id: str, notify: Progre
 
 
 def mark_killed(uri: str, experiment: str, run_id: str, reason: str) -> None:
-    from pipeline.tracking import Tracker
+    from pipeline.tracking.store import Tracker
 
     tracker = Tracker(uri, experiment)
     tracker.set_tags(run_id, {M.TAG_STATUS_ERROR: reason})
@@ -281,7 +230,7 @@ def run_sweep(recipe: Recipe, *, progress: ProgressFn | None = None, rerun: bool
 
 
 def _measure(item, resolved, recipe, device, runtime, tracker, run_id, child: ChildOutcome, notify) -> None:
-    from pipeline.build import base_reference_for, build_artifact
+    from pipeline.build.artifact import base_reference_for, build_artifact
 
     notify(item.label, "build")
     # KL / top-1 agreement / weight error are measured against the unmodified model (cached per model on disk).
@@ -318,7 +267,7 @@ def finish_sweep(tracker, outcome: SweepOutcome) -> None:
     )
     tracker.log_metrics(parent_id, {"sweep_wall_seconds": outcome.seconds, "failed_children": float(len(failed))})
     try:  # the verdict side's plots/tables on the parent run (absent until that module exists)
-        from pipeline.report import log_sweep_report
+        from pipeline.verdict.report import log_sweep_report
     except ImportError:
         log_sweep_report = None
     if log_sweep_report is not None:

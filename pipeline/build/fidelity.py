@@ -419,7 +419,7 @@ def compute_base_reference(
 
     from safetensors.torch import save_file
 
-    from pipeline.calibration import heldout_texts, tokenized_batches
+    from pipeline.data.calibration import heldout_texts, tokenized_batches
 
     if texts is None:
         texts = heldout_texts(n_texts, data_dir=data_dir)

@@ -24,13 +24,14 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 
-from pipeline.recipe import MMLU_DIR_ENV, EvalSpec
+from pipeline.config.recipe import EvalSpec
+from pipeline.env import MMLU_DIR_ENV
 from pipeline.results import AccuracyResult, QuestionOutcome
 
 if TYPE_CHECKING:
     from lm_eval.api.model import LM
 
-EVALS_DIR = Path(__file__).resolve().parents[1] / "evals" / "mmlu"
+EVALS_DIR = Path(__file__).resolve().parent / "evals" / "mmlu"
 GROUP = "shrinkgate_mmlu"
 TASK_PREFIX = "shrinkgate_mmlu_"
 HUB_DATASET = "cais/mmlu"

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.recipe import MMLU_DIR_ENV
+from pipeline.env import MMLU_DIR_ENV, hub_reachable
 
 if TYPE_CHECKING:
     import torch
@@ -135,7 +135,6 @@ def _mmlu_validation_rows(data_dir: str | os.PathLike | None) -> tuple[list[dict
             dropped, rows = len(rows) - len(kept), kept
         _VALIDATION_CACHE[key] = (rows, "mmlu-local", _sha256_bytes(raw), dropped)
         return _VALIDATION_CACHE[key]
-    from pipeline.models.loader import hub_reachable
 
     if not hub_reachable():
         raise CalibrationError(
@@ -184,7 +183,6 @@ def _file_texts(path: Path) -> list[str]:
 
 
 def _hub_texts(source: str, limit: int) -> list[str]:
-    from pipeline.models.loader import hub_reachable
 
     name, _, split = source.partition(":")
     if not hub_reachable():

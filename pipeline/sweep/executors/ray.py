@@ -4,7 +4,7 @@ What runs where:
   driver (the `shrinkgate run` process): checks (MMLU data, tracking store), the parent run, one child run
       per planned item (resume skips FINISHED twins), submission, progress, the failure/KILLED marks that a
       dead worker could not write, and the sweep's report on the parent;
-  Ray task (any node with the recipe's `resources`): `pipeline.sweep.execute_child` - resolve the model,
+  Ray task (any node with the recipe's `resources`): `pipeline.sweep.driver.execute_child` - resolve the model,
       build the variant, score MMLU, time decode, log to the same tracking URI, end the run FINISHED/FAILED.
 
 Every node must reach the tracking store: a shared `mlflow server` (http://...) on a cluster; a sqlite URI
@@ -23,22 +23,21 @@ from typing import Any
 from urllib.parse import urlparse
 
 from pipeline import metrics as M
-from pipeline.recipe import Recipe, RecipeError
-from pipeline.sweep import (
+from pipeline.config.recipe import Recipe, RecipeError
+from pipeline.sweep.driver import (
     ChildOutcome,
     ProgressFn,
     SweepContext,
     SweepInterrupted,
     SweepOutcome,
-    WorkItem,
     _sigterm_as_interrupt,
     execute_child,
     finish_sweep,
     mark_killed,
     open_child,
-    plan,
     start_sweep,
 )
+from pipeline.build.plan import WorkItem, plan
 
 log = logging.getLogger("shrinkgate.ray")
 
@@ -84,16 +83,16 @@ def _import_ray():
 # -- the task (runs in a Ray worker) -------------------------------------------------------------------------
 def _quiet_worker() -> None:
     try:
-        from pipeline.cli import _quiet_libraries
+        from pipeline.env import quiet_libraries
 
-        _quiet_libraries()
+        quiet_libraries()
     except Exception:  # noqa: BLE001 - quieter logs are a nicety
         pass
 
 
 def _worker_tags(ctx: SweepContext, device: str) -> dict[str, str]:
     """Where the child really ran: the driver's host tags describe the driver, not this node."""
-    from pipeline.tracking import host_tags
+    from pipeline.tracking.store import host_tags
 
     tags = {k: v for k, v in host_tags(ctx.recipe.speed.threads).items() if not k.startswith(("version.", "mlflow."))}
     tags["device"] = device
@@ -114,8 +113,8 @@ def _child_task(ctx: SweepContext, item: WorkItem, run_id: str) -> ChildOutcome:
     """One child in a Ray worker: the device is picked on this node (the driver may have no GPU), host tags
     are rewritten to this node's, then the same `execute_child` as the local executor."""
     _quiet_worker()
-    from pipeline.models.loader import pick_device
-    from pipeline.tracking import Tracker
+    from pipeline.env import pick_device
+    from pipeline.tracking.store import Tracker
 
     device = pick_device(ctx.recipe.eval.device)
     ctx = dataclasses.replace(ctx, device=device)
@@ -254,7 +253,7 @@ def run_sweep_ray(
     runtime_name: str = "transformers",
     runtime_env: dict[str, Any] | None = None,
 ) -> SweepOutcome:
-    """The Ray executor: the same sweep as `pipeline.sweep.run_sweep`, children as Ray tasks.
+    """The Ray executor: the same sweep as `pipeline.sweep.driver.run_sweep`, children as Ray tasks.
 
     `address`: a cluster (`ray://head:10001`, `auto`, `host:6379`); None attaches to an initialised Ray or
     starts a local one (shut down at the end only if started here). `runtime_env` is merged into every
