@@ -27,11 +27,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.build.fidelity import StorageSummary  # noqa: E402
+from pipeline.build.storage import storage_bytes  # noqa: E402
 from pipeline.config.recipe import SpeedSpec  # noqa: E402
+from pipeline.env import pick_device  # noqa: E402
 from pipeline.results import SpeedResult  # noqa: E402
 from pipeline.runtime.speed import measure_decode, roofline, shapes  # noqa: E402
-from pipeline.runtime.speed.command import resolve_device  # noqa: E402
 from pipeline.runtime.speed.host import default_threads, host_bandwidth, host_matmul_flops  # noqa: E402
 from pipeline.runtime.speed.measure import decode_once, prompt_ids  # noqa: E402
 from pipeline.runtime.speed.timing import ClockTimer, CudaEventTimer  # noqa: E402
@@ -65,12 +65,12 @@ def load(args: argparse.Namespace, device: str) -> tuple[Any, Any, str]:
 
 
 def _apply(model: Any, method: str, device: str, tokenizer: Any) -> tuple[Any, str, bool]:
-    from pipeline.methods import BuildContext, get_method
+    from pipeline.build.artifact import apply_steps
+    from pipeline.methods import BuildContext, make_method
 
-    m = get_method(method)
-    params = m.parse({})
-    model = m.apply(model, params, BuildContext(tokenizer=tokenizer, device=device)) or model
-    return model, m.kernel(params, device), m.dense_fallback(params, device)
+    m = make_method(method)
+    model = apply_steps(model, [m], BuildContext(tokenizer=tokenizer, device=device))
+    return model, m.kernel(device, model), m.dense_fallback(device)
 
 
 def harness_vs_generate(model: Any, tokenizer: Any, device: str, prompt: int, new_tokens: int, pairs: int) -> dict[str, Any]:
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--refresh-host", action="store_true", help="re-probe bandwidth/matmul peaks (the cache keeps the best)")
     args = ap.parse_args(argv)
 
-    device = resolve_device(args.device)
+    device = pick_device(args.device)
     threads = args.threads or default_threads()
     torch.set_num_threads(threads)
     base, tokenizer, label = load(args, device)
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             try:
                 res = measure_decode(
-                    model, tokenizer, spec, weight_bytes_per_token=StorageSummary(model).bytes_read_per_token, device=device,
+                    model, tokenizer, spec, weight_bytes_per_token=storage_bytes(model).bytes_read_per_token, device=device,
                     kernel=kernel, dense_fallback=fallback, model_name=label, method=method,
                 )
             except Exception as exc:  # noqa: BLE001 - e.g. a quantized tensor subclass that inductor cannot freeze

@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.env import DEFAULT_TRACKING_URI, quiet_libraries
+from pipeline.env import DEFAULT_TRACKING_URI, absolute_env_paths, quiet_libraries
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Is this quantized or pruned model really better than a smaller published model?")
 # Logs and CI pipes have no terminal width; 160 columns keeps table rows on one line there.
@@ -27,7 +27,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from pipeline.env import DeviceUnavailable
     from pipeline.models import ModelError
     from pipeline.config.recipe import RecipeError
-    from pipeline.tracking.store import TrackingError
+    from pipeline.tracking import TrackingError
 
     return (RecipeError, ModelError, MMLUDataError, TrackingError, MethodError, DeviceUnavailable)
 
@@ -131,7 +131,7 @@ def _fmt(v: float | None, spec: str) -> str:
 
 def _print_outcome(outcome) -> None:
     from pipeline import metrics as M
-    from pipeline.tracking.store import run_metrics
+    from pipeline.tracking import run_metrics
 
     t = Table(title=f"{outcome.experiment}  (parent run {outcome.parent_run_id}, {outcome.seconds:.0f} s)")
     for col in ("model", "variant", "status", "MMLU ± stderr", "n", "decode tok/s", "MBU", "weight MB", "bits/w", "sparsity"):
@@ -173,7 +173,7 @@ def ui(
     """Start the MLflow UI over the store (one worker, loopback by default); Ctrl-C or SIGTERM stops it."""
     import signal
 
-    from pipeline.tracking.store import artifact_root_for
+    from pipeline.tracking import artifact_root_for
 
     venv_mlflow = Path(sys.executable).with_name("mlflow")
     exe = str(venv_mlflow) if venv_mlflow.is_file() else (shutil.which("mlflow") or "mlflow")
@@ -253,13 +253,11 @@ def gate(
     tracking_uri: str = typer.Option(DEFAULT_TRACKING_URI, "--tracking-uri"),
 ) -> None:
     """Pass/fail every variant against a policy (exit 0 pass, 1 fail, 2 error); fails closed."""
-    from pipeline.verdict.gate import gate_exit_code, run_gate
+    from pipeline.verdict import run_gate
 
-    try:
-        result = run_gate(policy, tracking_uri=tracking_uri, run_id=run_id, experiment=experiment, out_dir=out, console=console)
-    except _user_errors() as exc:
-        _fail(str(exc))
-    raise typer.Exit(gate_exit_code(result))
+    # run_gate never raises: every error is exit 2 with one line, in the report and on the console
+    result = run_gate(policy, tracking_uri=tracking_uri, run_id=run_id, experiment=experiment, out_dir=out, console=console)
+    raise typer.Exit(result.exit_code)
 
 
 @app.command()
@@ -270,7 +268,7 @@ def compare(
     tracking_uri: str = typer.Option(DEFAULT_TRACKING_URI, "--tracking-uri"),
 ) -> None:
     """Frontier table, Pareto plot and per-subject deltas for a sweep (Markdown, CSV, PNG)."""
-    from pipeline.verdict.report import run_compare
+    from pipeline.verdict import run_compare
 
     try:
         run_compare(tracking_uri=tracking_uri, run_id=run_id, experiment=experiment, out_dir=out, console=console)
@@ -279,6 +277,7 @@ def compare(
 
 
 def main() -> None:
+    absolute_env_paths()  # a child process started in another cwd reads the same files
     app()
 
 

@@ -51,6 +51,19 @@ def pick_device(requested: str = "auto") -> str:
     return requested
 
 
+def compute_threads(requested: int | None = None) -> int:
+    """Threads torch computes with: the recipe's `speed.threads`, else torch's default (all cores)."""
+    import torch
+
+    return requested or torch.get_num_threads()
+
+
+def gpu_name() -> str:
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+
+
 def hub_reachable(timeout_s: float = 3.0) -> bool:
     """Bounded probe: a DNS lookup alone can hang for tens of seconds offline, so it runs in a thread."""
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):

@@ -40,6 +40,7 @@ TAG_SPEED_KV_CACHE = "speed.kv_cache"
 TAG_SPEED_SCENARIO = "speed.scenario"
 TAG_SPEED_DEVICE = "speed.device"
 TAG_SPEED_SKIPPED = "speed.skipped"  # batches that did not fit, e.g. "64:oom"
+TAG_SPEED_WARNINGS = "speed.warnings"  # high variation, a loaded host, ... joined by " | "
 
 WEIGHT_BYTES = "weight_bytes"
 BITS_PER_WEIGHT = "bits_per_weight"
@@ -79,6 +80,15 @@ def subject_metric(subject: str) -> str:
 
 def batch_metric(name: str, batch_size: int) -> str:
     return name if batch_size == 1 else f"{name}_bs{batch_size}"
+
+
+def speed_axis_batch(name: str) -> int | None:
+    """Batch size of a decode-speed axis name (`decode_tok_s` -> 1, `decode_tok_s_bs4` -> 4), else None."""
+    if name == DECODE_TOK_S:
+        return 1
+    prefix = f"{DECODE_TOK_S}_bs"
+    tail = name.removeprefix(prefix)
+    return int(tail) if name.startswith(prefix) and tail.isdigit() and int(tail) >= 1 else None
 
 
 # Tags

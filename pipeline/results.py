@@ -1,9 +1,17 @@
-"""Typed results that cross module boundaries. Frozen dataclasses; no torch, no MLflow."""
+"""Typed results that cross module boundaries. Frozen dataclasses; no torch, no MLflow.
+
+Each result knows its own encoding as MLflow metrics and tags (names from `pipeline.metrics`), so the
+tracking side logs what it is handed without knowing how any result was measured.
+"""
 
 from __future__ import annotations
 
+import csv
+import io
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable
+
+from pipeline import metrics as M
 
 
 @dataclass(frozen=True)
@@ -51,6 +59,33 @@ class FidelityRecord:
     # an unpacked copy (compressed-tensors on CPU). bytes_read_per_token is computed from this form.
     runtime_weight_bytes: int | None = None
 
+    def metrics(self) -> dict[str, float]:
+        values = {
+            M.WEIGHT_BYTES: self.weight_bytes,
+            M.BITS_PER_WEIGHT: self.bits_per_weight,
+            M.SPARSITY: self.sparsity,
+            M.WEIGHT_REL_ERROR: self.weight_rel_error,
+            M.KL_VS_BASE: self.kl_vs_base,
+            M.TOP1_AGREE_VS_BASE: self.top1_agree_vs_base,
+            M.SERIALIZED_BYTES: self.serialized_bytes,
+            M.RUNTIME_WEIGHT_BYTES: self.runtime_weight_bytes,
+            M.BUILD_SECONDS: self.build_seconds,
+            M.BUILD_PEAK_MEM_MB: self.build_peak_mem_mb,
+        }
+        return {k: float(v) for k, v in values.items() if v is not None}
+
+    def tags(self) -> dict[str, str]:
+        # extra holds provenance notes (calibration.source/sha256/samples, heldout.sha256, nm_pattern).
+        tags = {k: str(v) for k, v in self.extra.items()}
+        tags.update({M.TAG_KERNEL: self.kernel, M.TAG_DENSE_FALLBACK: str(self.dense_fallback).lower()})
+        if self.serializable is not None:
+            tags[M.TAG_SERIALIZABLE] = str(self.serializable).lower()
+            if self.serializable_reason:
+                tags[M.TAG_SERIALIZABLE_REASON] = self.serializable_reason
+        if self.nm_pattern_ok is not None:
+            tags[M.TAG_NM_PATTERN_OK] = str(self.nm_pattern_ok).lower()
+        return tags
+
 
 @dataclass(frozen=True)
 class QuestionOutcome:
@@ -59,6 +94,27 @@ class QuestionOutcome:
     answer: int  # 0..3
     predicted: int  # argmax of the 4 choice log-likelihoods
     correct: bool
+
+
+_QUESTION_COLUMNS = ("subject", "index", "answer", "predicted", "correct")
+
+
+def questions_csv(questions: Iterable[QuestionOutcome]) -> str:
+    """Per-question outcomes as the `mmlu_questions.csv` artifact (read back by `parse_questions_csv`)."""
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(_QUESTION_COLUMNS)
+    for q in questions:
+        w.writerow([q.subject, q.index, q.answer, q.predicted, int(q.correct)])
+    return buf.getvalue()
+
+
+def parse_questions_csv(text: str) -> tuple[QuestionOutcome, ...]:
+    rows = csv.DictReader(io.StringIO(text))
+    return tuple(
+        QuestionOutcome(r["subject"], int(r["index"]), int(r["answer"]), int(r["predicted"]), r["correct"] == "1")
+        for r in rows
+    )
 
 
 @dataclass(frozen=True)
@@ -75,6 +131,11 @@ class AccuracyResult:
     @property
     def n_questions(self) -> int:
         return len(self.questions)
+
+    def metrics(self) -> dict[str, float]:
+        out = {M.MMLU_ACC: self.acc, M.MMLU_ACC_STDERR: self.acc_stderr, M.MMLU_N_QUESTIONS: float(self.n_questions)}
+        out.update({M.subject_metric(s): v for s, v in self.per_subject.items()})
+        return out
 
 
 @dataclass(frozen=True)
@@ -107,6 +168,28 @@ class SpeedPoint:
     context_tokens: float = 0.0  # KV length the byte count assumes (mean decode context; full length for a static cache)
     flops_per_token: float | None = None
     scenario: str = ""  # single-stream | server | offline | "" (batch sizes as listed)
+
+    def metric_values(self) -> dict[str, float | None]:
+        """Unsuffixed metric name -> value (None: not measured); `SpeedResult.metrics` adds the suffixes."""
+        return {
+            M.TTFT_MS: self.ttft_ms,
+            M.TPOT_MS: self.tpot_ms,
+            M.DECODE_TOK_S: self.decode_tok_s,
+            M.PREFILL_TOK_S: self.prefill_tok_s,
+            M.PEAK_MEM_MB: self.peak_mem_mb,
+            M.WALL_TOK_S: self.wall_tok_s,
+            M.MBU: self.mbu,
+            M.TTFT_P90_MS: self.ttft_p90_ms,
+            M.TPOT_P90_MS: self.tpot_p90_ms,
+            M.ITL_P50_MS: self.itl_p50_ms,
+            M.ITL_P90_MS: self.itl_p90_ms,
+            M.ITL_P99_MS: self.itl_p99_ms,
+            M.E2E_MS: self.e2e_ms,
+            M.MFU: self.mfu,
+            M.SPEED_CV: self.cv,
+            M.BYTES_PER_TOKEN: self.bytes_per_token,
+            M.BYTES_PER_STEP: self.bytes_per_step,
+        }
 
 
 @dataclass(frozen=True)
@@ -143,9 +226,45 @@ class SpeedResult:
         """How a report must name these numbers: dense-fallback speed is not compressed-kernel speed."""
         return "dense-fallback speed" if self.dense_fallback else "kernel speed"
 
+    def metrics(self) -> dict[str, float]:
+        """Per-point metrics: `name` at batch 1, `name_bs<N>` otherwise (`metrics.batch_metric`); points at
+        other prompt lengths than the first measured one get a `_p<len>` suffix. Plus host-level figures."""
+        out: dict[str, float] = {}
+        primary = self.points[0].prompt_tokens if self.points else None
+        for p in self.points:
+            suffix = "" if p.prompt_tokens == primary else f"_p{p.prompt_tokens}"
+            for name, value in p.metric_values().items():
+                if value is not None:
+                    out[M.batch_metric(name, p.batch_size) + suffix] = float(value)
+        out[M.BANDWIDTH_GB_S] = self.bandwidth_gb_s
+        out[M.SPEED_THREADS] = float(self.threads)
+        if self.matmul_tflops is not None:
+            out[M.HOST_MATMUL_TFLOPS] = self.matmul_tflops
+        if self.load_avg is not None:
+            out[M.HOST_LOAD_AVG] = self.load_avg
+        if self.compute_bound_batch is not None:
+            out[M.COMPUTE_BOUND_BATCH] = float(self.compute_bound_batch)
+        if self.points:
+            out[M.KV_BYTES_PER_TOKEN] = float(self.points[0].kv_bytes_per_token)
+        return out
 
-@dataclass(frozen=True)
-class Measurements:
-    fidelity: FidelityRecord
-    accuracy: AccuracyResult | None
-    speed: SpeedResult | None
+    def tags(self) -> dict[str, str]:
+        """How the numbers were taken: timer, compile, KV cache, device, kernel, skipped batches, warnings."""
+        tags = {
+            M.TAG_SPEED_TIMER: self.timer,
+            M.TAG_SPEED_COMPILED: str(self.compiled).lower(),
+            M.TAG_SPEED_KV_CACHE: self.kv_cache,
+            M.TAG_SPEED_DEVICE: self.device,
+            M.TAG_DENSE_FALLBACK: str(self.dense_fallback).lower(),
+        }
+        if self.kernel:
+            tags[M.TAG_KERNEL] = self.kernel
+        if self.compile_mode:
+            tags[M.TAG_SPEED_COMPILE_MODE] = self.compile_mode
+        if self.scenario:
+            tags[M.TAG_SPEED_SCENARIO] = self.scenario
+        if self.skipped:
+            tags[M.TAG_SPEED_SKIPPED] = ",".join(f"{s['batch_size']}@{s['prompt_tokens']}" for s in self.skipped)
+        if self.warnings:
+            tags[M.TAG_SPEED_WARNINGS] = " | ".join(self.warnings)
+        return tags

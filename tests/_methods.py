@@ -6,8 +6,7 @@ import os
 import time
 from pathlib import Path
 
-from pipeline.methods import Method, register
-from pipeline.methods.base import registry
+from pipeline.methods import Method, register, registry
 
 
 def _once(cls):
@@ -19,7 +18,7 @@ class AlwaysRaises(Method):
     name = "test-raises"
     library = "tests"
 
-    def apply(self, model, params, ctx):
+    def apply(self, model, ctx):
         raise RuntimeError("deliberate failure for the test")
 
 
@@ -30,7 +29,7 @@ class OutOfMemory(Method):
     name = "test-oom"
     library = "tests"
 
-    def apply(self, model, params, ctx):
+    def apply(self, model, ctx):
         import torch
 
         ballast = torch.ones(1 << 20)  # something to free when the child fails
@@ -45,7 +44,7 @@ class SleepWhileFlag(Method):
     name = "test-sleep"
     library = "tests"
 
-    def apply(self, model, params, ctx):
+    def apply(self, model, ctx):
         started = os.environ.get("SHRINKGATE_TEST_STARTED")
         if started:
             Path(started).write_text("started")

@@ -5,10 +5,14 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.env import MMLU_DIR_ENV, absolute_env_paths
+
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("SHRINKGATE_MMLU_DIR", str(REPO.parent / "shared" / "data" / "mmlu"))
+# MMLU comes from the copy shipped in the package unless $SHRINKGATE_MMLU_DIR overrides it; like the CLI,
+# make such a path absolute now so subprocesses the tests start in another cwd read the same files.
+absolute_env_paths()
 
 
 def pytest_collection_modifyitems(config, items):
@@ -27,11 +31,25 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
-def mmlu_dir() -> Path:
-    path = Path(os.environ["SHRINKGATE_MMLU_DIR"])
-    missing = [f"{split}.jsonl" for split in ("test", "dev", "validation") if not (path / f"{split}.jsonl").is_file()]
-    if missing:
-        pytest.fail(f"MMLU data not found at {path} ({', '.join(missing)} missing); set SHRINKGATE_MMLU_DIR")
+def mmlu_dir(tmp_path_factory) -> Path:
+    """The MMLU data the pipeline reads with nothing configured, as plain `<split>.jsonl` files: the shipped
+    copy (sums verified) decompressed to a session temp dir, or `$SHRINKGATE_MMLU_DIR` when that is set."""
+    from pipeline.data.mmlu import SHIPPED_DIR, SPLITS, read_split, verify_shipped
+
+    override = os.environ.get(MMLU_DIR_ENV)
+    if override:
+        path = Path(override)
+        missing = [f"{split}.jsonl" for split in SPLITS if not (path / f"{split}.jsonl").is_file()]
+        if missing:
+            pytest.fail(f"MMLU data not found at {path} ({', '.join(missing)} missing); fix or unset {MMLU_DIR_ENV}")
+        return path
+    verify_shipped()
+    path = tmp_path_factory.mktemp("mmlu")
+    for split in SPLITS:
+        gz = SHIPPED_DIR / f"{split}.jsonl.gz"
+        if not gz.is_file():
+            pytest.fail(f"shipped MMLU data missing: {gz}; reinstall the package (bash scripts/install.sh)")
+        (path / f"{split}.jsonl").write_bytes(read_split(gz))
     return path
 
 

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from pipeline.build.fidelity import dense_weight, module_tensors, storage_bytes, tensor_storage_bytes
+from pipeline.build.storage import dense_weight, module_tensors, storage_bytes, tensor_storage_bytes
 
 OUT, IN = 64, 128  # one Linear(128 -> 64): 8192 weights
 
@@ -51,7 +51,7 @@ def test_torchao_int4_cpu_counts_packed_nibbles_and_scale_zero():
     w0 = m.proj.weight.detach().clone()
     quantize_(m, PrototypeInt4WeightOnlyConfig(group_size=32))
     assert _bytes(m) == OUT * IN // 2 + (IN // 32) * OUT * 2 * 4  # 2 nibbles/byte + fp32 (scale, zero) per group
-    assert _rel_err(m, w0) < 0.15  # no dequantize op on Int4OpaqueTensor: recovered by an identity probe
+    assert _rel_err(m, w0) < 0.15  # no dequantize op on Int4OpaqueTensor: unpacked by torchao's weight handler
 
 
 def test_quanto_qint8_and_qint4_count_inner_tensors():
@@ -134,7 +134,7 @@ def tiny_model(tmp_path_factory):
 def test_base_reference_is_disk_backed_and_none_scores_exactly_zero(tiny_model):
     from transformers import AutoModelForCausalLM
 
-    from pipeline.build.fidelity import compute_base_reference, distance_to_base
+    from pipeline.build.reference import compute_base_reference, distance_to_base
 
     path, model, tok = tiny_model
     ref = compute_base_reference(model, tok, model_name="tiny")

@@ -2,106 +2,29 @@
 
 from __future__ import annotations
 
-import random
-import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 import yaml
+from _stores import Child, base_questions, changed, fresh_store, write_sweep
+from typer.testing import CliRunner
 
 from pipeline import metrics as M
-from pipeline.verdict.gate import GateResult, gate_exit_code, run_gate
 from pipeline.config.policy import load_policy
 from pipeline.config.recipe import RecipeError
-from pipeline.results import QuestionOutcome
+from pipeline.verdict import GateResult, run_gate
 
 N_QUESTIONS = 1000
 SUBJECTS = ("abstract_algebra", "anatomy")
 
 
-def base_questions(n: int = N_QUESTIONS, acc: float = 0.6, seed: int = 0) -> list[QuestionOutcome]:
-    rng = random.Random(seed)
-    out = []
-    for i in range(n):
-        right = rng.random() < acc
-        out.append(QuestionOutcome(SUBJECTS[i % 2], i // 2, 0, 0 if right else 1 + i % 3, right))
-    return out
+def child(model, variant, questions, *, role="candidate", status="FINISHED", log_questions=True, error=None, **metrics) -> Child:
+    return Child(model, variant, questions, role=role, status=status, metrics=metrics, log_questions=log_questions, error=error)
 
 
-def changed(base: list[QuestionOutcome], losses: int, gains: int) -> list[QuestionOutcome]:
-    """A variant that gets `losses` of base's right answers wrong and `gains` of its wrong ones right."""
-    out, lost, won = [], 0, 0
-    for q in base:
-        if q.correct and lost < losses:
-            out.append(QuestionOutcome(q.subject, q.index, q.answer, 3, False))
-            lost += 1
-        elif not q.correct and won < gains:
-            out.append(QuestionOutcome(q.subject, q.index, q.answer, q.answer, True))
-            won += 1
-        else:
-            out.append(q)
-    return out
-
-
-def acc_metrics(questions: list[QuestionOutcome]) -> dict[str, float]:
-    n = len(questions)
-    acc = sum(q.correct for q in questions) / n
-    out = {M.MMLU_ACC: acc, M.MMLU_ACC_STDERR: (acc * (1 - acc) / n) ** 0.5, M.MMLU_N_QUESTIONS: float(n)}
-    for s in SUBJECTS:
-        qs = [q for q in questions if q.subject == s]
-        out[M.subject_metric(s)] = sum(q.correct for q in qs) / len(qs)
-    return out
-
-
-def child(model, variant, questions, *, role="candidate", method=None, status="FINISHED", log_questions=True, error=None, **metrics):
-    return dict(
-        model=model, variant=variant, role=role, method=method or ("none" if variant == "none" else variant),
-        status=status, questions=questions, log_questions=log_questions, error=error, metrics=metrics,
-    )
-
-
-def write_sweep(uri: str, experiment: str, children: list[dict]) -> tuple[str, dict[str, str]]:
-    """Parent + children as the sweep logs them; returns (parent id, {label: child id})."""
-    from pipeline.tracking.store import Tracker, questions_csv
-
-    tr = Tracker(uri, experiment)
-    parent = tr.start_parent(experiment, {"recipe.name": experiment}, {"host": "test-host"})
-    tr.log_text(parent, f"name: {experiment}\nmodels: []\n", M.ART_RECIPE)
-    ids = {}
-    for c in children:
-        label = f"{c['model']}/{c['variant']}"
-        tags = {M.TAG_MODEL: c["model"], M.TAG_VARIANT: c["variant"], M.TAG_ROLE: c["role"], "method": c["method"], "provenance.source": f"hub:{c['model']}"}
-        if c["error"]:
-            tags[M.TAG_STATUS_ERROR] = c["error"]
-        run = tr.start_child(parent, label, {"variant.name": c["variant"]}, tags)
-        metrics = dict(c["metrics"])
-        if c["questions"] is not None:
-            metrics = {**acc_metrics(c["questions"]), **metrics}
-            if c["log_questions"]:
-                tr.log_text(run, questions_csv(c["questions"]), M.ART_QUESTIONS)
-        tr.log_metrics(run, metrics)
-        tr.end(run, c["status"])
-        ids[label] = run
-    tr.end(parent, "FINISHED")
-    return parent, ids
-
-
-BASE = base_questions()
+BASE = base_questions(N_QUESTIONS, SUBJECTS)
 SPEEDY = dict(decode_tok_s=90.0, wall_tok_s=120.0, weight_bytes=2e9, kl_vs_base=0.01)
-
-
-def fresh_store(tmp_path_factory, name: str) -> str:
-    """A migrated empty sqlite store: created once per session (migrations take seconds), then copied."""
-    template = tmp_path_factory.getbasetemp() / "mlflow-template" / "mlflow.db"
-    if not template.exists():
-        from pipeline.tracking.store import Tracker
-
-        template.parent.mkdir(parents=True, exist_ok=True)
-        Tracker(f"sqlite:///{template}", "template")
-    dest = tmp_path_factory.mktemp(name) / "mlflow.db"
-    shutil.copyfile(template, dest)
-    return f"sqlite:///{dest}"
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +79,7 @@ def junit(path: Path) -> dict[str, ET.Element]:
 
 
 def tags_of(uri: str, run_id: str) -> dict[str, str]:
-    from pipeline.tracking.store import load_sweep
+    from pipeline.tracking import load_sweep
 
     for exp in ("good", "mixed", "small"):
         for c in load_sweep(uri, experiment=exp, with_questions=False).children:
@@ -166,14 +89,14 @@ def tags_of(uri: str, run_id: str) -> dict[str, str]:
 
 
 def test_gate_passes_registers_and_tags(store, tmp_path):
-    from pipeline.tracking.store import alias_run_id, read_run_text
+    from pipeline.tracking import alias_run_id, read_run_text
 
     uri, sweeps = store
     parent, ids = sweeps["good"]
     out = tmp_path / "out"
     result = run_gate(policy(tmp_path), tracking_uri=uri, run_id=parent, out_dir=out)
     assert isinstance(result, GateResult)
-    assert result.exit_code == 0 and gate_exit_code(result) == 0, result.error
+    assert result.exit_code == 0 and result.passed, result.error
     [g] = result.variants
     assert g.label == "m/int8" and g.verdict == "pass" and g.mmlu.decision == "pass"
     assert alias_run_id(uri, "good.m.int8", "gate-passed") == ids["m/int8"]
@@ -191,7 +114,7 @@ def test_gate_passes_registers_and_tags(store, tmp_path):
 
 
 def test_gate_fails_closed(store, tmp_path):
-    from pipeline.tracking.store import alias_run_id
+    from pipeline.tracking import alias_run_id
 
     uri, sweeps = store
     parent, ids = sweeps["mixed"]
@@ -242,7 +165,7 @@ def test_gate_selected_variants_and_missing_one(store, tmp_path):
 
 
 def test_gate_undecided_is_not_a_pass(store, tmp_path):
-    from pipeline.tracking.store import alias_run_id
+    from pipeline.tracking import alias_run_id
 
     uri, sweeps = store
     parent, ids = sweeps["small"]
@@ -268,12 +191,32 @@ def test_gate_errors_exit_2(store, tmp_path):
     assert "not found" in run_gate(good, tracking_uri=uri, experiment="nope", out_dir=tmp_path).error
     assert "not a sweep parent" in run_gate(good, tracking_uri=uri, run_id=ids["m/int8"], out_dir=tmp_path).error
     assert "nothing to gate" in run_gate(good, tracking_uri=uri, experiment="baseonly", out_dir=tmp_path).error
-    assert gate_exit_code(tmp_path / "missing.yaml", tracking_uri=uri, run_id=parent, out_dir=tmp_path) == 2
-    assert gate_exit_code(good, tracking_uri=uri, run_id=parent, out_dir=tmp_path) == 0
     blocked = tmp_path / "a-file"
     blocked.write_text("not a directory")
     r = run_gate(policy(tmp_path, register_model=False), tracking_uri=uri, run_id=parent, out_dir=blocked)
     assert r.exit_code == 2 and "cannot write the report" in r.error and r.variants[0].verdict == "pass"
+
+
+def test_gate_command_exit_codes(store, tmp_path):
+    """The CLI's exit code is the gate's: 0 all pass, 1 any fail, 2 error (one line, report still written)."""
+    from pipeline.cli import app
+
+    uri, sweeps = store
+
+    def gate(policy_path: Path, sweep: str, out: str):
+        args = ["gate", "--policy", str(policy_path), "--run", sweeps[sweep][0], "--tracking-uri", uri, "--out", str(tmp_path / out)]
+        return CliRunner().invoke(app, args)
+
+    no_registry = policy(tmp_path, register_model=False)
+    passed = gate(no_registry, "good", "pass")
+    assert passed.exit_code == 0, passed.output
+    assert "exit 0" in passed.output and (tmp_path / "pass" / "gate_junit.xml").is_file()
+    failed = gate(no_registry, "mixed", "fail")
+    assert failed.exit_code == 1, failed.output
+    missing = gate(tmp_path / "missing.yaml", "good", "error")
+    assert missing.exit_code == 2, missing.output
+    assert "gate error:" in missing.output and "missing.yaml" in missing.output
+    assert junit(tmp_path / "error" / "gate_junit.xml")["gate"].find("error") is not None
 
 
 def test_policy_errors_are_one_line(tmp_path):

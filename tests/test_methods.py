@@ -339,7 +339,7 @@ def test_compressed_tensors_stores_packed_runs_dequantized(build):
 @pytest.mark.usefixtures("mmlu_dir")  # calibration and held-out text come from MMLU validation
 @pytest.mark.parametrize("name", ["magnitude-2of4", "wanda-2of4", "sparsegpt-2of4", "sparsegpt-2of4+gptq-4"])
 def test_2of4_pattern_holds_exactly(build, name):
-    from pipeline.build.fidelity import dense_weight
+    from pipeline.build.storage import dense_weight
     from pipeline.methods.targets import target_linears
 
     a = build(name)
@@ -354,7 +354,7 @@ def test_2of4_pattern_holds_exactly(build, name):
 @pytest.mark.usefixtures("mmlu_dir")  # calibration and held-out text come from MMLU validation
 @pytest.mark.parametrize("name,amount", [("magnitude-30", 0.3), ("magnitude-50", 0.5), ("wanda-30", 0.3), ("sparsegpt-50", 0.5)])
 def test_sparsity_matches_amount_within_one_weight_per_layer(build, name, amount):
-    from pipeline.build.fidelity import dense_weight
+    from pipeline.build.storage import dense_weight
     from pipeline.methods.targets import target_linears
 
     a = build(name)
@@ -406,8 +406,9 @@ def calib_inputs(tiny):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from pipeline.data.calibration import load_calibration, tokenized_batches
-    from pipeline.build.fidelity import capture_layer_inputs
+    from _reconstruction import capture_layer_inputs
+    from pipeline.data.calibration import load_calibration
+    from pipeline.methods.batches import tokenized_batches
 
     resolved, _ = tiny
     tok = AutoTokenizer.from_pretrained(resolved.dense_dir)
@@ -418,7 +419,7 @@ def calib_inputs(tiny):
 
 @pytest.mark.usefixtures("mmlu_dir")  # calibration and held-out text come from MMLU validation
 def test_gptq_reconstructs_calibration_outputs_better_than_rtn(build, base, calib_inputs):
-    from pipeline.build.fidelity import reconstruction_error
+    from _reconstruction import reconstruction_error
 
     gptq = reconstruction_error(calib_inputs, base, build("gptq-4").model)
     rtn = reconstruction_error(calib_inputs, base, build("rtn-4").model)
@@ -428,7 +429,7 @@ def test_gptq_reconstructs_calibration_outputs_better_than_rtn(build, base, cali
 
 @pytest.mark.usefixtures("mmlu_dir")  # calibration and held-out text come from MMLU validation
 def test_sparsegpt_reconstructs_calibration_outputs_better_than_magnitude(build, base, calib_inputs):
-    from pipeline.build.fidelity import reconstruction_error
+    from _reconstruction import reconstruction_error
 
     sgpt = reconstruction_error(calib_inputs, base, build("sparsegpt-50").model)
     mag = reconstruction_error(calib_inputs, base, build("magnitude-50").model)
@@ -445,7 +446,8 @@ def test_upstream_plain_ignore_prunes_lm_head_which_is_why_we_add_a_regex(tiny):
     from llmcompressor.modifiers.pruning import SparseGPTModifier
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from pipeline.data.calibration import hf_dataset, load_calibration
+    from pipeline.data.calibration import load_calibration
+    from pipeline.methods.batches import hf_dataset
     from pipeline.methods.llmcompressor_methods import IGNORE
 
     resolved, _ = tiny

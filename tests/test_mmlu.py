@@ -1,7 +1,8 @@
-"""MMLU scoring (pipeline/accuracy.py + evals/mmlu/): fidelity to lm-eval's built-in `mmlu` prompts,
-known answers, per-subject limits, data errors, and one HFLM smoke run on the tiny Llama.
+"""MMLU scoring (pipeline/data/mmlu.py + pipeline/data/evals/mmlu/ + pipeline/runtime/mmlu.py): fidelity to
+lm-eval's built-in `mmlu` prompts, known answers, per-subject limits, data errors, and one HFLM smoke run
+on the tiny Llama.
 
-Needs the local MMLU JSONL dir ($SHRINKGATE_MMLU_DIR, default /work/shared/data/mmlu); no hub access.
+Reads the MMLU copy shipped in the package ($SHRINKGATE_MMLU_DIR overrides it); no hub access.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import gzip
 import importlib.util
 import json
 import math
@@ -22,22 +24,24 @@ from typing import Any
 
 import pytest
 
+import pipeline.data.mmlu as data_mmlu
+from pipeline.config.recipe import EvalSpec
 from pipeline.data.mmlu import (
     CATEGORIES,
     EVALS_DIR,
     GROUP,
+    SHIPPED_DIR,
     SUBJECTS,
     TASK_PREFIX,
     MMLUDataError,
     materialize_tasks,
     resolve_data,
-    score_mmlu,
 )
-from pipeline.config.recipe import EvalSpec
 from pipeline.env import MMLU_DIR_ENV
+from pipeline.runtime.mmlu import score_mmlu
 
-MMLU_DIR = Path(os.environ.get(MMLU_DIR_ENV) or "/work/shared/data/mmlu")
-needs_mmlu = pytest.mark.skipif(not (MMLU_DIR / "test.jsonl").is_file(), reason=f"no MMLU JSONL at {MMLU_DIR}")
+# What the pipeline reads with eval.data_dir unset: the override, else the shipped copy (.jsonl.gz).
+MMLU_DIR = Path(os.environ.get(MMLU_DIR_ENV) or SHIPPED_DIR)
 BUILTIN_DIR = Path(importlib.util.find_spec("lm_eval").origin).parent / "tasks" / "mmlu" / "default"  # type: ignore[arg-type]
 
 # Fidelity subjects: college_mathematics (a dev row with special characters), nutrition (questions with
@@ -52,10 +56,16 @@ CONST_LIMIT = 10
 # ----------------------------------------------------------------------------------------- helpers
 
 
+def _split_file(split: str) -> Path:
+    plain = MMLU_DIR / f"{split}.jsonl"
+    return plain if plain.is_file() else MMLU_DIR / f"{split}.jsonl.gz"
+
+
 def _rows(split: str) -> dict[str, list[dict[str, Any]]]:
     """Rows of one split per subject, in file order (independent of the code under test)."""
     out: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    with (MMLU_DIR / f"{split}.jsonl").open(encoding="utf-8") as fh:
+    path = _split_file(split)
+    with (gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else path.open(encoding="utf-8")) as fh:
         for line in fh:
             row = json.loads(line)
             out[row["subject"]].append(row)
@@ -110,7 +120,7 @@ def _builtin_task(subject: str) -> Any:
     cfg.update(
         dataset_path="json",
         dataset_name=None,
-        dataset_kwargs={"data_files": {s: str(MMLU_DIR / f"{s}.jsonl") for s in ("test", "dev")}},
+        dataset_kwargs={"data_files": {s: str(_split_file(s)) for s in ("test", "dev")}},
         process_docs=lambda ds: ds.filter(lambda d: d["subject"] == subject),
     )
     return ConfigurableTask(config=cfg)
@@ -144,8 +154,7 @@ def _run(kind: str, num_fewshot: int) -> Any:
             subjects=list(FIDELITY_SUBJECTS if oracle else CONST_SUBJECTS),
             limit_per_subject=FIDELITY_LIMIT if oracle else CONST_LIMIT,
             num_fewshot=num_fewshot,  # type: ignore[arg-type]
-            data_dir=str(MMLU_DIR),
-        )
+        )  # eval.data_dir unset: the default source (the shipped copy unless overridden)
         _RUNS[key] = (lm, score_mmlu(lm, spec))
     return _RUNS[key]
 
@@ -164,7 +173,9 @@ def _load_generator() -> Any:
 def test_committed_configs_match_generator() -> None:
     rendered = _load_generator().render()
     on_disk = {p.name for p in EVALS_DIR.iterdir() if p.is_file() and p.name != "_generate.py"}
-    assert on_disk == set(rendered), "evals/mmlu/ is out of date: run .venv/bin/python evals/mmlu/_generate.py"
+    assert on_disk == set(rendered), (
+        "pipeline/data/evals/mmlu/ is out of date: run .venv/bin/python pipeline/data/evals/mmlu/_generate.py"
+    )
     for name, text in rendered.items():
         assert (EVALS_DIR / name).read_text(encoding="utf-8") == text, f"{name} differs from _generate.py output"
 
@@ -192,11 +203,17 @@ def test_configs_mirror_lm_eval_builtin_mmlu() -> None:
         assert builtin_group["aggregate_metric_list"] == our_group["aggregate_metric_list"]
 
 
+def _no_local_data(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Neither an override nor the shipped copy: the hub is the last source left."""
+    monkeypatch.delenv(MMLU_DIR_ENV, raising=False)
+    monkeypatch.setattr(data_mmlu, "SHIPPED_DIR", tmp_path / "not-installed")
+
+
 def test_hub_materialization_indexes_all_subjects(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import yaml
     from lm_eval.tasks import TaskManager
 
-    monkeypatch.delenv(MMLU_DIR_ENV, raising=False)
+    _no_local_data(monkeypatch, tmp_path)
     data = resolve_data(EvalSpec())
     assert data.source == "hub" and data.subjects == SUBJECTS
     materialize_tasks(data, tmp_path)
@@ -207,7 +224,6 @@ def test_hub_materialization_indexes_all_subjects(tmp_path: Path, monkeypatch: p
     assert set(manager.all_groups) == {GROUP} | {f"{TASK_PREFIX}{c}" for c in set(CATEGORIES.values())}
 
 
-@needs_mmlu
 def test_local_materialization_keeps_only_selected_subjects(tmp_path: Path) -> None:
     import yaml
 
@@ -217,7 +233,7 @@ def test_local_materialization_keeps_only_selected_subjects(tmp_path: Path) -> N
     materialize_tasks(data, tmp_path)
     template = yaml.safe_load((tmp_path / "_default_template_yaml").read_text())
     assert template["dataset_path"] == "json" and "dataset_name" not in template
-    assert template["dataset_kwargs"]["data_files"]["test"] == str(MMLU_DIR.resolve() / "test.jsonl")
+    assert template["dataset_kwargs"]["data_files"]["test"] == str(_split_file("test").resolve())
     group = yaml.safe_load((tmp_path / f"_{GROUP}.yaml").read_text())
     assert group["task"] == [f"{TASK_PREFIX}stem", f"{TASK_PREFIX}other"]
     assert sorted(p.name for p in tmp_path.glob(f"{TASK_PREFIX}*.yaml")) == [
@@ -229,7 +245,6 @@ def test_local_materialization_keeps_only_selected_subjects(tmp_path: Path) -> N
 # ------------------------------------------------------------------------------------- fidelity
 
 
-@needs_mmlu
 @pytest.mark.parametrize("num_fewshot", [0, 5])
 def test_prompts_byte_identical_to_lm_eval_builtin(num_fewshot: int) -> None:
     ours, _ = _run("oracle", num_fewshot)
@@ -258,7 +273,6 @@ def test_prompts_byte_identical_to_lm_eval_builtin(num_fewshot: int) -> None:
 # --------------------------------------------------------------------------------- known answers
 
 
-@needs_mmlu
 def test_oracle_scores_exactly_one() -> None:
     _, result = _run("oracle", 5)
     assert result.acc == 1.0
@@ -268,7 +282,6 @@ def test_oracle_scores_exactly_one() -> None:
     assert result.acc_stderr == 0.0 and result.num_fewshot == 5
 
 
-@needs_mmlu
 def test_constant_a_scores_share_of_answer_a() -> None:
     _, result = _run("const", 0)
     test_rows = _rows("test")
@@ -291,7 +304,6 @@ def test_constant_a_scores_share_of_answer_a() -> None:
         assert (q.answer, q.predicted, q.correct) == (row["answer"], 0, row["answer"] == 0)
 
 
-@needs_mmlu
 def test_limit_scores_first_n_rows_of_each_subject() -> None:
     lm, result = _run("const", 0)
     assert result.n_questions == CONST_LIMIT * len(CONST_SUBJECTS)
@@ -406,12 +418,12 @@ def test_score_fails_fast_before_the_model_runs(good_dir: Path) -> None:
         score_mmlu(lm, EvalSpec(subjects=["anatomy"], data_dir=str(good_dir)))
 
 
-def test_unreachable_hub_is_a_data_error(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unreachable_hub_is_a_data_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import datasets
 
     if not datasets.config.HF_HUB_OFFLINE:
         pytest.skip("needs HF_DATASETS_OFFLINE=1 / HF_HUB_OFFLINE=1 (hub must not be contacted)")
-    monkeypatch.delenv(MMLU_DIR_ENV, raising=False)
+    _no_local_data(monkeypatch, tmp_path)
     lm = _scripted_lm(lambda doc: pytest.fail("the model must not be called"))  # type: ignore[arg-type,return-value]
     with pytest.raises(MMLUDataError, match=r"hub dataset cais/mmlu: cannot be loaded .*set eval\.data_dir"):
         score_mmlu(lm, EvalSpec(subjects=["anatomy"], limit_per_subject=1, num_fewshot=0))
@@ -420,7 +432,6 @@ def test_unreachable_hub_is_a_data_error(monkeypatch: pytest.MonkeyPatch) -> Non
 # ------------------------------------------------------------------------------------- HFLM smoke
 
 
-@needs_mmlu
 def test_hflm_smoke_on_tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> None:
     from lm_eval.models.huggingface import HFLM
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -4,54 +4,19 @@
 from __future__ import annotations
 
 import csv
-import random
-import shutil
 from pathlib import Path
 
 import pytest
+from _stores import Child, acc_metrics, base_questions, changed, fresh_store, write_sweep
+from typer.testing import CliRunner
 
 from pipeline import metrics as M
 from pipeline.records import SweepRecord, VariantRecord
-from pipeline.verdict.report import analyze, compare_exit_code, rows, run_compare, subject_deltas
-from pipeline.results import QuestionOutcome
+from pipeline.verdict import analyze, run_compare
+from pipeline.verdict.analysis import rows, subject_deltas
 
 SUBJECTS = ("abstract_algebra", "anatomy", "astronomy")
 PNG = b"\x89PNG\r\n\x1a\n"
-
-
-def base_questions(n=600, acc=0.6, seed=0):
-    rng = random.Random(seed)
-    out = []
-    for i in range(n):
-        right = rng.random() < acc
-        out.append(QuestionOutcome(SUBJECTS[i % 3], i // 3, 0, 0 if right else 1 + i % 3, right))
-    return out
-
-
-def changed(base, losses, gains, subject=None):
-    out, lost, won = [], 0, 0
-    for q in base:
-        if subject is not None and q.subject != subject:
-            out.append(q)
-        elif q.correct and lost < losses:
-            out.append(QuestionOutcome(q.subject, q.index, q.answer, 3, False))
-            lost += 1
-        elif not q.correct and won < gains:
-            out.append(QuestionOutcome(q.subject, q.index, q.answer, q.answer, True))
-            won += 1
-        else:
-            out.append(q)
-    return out
-
-
-def acc_metrics(questions):
-    n = len(questions)
-    acc = sum(q.correct for q in questions) / n
-    out = {M.MMLU_ACC: acc, M.MMLU_ACC_STDERR: (acc * (1 - acc) / n) ** 0.5, M.MMLU_N_QUESTIONS: float(n)}
-    for s in SUBJECTS:
-        qs = [q for q in questions if q.subject == s]
-        out[M.subject_metric(s)] = sum(q.correct for q in qs) / len(qs)
-    return out
 
 
 def speed(tok_s, wall, bytes_):
@@ -61,55 +26,21 @@ def speed(tok_s, wall, bytes_):
     }
 
 
-BASE = base_questions()
+BASE = base_questions(600, SUBJECTS)
 SPEC = [
-    # (model, variant, role, status, questions, extra metrics)
-    ("m", "none", "candidate", "FINISHED", BASE, speed(20.0, 25.0, 8e9)),
-    ("m", "int8", "candidate", "FINISHED", changed(BASE, 4, 2), {**speed(38.0, 50.0, 4e9), M.KL_VS_BASE: 0.01}),
-    ("m", "int4", "candidate", "FINISHED", changed(BASE, 40, 0, subject="anatomy"), {**speed(60.0, 95.0, 2.2e9), M.KL_VS_BASE: 0.2}),
-    ("m", "nf4", "candidate", "FAILED", None, {}),
-    ("ref", "none", "reference", "FINISHED", changed(BASE, 120, 10), speed(90.0, 110.0, 1.5e9)),
-    ("tiny", "none", "reference", "FINISHED", changed(BASE, 200, 30), speed(300.0, 400.0, 3e8)),
+    Child("m", "none", BASE, metrics=speed(20.0, 25.0, 8e9)),
+    Child("m", "int8", changed(BASE, 4, 2), metrics={**speed(38.0, 50.0, 4e9), M.KL_VS_BASE: 0.01}),
+    Child("m", "int4", changed(BASE, 40, 0, subject="anatomy"), metrics={**speed(60.0, 95.0, 2.2e9), M.KL_VS_BASE: 0.2}),
+    Child("m", "nf4", None, status="FAILED"),
+    Child("ref", "none", changed(BASE, 120, 10), role="reference", metrics=speed(90.0, 110.0, 1.5e9)),
+    Child("tiny", "none", changed(BASE, 200, 30), role="reference", metrics=speed(300.0, 400.0, 3e8)),
 ]
 
 
-def record(model, variant, role, status, questions, extra) -> VariantRecord:
-    metrics = {**(acc_metrics(questions) if questions else {}), **extra}
-    tags = {"method": "none" if variant == "none" else variant}
-    return VariantRecord(f"id-{model}-{variant}", model, variant, role, status, metrics, tags, {}, tuple(questions) if questions else None)
-
-
-def fresh_store(tmp_path_factory, name: str) -> str:
-    """A migrated empty sqlite store: created once per session (migrations take seconds), then copied."""
-    template = tmp_path_factory.getbasetemp() / "mlflow-template" / "mlflow.db"
-    if not template.exists():
-        from pipeline.tracking.store import Tracker
-
-        template.parent.mkdir(parents=True, exist_ok=True)
-        Tracker(f"sqlite:///{template}", "template")
-    dest = tmp_path_factory.mktemp(name) / "mlflow.db"
-    shutil.copyfile(template, dest)
-    return f"sqlite:///{dest}"
-
-
-def write_sweep(uri, experiment, spec, *, end_parent=True, drop=()):
-    from pipeline.tracking.store import Tracker, questions_csv
-
-    tr = Tracker(uri, experiment)
-    parent = tr.start_parent(experiment, {}, {"host": "test-host"})
-    ids = {}
-    for model, variant, role, status, questions, extra in spec:
-        run = tr.start_child(parent, f"{model}/{variant}", {}, {M.TAG_MODEL: model, M.TAG_VARIANT: variant, M.TAG_ROLE: role, "method": "none" if variant == "none" else variant})
-        metrics = {k: v for k, v in {**(acc_metrics(questions) if questions else {}), **extra}.items() if not any(k.startswith(d) for d in drop)}
-        if metrics:
-            tr.log_metrics(run, metrics)
-        if questions:
-            tr.log_text(run, questions_csv(questions), M.ART_QUESTIONS)
-        tr.end(run, status)
-        ids[f"{model}/{variant}"] = run
-    if end_parent:
-        tr.end(parent, "FINISHED")
-    return parent, ids
+def record(c: Child) -> VariantRecord:
+    metrics = {**(acc_metrics(c.questions) if c.questions else {}), **c.metrics}
+    qs = tuple(c.questions) if c.questions else None
+    return VariantRecord(f"id-{c.model}-{c.variant}", c.model, c.variant, c.role, c.status, metrics, {"method": c.method}, {}, qs)
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +50,7 @@ def store(tmp_path_factory):
         "full": write_sweep(uri, "full", SPEC),
         # speed disabled (no decode/wall/mbu metrics), parent still RUNNING as when the sweep calls the report
         "nospeed": write_sweep(uri, "nospeed", SPEC, end_parent=False, drop=("decode_tok_s", "wall_tok_s", M.MBU)),
-        "bare": write_sweep(uri, "bare", [s[:4] + (None, {}) for s in SPEC], end_parent=False),
+        "bare": write_sweep(uri, "bare", [Child(c.model, c.variant, None, role=c.role, status=c.status) for c in SPEC], end_parent=False),
     }
 
 
@@ -129,7 +60,7 @@ def check_png(path: Path) -> None:
 
 
 def test_analysis_pairs_against_base_and_references():
-    recs = tuple(record(*s) for s in SPEC)
+    recs = tuple(record(c) for c in SPEC)
     a = analyze(SweepRecord("parent", "exp", recs), seed=1)
     st = a.stats["id-m-int8"]
     assert st.base.label == "m/none"
@@ -177,13 +108,23 @@ def test_run_compare_writes_table_csv_markdown_plots(store, tmp_path):
     text = console.export_text()
     assert "m/int8" in text and "frontier" in text
     assert [r["label"] for r in result.rows][:2] == ["m/none", "m/int4"]  # base first, references last
-    assert compare_exit_code(tracking_uri=uri, run_id=sweeps["bare"][0], out_dir=tmp_path / "again", console=console) == 0
-    assert compare_exit_code(tracking_uri=uri, experiment="nope", out_dir=tmp_path / "x", console=console) == 2
+
+
+def test_compare_command_exit_codes(store, tmp_path):
+    from pipeline.cli import app
+
+    uri, sweeps = store
+    ok = CliRunner().invoke(app, ["compare", "--run", sweeps["bare"][0], "--tracking-uri", uri, "--out", str(tmp_path / "again")])
+    assert ok.exit_code == 0, ok.output
+    assert (tmp_path / "again" / "compare.md").is_file() and "wrote " in ok.output
+    missing = CliRunner().invoke(app, ["compare", "--experiment", "nope", "--tracking-uri", uri, "--out", str(tmp_path / "x")])
+    assert missing.exit_code == 2, missing.output
+    assert "error:" in missing.output and "experiment 'nope' not found" in missing.output
 
 
 def test_log_sweep_report_tolerates_missing_speed(store):
-    from pipeline.verdict.report import log_sweep_report
-    from pipeline.tracking.store import load_sweep, read_run_text
+    from pipeline.tracking import load_sweep, read_run_text
+    from pipeline.verdict import log_sweep_report
 
     uri, sweeps = store
     parent, ids = sweeps["nospeed"]
@@ -202,7 +143,7 @@ def test_log_sweep_report_tolerates_missing_speed(store):
 
 
 def test_log_sweep_report_with_no_metrics_at_all(store):
-    from pipeline.verdict.report import log_sweep_report
+    from pipeline.verdict import log_sweep_report
 
     uri, sweeps = store
     parent, _ = sweeps["bare"]

@@ -19,7 +19,7 @@ def tiny(tiny_model_dir):
 def test_last_positions_scoring_equals_full_logits(tiny):
     from lm_eval.models.huggingface import HFLM
 
-    from pipeline.data.mmlu import score_mmlu
+    from pipeline.runtime.mmlu import score_mmlu
     from pipeline.runtime.transformers import _hflm_class
 
     model, tok = tiny

@@ -38,9 +38,9 @@ def tiny(tmp_path_factory):
 
 
 def _weight_bytes(model) -> int:
-    from pipeline.build.fidelity import StorageSummary
+    from pipeline.build.storage import storage_bytes
 
-    return StorageSummary(model).bytes_read_per_token
+    return storage_bytes(model).bytes_read_per_token
 
 
 # ---------------------------------------------------------------------------------------------
@@ -443,3 +443,49 @@ def test_cuda_bandwidth_probe():
         pytest.skip("needs CUDA")
     bw = host.probe_bandwidth("cuda", 1, buffer_bytes=256 * 2**20, reps=3)
     assert bw["bandwidth_gb_s"] > 100
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU bandwidth probe: buffer sizing (nothing big is allocated: the allocators are faked)
+# ---------------------------------------------------------------------------------------------
+
+MiB, GiB = 2**20, 2**30
+
+
+def _planned_probe(monkeypatch, llc_bytes: int, available_bytes: int) -> tuple[list[int], dict]:
+    """Run the CPU probe with a faked LLC and available memory; return the bytes each buffer asked for."""
+    import psutil
+
+    asked: list[int] = []
+
+    def fake_alloc(n, *args, **kwargs):
+        asked.append(int(n) * 4)  # float32 elements
+        return torch.zeros(1024)  # the kernels still run, on something tiny
+
+    with monkeypatch.context() as m:  # undone on return, so one test can plan several hosts
+        m.setattr(host, "_last_level_cache_bytes", lambda: llc_bytes)
+        m.setattr(psutil, "virtual_memory", lambda: SimpleNamespace(available=available_bytes, total=available_bytes))
+        m.setattr(torch, "empty", fake_alloc)
+        m.setattr(torch, "rand", fake_alloc)
+        res = host.probe_bandwidth("cpu", 1, reps=1)
+    return asked, res
+
+
+@pytest.mark.parametrize("llc", [480 * MiB, 4 * GiB])
+def test_cpu_probe_buffers_bounded_whatever_the_llc_reports(monkeypatch, llc):
+    # a VM's sysfs reported a 480 MiB LLC: 8x that per buffer took a fresh quickstart to 14.7 GB RSS
+    asked, res = _planned_probe(monkeypatch, llc, available_bytes=256 * GiB)
+    assert len(asked) == 3
+    assert sum(asked) <= 1 * GiB  # the fixed cap, with memory to spare
+    assert all(b >= 256 * MiB for b in asked)  # still far above any LLC slice: DRAM is what is timed
+    assert res["buffer_mb"] == asked[0] / MiB and res["buffer_limit"] == "cap" and res["llc_mb"] == llc / MiB
+
+
+def test_cpu_probe_buffers_shrink_with_available_memory(monkeypatch):
+    roomy, _ = _planned_probe(monkeypatch, 8 * MiB, available_bytes=64 * GiB)
+    assert sum(roomy) <= 1 * GiB and all(b >= 256 * MiB for b in roomy)
+    asked, res = _planned_probe(monkeypatch, 8 * MiB, available_bytes=2 * GiB)
+    assert sum(asked) <= 2 * GiB // 8 and max(asked) < min(roomy)  # leaves the rest for the model
+    assert res["buffer_limit"] == "available" and res["available_mb"] == 2 * 1024
+    starved, res = _planned_probe(monkeypatch, 8 * MiB, available_bytes=64 * MiB)
+    assert all(b == 16 * MiB for b in starved) and res["buffer_limit"] == "tiny"

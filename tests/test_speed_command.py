@@ -11,7 +11,6 @@ from pipeline import metrics as M
 from pipeline.results import SpeedPoint, SpeedResult
 from pipeline.runtime.speed import command, host, shapes
 from pipeline.runtime.speed import measure as measure_mod
-from pipeline.runtime.speed.report import speed_metrics, speed_tags
 
 
 @pytest.fixture(autouse=True)
@@ -100,10 +99,10 @@ def test_speed_metrics_use_the_shared_names():
         points=(_point(1), _point(4), _point(1, 512)), bandwidth_gb_s=20.0, device="cpu", threads=2, timer="t",
         matmul_tflops=0.1, compute_bound_batch=9, kernel="dense", scenario="server", skipped=({"batch_size": 64, "prompt_tokens": 128, "reason": "oom"},),
     )
-    m = speed_metrics(res)
+    m = res.metrics()
     for name in M.PER_BATCH:
         assert name in m and M.batch_metric(name, 4) in m
     assert m[M.DECODE_TOK_S] == 200 and m["decode_tok_s_bs4"] == 800 and m["decode_tok_s_p512"] == 200
     assert m[M.BANDWIDTH_GB_S] == 20.0 and m[M.COMPUTE_BOUND_BATCH] == 9 and m[M.MFU] == 0.01
-    tags = speed_tags(res)
+    tags = res.tags()
     assert tags[M.TAG_DENSE_FALLBACK] == "false" and tags[M.TAG_SPEED_SKIPPED] == "64@128"

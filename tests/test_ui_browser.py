@@ -23,14 +23,14 @@ CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
     "--disable-sync", "--no-first-run",
 ]
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (the dev extra: pip install -e '.[dev]')")
-if not CHROMIUM.is_file():
-    pytest.skip(f"no Chromium at {CHROMIUM}: apt-get install -y chromium (Debian's package; no browser download)", allow_module_level=True)
+try:
+    from playwright import sync_api
+except ImportError:  # reported by `browser` below: a missing dependency fails this feature's tests
+    sync_api = None
+from typer.testing import CliRunner
 
-from typer.testing import CliRunner  # noqa: E402
-
-from pipeline import metrics as M  # noqa: E402
-from pipeline.cli import app  # noqa: E402
+from pipeline import metrics as M
+from pipeline.cli import app
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "out"
@@ -39,6 +39,16 @@ TIMEOUT_MS = 90_000  # two shared cores: the UI's first paint can take tens of s
 METRIC_COLUMNS = (M.MMLU_ACC, M.MMLU_ACC_STDERR, M.DECODE_TOK_S, M.WEIGHT_BYTES)
 TAG_COLUMNS = ("model", "variant", "role", "method", "frontier.decode_tok_s", "frontier.weight_bytes")
 HIDDEN_COLUMNS = ("Dataset", "Source", "Models")  # empty for shrinkgate runs
+
+
+@pytest.fixture(scope="session", autouse=True)
+def browser():
+    """Fails, never skips, when the browser is missing: the UI review is a claimed feature. Session scope puts
+    this check before the session's other fixtures (the tiny model build)."""
+    if sync_api is None:
+        pytest.fail("playwright is not installed: run `bash scripts/install.sh --with-browser` (the dev extra)", pytrace=False)
+    if not CHROMIUM.is_file():
+        pytest.fail(f"no Chromium at {CHROMIUM}: run `bash scripts/install.sh --with-browser` (Debian's chromium via apt)", pytrace=False)
 
 
 def _free_port() -> int:

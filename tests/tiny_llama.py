@@ -4,7 +4,6 @@ demos without any hub access. Shapes keep every method's constraints (widths mul
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 TINY_VOCAB = 512
@@ -13,10 +12,12 @@ TINY_VOCAB = 512
 def _training_text(mmlu_dir: Path | None) -> list[str]:
     texts: list[str] = []
     if mmlu_dir is not None:
-        for split in ("dev.jsonl", "validation.jsonl"):
-            p = mmlu_dir / split
-            if p.is_file():
-                for line in p.read_text(encoding="utf-8").splitlines():
+        from pipeline.data.mmlu import read_split, split_path
+
+        for split in ("dev", "validation"):
+            p = split_path(mmlu_dir, split)  # .jsonl or .jsonl.gz (the shipped copy)
+            if p is not None:
+                for line in read_split(p).decode("utf-8").splitlines():
                     row = json.loads(line)
                     texts.append(row["question"] + " " + " ".join(row["choices"]))
     texts += ["Answer: A B C D", "The following are multiple choice questions (with answers) about"] * 20
@@ -32,7 +33,9 @@ def build_tiny_llama(out_dir: str | Path, *, seed: int = 0, mmlu_dir: str | Path
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    data_dir = Path(mmlu_dir) if mmlu_dir else (Path(os.environ["SHRINKGATE_MMLU_DIR"]) if os.environ.get("SHRINKGATE_MMLU_DIR") else None)
+    from pipeline.data.mmlu import locate_data_dir
+
+    data_dir = Path(mmlu_dir) if mmlu_dir else locate_data_dir()[0]  # $SHRINKGATE_MMLU_DIR, else the shipped copy
     tok = Tokenizer(models.BPE(unk_token=None))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()

@@ -8,19 +8,12 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
-from pipeline.build.fidelity import (
-    BaseReference,
-    check_nm_pattern,
-    compute_base_reference,
-    dir_bytes,
-    distance_to_base,
-    sparsity_summary,
-    storage_bytes,
-)
 from pipeline.build.plan import check_variant_fits, needs_model_check
-from pipeline.methods import BuildContext, Method, MethodError, NotSerializable, get_method, validate_steps
+from pipeline.build.reference import BaseReference, compute_base_reference, distance_to_base
+from pipeline.build.storage import check_nm_pattern, dir_bytes, sparsity_summary, storage_bytes
+from pipeline.methods import BuildContext, Method, MethodError, NotSerializable, make_method, validate_steps
 from pipeline.models import ResolvedModel, load_model
 from pipeline.config.recipe import ModelSpec, VariantSpec
 from pipeline.results import FidelityRecord, Provenance
@@ -94,13 +87,13 @@ def _check_before_weights(resolved: ResolvedModel, model_spec: ModelSpec, varian
         raise MethodError(problem)
 
 
-def _serialized(method: Method, model, params, *, measure: bool) -> tuple[int | None, bool | None, str | None]:
+def _serialized(method: Method, model, *, measure: bool) -> tuple[int | None, bool | None, str | None]:
     """(bytes, serializable, reason): save to a temp dir with safetensors, measure, delete."""
     if not measure:
-        return None, method.serializable, method.serializable_reason if not method.serializable else None
+        return None, method.not_serializable is None, method.not_serializable
     out = Path(tempfile.mkdtemp(prefix="shrinkgate-save-"))
     try:
-        method.serialize(model, params, out)
+        method.serialize(model, out)
         return dir_bytes(out), True, None
     except NotSerializable as exc:
         return None, False, str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -109,6 +102,16 @@ def _serialized(method: Method, model, params, *, measure: bool) -> tuple[int | 
         return None, False, f"{method.library}: {type(exc).__name__}: {first}"[:300]
     finally:
         shutil.rmtree(out, ignore_errors=True)
+
+
+def apply_steps(model, steps: Sequence[Method], ctx: BuildContext):
+    """Apply each configured method to a loaded model, in order: the one place methods transform a model
+    (`build_artifact`, `shrinkgate speed`). Load-time quantization (`load_kwargs`) has happened already."""
+    for method in steps:
+        model = method.apply(model, ctx)
+        ctx.previous = (*ctx.previous, method.name)
+        ctx.pruned = ctx.pruned or method.kind == "prune"
+    return model
 
 
 def build_artifact(
@@ -125,25 +128,23 @@ def build_artifact(
     """Load, apply each step in order, and account what the result stores and how far it moved.
 
     `base`: the unmodified model's `BaseReference` (compute once per model with
-    `pipeline.build.fidelity.compute_base_reference`); without it weight_rel_error / KL / top-1 stay None.
+    `pipeline.build.reference.compute_base_reference`); without it weight_rel_error / KL / top-1 stay None.
     `calibration`: a default calibration source (str) for steps that leave their `calibration` param unset,
     or a legacy `n -> texts` callable. `data_dir`: the MMLU JSONL dir (eval.data_dir).
     Order of checks: params and step order (no I/O), then `check_model` on config.json, then weights.
     """
-    steps = [(get_method(s.method), s) for s in variant.pipeline_steps]
-    parsed = [(m, m.parse(s.params)) for m, s in steps]
-    for i, (m, _) in enumerate(parsed):
-        dev_kind = "cuda" if device.startswith("cuda") else device
+    steps = [make_method(s.method, s.params) for s in variant.pipeline_steps]
+    dev_kind = "cuda" if device.startswith("cuda") else device
+    for m in steps:
         if dev_kind not in m.devices:
             raise MethodError(f"method {m.name!r} runs on {', '.join(m.devices)} only; this run is on {device}")
     problem = validate_steps([(s.method, s.params) for s in variant.pipeline_steps])
     if problem:
         raise MethodError(f"variant {variant.name!r}: {problem}")
     _check_before_weights(resolved, model_spec, variant)
-    first, first_params = parsed[0]
     started = time.perf_counter()
     with PeakMemory(device) as peak:
-        loaded = load_model(resolved, model_spec, device=device, load_kwargs=first.load_kwargs(first_params, device))
+        loaded = load_model(resolved, model_spec, device=device, load_kwargs=steps[0].load_kwargs(device))
         ctx = BuildContext(
             tokenizer=loaded.tokenizer,
             device=device,
@@ -151,22 +152,18 @@ def build_artifact(
             default_calibration=calibration if isinstance(calibration, str) else None,
             data_dir=data_dir,
         )
-        model = loaded.model
-        for m, p in parsed:
-            model = m.apply(model, p, ctx)
-            ctx.previous = (*ctx.previous, m.name)
-            ctx.pruned = ctx.pruned or m.kind == "prune"
+        model = apply_steps(loaded.model, steps, ctx)
         model.eval()
     build_seconds = time.perf_counter() - started
 
     # The step whose form the weights end in decides how they are stored and saved.
-    storer, storer_params = next(((m, p) for m, p in reversed(parsed) if m.kind != "none"), parsed[0])
+    storer = next((m for m in reversed(steps) if m.kind != "none"), steps[0])
     runtime = storage_bytes(model)
     sparsity = sparsity_summary(model)
-    with storer.stored_form(model, storer_params):
+    with storer.stored_form(model):
         stored = storage_bytes(model)
-        serialized_bytes, serializable, reason = _serialized(storer, model, storer_params, measure=measure_serialized)
-    nm = next((m.nm_pattern(p) for m, p in parsed if m.nm_pattern(p)), None)
+        serialized_bytes, serializable, reason = _serialized(storer, model, measure=measure_serialized)
+    nm = next((m.nm_pattern() for m in steps if m.nm_pattern()), None)
     distance = distance_to_base(model, base)
     extra = dict(ctx.notes)
     if nm:
@@ -181,7 +178,7 @@ def build_artifact(
         bits_per_weight=stored.bits_per_weight,
         bytes_read_per_token=runtime.bytes_read_per_token,
         sparsity=sparsity.sparsity,
-        kernel=" then ".join(m.kernel_for(model, p, device) for m, p in parsed),
+        kernel=" then ".join(m.kernel(device, model) for m in steps),
         build_seconds=build_seconds,
         build_peak_mem_mb=peak.peak_mb,
         per_layer_sparsity=sparsity.per_layer,
@@ -192,7 +189,7 @@ def build_artifact(
         serializable=serializable,
         serializable_reason=reason,
         nm_pattern_ok=check_nm_pattern(model, *nm) if nm else None,
-        dense_fallback=any(m.dense_fallback(p, device) for m, p in parsed),
+        dense_fallback=any(m.dense_fallback(device) for m in steps),
         runtime_weight_bytes=runtime.weight_bytes,
         extra=extra,
     )
@@ -205,7 +202,7 @@ def build_artifact(
         provenance=resolved.provenance,
         fidelity=fidelity,
         device=device,
-        methods=tuple(m.name for m, _ in parsed),
+        methods=tuple(m.name for m in steps),
         notes=dict(ctx.notes),
     )
 
@@ -232,7 +229,7 @@ def base_reference_for(
     import transformers
 
     from pipeline.data.calibration import heldout_texts
-    from pipeline.build.fidelity import FIDELITY_THREADS, HELDOUT_SEQ_LEN, HELDOUT_TEXTS
+    from pipeline.build.reference import FIDELITY_THREADS, HELDOUT_SEQ_LEN, HELDOUT_TEXTS
     from pipeline.models.bundled import cache_root
 
     texts = heldout_texts(HELDOUT_TEXTS, data_dir=data_dir)

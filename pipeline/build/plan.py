@@ -15,7 +15,7 @@ from typing import Any
 
 from pipeline.config.recipe import ModelSpec, Recipe, RecipeError, load_recipe as load_schema, parse_recipe as parse_schema
 from pipeline.config.recipe import VariantSpec
-from pipeline.methods import Method, get_method, validate_steps, validate_variant
+from pipeline.methods import Method, make_method, registry, validate_steps, validate_variant
 
 AS_PUBLISHED = VariantSpec(name="none", method="none")
 
@@ -89,14 +89,13 @@ def preflight(recipe: Recipe) -> None:
 
 def needs_model_check(variant: VariantSpec) -> bool:
     """Whether any step of the variant has a `check_model` (so reading the model's config is worth it)."""
-    return any(type(get_method(s.method)).check_model is not Method.check_model for s in variant.pipeline_steps)
+    return any(registry()[s.method].check_model is not Method.check_model for s in variant.pipeline_steps)
 
 
 def check_variant_fits(variant: VariantSpec, config: Any) -> str | None:
     """One-line reason a variant cannot be applied to a model with this config (shapes, group sizes), or None."""
     for step in variant.pipeline_steps:
-        method = get_method(step.method)
-        problem = method.check_model(method.parse(step.params), config)
+        problem = make_method(step.method, step.params).check_model(config)
         if problem:
             return problem
     return None

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from pipeline.config.recipe import RecipeError, format_validation_error
+from pipeline import metrics as M
+from pipeline.config.loader import RecipeError, format_validation_error, read_yaml
 
 ALIAS = "gate-passed"
 
@@ -37,13 +37,9 @@ class Policy(BaseModel):
     @field_validator("dominance_axes")
     @classmethod
     def _axes(cls, v: list[str]) -> list[str]:
-        from pipeline.verdict.frontier import axis_by_name
-
         for name in v:
-            try:
-                axis_by_name(name)
-            except ValueError:
-                raise ValueError(f"unknown axis {name!r} -> use decode_tok_s, decode_tok_s_bs<N> or weight_bytes") from None
+            if name != M.WEIGHT_BYTES and M.speed_axis_batch(name) is None:
+                raise ValueError(f"unknown axis {name!r} -> use decode_tok_s, decode_tok_s_bs<N> or weight_bytes")
         return v
 
     @field_validator("variants")
@@ -76,13 +72,4 @@ def parse_policy(doc: Any, path: str | Path = "<policy>") -> Policy:
 
 
 def load_policy(path: str | Path) -> Policy:
-    path = Path(path)
-    if not path.is_file():
-        raise RecipeError(f"{path}: no such policy file -> give the path to a YAML policy (see policies/default.yaml)")
-    try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise RecipeError(f"{path}:{where} is not valid YAML ({getattr(exc, 'problem', exc)}) -> fix the syntax") from None
-    return parse_policy(doc, path)
+    return parse_policy(read_yaml(path, "policy", "policies/default.yaml"), path)

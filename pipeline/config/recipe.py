@@ -10,14 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pipeline.env import DEFAULT_TRACKING_URI, MMLU_DIR_ENV
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-
-
-class RecipeError(ValueError):
-    """A recipe (or policy) a user can fix; `str()` is one line: file, field, fix."""
+from pipeline.config.loader import RecipeError, format_validation_error, read_yaml
+from pipeline.env import DEFAULT_TRACKING_URI, MMLU_DIR_ENV
 
 
 class _Strict(BaseModel):
@@ -75,7 +71,7 @@ class EvalSpec(_Strict):
     subjects: list[str] | Literal["all"] = "all"
     limit_per_subject: int | None = Field(None, description="first N test rows of each subject; null = all")
     batch_size: int = Field(8, ge=1)
-    data_dir: str | None = Field(None, description=f"MMLU JSONL dir; else ${MMLU_DIR_ENV}; else hub cais/mmlu")
+    data_dir: str | None = Field(None, description=f"MMLU JSONL dir; else ${MMLU_DIR_ENV}; else the copy shipped in the package")
     device: str = Field("auto", description="auto | cpu | cuda")
     seed: int = 1234
 
@@ -157,64 +153,21 @@ class Recipe(_Strict):
         return self.tracking.experiment or self.name
 
 
-def _loc(err: dict[str, Any]) -> str:
-    parts: list[str] = []
-    for p in err.get("loc", ()):
-        if isinstance(p, int):
-            parts.append(f"[{p}]")
-        else:
-            parts.append(("." if parts else "") + str(p))
-    return "".join(parts) or "(top level)"
-
-
 _UNKNOWN_RECIPE_KEY = "remove it (unknown key; check the spelling against the recipe reference in README.md)"
-
-
-def _fix_hint(err: dict[str, Any], unknown_key_fix: str) -> str:
-    kind = err.get("type", "")
-    if kind == "extra_forbidden":
-        return unknown_key_fix
-    if kind == "missing":
-        return "add it"
-    if kind == "literal_error":
-        return f"use one of: {err.get('ctx', {}).get('expected', '?')}"
-    msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
-    return msg
-
-
-def format_validation_error(path: str | Path, exc: ValidationError, unknown_key_fix: str = _UNKNOWN_RECIPE_KEY) -> str:
-    """First pydantic error as `FILE: field PATH: problem -> fix` (one line); recipes and policies share it."""
-    err = exc.errors()[0]
-    more = len(exc.errors()) - 1
-    tail = f" (+{more} more)" if more else ""
-    got = err.get("input")
-    got_s = ""
-    if err.get("type") not in ("missing",) and not isinstance(got, (dict, list)):
-        got_s = f" (got {got!r})"
-    return f"{path}: field `{_loc(err)}`{got_s}: {_fix_hint(err, unknown_key_fix)}{tail}"
 
 
 def parse_recipe(doc: Any, path: str | Path = "<recipe>") -> Recipe:
     if not isinstance(doc, dict):
-        raise RecipeError(f"{path}: the recipe must be a YAML mapping with keys name, models, variants, eval, speed, tracking")
+        raise RecipeError(f"{path}: the recipe must be a YAML mapping -> give the keys name, models, variants, eval, speed, tracking")
     try:
         recipe = Recipe.model_validate(doc)
     except ValidationError as exc:
-        raise RecipeError(format_validation_error(path, exc)) from None
+        raise RecipeError(format_validation_error(path, exc, _UNKNOWN_RECIPE_KEY)) from None
     return recipe
 
 
 def load_recipe(path: str | Path) -> Recipe:
-    path = Path(path)
-    if not path.is_file():
-        raise RecipeError(f"{path}: no such recipe file; give the path to a YAML recipe (see recipes/)")
-    try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise RecipeError(f"{path}:{where} is not valid YAML ({getattr(exc, 'problem', exc)}); fix the syntax") from None
-    return parse_recipe(doc, path)
+    return parse_recipe(read_yaml(path, "recipe", "recipes/"), path)
 
 
 def apply_overrides(

@@ -4,14 +4,15 @@ fixed held-out batch the fidelity record scores KL on.
 A method's `calibration` param names the source:
 
 - `mmlu-validation` (the default, offline): MMLU's `validation` split read from the eval data dir
-  (`eval.data_dir`, else `$SHRINKGATE_MMLU_DIR`, else the hub's cais/mmlu when it is reachable).
+  (`eval.data_dir`, else `$SHRINKGATE_MMLU_DIR`, else the copy shipped in the package, else the hub's
+  cais/mmlu when it is reachable); `.jsonl` or `.jsonl.gz`, hashed uncompressed.
   Never `test` (that is what gets scored) and never `dev` (the few-shot examples).
 - a local file: `.txt` (paragraphs separated by blank lines; one text per line when there are none) or
   `.jsonl` (field `text`, else MMLU-style `question` + `choices`).
 - a hub dataset id `org/name` (optionally `org/name:split`, default split `train`), online only.
 
 Validation rows that repeat a test question verbatim (MMLU has a few dozen such duplicates) are dropped
-when the local test.jsonl is there. The rest of the validation split is cut in two disjoint parts: every 10th row is held out for the KL batch, the rest
+when the local test split is there. The rest of the validation split is cut in two disjoint parts: every 10th row is held out for the KL batch, the rest
 is calibration material, so a calibrated method is never scored on the very text it was fitted to.
 What was used is recorded (`calibration.source`, `calibration.sha256` of the exact text fed to the
 method, `calibration.file_sha256` of a local file) in `BuildContext.notes` -> `FidelityRecord.extra`.
@@ -25,12 +26,10 @@ import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from pipeline.data.mmlu import SHIPPED_ORIGIN, MMLUDataError, locate_data_dir, read_split, shipped_dir, split_path
 from pipeline.env import MMLU_DIR_ENV, hub_reachable
-
-if TYPE_CHECKING:
-    import torch
 
 DEFAULT_SOURCE = "mmlu-validation"
 HELDOUT_EVERY = 10  # validation row i is held out (KL batch) when i % HELDOUT_EVERY == 0
@@ -95,11 +94,18 @@ def check_source(source: str) -> str | None:
 
 # -- MMLU -------------------------------------------------------------------------------------------
 def mmlu_dir(data_dir: str | os.PathLike | None = None) -> Path | None:
-    raw = data_dir or os.environ.get(MMLU_DIR_ENV)
-    if not raw:
-        return None
-    path = Path(raw).expanduser()
-    return path if (path / "validation.jsonl").is_file() else None
+    """The MMLU dir whose validation split calibration reads: `data_dir`, else `$SHRINKGATE_MMLU_DIR`, else
+    the shipped copy (verified). A data dir without a validation split falls back to the shipped one (the
+    same rows the hub would give); None (-> hub) when there is none at all."""
+    try:
+        path, origin = locate_data_dir(data_dir)
+        if path is not None and split_path(path, "validation") is not None:
+            return path
+        if origin != SHIPPED_ORIGIN:
+            return shipped_dir()
+    except MMLUDataError as exc:  # the shipped copy fails its sums
+        raise CalibrationError(str(exc)) from None
+    return None
 
 
 def format_mmlu(row: dict[str, Any]) -> str:
@@ -121,16 +127,18 @@ def _mmlu_validation_rows(data_dir: str | os.PathLike | None) -> tuple[list[dict
     sha256 of the local file, and how many rows were dropped as test duplicates."""
     local = mmlu_dir(data_dir)
     if local is not None:
-        path = local / "validation.jsonl"
+        path = split_path(local, "validation")
+        assert path is not None  # mmlu_dir checked it
         key = (str(path.resolve()), path.stat().st_mtime)
         if key in _VALIDATION_CACHE:
             return _VALIDATION_CACHE[key]
-        raw = path.read_bytes()
+        raw = read_split(path)  # uncompressed: the recorded sha256 is the same for .jsonl and .jsonl.gz
         rows = [json.loads(line) for line in raw.decode("utf-8").splitlines() if line.strip()]
         dropped = 0
-        test = local / "test.jsonl"
-        if test.is_file():
-            test_keys = {_row_key(json.loads(line)) for line in test.read_text(encoding="utf-8").splitlines() if line.strip()}
+        test = split_path(local, "test")
+        if test is not None:
+            test_text = read_split(test).decode("utf-8")
+            test_keys = {_row_key(json.loads(line)) for line in test_text.splitlines() if line.strip()}
             kept = [r for r in rows if _row_key(r) not in test_keys]
             dropped, rows = len(rows) - len(kept), kept
         _VALIDATION_CACHE[key] = (rows, "mmlu-local", _sha256_bytes(raw), dropped)
@@ -138,8 +146,9 @@ def _mmlu_validation_rows(data_dir: str | os.PathLike | None) -> tuple[list[dict
 
     if not hub_reachable():
         raise CalibrationError(
-            f"calibration {DEFAULT_SOURCE!r}: no MMLU validation.jsonl (set eval.data_dir or ${MMLU_DIR_ENV}) "
-            "and the hub is unreachable; point the eval data dir at the MMLU JSONL folder or give a local calibration file"
+            f"calibration {DEFAULT_SOURCE!r}: no MMLU validation split (none in eval.data_dir / ${MMLU_DIR_ENV} and "
+            "the shipped copy is missing) and the hub is unreachable; point the eval data dir at a MMLU JSONL folder "
+            "with validation.jsonl, reinstall shrinkgate, or give a local calibration file"
         )
     from datasets import load_dataset
 
@@ -271,21 +280,3 @@ def _pack(pool: list[str], n_samples: int, tokenizer: Any, seq_len: int | None) 
     if len(out) < n_samples and cur:
         out.append("\n\n".join(cur))
     return out
-
-
-# -- tokenized forms --------------------------------------------------------------------------------
-def tokenized_batches(tokenizer: Any, texts: list[str] | tuple[str, ...], seq_len: int, device: str = "cpu") -> list[dict[str, torch.Tensor]]:
-    """One batch per text (batch size 1: no padding, so every token is real), truncated to `seq_len`."""
-    out = []
-    for text in texts:
-        enc = tokenizer(text, return_tensors="pt", truncation=True, max_length=seq_len)
-        out.append({k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")})
-    return out
-
-
-def hf_dataset(tokenizer: Any, texts: list[str] | tuple[str, ...], seq_len: int):
-    """Pre-tokenized `datasets.Dataset` (input_ids, attention_mask) for llm-compressor's `oneshot`."""
-    from datasets import Dataset
-
-    enc = tokenizer(list(texts), truncation=True, max_length=seq_len)
-    return Dataset.from_dict({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})

@@ -1,43 +1,47 @@
-"""MMLU accuracy of an in-memory model, scored by lm-eval with our copy of lm-eval's `mmlu` task.
+"""MMLU data: where the rows come from, checked, and the lm-eval task configs materialised for them.
 
-The task configs live in `evals/mmlu/` (57 `shrinkgate_mmlu_<subject>` tasks, 4 category subgroups
-and the `shrinkgate_mmlu` group; same prompt, few-shot and aggregation as lm-eval's built-in `mmlu`).
-At run time they are copied to a temp dir with the data source resolved (a local JSONL dir or the
-hub's cais/mmlu) and only the selected subjects, then `lm_eval.simple_evaluate` runs them on the
-given `LM`. Scoring, aggregation and stderr are lm-eval's own; this module only reads them back.
+The task configs live in `evals/mmlu/` beside this module (57 `shrinkgate_mmlu_<subject>` tasks, 4 category
+subgroups and the `shrinkgate_mmlu` group; same prompt, few-shot and aggregation as lm-eval's built-in
+`mmlu`). `materialize_tasks` copies the selected subjects to a temp dir with the data source filled in (a
+local JSONL dir or the hub's cais/mmlu); `pipeline.runtime.mmlu.score_mmlu` runs them with lm-eval.
 
-`resolve_data` is cheap (no torch, no lm-eval import) so a recipe can be checked before any model loads.
+Data source, first that is set: the recipe's `eval.data_dir`, `$SHRINKGATE_MMLU_DIR`, the copy shipped in
+this package (`mmlu_data/`: gzip'ed JSONL, checked once per process against its SHA256SUMS of the
+uncompressed files), and only if that is missing the hub's cais/mmlu. A split may be `<split>.jsonl` or
+`<split>.jsonl.gz`; readers here (and lm-eval's json loader) decompress transparently, and every hash is of
+the uncompressed bytes, so provenance is the same whichever form was read.
+
+Everything here is cheap (no torch, no lm-eval import) so a recipe can be checked before any model loads.
 """
 
 from __future__ import annotations
 
 import difflib
+import gzip
+import hashlib
 import json
-import math
-import os
-import tempfile
-import time
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import yaml
 
 from pipeline.config.recipe import EvalSpec
-from pipeline.env import MMLU_DIR_ENV
-from pipeline.results import AccuracyResult, QuestionOutcome
-
-if TYPE_CHECKING:
-    from lm_eval.api.model import LM
+from pipeline.env import MMLU_DIR_ENV, mmlu_dir_override
 
 EVALS_DIR = Path(__file__).resolve().parent / "evals" / "mmlu"
+SHIPPED_DIR = Path(__file__).resolve().parent / "mmlu_data"  # test/dev/validation .jsonl.gz + SHA256SUMS
+SUMS_FILE = "SHA256SUMS"  # sha256 of the uncompressed files, `sha256sum` format
+SHIPPED_ORIGIN = "shipped"
 GROUP = "shrinkgate_mmlu"
 TASK_PREFIX = "shrinkgate_mmlu_"
 HUB_DATASET = "cais/mmlu"
 HUB_CONFIG = "all"
 REQUIRED_SPLITS = ("test", "dev")  # the task reads test (scored) and dev (few-shot) only
 OPTIONAL_SPLITS = ("validation",)
+SPLITS = REQUIRED_SPLITS + OPTIONAL_SPLITS
 COLUMNS = ("subject", "question", "choices", "answer")
 
 # Subject -> lm-eval's category (lm_eval/tasks/mmlu/_generate_configs.py), alphabetical like cais/mmlu.
@@ -114,12 +118,109 @@ class MMLUData:
     source: Literal["local", "hub"]
     subjects: tuple[str, ...]  # selected subjects, in SUBJECTS order
     data_dir: Path | None = None  # local only
-    files: dict[str, Path] = field(default_factory=dict)  # split -> JSONL file (local only)
+    files: dict[str, Path] = field(default_factory=dict)  # split -> JSONL(.gz) file (local only)
     test_rows: dict[str, int] = field(default_factory=dict)  # subject -> test rows (local only)
+    origin: str = "hub"  # eval.data_dir | $SHRINKGATE_MMLU_DIR | shipped | hub
 
     @property
     def description(self) -> str:
-        return f"local {self.data_dir}" if self.source == "local" else f"hub {HUB_DATASET} ({HUB_CONFIG})"
+        if self.source == "hub":
+            return f"hub {HUB_DATASET} ({HUB_CONFIG})"
+        return f"{'shipped' if self.origin == SHIPPED_ORIGIN else 'local'} {self.data_dir}"
+
+
+# -- files --------------------------------------------------------------------------------------------
+def split_path(data_dir: str | Path, split: str) -> Path | None:
+    """The file holding `split` in `data_dir`: `<split>.jsonl`, else `<split>.jsonl.gz`; None when neither."""
+    for name in (f"{split}.jsonl", f"{split}.jsonl.gz"):
+        path = Path(data_dir) / name
+        if path.is_file():
+            return path
+    return None
+
+
+def read_split(path: str | Path) -> bytes:
+    """The uncompressed bytes of a split file (`.gz` is decompressed); what every hash is taken of."""
+    path = Path(path)
+    raw = path.read_bytes()
+    if path.suffix != ".gz":
+        return raw
+    try:
+        return gzip.decompress(raw)
+    except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError; a truncated file an EOFError
+        raise MMLUDataError(f"{path}: not a complete gzip file ({exc}); write it with gzip, or give the plain .jsonl") from None
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_sums(data_dir: str | Path) -> dict[str, str]:
+    """File name -> sha256 from a `sha256sum`-format SHA256SUMS."""
+    out: dict[str, str] = {}
+    for line in (Path(data_dir) / SUMS_FILE).read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            digest, name = line.split(maxsplit=1)
+            out[name.lstrip("*")] = digest
+    return out
+
+
+_VERIFIED: set[tuple[str, int, int]] = set()
+
+
+def verify_shipped(data_dir: Path | None = None) -> None:
+    """Check the shipped copy against its SHA256SUMS (uncompressed bytes); once per process per file state.
+
+    Raises MMLUDataError naming the file when a sum is missing or differs (~0.1 s for all three splits).
+    """
+    data_dir = data_dir or SHIPPED_DIR
+    try:
+        sums = read_sums(data_dir)
+    except (OSError, ValueError) as exc:
+        raise MMLUDataError(
+            f"{data_dir / SUMS_FILE}: unreadable ({exc}); reinstall shrinkgate, or set ${MMLU_DIR_ENV} to a MMLU JSONL dir"
+        ) from None
+    for split in SPLITS:
+        name = f"{split}.jsonl"
+        path = data_dir / f"{name}.gz"
+        if not path.is_file():
+            continue  # resolve_data reports a missing required split
+        st = path.stat()
+        key = (str(path), st.st_mtime_ns, st.st_size)
+        if key in _VERIFIED:
+            continue
+        if name not in sums:
+            raise MMLUDataError(f"{data_dir / SUMS_FILE}: no sum for {name}; reinstall shrinkgate")
+        try:
+            actual = sha256_hex(read_split(path))
+        except MMLUDataError as exc:
+            raise MMLUDataError(f"{exc}; the shipped MMLU copy is damaged: reinstall shrinkgate") from None
+        if actual != sums[name]:
+            raise MMLUDataError(
+                f"{path}: sha256 of the uncompressed data is {actual}, {SUMS_FILE} says {sums[name]}; "
+                f"the shipped MMLU copy is damaged: reinstall shrinkgate, or set ${MMLU_DIR_ENV} to a MMLU JSONL dir"
+            )
+        _VERIFIED.add(key)
+
+
+def shipped_dir() -> Path | None:
+    """The MMLU copy shipped in this package, verified against its sums; None when it is not installed."""
+    if not all((SHIPPED_DIR / f"{split}.jsonl.gz").is_file() for split in REQUIRED_SPLITS):
+        return None
+    verify_shipped(SHIPPED_DIR)
+    return SHIPPED_DIR
+
+
+def locate_data_dir(explicit: str | Path | None = None) -> tuple[Path | None, str]:
+    """(dir, origin) of the MMLU data: `explicit` (eval.data_dir), `$SHRINKGATE_MMLU_DIR`, the shipped copy
+    (verified), else (None, "hub"). The dir is not checked here beyond the shipped copy's sums."""
+    if explicit:
+        return Path(explicit).expanduser().resolve(), "eval.data_dir"
+    env_dir = mmlu_dir_override()
+    if env_dir:
+        return Path(env_dir), f"${MMLU_DIR_ENV}"
+    shipped = shipped_dir()
+    return (shipped, SHIPPED_ORIGIN) if shipped is not None else (None, "hub")
 
 
 def _select_subjects(spec: EvalSpec) -> tuple[str, ...]:
@@ -170,41 +271,44 @@ def _check_row(path: Path, lineno: int, line: str) -> str:
 def _scan_split(path: Path) -> Counter[str]:
     """Rows per subject of one split file, every row validated (~0.1 s for MMLU's 14k test rows)."""
     counts: Counter[str] = Counter()
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if line.strip():
-                counts[_check_row(path, lineno, line)] += 1
+    try:
+        text = read_split(path).decode("utf-8")
+    except (OSError, EOFError, UnicodeDecodeError) as exc:  # gzip.BadGzipFile is an OSError
+        raise MMLUDataError(f"{path}: unreadable ({exc}); write the split as UTF-8 JSONL (optionally gzip'ed)") from None
+    for lineno, line in enumerate(text.split("\n"), 1):
+        if line.strip():
+            counts[_check_row(path, lineno, line)] += 1
     if not counts:
         raise MMLUDataError(f"{path}: empty file (no rows); write the split as JSONL with columns {', '.join(COLUMNS)}")
     return counts
 
 
 def resolve_data(spec: EvalSpec) -> MMLUData:
-    """Pick the data source (spec.data_dir, else $SHRINKGATE_MMLU_DIR, else hub) and check local files.
+    """Pick the data source (spec.data_dir, else $SHRINKGATE_MMLU_DIR, else the shipped copy, else the hub)
+    and check its files.
 
     Raises MMLUDataError on anything a user must fix. No model, torch or lm-eval is touched.
     """
     subjects = _select_subjects(spec)
-    env_dir = os.environ.get(MMLU_DIR_ENV)
-    raw_dir, origin = (spec.data_dir, "eval.data_dir") if spec.data_dir else (env_dir, f"${MMLU_DIR_ENV}")
-    if not raw_dir:
-        return MMLUData(source="hub", subjects=subjects)
+    data_dir, origin = locate_data_dir(spec.data_dir)
+    if data_dir is None:
+        return MMLUData(source="hub", subjects=subjects, origin=origin)
 
-    data_dir = Path(raw_dir).expanduser().resolve()
     if not data_dir.is_dir():
         raise MMLUDataError(
             f"{data_dir}: MMLU data dir not found (from {origin}); point {origin} at a folder holding "
-            f"test.jsonl and dev.jsonl, or unset it to read the hub's {HUB_DATASET}"
+            f"test.jsonl and dev.jsonl, or unset it to read the MMLU copy shipped with shrinkgate"
         )
     files: dict[str, Path] = {}
     counts: dict[str, Counter[str]] = {}
-    for split in REQUIRED_SPLITS + OPTIONAL_SPLITS:
-        path = data_dir / f"{split}.jsonl"
-        if not path.is_file():
+    for split in SPLITS:
+        path = split_path(data_dir, split)
+        if path is None:
             if split in OPTIONAL_SPLITS:
                 continue
             raise MMLUDataError(
-                f"{path}: split file missing; add {split}.jsonl (cais/mmlu `{split}` split, one JSON row per line) to {data_dir}"
+                f"{data_dir / f'{split}.jsonl'}: split file missing; add {split}.jsonl (cais/mmlu `{split}` split, "
+                f"one JSON row per line; .jsonl.gz also works) to {data_dir}"
             )
         files[split] = path
         counts[split] = _scan_split(path)
@@ -225,6 +329,7 @@ def resolve_data(spec: EvalSpec) -> MMLUData:
         data_dir=data_dir,
         files=files,
         test_rows={s: counts["test"][s] for s in subjects},
+        origin=origin,
     )
 
 
@@ -262,95 +367,3 @@ def materialize_tasks(data: MMLUData, dest: Path, evals_dir: Path = EVALS_DIR) -
     for sub in group["task"]:
         (dest / f"_{sub}.yaml").write_text((evals_dir / f"_{sub}.yaml").read_text(encoding="utf-8"), encoding="utf-8")
     return dest
-
-
-def _stderr(value: Any) -> float:
-    # lm-eval reports "N/A" when a subject has a single scored question (sample stddev undefined).
-    return float(value) if isinstance(value, (int, float)) else math.nan
-
-
-def _json_safe(results: dict[str, Any]) -> dict[str, Any]:
-    from lm_eval.utils import handle_non_serializable
-
-    kept = {k: v for k, v in results.items() if k != "samples"}
-    return json.loads(json.dumps(kept, default=handle_non_serializable))
-
-
-def _outcomes(subject: str, samples: list[dict[str, Any]]) -> list[QuestionOutcome]:
-    out = []
-    for s in sorted(samples, key=lambda s: s["doc_id"]):
-        lls = [float(resp[0]) for resp in s["filtered_resps"]]  # one (loglikelihood, is_greedy) per choice
-        predicted = max(range(len(lls)), key=lls.__getitem__)  # first max, like lm-eval's np.argmax
-        out.append(
-            QuestionOutcome(
-                subject=subject,
-                index=int(s["doc_id"]),
-                answer=int(s["target"]),
-                predicted=predicted,
-                correct=bool(s["acc"]),
-            )
-        )
-    return out
-
-
-def score_mmlu(lm: LM, spec: EvalSpec) -> AccuracyResult:
-    """Score MMLU on `lm` (any lm_eval LM, e.g. HFLM on an in-memory model) with lm-eval's own machinery.
-
-    `acc`/`acc_stderr` are lm-eval's `shrinkgate_mmlu` group values (question-weighted mean, pooled
-    stderr); `limit_per_subject=N` scores the first N test rows of every selected subject.
-    """
-    from lm_eval import simple_evaluate
-    from lm_eval.tasks import TaskManager
-
-    data = resolve_data(spec)
-    start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="shrinkgate_mmlu_") as tmp:
-        # include_defaults=False: skips indexing lm-eval's ~10k built-in YAMLs (~8 s) and any name clash.
-        manager = TaskManager(include_path=str(materialize_tasks(data, Path(tmp))), include_defaults=False)
-        try:
-            results = simple_evaluate(
-                model=lm,
-                tasks=[GROUP],
-                task_manager=manager,
-                num_fewshot=spec.num_fewshot,
-                limit=spec.limit_per_subject,
-                log_samples=True,
-                random_seed=spec.seed,
-                numpy_random_seed=spec.seed,
-                torch_random_seed=spec.seed,
-                fewshot_random_seed=spec.seed,
-            )
-        except ConnectionError as exc:
-            if data.source != "hub":
-                raise
-            # datasets raises this when the hub is unreachable (e.g. HF_DATASETS_OFFLINE=1, nothing cached).
-            raise MMLUDataError(
-                f"hub dataset {HUB_DATASET}: cannot be loaded ({exc}); set eval.data_dir or ${MMLU_DIR_ENV} "
-                "to a local MMLU JSONL dir, or allow hub access"
-            ) from None
-    seconds = time.perf_counter() - start
-    if results is None:  # only non-zero ranks of a distributed run get None
-        raise RuntimeError("lm-eval returned no results (not rank 0 of a distributed run)")
-
-    group = results["results"][GROUP]
-    questions = [q for s in data.subjects for q in _outcomes(s, results["samples"][TASK_PREFIX + s])]
-    acc_stderr, stderr_source = _stderr(group.get("acc_stderr,none")), "lm-eval pooled (group)"
-    if math.isnan(acc_stderr) and len(questions) > 1:
-        # One question per subject leaves lm-eval's pooled stderr undefined; fall back to treating every
-        # scored question as one sample (the binomial standard error of the mean).
-        p = sum(q.correct for q in questions) / len(questions)
-        acc_stderr = math.sqrt(p * (1 - p) / (len(questions) - 1))
-        stderr_source = "sample stderr over all questions (lm-eval's pooled stderr is N/A with 1 question per subject)"
-    per_subject = {s: float(results["results"][TASK_PREFIX + s]["acc,none"]) for s in data.subjects}
-    safe_results = _json_safe(results)
-    safe_results["shrinkgate"] = {"acc_stderr_source": stderr_source}
-    return AccuracyResult(
-        acc=float(group["acc,none"]),
-        acc_stderr=acc_stderr,
-        per_subject=per_subject,
-        questions=tuple(questions),
-        num_fewshot=spec.num_fewshot,
-        limit_per_subject=spec.limit_per_subject,
-        lm_eval_results=safe_results,
-        seconds=seconds,
-    )

@@ -1,20 +1,23 @@
-"""Compression methods: one file per library, each method a small registered class."""
+"""Compression methods: one file per library, each method a small registered pydantic class whose fields are
+its params (`base.Method` documents the contract); each library file also registers how its weights are
+stored, counted and dequantized (`weights.WeightHandler`)."""
 
 from pipeline.methods.base import (
     BuildContext,
-    CalibrationParams,
+    CalibratedMethod,
     Method,
     MethodError,
-    MethodParams,
     NotSerializable,
-    get_method,
+    make_method,
+    param_names,
     register,
     registry,
     validate_steps,
     validate_variant,
 )
+from pipeline.methods.weights import WeightHandler, register_weight_handler, weight_handlers
 
-# Importing the modules registers their methods; heavy libraries are imported inside `apply`.
+# Importing the modules registers their methods and weight handlers; heavy libraries are imported inside hooks.
 from pipeline.methods import basic as _basic  # noqa: F401,E402
 from pipeline.methods import bnb as _bnb  # noqa: F401,E402
 from pipeline.methods import hqq_methods as _hqq  # noqa: F401,E402
@@ -26,14 +29,17 @@ from pipeline.methods import wanda as _wanda  # noqa: F401,E402
 
 __all__ = [
     "BuildContext",
-    "CalibrationParams",
+    "CalibratedMethod",
     "Method",
     "MethodError",
-    "MethodParams",
     "NotSerializable",
-    "get_method",
+    "WeightHandler",
+    "make_method",
+    "param_names",
     "register",
+    "register_weight_handler",
     "registry",
     "validate_steps",
     "validate_variant",
+    "weight_handlers",
 ]

@@ -1,9 +1,15 @@
-"""The method seam: one small class per compression method, registered by name (torchao's
-`quantize_(model, config)` shape: a pydantic `Params` config plus `apply`)."""
+"""The method seam: one small registered class per compression method whose pydantic fields ARE its params
+(llm-compressor's `Modifier`, torchao's config objects). A recipe step `{method: gptq, params: {bits: 4}}`
+becomes `make_method("gptq", {"bits": 4})`, a frozen `GPTQ(bits=4)`; every hook reads `self.bits`.
+
+Class-level facts are `ClassVar`s (what `shrinkgate methods` lists and the planner checks without building
+anything); the hooks below are the whole contract between a method and the build, each documented where
+it is declared. Validation errors are one line each (`validate_variant`).
+"""
 
 from __future__ import annotations
 
-from abc import ABC
+import hashlib
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,30 +18,112 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 if TYPE_CHECKING:
-    import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
-class MethodParams(BaseModel):
-    """Base for every method's params: unknown keys are errors."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class NoParams(MethodParams):
-    pass
-
-
 class MethodError(RuntimeError):
-    """A method that cannot run here (wrong device, missing kernel); the variant fails with this message."""
+    """A method that cannot run here (wrong device, missing kernel, bad params); the variant fails with this message."""
 
 
 class NotSerializable(RuntimeError):
     """Raised by `Method.serialize` when the library cannot save this form; `str()` is the library's reason."""
 
 
-class CalibrationParams(MethodParams):
-    """Params shared by methods that look at activations (see `pipeline.calibration`)."""
+class Method(BaseModel):
+    """A compression method; an instance is one configured step. Subclass, set the class facts, declare
+    params as pydantic fields (each with a default and a `description`), implement `apply` (or
+    `load_kwargs` for load-time quantizers), and `@register` it.
+
+    Params that depend on each other are checked with a pydantic `model_validator(mode="after")` raising
+    `ValueError("method 'x' ...")`: its message is the one-line problem `validate_variant` reports.
+
+    The build calls, in order: `check_model` (config only, before weights), `load_kwargs` (first step
+    only), `apply` (every step), then on the step whose form the weights end in `stored_form` +
+    `serialize`; `kernel`, `dense_fallback` and `nm_pattern` describe the result. How a library's
+    tensors are counted and dequantized is its `WeightHandler` (`pipeline.methods.weights`), not a hook.
+    Hooks import their heavy library inside the body: validating a recipe imports no torch.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: ClassVar[str]  # registry key, as written in recipes
+    library: ClassVar[str]  # label whose installed version `shrinkgate methods` reports
+    summary: ClassVar[str] = ""
+    # "quantize": changes how weights are stored, so it must be the last step (a later step would need dense
+    # float weights); "prune": zeroes dense weights in place; "none": leaves the model as loaded.
+    kind: ClassVar[Literal["none", "quantize", "prune"]] = "quantize"
+    devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
+    needs_calibration: ClassVar[bool] = False  # True for `CalibratedMethod`s
+    quantizes_at_load: ClassVar[bool] = False  # works through `load_kwargs`, so it must be the first step
+    weights_and_activations: ClassVar[bool] = False  # activations are quantized too (not weight-only)
+    # why the library cannot save this form (the catalog; builds that do not measure); None: it saves
+    not_serializable: ClassVar[str | None] = None
+    maintenance: ClassVar[str | None] = None  # e.g. "library unmaintained", shown in the catalog
+
+    def check_model(self, config: Any) -> str | None:
+        """One-line reason this step cannot be applied to a model with this transformers config, or None.
+
+        Called right after config.json is read and BEFORE any weights load, so a shape the method cannot
+        handle (2:4 on a width not divisible by 4, a group size that does not divide a layer's input
+        width, ...) fails in a second. `targets.linear_shapes(config)` gives every compressed layer's
+        (out_features, in_features) without loading weights.
+        """
+        return None
+
+    def load_kwargs(self, device: str) -> dict[str, Any]:
+        """Keyword arguments for `from_pretrained` (e.g. a transformers `quantization_config`).
+
+        Only the first step's are used; a method that needs them sets `quantizes_at_load = True`.
+        """
+        return {}
+
+    def apply(self, model: PreTrainedModel, ctx: BuildContext) -> PreTrainedModel:
+        """Transform the loaded model in place and return it (or return a replacement).
+
+        `ctx` gives the tokenizer, the device, calibration text (`ctx.calibration_data(self)`) and what
+        earlier steps did (`ctx.previous`, `ctx.pruned`); facts worth recording go into `ctx.notes`.
+        """
+        return model
+
+    def stored_form(self, model: PreTrainedModel) -> AbstractContextManager[Any]:
+        """Context in which `model` holds its stored (packed) form, for byte counting and `serialize`.
+
+        Default: the runtime form is the stored form. Methods whose library runs from a dequantized copy
+        (compressed-tensors on CPU) pack on entry and unpack on exit.
+        """
+        return nullcontext()
+
+    def serialize(self, model: PreTrainedModel, out_dir: Path) -> None:
+        """Save the model (inside `stored_form`) with safetensors into `out_dir`.
+
+        Raise `NotSerializable(reason)` when the library cannot save this form; the default saves with
+        `save_pretrained` unless `not_serializable` gives a reason.
+        """
+        if self.not_serializable:
+            raise NotSerializable(self.not_serializable)
+        model.save_pretrained(out_dir, safe_serialization=True)
+
+    def kernel(self, device: str, model: PreTrainedModel | None = None) -> str:
+        """What really runs the matmul on `device`; name dense fallbacks as such.
+
+        `model`, when given, is the built model: its form may refine the answer (e.g. its dtype picks a
+        different kernel).
+        """
+        return "dense matmul"
+
+    def dense_fallback(self, device: str) -> bool:
+        """True when the compressed form does not make the matmul read fewer bytes on this device."""
+        return False
+
+    def nm_pattern(self) -> tuple[int, int] | None:
+        """(N, M) when the method promises at most N non-zeros in every group of M input weights."""
+        return None
+
+
+class CalibratedMethod(Method):
+    """A method that looks at activations: these fields select its calibration text (`BuildContext.calibration_data`)."""
+
+    needs_calibration: ClassVar[bool] = True
 
     calibration: str | None = Field(
         None,
@@ -70,21 +158,21 @@ class BuildContext:
     previous: tuple[str, ...] = ()  # methods already applied to this model, in order
     pruned: bool = False  # an earlier step zeroed weights (later quantizers must keep those zeros)
 
-    def calibration_data(self, params: CalibrationParams):
+    def calibration_data(self, method: CalibratedMethod):
         """Load (and record in `notes`) the calibration texts a step asks for."""
-        from pipeline.data.calibration import CalibrationData, CalibrationError, _sha256_bytes, load_calibration
+        from pipeline.data.calibration import CalibrationData, CalibrationError, load_calibration
 
-        source = params.calibration or self.default_calibration
+        source = method.calibration or self.default_calibration
         if source is None and self.calibration is not None:  # a caller-supplied text provider
-            texts = tuple(self.calibration(params.calibration_samples))
-            data = CalibrationData(texts, "caller", "caller", _sha256_bytes("\n\n".join(texts).encode()))
+            texts = tuple(self.calibration(method.calibration_samples))
+            data = CalibrationData(texts, "caller", "caller", hashlib.sha256("\n\n".join(texts).encode()).hexdigest())
         else:
             try:
                 data = load_calibration(
                     source,
-                    params.calibration_samples,
+                    method.calibration_samples,
                     tokenizer=self.tokenizer,
-                    seq_len=params.calibration_seq_len,
+                    seq_len=method.calibration_seq_len,
                     data_dir=self.data_dir,
                 )
             except CalibrationError as exc:
@@ -94,80 +182,6 @@ class BuildContext:
             self.notes["calibration.sources"] = f"{self.notes.get('calibration.source')} | {data.source}"
         self.notes.update(data.notes())
         return data
-
-
-class Method(ABC):
-    """Subclass, set the class attributes, implement `apply` (or `load_kwargs` for load-time quantizers)."""
-
-    name: ClassVar[str]
-    library: ClassVar[str]
-    Params: ClassVar[type[MethodParams]] = NoParams
-    devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
-    serializable: ClassVar[bool] = True
-    needs_calibration: ClassVar[bool] = False
-    quantizes_at_load: ClassVar[bool] = False  # True: works through `load_kwargs`, so it must be the first step
-    maintenance: ClassVar[str | None] = None
-    summary: ClassVar[str] = ""
-    # "quantize": changes how weights are stored, so it must be the last step (a later step would need dense
-    # float weights); "prune": zeroes dense weights in place; "none": leaves the model as loaded.
-    kind: ClassVar[Literal["none", "quantize", "prune"]] = "quantize"
-    serializable_reason: ClassVar[str | None] = None  # the library's reason when `serializable` is False
-    weights_and_activations: ClassVar[bool] = False
-
-    def check(self, params: MethodParams) -> str | None:
-        """Extra pre-load validation (beyond the pydantic schema); return a one-line problem or None."""
-        return None
-
-    def check_model(self, params: MethodParams, config: Any) -> str | None:
-        """Pre-weights validation against the model's transformers config; one-line problem or None.
-
-        `build_artifact` calls it right after reading config.json and BEFORE loading any weights, so a
-        shape a method cannot handle (2:4 on a width not divisible by 4, a group size that does not divide
-        a layer's input width, ...) fails in a second instead of after a load. `targets.linear_shapes(config)`
-        gives every compressed layer's (out_features, in_features) without loading weights.
-        """
-        return None
-
-    def stored_form(self, model: PreTrainedModel, params: MethodParams) -> AbstractContextManager[Any]:
-        """Context in which `model` holds its stored (packed) form, for byte counting and saving.
-
-        Default: the runtime form is the stored form. Methods whose library runs from a dequantized copy
-        (compressed-tensors on CPU) pack inside the context and unpack on exit.
-        """
-        return nullcontext()
-
-    def serialize(self, model: PreTrainedModel, params: MethodParams, out_dir: Path) -> None:
-        """Save the model with safetensors into `out_dir`; raise `NotSerializable(reason)` when it cannot be."""
-        if not self.serializable:
-            raise NotSerializable(self.serializable_reason or f"{self.library} cannot save this form")
-        model.save_pretrained(out_dir, safe_serialization=True)
-
-    def load_kwargs(self, params: MethodParams, device: str) -> dict[str, Any]:
-        """Keyword arguments for `from_pretrained` (e.g. a transformers quantization_config)."""
-        return {}
-
-    def apply(self, model: PreTrainedModel, params: MethodParams, ctx: BuildContext) -> PreTrainedModel:
-        """Transform the loaded model in place (or return a new one)."""
-        return model
-
-    def kernel(self, params: MethodParams, device: str) -> str:
-        """What really runs the matmul; name dense fallbacks as such."""
-        return "dense matmul"
-
-    def kernel_for(self, model: PreTrainedModel, params: MethodParams, device: str) -> str:
-        """`kernel` refined by the built model (e.g. its dtype picks a different kernel); build calls this."""
-        return self.kernel(params, device)
-
-    def dense_fallback(self, params: MethodParams, device: str) -> bool:
-        """True when the compressed form does not make the matmul read fewer bytes on this device."""
-        return False
-
-    def nm_pattern(self, params: MethodParams) -> tuple[int, int] | None:
-        """(N, M) when the method promises N non-zeros in every group of M weights."""
-        return None
-
-    def parse(self, params: dict[str, Any]) -> MethodParams:
-        return self.Params.model_validate(params)
 
 
 _REGISTRY: dict[str, type[Method]] = {}
@@ -184,28 +198,43 @@ def registry() -> dict[str, type[Method]]:
     return dict(_REGISTRY)
 
 
-def get_method(name: str) -> Method:
+def param_names(cls: type[Method]) -> tuple[str, ...]:
+    """A method's params, in declaration order (calibration fields first for `CalibratedMethod`s)."""
+    return tuple(cls.model_fields)
+
+
+def make_method(name: str, params: dict[str, Any] | None = None) -> Method:
+    """The configured step for a recipe's `method` + `params`; `MethodError` with a one-line problem.
+
+    Loads no model and imports no heavy library.
+    """
+    cls = _REGISTRY.get(name)
+    if cls is None:
+        raise MethodError(f"unknown method {name!r}; use one of: {', '.join(sorted(_REGISTRY))} (see `shrinkgate methods`)")
     try:
-        return _REGISTRY[name]()
-    except KeyError:
-        raise MethodError(f"unknown method {name!r}; known: {', '.join(sorted(_REGISTRY))}") from None
+        return cls.model_validate(params or {})
+    except ValidationError as exc:
+        raise MethodError(_one_line(name, cls, exc)) from None
+
+
+def _one_line(name: str, cls: type[Method], exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    msg = str(err.get("msg")).removeprefix("Value error, ")
+    loc = ".".join(str(p) for p in err.get("loc", ()))
+    if err.get("type") == "extra_forbidden":
+        return f"method {name!r} has no param `{loc}`; its params are: {', '.join(param_names(cls)) or 'none'}"
+    if not loc:  # a model_validator across params: its message is already the whole sentence
+        return msg
+    return f"method {name!r} param `{loc}`: {msg}"
 
 
 def validate_variant(method: str, params: dict[str, Any]) -> str | None:
     """One-line problem with a method name/params, or None. Loads no model."""
-    if method not in _REGISTRY:
-        return f"unknown method {method!r}; use one of: {', '.join(sorted(_REGISTRY))} (see `shrinkgate methods`)"
-    m = _REGISTRY[method]()
     try:
-        parsed = m.parse(params)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        key = ".".join(str(p) for p in err.get("loc", ())) or "params"
-        if err.get("type") == "extra_forbidden":
-            fields = ", ".join(m.Params.model_fields) or "none"
-            return f"method {method!r} has no param `{key}`; its params are: {fields}"
-        return f"method {method!r} param `{key}`: {str(err.get('msg')).removeprefix('Value error, ')}"
-    return m.check(parsed)
+        make_method(method, params)
+    except MethodError as exc:
+        return str(exc)
+    return None
 
 
 def validate_steps(steps: list[tuple[str, dict[str, Any]]]) -> str | None:

@@ -12,5 +12,5 @@ class AsPublished(Method):
     kind = "none"
     summary = "the model as published (dense, unmodified)"
 
-    def kernel(self, params, device: str) -> str:
+    def kernel(self, device: str, model=None) -> str:
         return f"dense matmul ({device})"

@@ -12,7 +12,7 @@ import typing
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from pipeline.methods.base import registry
+from pipeline.methods.base import param_names, registry
 
 # library label -> distribution whose version is reported
 _DISTRIBUTIONS = {
@@ -73,9 +73,10 @@ def _type_name(annotation: Any) -> str:
 def method_catalog() -> list[MethodInfo]:
     out = []
     for name, cls in sorted(registry().items()):
+        fields = cls.model_fields
         params = tuple(
-            ParamInfo(pname, _type_name(f.annotation), f.default, f.description or "")
-            for pname, f in cls.Params.model_fields.items()
+            ParamInfo(pname, _type_name(fields[pname].annotation), fields[pname].default, fields[pname].description or "")
+            for pname in param_names(cls)
         )
         out.append(
             MethodInfo(
@@ -86,8 +87,8 @@ def method_catalog() -> list[MethodInfo]:
                 kind=cls.kind,
                 params=params,
                 devices=tuple(cls.devices),
-                serializable=bool(cls.serializable),
-                serializable_note=cls.serializable_reason,
+                serializable=cls.not_serializable is None,
+                serializable_note=cls.not_serializable,
                 needs_calibration=bool(cls.needs_calibration),
                 quantizes_at_load=bool(cls.quantizes_at_load),
                 weights_and_activations=bool(cls.weights_and_activations),

@@ -17,6 +17,7 @@ run on transformers 5.23 for everything used here. Three workarounds, each check
 Storage: after oneshot the model runs from dequantized weights (fake-quant; no int4/int8 kernel on CPU).
 `stored_form` packs it with compressed-tensors' own `ModelCompressor.compress_model` (int4 -> int32-packed
 `weight_packed`, scales, zero-points) for byte counting and saving, then unpacks it again.
+`CompressedTensorsWeights` gives the weight a fake-quantizing layer really computes with.
 """
 
 from __future__ import annotations
@@ -25,11 +26,12 @@ import os
 from contextlib import contextmanager
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from pipeline.methods.base import CalibrationParams, Method, MethodError, MethodParams, register, save_unique_safetensors
+from pipeline.methods.base import CalibratedMethod, Method, MethodError, register, save_unique_safetensors
 from pipeline.methods.pruning import check_nm_widths
 from pipeline.methods.targets import SKIP_MODULES, linear_shapes, target_linears
+from pipeline.methods.weights import WeightHandler, register_weight_handler
 
 os.environ.setdefault("LLM_COMPRESSOR_LOG_LEVEL", "WARNING")
 
@@ -99,24 +101,25 @@ def _check_group(method: str, group_size: int | None, config) -> str | None:
 
 class _LLMCompressor(Method):
     library = "llm-compressor"
-    _compressor = None
+    _compressor = None  # the ModelCompressor while inside `stored_form` (serialize writes its config)
 
-    def recipe(self, params) -> list:
+    def recipe(self) -> list:
+        """llm-compressor modifiers for `oneshot`."""
         raise NotImplementedError
 
-    def apply(self, model, params, ctx):
+    def apply(self, model, ctx):
         import torch
         from llmcompressor import oneshot
 
-        from pipeline.data.calibration import hf_dataset
+        from pipeline.methods.batches import hf_dataset
 
         kwargs: dict = {}
-        if self.needs_calibration:
-            data = ctx.calibration_data(params)
+        if isinstance(self, CalibratedMethod):
+            data = ctx.calibration_data(self)
             kwargs.update(
-                dataset=hf_dataset(ctx.tokenizer, data.texts, params.calibration_seq_len),
+                dataset=hf_dataset(ctx.tokenizer, data.texts, self.calibration_seq_len),
                 num_calibration_samples=len(data.texts),
-                max_seq_length=params.calibration_seq_len,
+                max_seq_length=self.calibration_seq_len,
                 shuffle_calibration_samples=False,
             )
         masks = None
@@ -124,7 +127,7 @@ class _LLMCompressor(Method):
             masks = {name: (m.weight.detach() != 0) for name, m in target_linears(model)}
         before = _fingerprint(model)
         with _cpu_safe():
-            oneshot(model=model, recipe=self.recipe(params), processor=ctx.tokenizer, **kwargs)
+            oneshot(model=model, recipe=self.recipe(), processor=ctx.tokenizer, **kwargs)
         after = _fingerprint(model)
         changed = [k for k in before if before[k] != after.get(k)]
         if changed:
@@ -156,29 +159,20 @@ class _LLMCompressor(Method):
             mc.decompress_model(model)
             self._compressor = None
 
-    def stored_form(self, model, params):
-        return self._packed(model) if self.kind == "quantize" else super().stored_form(model, params)
+    def stored_form(self, model):
+        return self._packed(model) if self.kind == "quantize" else super().stored_form(model)
 
-    def serialize(self, model, params, out_dir):
+    def serialize(self, model, out_dir):
         """Called inside `stored_form`: the packed compressed-tensors checkpoint vLLM loads."""
         save_unique_safetensors(model, out_dir)
         if self._compressor is not None:
             self._compressor.update_config(str(out_dir))
 
-    def dense_fallback(self, params, device: str) -> bool:
+    def dense_fallback(self, device: str) -> bool:
         return True
 
 
 # -- weight-only quantizers -------------------------------------------------------------------------
-class GPTQParams(CalibrationParams):
-    bits: Literal[4, 8] = Field(4, description="weight bits (W4A16 or W8A16)")
-    group_size: int | None = Field(128, ge=1, description="weights per scale group along the input dim; null = per channel")
-    symmetric: bool = Field(True, description="symmetric int grid (zero-point 0)")
-    actorder: Literal["static", "weight", "none"] = Field("static", description="column order of the GPTQ sweep")
-    dampening_frac: float = Field(0.01, gt=0.0, lt=1.0, description="Hessian diagonal dampening")
-    block_size: int = Field(128, ge=1, description="columns updated per GPTQ block")
-
-
 def _w16_kernel(bits: int) -> str:
     return (
         f"compressed-tensors W{bits}A16 (pack-quantized) unpacked to dense weights: dense matmul "
@@ -187,91 +181,89 @@ def _w16_kernel(bits: int) -> str:
 
 
 @register
-class GPTQ(_LLMCompressor):
+class GPTQ(CalibratedMethod, _LLMCompressor):
     name = "gptq"
-    Params = GPTQParams
-    needs_calibration = True
     summary = "GPTQ W4A16/W8A16: Hessian-aware rounding with error feedback (llm-compressor GPTQModifier)"
 
-    def check_model(self, params: GPTQParams, config) -> str | None:
-        return _check_group(self.name, params.group_size, config)
+    bits: Literal[4, 8] = Field(4, description="weight bits (W4A16 or W8A16)")
+    group_size: int | None = Field(128, ge=1, description="weights per scale group along the input dim; null = per channel")
+    symmetric: bool = Field(True, description="symmetric int grid (zero-point 0)")
+    actorder: Literal["static", "weight", "none"] = Field("static", description="column order of the GPTQ sweep")
+    dampening_frac: float = Field(0.01, gt=0.0, lt=1.0, description="Hessian diagonal dampening")
+    block_size: int = Field(128, ge=1, description="columns updated per GPTQ block")
 
-    def recipe(self, params: GPTQParams):
+    def check_model(self, config) -> str | None:
+        return _check_group(self.name, self.group_size, config)
+
+    def recipe(self):
         from llmcompressor.modifiers.quantization import GPTQModifier
 
-        actorder = None if params.actorder == "none" else params.actorder
+        actorder = None if self.actorder == "none" else self.actorder
         return [
             GPTQModifier(
-                config_groups=_weight_scheme(params.bits, params.group_size, params.symmetric),
+                config_groups=_weight_scheme(self.bits, self.group_size, self.symmetric),
                 ignore=IGNORE,
                 actorder=actorder,
-                dampening_frac=params.dampening_frac,
-                block_size=params.block_size,
+                dampening_frac=self.dampening_frac,
+                block_size=self.block_size,
             )
         ]
 
-    def kernel(self, params: GPTQParams, device: str) -> str:
-        return _w16_kernel(params.bits)
+    def kernel(self, device: str, model=None) -> str:
+        return _w16_kernel(self.bits)
 
 
-class AWQParams(CalibrationParams):
+@register
+class AWQ(CalibratedMethod, _LLMCompressor):
+    name = "awq"
+    summary = "AWQ W4A16: activation-aware per-channel smoothing, then asymmetric group-wise RTN (llm-compressor)"
+
     bits: Literal[4] = Field(4, description="weight bits (AWQ here is W4A16, asymmetric)")
     group_size: int | None = Field(128, ge=1, description="weights per scale group; null = per channel")
     n_grid: int = Field(20, ge=2, le=100, description="grid points searched for each smoothing scale")
     duo_scaling: bool = Field(True, description="use weight as well as activation magnitudes for the scales")
 
+    def check_model(self, config) -> str | None:
+        return _check_group(self.name, self.group_size, config)
 
-@register
-class AWQ(_LLMCompressor):
-    name = "awq"
-    Params = AWQParams
-    needs_calibration = True
-    summary = "AWQ W4A16: activation-aware per-channel smoothing, then asymmetric group-wise RTN (llm-compressor)"
-
-    def check_model(self, params: AWQParams, config) -> str | None:
-        return _check_group(self.name, params.group_size, config)
-
-    def apply(self, model, params, ctx):
-        model = super().apply(model, params, ctx)
+    def apply(self, model, ctx):
+        model = super().apply(model, ctx)
         ctx.notes["awq.weight_rel_error"] = "includes AWQ's per-channel rescaling (folded into the preceding norms/layers), not only rounding"
         return model
 
-    def recipe(self, params: AWQParams):
+    def recipe(self):
         from llmcompressor.modifiers.quantization import QuantizationModifier
         from llmcompressor.modifiers.transform import AWQModifier
 
         return [
-            AWQModifier(n_grid=params.n_grid, duo_scaling=params.duo_scaling),
-            QuantizationModifier(config_groups=_weight_scheme(params.bits, params.group_size, symmetric=False), ignore=IGNORE),
+            AWQModifier(n_grid=self.n_grid, duo_scaling=self.duo_scaling),
+            QuantizationModifier(config_groups=_weight_scheme(self.bits, self.group_size, symmetric=False), ignore=IGNORE),
         ]
 
-    def kernel(self, params: AWQParams, device: str) -> str:
-        return _w16_kernel(params.bits)
-
-
-class RTNParams(MethodParams):
-    bits: Literal[4, 8] = Field(4, description="weight bits (W4A16 or W8A16)")
-    group_size: int | None = Field(128, ge=1, description="weights per scale group along the input dim; null = per channel")
-    symmetric: bool = Field(True, description="symmetric int grid (zero-point 0)")
+    def kernel(self, device: str, model=None) -> str:
+        return _w16_kernel(self.bits)
 
 
 @register
 class RTN(_LLMCompressor):
     name = "rtn"
-    Params = RTNParams
     summary = "round-to-nearest W4A16/W8A16, min-max group scales: the baseline GPTQ/AWQ must beat (same format)"
 
-    def check_model(self, params: RTNParams, config) -> str | None:
-        return _check_group(self.name, params.group_size, config)
+    bits: Literal[4, 8] = Field(4, description="weight bits (W4A16 or W8A16)")
+    group_size: int | None = Field(128, ge=1, description="weights per scale group along the input dim; null = per channel")
+    symmetric: bool = Field(True, description="symmetric int grid (zero-point 0)")
 
-    def recipe(self, params: RTNParams):
+    def check_model(self, config) -> str | None:
+        return _check_group(self.name, self.group_size, config)
+
+    def recipe(self):
         from llmcompressor.modifiers.quantization import QuantizationModifier
 
         # Same scheme, observer (memoryless min-max) and storage format as `gptq`: only the rounding differs.
-        return [QuantizationModifier(config_groups=_weight_scheme(params.bits, params.group_size, params.symmetric), ignore=IGNORE)]
+        return [QuantizationModifier(config_groups=_weight_scheme(self.bits, self.group_size, self.symmetric), ignore=IGNORE)]
 
-    def kernel(self, params: RTNParams, device: str) -> str:
-        return _w16_kernel(params.bits)
+    def kernel(self, device: str, model=None) -> str:
+        return _w16_kernel(self.bits)
 
 
 # -- weights + activations --------------------------------------------------------------------------
@@ -281,12 +273,12 @@ class W8A8(_LLMCompressor):
     weights_and_activations = True
     summary = "int8 per-channel weights + int8 per-token dynamic activations (llm-compressor W8A8 scheme)"
 
-    def recipe(self, params):
+    def recipe(self):
         from llmcompressor.modifiers.quantization import QuantizationModifier
 
         return [QuantizationModifier(targets="Linear", scheme="W8A8", ignore=IGNORE)]
 
-    def kernel(self, params, device: str) -> str:
+    def kernel(self, device: str, model=None) -> str:
         return (
             "compressed-tensors W8A8 fake-quant: activations quantized/dequantized per token, dequantized int8 "
             "weights, dense matmul (int8 GEMM only in vLLM)"
@@ -294,49 +286,70 @@ class W8A8(_LLMCompressor):
 
 
 # -- sparsity ---------------------------------------------------------------------------------------
-class SparseGPTParams(CalibrationParams):
+@register
+class SparseGPT(CalibratedMethod, _LLMCompressor):
+    name = "sparsegpt"
+    kind = "prune"
+    summary = "SparseGPT: Hessian-aware pruning with weight reconstruction, unstructured or 2:4 (llm-compressor)"
+
     sparsity: float = Field(0.5, gt=0.0, lt=1.0, description="share of weights set to zero (2:4 implies 0.5)")
     pattern: Literal["unstructured", "2:4"] = Field("unstructured", description="unstructured or 2:4 semi-structured")
     block_size: int = Field(128, ge=1, description="columns pruned per block")
     dampening_frac: float = Field(0.01, gt=0.0, lt=1.0, description="Hessian diagonal dampening")
 
+    @model_validator(mode="after")
+    def _half_for_2of4(self):
+        if self.pattern == "2:4" and self.sparsity != 0.5:
+            raise ValueError(f"method 'sparsegpt' pattern 2:4 prunes exactly half; drop `sparsity` or set it to 0.5 (got {self.sparsity})")
+        return self
 
-@register
-class SparseGPT(_LLMCompressor):
-    name = "sparsegpt"
-    Params = SparseGPTParams
-    kind = "prune"
-    needs_calibration = True
-    summary = "SparseGPT: Hessian-aware pruning with weight reconstruction, unstructured or 2:4 (llm-compressor)"
+    def check_model(self, config) -> str | None:
+        return check_nm_widths(self.name, config, 2, 4) if self.pattern == "2:4" else None
 
-    def check(self, params: SparseGPTParams) -> str | None:
-        if params.pattern == "2:4" and params.sparsity != 0.5:
-            return f"method 'sparsegpt' pattern 2:4 prunes exactly half; drop `sparsity` or set it to 0.5 (got {params.sparsity})"
-        return None
+    def nm_pattern(self):
+        return (2, 4) if self.pattern == "2:4" else None
 
-    def check_model(self, params: SparseGPTParams, config) -> str | None:
-        return check_nm_widths(self.name, config, 2, 4) if params.pattern == "2:4" else None
-
-    def nm_pattern(self, params: SparseGPTParams):
-        return (2, 4) if params.pattern == "2:4" else None
-
-    def recipe(self, params: SparseGPTParams):
+    def recipe(self):
         from llmcompressor.modifiers.pruning import SparseGPTModifier
 
         return [
             SparseGPTModifier(
-                sparsity=params.sparsity,
-                mask_structure="2:4" if params.pattern == "2:4" else "0:0",
+                sparsity=self.sparsity,
+                mask_structure="2:4" if self.pattern == "2:4" else "0:0",
                 targets=["Linear"],
                 ignore=IGNORE,
-                block_size=params.block_size,
-                dampening_frac=params.dampening_frac,
+                block_size=self.block_size,
+                dampening_frac=self.dampening_frac,
             )
         ]
 
-    def serialize(self, model, params, out_dir):
+    def serialize(self, model, out_dir):
         model.save_pretrained(out_dir, safe_serialization=True, save_compressed=False)
 
-    def kernel(self, params: SparseGPTParams, device: str) -> str:
-        what = "2:4 sparse kernel" if params.pattern == "2:4" else "unstructured-sparse kernel"
+    def kernel(self, device: str, model=None) -> str:
+        what = "2:4 sparse kernel" if self.pattern == "2:4" else "unstructured-sparse kernel"
         return f"dense matmul on masked weights: no {what} on {'CPU' if device == 'cpu' else device}"
+
+
+# -- storage ----------------------------------------------------------------------------------------
+@register_weight_handler
+class CompressedTensorsWeights(WeightHandler):
+    library = "compressed-tensors"
+    linear_classes = ("CompressedLinear",)
+
+    def dense_weight(self, module):
+        """A layer that fake-quantizes its float weight on every call: the weight it really uses."""
+        scheme = getattr(module, "quantization_scheme", None)
+        status = getattr(module, "quantization_status", None)
+        if scheme is None or status is None or getattr(scheme, "weights", None) is None:
+            return None
+        if type(getattr(module, "weight", None)).__name__ not in ("Tensor", "Parameter"):
+            return None  # a tensor subclass: the generic dequantize path
+        import torch
+        from compressed_tensors.quantization import QuantizationStatus
+        from compressed_tensors.quantization.lifecycle.forward import forward_quantize
+
+        if status >= QuantizationStatus.COMPRESSED or not hasattr(module, "weight_scale"):
+            return None
+        with torch.no_grad():
+            return forward_quantize(module, module.weight.data, "weight", scheme.weights).float()

@@ -8,44 +8,41 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from pipeline.methods.base import Method, MethodParams, register
+from pipeline.methods.base import Method, register
 from pipeline.methods.targets import first_bad_width, target_linears
-
-
-class MagnitudeParams(MethodParams):
-    amount: float = Field(0.5, gt=0.0, lt=1.0, description="share of weights set to zero")
-    scope: Literal["per-layer", "global"] = Field("per-layer", description="rank |w| within each layer, or across all layers")
 
 
 @register
 class MagnitudePrune(Method):
     name = "magnitude-prune"
     library = "torch"
-    Params = MagnitudeParams
     kind = "prune"
     summary = "unstructured: zero the smallest |w| of each linear layer (or globally); embeddings/lm_head kept"
 
-    def apply(self, model, params: MagnitudeParams, ctx):
+    amount: float = Field(0.5, gt=0.0, lt=1.0, description="share of weights set to zero")
+    scope: Literal["per-layer", "global"] = Field("per-layer", description="rank |w| within each layer, or across all layers")
+
+    def apply(self, model, ctx):
         import torch
         from torch.nn.utils import prune
 
         layers = [(m, "weight") for _, m in target_linears(model)]
         with torch.no_grad():
-            if params.scope == "global":
-                prune.global_unstructured(layers, pruning_method=prune.L1Unstructured, amount=params.amount)
+            if self.scope == "global":
+                prune.global_unstructured(layers, pruning_method=prune.L1Unstructured, amount=self.amount)
             else:
                 for module, attr in layers:
-                    prune.l1_unstructured(module, attr, amount=params.amount)
+                    prune.l1_unstructured(module, attr, amount=self.amount)
             for module, attr in layers:
                 prune.remove(module, attr)
         return model
 
-    def kernel(self, params, device: str) -> str:
+    def kernel(self, device: str, model=None) -> str:
         return "dense matmul on masked weights: no unstructured-sparse kernel"
 
-    def dense_fallback(self, params, device: str) -> bool:
+    def dense_fallback(self, device: str) -> bool:
         return True
 
 
@@ -67,41 +64,39 @@ def check_nm_widths(method: str, config, n: int, m: int) -> str | None:
     return None
 
 
-class NMParams(MethodParams):
-    n: int = Field(2, ge=1, description="non-zeros kept per group")
-    m: int = Field(4, ge=2, description="group size (consecutive input weights)")
-
-
 @register
 class Magnitude2of4(Method):
     name = "magnitude-2of4"
     library = "torch"
-    Params = NMParams
     kind = "prune"
     summary = "semi-structured N:M (default 2:4): keep the n largest |w| of every m consecutive inputs"
 
-    def check(self, params: NMParams) -> str | None:
-        if params.n >= params.m:
-            return f"method {self.name!r}: n ({params.n}) must be smaller than m ({params.m})"
-        return None
+    n: int = Field(2, ge=1, description="non-zeros kept per group")
+    m: int = Field(4, ge=2, description="group size (consecutive input weights)")
 
-    def check_model(self, params: NMParams, config) -> str | None:
-        return check_nm_widths(self.name, config, params.n, params.m)
+    @model_validator(mode="after")
+    def _n_below_m(self):
+        if self.n >= self.m:
+            raise ValueError(f"method {self.name!r}: n ({self.n}) must be smaller than m ({self.m})")
+        return self
 
-    def nm_pattern(self, params: NMParams):
-        return (params.n, params.m)
+    def check_model(self, config) -> str | None:
+        return check_nm_widths(self.name, config, self.n, self.m)
 
-    def apply(self, model, params: NMParams, ctx):
+    def nm_pattern(self):
+        return (self.n, self.m)
+
+    def apply(self, model, ctx):
         import torch
 
         with torch.no_grad():
             for _, module in target_linears(model):
                 w = module.weight
-                w.mul_(nm_mask(w.detach().abs().float(), params.n, params.m).to(w.dtype))
+                w.mul_(nm_mask(w.detach().abs().float(), self.n, self.m).to(w.dtype))
         return model
 
-    def kernel(self, params: NMParams, device: str) -> str:
-        return f"dense matmul on masked weights: no {params.n}:{params.m} sparse kernel on {'CPU' if device == 'cpu' else device} (not converted to to_sparse_semi_structured)"
+    def kernel(self, device: str, model=None) -> str:
+        return f"dense matmul on masked weights: no {self.n}:{self.m} sparse kernel on {'CPU' if device == 'cpu' else device} (not converted to to_sparse_semi_structured)"
 
-    def dense_fallback(self, params, device: str) -> bool:
+    def dense_fallback(self, device: str) -> bool:
         return True

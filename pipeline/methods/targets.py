@@ -4,19 +4,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Iterator
 
+from pipeline.methods.weights import is_library_linear
+
 if TYPE_CHECKING:
     from torch import nn
 
 SKIP_MODULES = ("lm_head",)
 
-# Linear replacements that do not subclass nn.Linear.
-_LINEAR_CLASS_NAMES = {"HQQLinear", "HQQLinearTorchWeightOnlynt4", "QLinear", "CompressedLinear"}
-
 
 def is_linear(module: nn.Module) -> bool:
     from torch import nn
 
-    return isinstance(module, nn.Linear) or type(module).__name__ in _LINEAR_CLASS_NAMES
+    return isinstance(module, nn.Linear) or is_library_linear(type(module).__name__)
 
 
 def is_target_linear(name: str, module: nn.Module) -> bool:

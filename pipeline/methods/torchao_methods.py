@@ -4,23 +4,21 @@ int4 on CPU runs only through `torchao.prototype.quantization.int4` (Int4OpaqueT
 kernel); on CUDA the standard `Int4WeightOnlyConfig` (Int4Tensor, needs bfloat16). Both kernels need a
 layer's output width N divisible by 16 and the group size to divide its input width; torchao silently
 skips a layer whose shape does not fit, so `check_model` refuses such a model up front instead.
+
+Storage: torchao's weights are torch tensor subclasses, counted through `__tensor_flatten__` generically;
+`TorchaoWeights` dequantizes the one form without a dequantize op (Int4OpaqueTensor).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import math
+from typing import Any, Literal
 
 from pydantic import Field
 
-from pipeline.methods.base import (
-    Method,
-    MethodError,
-    MethodParams,
-    NotSerializable,
-    register,
-    save_unique_safetensors,
-)
+from pipeline.methods.base import Method, MethodError, NotSerializable, register, save_unique_safetensors
 from pipeline.methods.targets import is_target_linear, linear_shapes
+from pipeline.methods.weights import WeightHandler, register_weight_handler
 
 
 def _filter(module, fqn: str) -> bool:
@@ -36,7 +34,7 @@ def _torchao_version() -> str:
 class _Torchao(Method):
     library = "torchao"
 
-    def serialize(self, model, params, out_dir):
+    def serialize(self, model, out_dir):
         """torchao's own safetensors flattening (what transformers' TorchAoHfQuantizer saves with)."""
         from torchao.prototype.safetensors.safetensors_support import flatten_tensor_state_dict
 
@@ -61,40 +59,37 @@ class TorchaoInt8WeightOnly(_Torchao):
     name = "int8-weight-only"
     summary = "int8 weights, per-channel scales, activations in the model dtype"
 
-    def apply(self, model, params, ctx):
+    def apply(self, model, ctx):
         from torchao.quantization import Int8WeightOnlyConfig, quantize_
 
         quantize_(model, Int8WeightOnlyConfig(), filter_fn=_filter)
         return model
 
-    def kernel(self, params, device: str) -> str:
+    def kernel(self, device: str, model=None) -> str:
         return f"torchao Int8Tensor weight-only: int8 weights cast to the activation dtype each call + dense matmul ({device}, eager)"
 
-    def dense_fallback(self, params, device: str) -> bool:
+    def dense_fallback(self, device: str) -> bool:
         return True  # eager torchao casts the int8 weight to a dense copy before torch.mm
-
-
-class Int4Params(MethodParams):
-    group_size: Literal[32, 64, 128, 256] = Field(128, description="weights per scale/zero-point group (CPU: 32, 64 or 128)")
 
 
 @register
 class TorchaoInt4WeightOnly(_Torchao):
     name = "int4-weight-only"
-    Params = Int4Params
     summary = "int4 weights, asymmetric group-wise (tinygemm layout); CPU via torchao.prototype.quantization.int4"
-    serializable = False  # on CPU; the CUDA form saves (build tries either way and records the outcome)
-    serializable_reason = "CPU form (Int4OpaqueTensor) is not in torchao's safetensors allow-list; the CUDA form (Int4Tensor) saves"
+    # on CPU; the CUDA form saves. `serialize` (torchao's flattening) still tries, so a build records the outcome.
+    not_serializable = "CPU form (Int4OpaqueTensor) is not in torchao's safetensors allow-list; the CUDA form (Int4Tensor) saves"
 
-    def check_model(self, params: Int4Params, config) -> str | None:
+    group_size: Literal[32, 64, 128, 256] = Field(128, description="weights per scale/zero-point group (CPU: 32, 64 or 128)")
+
+    def check_model(self, config) -> str | None:
         for layer, (out_f, in_f) in linear_shapes(config).items():
-            if in_f % params.group_size:
-                return f"int4-weight-only group_size {params.group_size} does not divide {layer}'s input width {in_f}; use a group_size that divides it"
+            if in_f % self.group_size:
+                return f"int4-weight-only group_size {self.group_size} does not divide {layer}'s input width {in_f}; use a group_size that divides it"
             if out_f % 16:
                 return f"int4-weight-only needs every layer's output width divisible by 16 (the int4 kernel's N); {layer} has {out_f}"
         return None
 
-    def apply(self, model, params: Int4Params, ctx):
+    def apply(self, model, ctx):
         import torch
         from torchao.quantization import quantize_
 
@@ -103,17 +98,17 @@ class TorchaoInt4WeightOnly(_Torchao):
 
             if next(model.parameters()).dtype != torch.bfloat16:
                 raise MethodError("int4-weight-only on CUDA needs the model in bfloat16 (torchao Int4Tensor); set the model's `dtype: bfloat16`")
-            config = Int4WeightOnlyConfig(group_size=params.group_size)
+            config = Int4WeightOnlyConfig(group_size=self.group_size)
         else:
             from torchao.prototype.quantization.int4 import PrototypeInt4WeightOnlyConfig
 
-            if params.group_size == 256:
+            if self.group_size == 256:
                 raise MethodError("int4-weight-only on CPU supports group_size 32, 64 or 128 (torchao Int4OpaqueTensor)")
-            config = PrototypeInt4WeightOnlyConfig(group_size=params.group_size)
+            config = PrototypeInt4WeightOnlyConfig(group_size=self.group_size)
         quantize_(model, config, filter_fn=_filter)
         return model
 
-    def kernel(self, params, device: str) -> str:
+    def kernel(self, device: str, model=None) -> str:
         if device.startswith("cuda"):
             return "torchao Int4Tensor: int4 weight-only CUDA kernel"
         import torch
@@ -122,10 +117,6 @@ class TorchaoInt4WeightOnly(_Torchao):
         slow = "" if isa == "AVX512" else f" ({isa}: no AVX-512 vector path, far slower than dense here)"
         return f"torchao Int4OpaqueTensor: int4 CPU kernel _weight_int4pack_mm_for_cpu{slow}"
 
-    def serialize(self, model, params, out_dir):
-        # Int4OpaqueTensor (the CPU packing) is not in torchao's safetensors allow-list; flattening says why.
-        super().serialize(model, params, out_dir)
-
 
 @register
 class TorchaoW8A8Dynamic(_Torchao):
@@ -133,16 +124,68 @@ class TorchaoW8A8Dynamic(_Torchao):
     summary = "int8 weights (per-channel) x int8 activations quantized per token at run time"
     weights_and_activations = True
 
-    def apply(self, model, params, ctx):
+    def apply(self, model, ctx):
         from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
 
         quantize_(model, Int8DynamicActivationInt8WeightConfig(), filter_fn=_filter)
         return model
 
-    def kernel(self, params, device: str) -> str:
+    def kernel(self, device: str, model=None) -> str:
         if device.startswith("cuda"):
             return "torchao Int8Tensor dynamic: int8 x int8 torch._int_mm (cuBLAS) + rescale"
         import torch
 
         isa = torch.backends.cpu.get_cpu_capability()
         return f"torchao Int8Tensor dynamic: per-token int8 activations x int8 weights, int8 GEMM on CPU ({isa})"
+
+
+# -- storage ----------------------------------------------------------------------------------------
+_INT4PACK_POSITIONS: dict[tuple[int, int], Any] = {}
+
+
+def _int4pack_cpu_positions(n: int, k: int):
+    """For each nibble of `_convert_weight_to_int4pack_for_cpu`'s output (low nibble first), the flat index
+    n*K+k it came from. The packed layout depends on the CPU's ISA, so it is measured, not assumed: the
+    op is run on the 4-bit digits of every position's index and the digits are read back."""
+    import torch
+
+    key = (n, k)
+    if key in _INT4PACK_POSITIONS:
+        return _INT4PACK_POSITIONS[key]
+    idx = torch.arange(n * k, dtype=torch.int64).reshape(n, k)
+    pos = None
+    for j in range(max(1, math.ceil(math.log(n * k, 16)))):
+        digit = ((idx >> (4 * j)) & 15).to(torch.int32)
+        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(digit, 1)
+        nib = torch.stack([packed & 15, packed >> 4], dim=-1).reshape(-1).to(torch.int64)
+        pos = nib << (4 * j) if pos is None else pos | (nib << (4 * j))
+    _INT4PACK_POSITIONS[key] = pos
+    return pos
+
+
+def _int4_opaque_dequantize(w):
+    """Int4OpaqueTensor (CPU tinygemm layout; no dequantize op): unpack the nibbles, then tinygemm's affine
+    form w = (q - 8) * scale + zero per group. The kernel itself is far too slow for an identity probe
+    (one scalar pass per input row without AVX-512)."""
+    import torch
+
+    n, k = w.shape
+    group = int(w.block_size[-1])
+    packed = w.qdata
+    nib = torch.stack([packed & 15, packed >> 4], dim=-1).reshape(-1).to(torch.float32)
+    q = torch.empty(n * k, dtype=torch.float32)
+    q[_int4pack_cpu_positions(n, k)] = nib
+    scale, zero = w.scale_and_zero.float().unbind(-1)  # each (K/group, N)
+    q = q.reshape(n, k // group, group)
+    return ((q - 8.0) * scale.t().unsqueeze(-1) + zero.t().unsqueeze(-1)).reshape(n, k)
+
+
+@register_weight_handler
+class TorchaoWeights(WeightHandler):
+    library = "torchao"
+
+    def dense_weight(self, module):
+        w = getattr(module, "weight", None)
+        if type(w).__name__ == "Int4OpaqueTensor" and getattr(w, "act_mapping_type", None) is None:
+            return _int4_opaque_dequantize(w)
+        return None

@@ -13,16 +13,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from pipeline.methods.base import CalibrationParams, Method, register
+from pipeline.methods.base import CalibratedMethod, register
 from pipeline.methods.pruning import check_nm_widths, nm_mask
 from pipeline.methods.targets import is_target_linear, target_linears
-
-
-class WandaParams(CalibrationParams):
-    amount: float = Field(0.5, gt=0.0, lt=1.0, description="share of weights set to zero (2:4 implies 0.5)")
-    pattern: Literal["unstructured", "2:4"] = Field("unstructured", description="unstructured (per output row) or 2:4 semi-structured")
 
 
 def wanda_keep_mask(weight, sq_norm, amount: float, pattern: str):
@@ -89,37 +84,39 @@ def _collect(block, inputs, stats):
 
 
 @register
-class Wanda(Method):
+class Wanda(CalibratedMethod):
     name = "wanda"
     library = "torch"
-    Params = WandaParams
     kind = "prune"
-    needs_calibration = True
     summary = "activation-aware pruning: |W| x input-channel norm, unstructured or 2:4, block-sequential"
 
-    def check(self, params: WandaParams) -> str | None:
-        if params.pattern == "2:4" and params.amount != 0.5:
-            return f"method 'wanda' pattern 2:4 prunes exactly half; drop `amount` or set it to 0.5 (got {params.amount})"
-        return None
+    amount: float = Field(0.5, gt=0.0, lt=1.0, description="share of weights set to zero (2:4 implies 0.5)")
+    pattern: Literal["unstructured", "2:4"] = Field("unstructured", description="unstructured (per output row) or 2:4 semi-structured")
 
-    def check_model(self, params: WandaParams, config) -> str | None:
-        return check_nm_widths(self.name, config, 2, 4) if params.pattern == "2:4" else None
+    @model_validator(mode="after")
+    def _half_for_2of4(self):
+        if self.pattern == "2:4" and self.amount != 0.5:
+            raise ValueError(f"method 'wanda' pattern 2:4 prunes exactly half; drop `amount` or set it to 0.5 (got {self.amount})")
+        return self
 
-    def nm_pattern(self, params: WandaParams):
-        return (2, 4) if params.pattern == "2:4" else None
+    def check_model(self, config) -> str | None:
+        return check_nm_widths(self.name, config, 2, 4) if self.pattern == "2:4" else None
 
-    def apply(self, model, params: WandaParams, ctx):
+    def nm_pattern(self):
+        return (2, 4) if self.pattern == "2:4" else None
+
+    def apply(self, model, ctx):
         import torch
 
-        from pipeline.data.calibration import tokenized_batches
+        from pipeline.methods.batches import tokenized_batches
 
-        data = ctx.calibration_data(params)
-        batches = tokenized_batches(ctx.tokenizer, data.texts, params.calibration_seq_len, ctx.device)
+        data = ctx.calibration_data(self)
+        batches = tokenized_batches(ctx.tokenizer, data.texts, self.calibration_seq_len, ctx.device)
         blocks = decoder_blocks(model)
         if blocks is None:  # no block structure found: one pass over the whole (dense) model
             stats: dict = {}
             _collect(model, [((), {**b, "use_cache": False}) for b in batches], stats)
-            self._prune(dict(target_linears(model)).values(), stats, params)
+            self._prune(dict(target_linears(model)).values(), stats)
             ctx.notes["wanda.mode"] = "single pass"
             return model
         # One dense pass records every block's kwargs (masks/rotary can differ per block) and block 0's input.
@@ -151,13 +148,12 @@ class Wanda(Method):
             inputs = [((hs,), kw) for hs, kw in zip(hidden, per_block_kwargs[i])]
             stats = {}
             _collect(block, inputs, stats)
-            self._prune([m for n, m in block.named_modules() if is_target_linear(n, m)], stats, params)
+            self._prune([m for n, m in block.named_modules() if is_target_linear(n, m)], stats)
             hidden = _collect(block, inputs, {})  # outputs of the pruned block feed the next one
         ctx.notes["wanda.mode"] = "block-sequential"
         return model
 
-    @staticmethod
-    def _prune(modules, stats, params: WandaParams) -> None:
+    def _prune(self, modules, stats) -> None:
         import torch
 
         with torch.no_grad():
@@ -165,12 +161,12 @@ class Wanda(Method):
                 sq = stats.get(module)
                 if sq is None:  # never reached by calibration tokens: fall back to magnitude
                     sq = torch.ones(module.weight.shape[1], device=module.weight.device)
-                keep = wanda_keep_mask(module.weight, sq.to(module.weight.device), params.amount, params.pattern)
+                keep = wanda_keep_mask(module.weight, sq.to(module.weight.device), self.amount, self.pattern)
                 module.weight.mul_(keep.to(module.weight.dtype))
 
-    def kernel(self, params: WandaParams, device: str) -> str:
-        what = "2:4 sparse kernel" if params.pattern == "2:4" else "unstructured-sparse kernel"
+    def kernel(self, device: str, model=None) -> str:
+        what = "2:4 sparse kernel" if self.pattern == "2:4" else "unstructured-sparse kernel"
         return f"dense matmul on masked weights: no {what} on {'CPU' if device == 'cpu' else device}"
 
-    def dense_fallback(self, params, device: str) -> bool:
+    def dense_fallback(self, device: str) -> bool:
         return True

@@ -1,7 +1,13 @@
+"""The engine seam: what every runtime (engine) does with a built artifact.
+
+A runtime scores MMLU through lm-eval on the very object that was built and times its decode loop. New
+engines (llama.cpp, OpenAI-compatible servers) subclass `Runtime` and are named in `pipeline.runtime.RUNTIMES`.
+"""
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
     from pipeline.build.artifact import Artifact
@@ -10,18 +16,12 @@ if TYPE_CHECKING:
 
 
 class Runtime(ABC):
-    name: str
+    name: ClassVar[str]
 
     @abstractmethod
-    def score_mmlu(self, artifact: Artifact, spec: EvalSpec) -> AccuracyResult: ...
+    def score_mmlu(self, artifact: Artifact, spec: EvalSpec) -> AccuracyResult:
+        """MMLU accuracy of `artifact` with lm-eval's own scoring; per-question outcomes included."""
 
     @abstractmethod
-    def decode(self, artifact: Artifact, spec: SpeedSpec) -> SpeedResult: ...
-
-
-def get_runtime(name: str = "transformers") -> Runtime:
-    if name == "transformers":
-        from pipeline.runtime.transformers import TransformersRuntime
-
-        return TransformersRuntime()
-    raise ValueError(f"unknown runtime {name!r}; available: transformers")
+    def decode(self, artifact: Artifact, spec: SpeedSpec) -> SpeedResult:
+        """Decode timing of `artifact` as `spec` asks (batch sizes, prompt lengths, repeats)."""

@@ -46,7 +46,7 @@ class TransformersRuntime(Runtime):
     def score_mmlu(self, artifact, spec):
         from lm_eval.models.huggingface import HFLM
 
-        from pipeline.data.mmlu import score_mmlu
+        from pipeline.runtime.mmlu import score_mmlu
 
         if artifact.device == "cpu":
             # CPU: batching buys little and full-vocabulary logits cost GBs; score the last positions only.

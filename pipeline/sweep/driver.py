@@ -101,7 +101,7 @@ def start_sweep(recipe: Recipe, runtime_name: str = "transformers") -> tuple[Swe
     """Checks that fail before any model loads (data, tracking store), then the parent run."""
     from pipeline.data.mmlu import resolve_data
     from pipeline.env import pick_device
-    from pipeline.tracking.store import Tracker, flatten, host_tags
+    from pipeline.tracking import Tracker, flatten, host_tags
 
     resolve_data(recipe.eval)  # a broken MMLU dir fails before any model loads
     tracker = Tracker(recipe.tracking.uri, recipe.experiment)  # an unreachable server too
@@ -125,7 +125,7 @@ class ChildSlot:
 
 def open_child(ctx: SweepContext, tracker, item: WorkItem, *, rerun: bool) -> ChildSlot:
     """Reuse an earlier FINISHED twin (resume), or create the child run."""
-    from pipeline.tracking.store import find_finished_child, flatten
+    from pipeline.tracking import find_finished_child, flatten
 
     recipe = ctx.recipe
     versions = {k: v for k, v in ctx.base_tags.items() if k.startswith("version.")}
@@ -161,7 +161,7 @@ def execute_child(ctx: SweepContext, item: WorkItem, run_id: str, notify: Progre
 
     from pipeline.models import resolve_model
     from pipeline.runtime import get_runtime
-    from pipeline.tracking.store import Tracker
+    from pipeline.tracking import Tracker
 
     notify = notify or (lambda label, stage: None)
     recipe = ctx.recipe
@@ -189,7 +189,7 @@ def execute_child(ctx: SweepContext, item: WorkItem, run_id: str, notify: Progre
 
 
 def mark_killed(uri: str, experiment: str, run_id: str, reason: str) -> None:
-    from pipeline.tracking.store import Tracker
+    from pipeline.tracking import Tracker
 
     tracker = Tracker(uri, experiment)
     tracker.set_tags(run_id, {M.TAG_STATUS_ERROR: reason})
@@ -267,7 +267,7 @@ def finish_sweep(tracker, outcome: SweepOutcome) -> None:
     )
     tracker.log_metrics(parent_id, {"sweep_wall_seconds": outcome.seconds, "failed_children": float(len(failed))})
     try:  # the verdict side's plots/tables on the parent run (absent until that module exists)
-        from pipeline.verdict.report import log_sweep_report
+        from pipeline.verdict import log_sweep_report
     except ImportError:
         log_sweep_report = None
     if log_sweep_report is not None:

@@ -1,0 +1,17 @@
+"""The verdict side: works only on what `pipeline.tracking` wrote, so it runs on any past sweep.
+
+    stats      paired statistics on per-question outcomes (McNemar, bootstrap, non-inferiority)
+    frontier   dominance verdicts on speed and size axes, the baseline ladder
+    analysis   a sweep's bases, paired comparisons, verdicts, table rows, per-subject deltas (pure)
+    gate       a policy checked against a sweep: `evaluate(sweep, policy)` (pure)
+    units      how numbers read in reports and check details
+    render     Markdown, CSV, JUnit and console tables
+    plots      Pareto and per-subject PNGs (matplotlib)
+    commands   run_compare, log_sweep_report, run_gate: read through tracking, write files, tags, registry
+"""
+
+from pipeline.verdict.analysis import SweepAnalysis, analyze
+from pipeline.verdict.commands import CompareResult, log_sweep_report, run_compare, run_gate
+from pipeline.verdict.gate import GateResult, evaluate
+
+__all__ = ["CompareResult", "GateResult", "SweepAnalysis", "analyze", "evaluate", "log_sweep_report", "run_compare", "run_gate"]

@@ -255,6 +255,11 @@ def compare_paired(
     )
 
 
+def two_sided_z(confidence: float) -> float:
+    """Normal quantile of a two-sided `confidence` interval (1.96 at 0.95): accuracy ± z * stderr."""
+    return float(_st.norm.ppf(1 - (1 - confidence) / 2))
+
+
 # -- non-inferiority ---------------------------------------------------------------------------------
 
 

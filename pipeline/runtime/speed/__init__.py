@@ -10,7 +10,6 @@ Public API (the sweep and the CLI call these):
 from pipeline.runtime.speed import roofline
 from pipeline.runtime.speed.host import host_bandwidth, host_matmul_flops
 from pipeline.runtime.speed.measure import measure_decode, planned_batches, prompt_ids
-from pipeline.runtime.speed.report import speed_metrics, speed_tags
 from pipeline.runtime.speed.roofline import ceiling_tok_s, compute_bound_batch, crossover_batch, kv_bytes_per_token, mbu
 
 __all__ = [
@@ -25,6 +24,4 @@ __all__ = [
     "planned_batches",
     "prompt_ids",
     "roofline",
-    "speed_metrics",
-    "speed_tags",
 ]

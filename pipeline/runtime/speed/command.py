@@ -26,34 +26,34 @@ class SpeedCommandError(ValueError):
     """A request `shrinkgate speed` cannot serve; the message says why and what to do (the CLI prints it)."""
 
 
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise SpeedCommandError(f"--device {device}: no CUDA device here; use --device cpu")
-    return device
+def _device(requested: str) -> str:
+    from pipeline.env import DeviceUnavailable, pick_device
+
+    try:
+        return pick_device(requested)
+    except DeviceUnavailable as exc:
+        raise SpeedCommandError(f"--device {requested}: {exc}") from None
 
 
-def _in_memory_method(name: str, params: dict[str, Any] | None, device: str) -> tuple[Any, Any]:
-    """The registered method and its parsed params, if it can transform an in-memory model here."""
-    from pipeline.methods import Method, get_method
+def _in_memory_method(name: str, params: dict[str, Any] | None, device: str):
+    """The configured method, if it can transform an in-memory model here."""
+    from pipeline.methods import MethodError, make_method
 
-    method = get_method(name)
-    parsed = method.parse(params or {})
-    problem = method.check(parsed)
-    if problem:
-        raise SpeedCommandError(f"--method {name}: {problem}")
+    try:
+        method = make_method(name, params)
+    except MethodError as exc:
+        raise SpeedCommandError(f"--method {name}: {exc}") from None
     kind = "cuda" if device.startswith("cuda") else "cpu"
     if kind not in method.devices:
         raise SpeedCommandError(f"--method {name} runs on {', '.join(method.devices)} only, not {kind}")
-    if type(method).load_kwargs is not Method.load_kwargs:
+    if method.quantizes_at_load:
         raise SpeedCommandError(
             f"--method {name} quantizes while loading a checkpoint (from_pretrained); `speed` builds an in-memory "
             "random model, so only methods that transform a loaded model work here — measure it in a recipe sweep"
         )
     if method.needs_calibration:
         raise SpeedCommandError(f"--method {name} needs calibration text from a real tokenizer; measure it in a recipe sweep")
-    return method, parsed
+    return method
 
 
 def speed_command(
@@ -75,10 +75,11 @@ def speed_command(
     seed: int = 0,
 ) -> SpeedResult:
     """Measure decode of a published architecture (random weights) under `method` on `device`."""
-    from pipeline.build.fidelity import StorageSummary
+    from pipeline.build.artifact import apply_steps
+    from pipeline.build.storage import storage_bytes
     from pipeline.methods import BuildContext
 
-    device = resolve_device(device)
+    device = _device(device)
     try:
         shape = shapes.shape(config)
     except KeyError as exc:
@@ -91,10 +92,10 @@ def speed_command(
             f"{config} in {dtype} needs {need / 1e9:.1f} GB of weights; {device} has {free / 1e9:.1f} GB free — "
             "use a smaller config, a lower-precision dtype, or a bigger device"
         )
-    m, params = _in_memory_method(method, method_params, device)
+    m = _in_memory_method(method, method_params, device)
     model = shapes.random_model(config, dtype, device, seed)
-    model = m.apply(model, params, BuildContext(tokenizer=None, device=device)) or model
-    weight_bytes = StorageSummary(model).bytes_read_per_token
+    model = apply_steps(model, [m], BuildContext(tokenizer=None, device=device))
+    weight_bytes = storage_bytes(model).bytes_read_per_token
     spec = SpeedSpec(
         prompt_tokens=prompt_tokens,
         new_tokens=new_tokens,
@@ -112,8 +113,8 @@ def speed_command(
         spec,
         weight_bytes_per_token=weight_bytes,
         device=device,
-        kernel=m.kernel(params, device),
-        dense_fallback=m.dense_fallback(params, device),
+        kernel=m.kernel(device, model),
+        dense_fallback=m.dense_fallback(device),
         model_name=f"{config} (random, {shape.hub_id} shape)",
         method=method,
         seed=seed,

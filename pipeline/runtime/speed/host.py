@@ -16,11 +16,27 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import psutil
 import torch
 
 CACHE_ENV = "SHRINKGATE_HOST_CACHE"
-_MIN_CPU_BUFFER = 256 * 2**20  # bytes per buffer; >= 8x a last-level cache keeps the probe in DRAM
 _GPU_BUFFER = 1 * 2**30
+# CPU probe buffers (three of them: a, b, c). Each wants 8x the last-level cache sysfs reports so
+# the stream runs from DRAM, but a VM's sysfs can report a huge LLC (480 MiB seen: 8x that, times
+# three buffers, is 11 GiB of RSS on a fresh host), so the plan is bounded whatever the LLC says:
+# - floor 256 MiB per buffer: above the L3 a few threads can use on current server parts (per-CCD
+#   L3 <= 96 MiB on Genoa-X). A 2-vCPU Xeon VM whose sysfs claims 260 MiB read 52 GB/s at 64 MiB,
+#   37 at 128 MiB (partly cached) and a flat ~29 GB/s from 256 MiB to 2 GiB: DRAM from 256 up;
+# - cap 1 GiB for all three buffers (341 MiB each): above the floor with margin, below the
+#   <= 1.1 GB models the quickstart loads, and within noise of 2 GiB buffers on that VM;
+# - at most 1/8 of available memory in all, so the probe never crowds out the model it serves; on
+#   a small host this wins over the floor (a cache-inflated figure beats an OOM kill), down to an
+#   absolute 16 MiB per buffer. The plan and what bound it are recorded in the probe's result.
+_CPU_BUFFERS = 3
+_MIN_CPU_BUFFER = 256 * 2**20  # bytes per buffer
+_MAX_CPU_PROBE_TOTAL = 1 * 2**30  # bytes, all buffers together
+_AVAILABLE_FRACTION = 1 / 8  # of psutil's available memory, all buffers together
+_TINY_CPU_BUFFER = 16 * 2**20  # bytes per buffer, last resort on a starved host
 
 
 def cache_path() -> Path:
@@ -79,6 +95,32 @@ def _last_level_cache_bytes() -> int:
         except (OSError, ValueError):
             continue
     return best
+
+
+def _available_memory_bytes() -> int | None:
+    try:
+        return int(psutil.virtual_memory().available)
+    except Exception:  # noqa: BLE001 - an unreadable meminfo leaves only the fixed cap
+        return None
+
+
+def cpu_probe_plan() -> dict[str, Any]:
+    """Bytes per CPU probe buffer and which bound set them (see the constants' comment)."""
+    llc = _last_level_cache_bytes()
+    avail = _available_memory_bytes()
+    want, limit = (8 * llc, "llc") if 8 * llc > _MIN_CPU_BUFFER else (_MIN_CPU_BUFFER, "floor")
+    if want > _MAX_CPU_PROBE_TOTAL // _CPU_BUFFERS:
+        want, limit = _MAX_CPU_PROBE_TOTAL // _CPU_BUFFERS, "cap"
+    if avail is not None and want > avail * _AVAILABLE_FRACTION / _CPU_BUFFERS:
+        want, limit = int(avail * _AVAILABLE_FRACTION / _CPU_BUFFERS), "available"
+    if want < _TINY_CPU_BUFFER:
+        want, limit = _TINY_CPU_BUFFER, "tiny"
+    return {
+        "buffer_bytes": want // 4096 * 4096,  # whole pages of float32
+        "buffer_limit": limit,
+        "llc_mb": llc / 2**20,
+        "available_mb": None if avail is None else avail / 2**20,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -166,10 +208,17 @@ def probe_bandwidth(device: str, threads: int, buffer_bytes: int | None = None, 
 
     Bytes counted are bytes read + written by the kernel (STREAM's convention). The peak is the best
     of the three: decode mostly reads, so a read-only pass is as fair a ceiling as copy or triad.
+    Three buffers of `buffer_bytes` are allocated; on CPU the default size comes from
+    `cpu_probe_plan()` (bounded by a fixed cap and by available memory, whatever the LLC reports),
+    and the result records it (`buffer_mb`, `buffer_limit`, `llc_mb`, `available_mb`).
     """
     is_cuda = device.startswith("cuda")
-    if buffer_bytes is None:
-        buffer_bytes = _GPU_BUFFER if is_cuda else max(_MIN_CPU_BUFFER, 8 * _last_level_cache_bytes())
+    plan: dict[str, Any] = {"buffer_limit": "explicit"}
+    if buffer_bytes is None and is_cuda:
+        buffer_bytes, plan = _GPU_BUFFER, {"buffer_limit": "gpu"}
+    elif buffer_bytes is None:
+        plan = cpu_probe_plan()
+        buffer_bytes = plan.pop("buffer_bytes")
     n = buffer_bytes // 4
     timed = _cuda_seconds if is_cuda else _host_seconds
     with _Threads(threads), torch.inference_mode():
@@ -187,6 +236,8 @@ def probe_bandwidth(device: str, threads: int, buffer_bytes: int | None = None, 
         "bandwidth_gb_s": max(gb.values()),
         "probes_gb_s": gb,
         "buffer_mb": buffer_bytes / 2**20,
+        "buffers": _CPU_BUFFERS,  # a, b, c below (on cuda too)
+        **plan,
         "method": "cuda events, device-to-device" if is_cuda else "perf_counter_ns, DRAM-sized buffers",
     }
 

@@ -346,8 +346,8 @@ def measure_decode(
     """Decode figures for `model` at every (prompt length, batch size) the spec asks for.
 
     `weight_bytes_per_token` is what a decode step reads of the weights as stored (packed values +
-    scales: `StorageSummary(model).bytes_read_per_token`). `kernel`/`dense_fallback` come from the
-    method so a dense fallback is never reported as compressed-kernel speed. `clock`,
+    scales: `pipeline.build.storage.storage_bytes(model).bytes_read_per_token`). `kernel`/`dense_fallback`
+    come from the method so a dense fallback is never reported as compressed-kernel speed. `clock`,
     `bandwidth_gb_s` and `matmul_flops` are injectable (tests); by default the host's measured,
     cached peaks are used. A point that does not fit in memory is reported in `skipped`, not raised.
     """

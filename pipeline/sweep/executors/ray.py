@@ -92,7 +92,7 @@ def _quiet_worker() -> None:
 
 def _worker_tags(ctx: SweepContext, device: str) -> dict[str, str]:
     """Where the child really ran: the driver's host tags describe the driver, not this node."""
-    from pipeline.tracking.store import host_tags
+    from pipeline.tracking import host_tags
 
     tags = {k: v for k, v in host_tags(ctx.recipe.speed.threads).items() if not k.startswith(("version.", "mlflow."))}
     tags["device"] = device
@@ -114,7 +114,7 @@ def _child_task(ctx: SweepContext, item: WorkItem, run_id: str) -> ChildOutcome:
     are rewritten to this node's, then the same `execute_child` as the local executor."""
     _quiet_worker()
     from pipeline.env import pick_device
-    from pipeline.tracking.store import Tracker
+    from pipeline.tracking import Tracker
 
     device = pick_device(ctx.recipe.eval.device)
     ctx = dataclasses.replace(ctx, device=device)

@@ -1,0 +1,116 @@
+"""MMLU accuracy of an in-memory model, scored by lm-eval with our copy of lm-eval's `mmlu` task.
+
+`pipeline.data.mmlu` resolves and checks the data and materialises the task configs for the selected
+subjects; here `lm_eval.simple_evaluate` runs them on the given `LM`. Scoring, aggregation and stderr are
+lm-eval's own; this module only reads them back into an `AccuracyResult`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pipeline.config.recipe import EvalSpec
+from pipeline.data.mmlu import GROUP, HUB_DATASET, TASK_PREFIX, MMLUDataError, materialize_tasks, resolve_data
+from pipeline.env import MMLU_DIR_ENV
+from pipeline.results import AccuracyResult, QuestionOutcome
+
+if TYPE_CHECKING:
+    from lm_eval.api.model import LM
+
+
+def _stderr(value: Any) -> float:
+    # lm-eval reports "N/A" when a subject has a single scored question (sample stddev undefined).
+    return float(value) if isinstance(value, (int, float)) else math.nan
+
+
+def _json_safe(results: dict[str, Any]) -> dict[str, Any]:
+    from lm_eval.utils import handle_non_serializable
+
+    kept = {k: v for k, v in results.items() if k != "samples"}
+    return json.loads(json.dumps(kept, default=handle_non_serializable))
+
+
+def _outcomes(subject: str, samples: list[dict[str, Any]]) -> list[QuestionOutcome]:
+    out = []
+    for s in sorted(samples, key=lambda s: s["doc_id"]):
+        lls = [float(resp[0]) for resp in s["filtered_resps"]]  # one (loglikelihood, is_greedy) per choice
+        predicted = max(range(len(lls)), key=lls.__getitem__)  # first max, like lm-eval's np.argmax
+        out.append(
+            QuestionOutcome(
+                subject=subject,
+                index=int(s["doc_id"]),
+                answer=int(s["target"]),
+                predicted=predicted,
+                correct=bool(s["acc"]),
+            )
+        )
+    return out
+
+
+def score_mmlu(lm: LM, spec: EvalSpec) -> AccuracyResult:
+    """Score MMLU on `lm` (any lm_eval LM, e.g. HFLM on an in-memory model) with lm-eval's own machinery.
+
+    `acc`/`acc_stderr` are lm-eval's `shrinkgate_mmlu` group values (question-weighted mean, pooled
+    stderr); `limit_per_subject=N` scores the first N test rows of every selected subject.
+    """
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    data = resolve_data(spec)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="shrinkgate_mmlu_") as tmp:
+        # include_defaults=False: skips indexing lm-eval's ~10k built-in YAMLs (~8 s) and any name clash.
+        manager = TaskManager(include_path=str(materialize_tasks(data, Path(tmp))), include_defaults=False)
+        try:
+            results = simple_evaluate(
+                model=lm,
+                tasks=[GROUP],
+                task_manager=manager,
+                num_fewshot=spec.num_fewshot,
+                limit=spec.limit_per_subject,
+                log_samples=True,
+                random_seed=spec.seed,
+                numpy_random_seed=spec.seed,
+                torch_random_seed=spec.seed,
+                fewshot_random_seed=spec.seed,
+            )
+        except ConnectionError as exc:
+            if data.source != "hub":
+                raise
+            # datasets raises this when the hub is unreachable (e.g. HF_DATASETS_OFFLINE=1, nothing cached).
+            raise MMLUDataError(
+                f"hub dataset {HUB_DATASET}: cannot be loaded ({exc}); the MMLU copy shipped with shrinkgate is "
+                f"missing, so reinstall shrinkgate, set eval.data_dir or ${MMLU_DIR_ENV} to a local MMLU JSONL dir, "
+                "or allow hub access"
+            ) from None
+    seconds = time.perf_counter() - start
+    if results is None:  # only non-zero ranks of a distributed run get None
+        raise RuntimeError("lm-eval returned no results (not rank 0 of a distributed run)")
+
+    group = results["results"][GROUP]
+    questions = [q for s in data.subjects for q in _outcomes(s, results["samples"][TASK_PREFIX + s])]
+    acc_stderr, stderr_source = _stderr(group.get("acc_stderr,none")), "lm-eval pooled (group)"
+    if math.isnan(acc_stderr) and len(questions) > 1:
+        # One question per subject leaves lm-eval's pooled stderr undefined; fall back to treating every
+        # scored question as one sample (the binomial standard error of the mean).
+        p = sum(q.correct for q in questions) / len(questions)
+        acc_stderr = math.sqrt(p * (1 - p) / (len(questions) - 1))
+        stderr_source = "sample stderr over all questions (lm-eval's pooled stderr is N/A with 1 question per subject)"
+    per_subject = {s: float(results["results"][TASK_PREFIX + s]["acc,none"]) for s in data.subjects}
+    safe_results = _json_safe(results)
+    safe_results["shrinkgate"] = {"acc_stderr_source": stderr_source}
+    return AccuracyResult(
+        acc=float(group["acc,none"]),
+        acc_stderr=acc_stderr,
+        per_subject=per_subject,
+        questions=tuple(questions),
+        num_fewshot=spec.num_fewshot,
+        limit_per_subject=spec.limit_per_subject,
+        lm_eval_results=safe_results,
+        seconds=seconds,
+    )

@@ -1,0 +1,99 @@
+"""Reading runs back as typed records: the verdict side and resume read only what `write` logged."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from pipeline import metrics as M
+from pipeline.records import SweepRecord, VariantRecord
+from pipeline.results import QuestionOutcome, parse_questions_csv
+from pipeline.tracking.connect import TrackingError, client
+
+
+def _text(mlflow_client: Any, run_id: str, artifact: str) -> str | None:
+    try:
+        with tempfile.TemporaryDirectory() as d:
+            return Path(mlflow_client.download_artifacts(run_id, artifact, d)).read_text(encoding="utf-8")
+    except Exception:  # noqa: BLE001 - a missing artifact reads as None
+        return None
+
+
+def read_run_text(uri: str, run_id: str, artifact: str) -> str | None:
+    """A text artifact of a run, or None when it is missing."""
+    return _text(client(uri), run_id, artifact)
+
+
+def _questions(mlflow_client: Any, run_id: str) -> tuple[QuestionOutcome, ...] | None:
+    # None means "no per-question data": the verdict side fails closed on it.
+    text = _text(mlflow_client, run_id, M.ART_QUESTIONS)
+    if text is None:
+        return None
+    try:
+        return parse_questions_csv(text)
+    except Exception:  # noqa: BLE001 - an unreadable CSV counts as missing
+        return None
+
+
+def _record(mlflow_client: Any, run: Any, with_questions: bool) -> VariantRecord:
+    tags = dict(run.data.tags)
+    questions = None
+    if with_questions and run.info.status == "FINISHED":
+        questions = _questions(mlflow_client, run.info.run_id)
+    return VariantRecord(
+        run_id=run.info.run_id,
+        model=tags.get(M.TAG_MODEL, "?"),
+        variant=tags.get(M.TAG_VARIANT, "?"),
+        role=tags.get(M.TAG_ROLE, "candidate"),
+        status=run.info.status,
+        metrics=dict(run.data.metrics),
+        tags=tags,
+        params=dict(run.data.params),
+        questions=questions,
+    )
+
+
+def load_sweep(uri: str, *, run_id: str | None = None, experiment: str | None = None, with_questions: bool = True) -> SweepRecord:
+    """A parent run and its children; with `experiment`, the latest parent run of that experiment."""
+    c = client(uri)
+    if run_id is None:
+        if experiment is None:
+            raise TrackingError("give a parent run id (--run) or an experiment name (--experiment)")
+        exp = c.get_experiment_by_name(experiment)
+        if exp is None:
+            raise TrackingError(f"experiment {experiment!r} not found in {uri}; check --experiment and --tracking-uri")
+        parents = c.search_runs(
+            [exp.experiment_id], filter_string=f"tags.`{M.TAG_KIND}` = 'sweep'", order_by=["attributes.start_time DESC"], max_results=1
+        )
+        if not parents:
+            raise TrackingError(f"experiment {experiment!r} has no sweep runs in {uri}")
+        parent = parents[0]
+    else:
+        try:
+            parent = c.get_run(run_id)
+        except Exception:  # noqa: BLE001 - any lookup failure is "not found" for the user
+            raise TrackingError(f"run {run_id} not found in {uri}; check --run and --tracking-uri") from None
+    exp_id = parent.info.experiment_id
+    children = c.search_runs([exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'", max_results=5000)
+    exp_name = c.get_experiment(exp_id).name
+    records = tuple(sorted((_record(c, r, with_questions) for r in children), key=lambda r: (r.role != "candidate", r.model, r.variant)))
+    return SweepRecord(parent_run_id=parent.info.run_id, experiment=exp_name, children=records, tags=dict(parent.data.tags))
+
+
+def find_finished_child(uri: str, experiment: str, content_key: str) -> str | None:
+    """A FINISHED child run with this content key, for resume."""
+    c = client(uri)
+    exp = c.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    runs = c.search_runs(
+        [exp.experiment_id],
+        filter_string=f"tags.`{M.TAG_CONTENT_KEY}` = '{content_key}' and attributes.status = 'FINISHED'",
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def run_metrics(uri: str, run_id: str) -> dict[str, float]:
+    return dict(client(uri).get_run(run_id).data.metrics)

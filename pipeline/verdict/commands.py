@@ -1,0 +1,215 @@
+"""Entry points: read a sweep back through `pipeline.tracking`, decide, and write the files, tags and
+registry entries. Everything between reading and writing is the pure analysis and gate.
+
+    run_compare        compare.md, compare.csv and PNG plots to a folder, a table on the console
+    log_sweep_report   the same files under `report/` on the sweep's parent run, verdict tags on every child
+    run_gate           gate_report.md and gate_junit.xml, `gate.*` tags, passing variants registered
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from pipeline import metrics as M
+from pipeline.config import RecipeError, load_policy
+from pipeline.env import tracking_uri as resolve_tracking_uri
+from pipeline.records import SweepRecord
+from pipeline.tracking import TrackingError, load_sweep, log_run_artifacts, register_passing, set_run_tags
+from pipeline.verdict.analysis import SweepAnalysis, analyze, rows, verdict_tags
+from pipeline.verdict.frontier import Verdict
+from pipeline.verdict.gate import GateError, GateResult, child_tags, evaluate, exit_code, parent_tags, registry_bundle, registry_name
+from pipeline.verdict.plots import write_plots
+from pipeline.verdict.render import compare_markdown, gate_markdown, print_compare, print_gate, write_csv, write_junit
+
+REPORT_ARTIFACT_DIR = "report"
+GATE_ARTIFACT_DIR = "gate"
+REPORT_NAME = "gate_report.md"
+JUNIT_NAME = "gate_junit.xml"
+
+
+def _console(console):
+    from rich.console import Console
+
+    return console or Console()
+
+
+def _quiet_downloads() -> None:
+    # MLflow draws a progress bar per downloaded artifact (one per child's questions CSV).
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+# -- compare ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CompareResult:
+    analysis: SweepAnalysis
+    rows: list[dict[str, Any]]
+    markdown_path: Path
+    csv_path: Path
+    plots: list[Path]
+
+    @property
+    def verdicts(self) -> dict[str, dict[str, Verdict]]:
+        return self.analysis.verdicts
+
+
+def write_compare(analysis: SweepAnalysis, out_dir: str | Path) -> CompareResult:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    table_rows = rows(analysis)
+    plots = write_plots(analysis, out)
+    md = out / "compare.md"
+    md.write_text(compare_markdown(analysis, table_rows, plots), encoding="utf-8")
+    csv_path = out / "compare.csv"
+    write_csv(csv_path, table_rows)
+    return CompareResult(analysis, table_rows, md, csv_path, plots)
+
+
+def run_compare(
+    *,
+    tracking_uri: str | None = None,
+    run_id: str | None = None,
+    experiment: str | None = None,
+    out_dir: str | Path = "reports/compare",
+    confidence: float = 0.95,
+    seed: int = 0,
+    console=None,
+) -> CompareResult:
+    """Read a sweep back, print the table, write compare.md, compare.csv and PNG plots to `out_dir`.
+    Raises `TrackingError` for an unknown run/experiment or an unusable store (the CLI exits 2 on it)."""
+    _quiet_downloads()
+    console = _console(console)
+    sweep = load_sweep(resolve_tracking_uri(tracking_uri), run_id=run_id, experiment=experiment)
+    analysis = analyze(sweep, confidence=confidence, seed=seed)
+    result = write_compare(analysis, out_dir)
+    print_compare(analysis, result.rows, console)
+    console.print(f"wrote {result.markdown_path}, {result.csv_path} and {len(result.plots)} plot(s) to {Path(out_dir)}")
+    return result
+
+
+def log_sweep_report(tracking_uri: str, parent_run_id: str) -> list[str]:
+    """Log compare.md, compare.csv and the plots under `report/` on the parent run and verdict tags on
+    every child, so the MLflow UI shows them; returns the artifact paths logged. Missing metrics (speed
+    disabled, failed children) only leave cells empty and plots out. Called by the sweep at its end."""
+    sweep = load_sweep(tracking_uri, run_id=parent_run_id)
+    analysis = analyze(sweep)
+    with tempfile.TemporaryDirectory() as d:
+        write_compare(analysis, d)
+        log_run_artifacts(tracking_uri, parent_run_id, d, REPORT_ARTIFACT_DIR)
+        logged = sorted(f"{REPORT_ARTIFACT_DIR}/{p.name}" for p in Path(d).iterdir())
+    set_run_tags(tracking_uri, verdict_tags(analysis))
+    return logged
+
+
+# -- gate ---------------------------------------------------------------------------------------------------
+
+
+def run_gate(
+    policy_path: str | Path,
+    *,
+    tracking_uri: str | None = None,
+    run_id: str | None = None,
+    experiment: str | None = None,
+    out_dir: str | Path = "reports/gate",
+    console=None,
+) -> GateResult:
+    """Gate one sweep (`run_id` of its parent run, or the latest sweep of `experiment`): exit code 0 every
+    gated variant passed, 1 any failed or is undecided, 2 error.
+
+    Writes `gate_report.md` and `gate_junit.xml` to `out_dir`, tags each child `gate.verdict` / `gate.reasons`,
+    logs both files under `gate/` on the parent run and registers each passing variant with the policy's alias.
+    Never raises: a bad policy, an unknown run, an unreachable store or any failure while tagging or
+    registering returns exit code 2 with `error` set (one line), and still writes the report and a JUnit
+    file (with an error testcase when nothing could be gated) so CI shows why."""
+    _quiet_downloads()
+    console = _console(console)
+    started = time.perf_counter()
+    out = Path(out_dir)
+    result = GateResult(exit_code=2)
+    try:
+        result.policy = load_policy(policy_path)
+        uri = resolve_tracking_uri(tracking_uri)
+        sweep = load_sweep(uri, run_id=run_id, experiment=experiment)
+        result.parent_run_id, result.experiment = sweep.parent_run_id, sweep.experiment
+        if sweep.tags.get(M.TAG_KIND) != "sweep":
+            raise GateError(f"run {sweep.parent_run_id} is not a sweep parent run (tag {M.TAG_KIND}=sweep); give the parent's id to --run")
+        if not sweep.children:
+            raise GateError(f"sweep run {sweep.parent_run_id} has no child runs; nothing to gate")
+        result.variants = evaluate(sweep, result.policy)
+        if not result.variants:
+            raise GateError(f"sweep run {sweep.parent_run_id} has no candidate variant besides the unmodified model; nothing to gate")
+    except Exception as exc:  # noqa: BLE001 - every error is exit 2 with one line
+        known = isinstance(exc, (RecipeError, TrackingError, GateError))
+        result.error = _one_line(exc, with_type=not known)
+        result.variants = []
+        _write_safely(result, out, policy_path, time.perf_counter() - started)
+        print_gate(result, console)
+        return result
+
+    result.exit_code = exit_code(result.variants)
+    try:
+        _record(result, sweep, uri, policy_path)
+    except Exception as exc:  # noqa: BLE001 - verdicts stand, but the store was not updated as promised
+        result.error = f"verdicts not fully recorded in {uri}: {_one_line(exc, with_type=True)}"
+        result.exit_code = 2
+    _write_safely(result, out, policy_path, time.perf_counter() - started)
+    try:
+        with tempfile.TemporaryDirectory() as d:
+            for p in (result.report_path, result.junit_path):
+                if p is not None:
+                    Path(d, p.name).write_bytes(p.read_bytes())
+            log_run_artifacts(uri, sweep.parent_run_id, d, GATE_ARTIFACT_DIR)
+    except Exception as exc:  # noqa: BLE001
+        result.error = result.error or f"report not logged to run {sweep.parent_run_id}: {_one_line(exc, with_type=True)}"
+        result.exit_code = 2
+    print_gate(result, console)
+    return result
+
+
+def _one_line(exc: BaseException, *, with_type: bool) -> str:
+    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {msg}" if with_type or not msg else msg
+
+
+def _record(result: GateResult, sweep: SweepRecord, uri: str, policy_path: str | Path) -> None:
+    """Verdict tags on each child, registry entries for passes, a summary on the parent."""
+    policy = result.policy
+    by_id = {r.run_id: r for r in sweep.children}
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    set_run_tags(uri, child_tags(result.variants, policy_path, stamp))
+    if policy.register_model:
+        for g in result.variants:
+            if g.verdict != "pass" or g.run_id is None:
+                continue
+            r = by_id[g.run_id]
+            reg_name, version = register_passing(
+                uri,
+                r,
+                name=registry_name(policy, sweep, r),
+                alias=policy.alias,
+                files=registry_bundle(g, r, policy, sweep),
+                parent_run_id=sweep.parent_run_id,
+                tags={"gate.verdict": "pass", "gate.policy": str(policy_path), "model": r.model, "variant": r.variant},
+            )
+            g.registered = f"{reg_name} v{version} @{policy.alias}"
+            set_run_tags(uri, {g.run_id: {"gate.registered": g.registered}})
+    set_run_tags(uri, {sweep.parent_run_id: parent_tags(result, stamp)})
+
+
+def _write_safely(result: GateResult, out: Path, policy_path: str | Path, seconds: float) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        result.report_path = out / REPORT_NAME
+        result.report_path.write_text(gate_markdown(result, policy_path), encoding="utf-8")
+        result.junit_path = write_junit(out / JUNIT_NAME, result, seconds)
+    except OSError as exc:
+        result.report_path = result.junit_path = None
+        result.error = result.error or f"cannot write the report to {out}: {exc.strerror or exc}; fix --out"
+        result.exit_code = 2
