@@ -78,15 +78,23 @@ def run(
     only: Optional[str] = typer.Option(None, "--only", help="comma-separated variant names"),
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow tracking URI (default: the recipe's)"),
     rerun: bool = typer.Option(False, "--rerun", help="measure again even when a FINISHED run with the same content key exists"),
-    executor: str = typer.Option("local", "--executor", help="local | ray (each model x variant a Ray task)"),
+    executor: str = typer.Option(
+        "process", "--executor",
+        help="process: each model x variant in a fresh subprocess (a crash fails that run only) | inline: in this process (alias: local) | ray: each a Ray task",
+    ),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: start a local Ray)"),
 ) -> None:
     """Build every variant, score MMLU through lm-eval, time decode, log to MLflow, print the table."""
     quiet_libraries()
     from pipeline.build.plan import plan
     from pipeline.sweep.driver import run_sweep
+    from pipeline.sweep.executors import executor_name, get_executor
 
     try:
+        name = executor_name(executor)
+        if address and name != "ray":
+            _fail(f"--address {address}: only --executor ray joins a cluster")
+        runner = get_executor(name, address=address) if name == "ray" else get_executor(name)
         r = _load(recipe, limit_per_subject=limit_per_subject, only=_split(only), tracking_uri=tracking_uri)
     except _user_errors() as exc:
         _fail(str(exc))
@@ -97,22 +105,15 @@ def run(
         task = bar.add_task("starting", total=len(items))
 
         def progress(label: str, stage: str) -> None:
-            if stage in ("done", "failed", "skipped"):
+            if stage in ("done", "failed", "skipped", "killed"):
                 bar.advance(task)
-                style = {"done": "green", "failed": "red", "skipped": "yellow"}[stage]
+                style = {"done": "green", "failed": "red", "skipped": "yellow", "killed": "red"}[stage]
                 bar.console.print(f"[{style}]{stage}[/] {label}")
             else:
                 bar.update(task, description=f"{label}: {stage}")
 
         try:
-            if executor == "ray":
-                from pipeline.sweep.executors.ray import run_sweep_ray
-
-                outcome = run_sweep_ray(r, address=address, progress=progress, rerun=rerun)
-            elif executor == "local":
-                outcome = run_sweep(r, progress=progress, rerun=rerun)
-            else:
-                _fail(f"--executor {executor!r}: use `local` or `ray`")
+            outcome = run_sweep(r, executor=runner, progress=progress, rerun=rerun)
         except _user_errors() as exc:
             _fail(str(exc))
     _print_outcome(outcome)

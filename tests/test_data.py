@@ -18,7 +18,6 @@ import subprocess
 import sys
 import zipfile
 import zlib
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ import pipeline.data.mmlu as data_mmlu
 from pipeline.config.recipe import EvalSpec
 from pipeline.data.mmlu import EVALS_DIR, SHIPPED_DIR, SPLITS, SUMS_FILE, MMLUDataError, resolve_data
 from pipeline.env import MMLU_DIR_ENV
+from scripted_lm import ScriptedLM
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data" / "mmlu"
@@ -189,31 +189,9 @@ def test_order_data_dir_then_env_then_shipped(plain_dir: Path, tmp_path: Path, m
     assert (resolve_data(spec).origin, resolve_data(spec).data_dir) == ("eval.data_dir", other.resolve())
 
 
-def _scripted_lm() -> Any:
+def _scripted_lm() -> ScriptedLM:
     """An lm-eval LM that picks a choice from a hash of the prompt (so answers vary) and records every request."""
-    from lm_eval.api.model import LM
-
-    class HashLM(LM):
-        def __init__(self) -> None:
-            super().__init__()
-            self.requests: dict[tuple[str, int], list[tuple[str, str]]] = defaultdict(list)
-
-        def loglikelihood(self, requests: list[Any]) -> list[tuple[float, bool]]:
-            out = []
-            for req in requests:
-                context, continuation = req.args
-                self.requests[(req.task_name, req.doc_id)].append((context, continuation))
-                chosen = " " + "ABCD"[zlib.crc32(context.encode()) % 4]
-                out.append((0.0 if continuation == chosen else -5.0, continuation == chosen))
-            return out
-
-        def loglikelihood_rolling(self, requests: list[Any]) -> list[float]:
-            raise NotImplementedError
-
-        def generate_until(self, requests: list[Any]) -> list[str]:
-            raise NotImplementedError
-
-    return HashLM()
+    return ScriptedLM(lambda req: zlib.crc32(req.args[0].encode()) % 4)
 
 
 def test_scoring_the_shipped_copy_equals_plain_jsonl_per_question(plain_dir: Path, no_override: None) -> None:

@@ -39,6 +39,7 @@ from pipeline.data.mmlu import (
 )
 from pipeline.env import MMLU_DIR_ENV
 from pipeline.runtime.mmlu import score_mmlu
+from scripted_lm import ScriptedLM
 
 # What the pipeline reads with eval.data_dir unset: the override, else the shipped copy (.jsonl.gz).
 MMLU_DIR = Path(os.environ.get(MMLU_DIR_ENV) or SHIPPED_DIR)
@@ -78,32 +79,9 @@ def _render(row: dict[str, Any]) -> str:
     return f"{row['question'].strip()}\nA. {a}\nB. {b}\nC. {c}\nD. {d}\nAnswer:"
 
 
-def _scripted_lm(pick: Callable[[dict[str, Any]], int]) -> Any:
+def _scripted_lm(pick: Callable[[dict[str, Any]], int]) -> ScriptedLM:
     """An lm-eval LM giving the choice `pick(doc)` log-likelihood 0 and the others -5; records requests."""
-    from lm_eval.api.model import LM
-
-    class ScriptedLM(LM):
-        def __init__(self) -> None:
-            super().__init__()
-            self.requests: dict[tuple[str, int], list[tuple[str, str]]] = defaultdict(list)
-
-        def loglikelihood(self, requests: list[Any]) -> list[tuple[float, bool]]:
-            out = []
-            for req in requests:
-                subject = req.task_name.split("mmlu_", 1)[1]  # shrinkgate_mmlu_x and mmlu_x -> x
-                context, continuation = req.args
-                self.requests[(subject, req.doc_id)].append((context, continuation))
-                chosen = " " + "ABCD"[pick(req.doc)]
-                out.append((0.0 if continuation == chosen else -5.0, continuation == chosen))
-            return out
-
-        def loglikelihood_rolling(self, requests: list[Any]) -> list[float]:
-            raise NotImplementedError
-
-        def generate_until(self, requests: list[Any]) -> list[str]:
-            raise NotImplementedError
-
-    return ScriptedLM()
+    return ScriptedLM(lambda req: pick(req.doc))
 
 
 def _builtin_task(subject: str) -> Any:

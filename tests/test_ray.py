@@ -1,5 +1,5 @@
 """`run --executor ray` on a real local Ray against a real `mlflow server`: the same runs, metrics and MMLU
-predictions as the local executor; a crashed worker and a failing task end FAILED while the rest finish;
+predictions as the inline executor; a crashed worker and a failing task end FAILED while the rest finish;
 Ctrl-C ends outstanding children and the parent KILLED."""
 
 from __future__ import annotations
@@ -22,41 +22,14 @@ from typer.testing import CliRunner  # noqa: E402
 
 from pipeline import metrics as M  # noqa: E402
 from pipeline.cli import app  # noqa: E402
-from pipeline.methods import Method, register, registry  # noqa: E402
+from pipeline.sweep.driver import run_sweep  # noqa: E402
+from pipeline.sweep.executors.ray import RayExecutor  # noqa: E402
+
+import _executor_methods  # noqa: E402,F401 - test-crash-worker, test-raises-in-worker (in workers via the setup hook)
 
 TESTS = Path(__file__).resolve().parent
 SUBJECTS = ["abstract_algebra", "anatomy"]
 EXPERIMENT = "ray-e2e"
-
-
-def _once(cls):
-    return cls if cls.name in registry() else register(cls)
-
-
-@_once
-class _CrashesWorker(Method):
-    """Test-only: kills the process that builds it (a Ray worker), as an OOM kill or a segfault would."""
-
-    name = "test-crash-worker"
-    library = "tests"
-
-    def apply(self, model, params, ctx):
-        os._exit(3)
-
-
-@_once
-class _RaisesInWorker(Method):
-    """Test-only: an ordinary failure inside the task; `execute_child` records it and the task returns."""
-
-    name = "test-raises-in-worker"
-    library = "tests"
-
-    def apply(self, model, params, ctx):
-        raise RuntimeError("deliberate failure inside the Ray task")
-
-
-def register_test_methods() -> None:
-    """Ray's worker_process_setup_hook: importing this module registers `test-crash-worker` in the worker."""
 
 
 def _free_port() -> int:
@@ -125,13 +98,13 @@ def mlflow_server(tmp_path_factory):
 
 
 def _ensure_ray():
-    """A real local Ray; workers import this module at start so the test methods exist there too."""
+    """A real local Ray; workers import `_executor_methods` at start so the test methods exist there too."""
     if not ray.is_initialized():
         ray.init(
             num_cpus=2,
             include_dashboard=False,
             object_store_memory=128 * 1024**2,
-            runtime_env={"env_vars": {"PYTHONPATH": str(TESTS)}, "worker_process_setup_hook": f"{__name__}.register_test_methods"},
+            runtime_env={"env_vars": {"PYTHONPATH": str(TESTS)}, "worker_process_setup_hook": "_executor_methods.setup_hook"},
         )
     return ray
 
@@ -186,7 +159,7 @@ def _questions(client, run_id: str, dest: Path) -> str:
 def both_runs(tmp_path_factory, tiny_model_dir, mlflow_server):
     tmp = tmp_path_factory.mktemp("ray-e2e")
     local_uri = f"sqlite:///{tmp}/local.db"
-    local = CliRunner().invoke(app, ["run", str(_recipe(tmp / "local.yaml", tiny_model_dir, local_uri, SAME))])
+    local = CliRunner().invoke(app, ["run", str(_recipe(tmp / "local.yaml", tiny_model_dir, local_uri, SAME)), "--executor", "inline"])
     _ensure_ray()
     url = mlflow_server.wait()
     # the crash last: no task is left to wait for a replacement worker
@@ -209,7 +182,7 @@ def test_ray_matches_local_and_failures_are_recorded(both_runs, mlflow_server):
     lclient, lparent, lkids = _children(local_uri)
     rclient, rparent, rkids = _children(server)
     assert rparent.info.status == "FAILED" and rparent.data.tags["executor"] == "ray"
-    assert rparent.data.tags["failed_children"] == "tiny/boom,tiny/crash"  # plan order, as the local executor
+    assert rparent.data.tags["failed_children"] == "tiny/boom,tiny/crash"  # plan order, as the inline executor
     assert sorted(rkids) == ["tiny/boom", "tiny/crash", "tiny/none", "tiny/pruned"]
     assert M.ART_RECIPE in {a.path for a in rclient.list_artifacts(rparent.info.run_id)}
 
@@ -223,7 +196,7 @@ def test_ray_matches_local_and_failures_are_recorded(both_runs, mlflow_server):
         for s in SUBJECTS:
             assert rr.data.metrics[M.subject_metric(s)] == lr.data.metrics[M.subject_metric(s)]
         assert rr.data.metrics[M.DECODE_TOK_S] > 0
-        # per-question predictions identical to the local executor's
+        # per-question predictions identical to the inline executor's
         assert _questions(rclient, rr.info.run_id, tmp / "r" / label) == _questions(lclient, lr.info.run_id, tmp / "l" / label)
         # the same parameters and content key; tags that say where it ran
         assert {k: v for k, v in rr.data.params.items()} == {k: v for k, v in lr.data.params.items()}
@@ -239,7 +212,6 @@ def test_ray_matches_local_and_failures_are_recorded(both_runs, mlflow_server):
 
 
 def test_interrupt_cancels_outstanding_and_marks_killed(tmp_path, tiny_model_dir, local_ray):
-    from pipeline.sweep.executors.ray import run_sweep_ray
     from pipeline.build.plan import load_recipe
 
     uri = f"sqlite:///{tmp_path}/interrupt.db"
@@ -251,7 +223,7 @@ def test_interrupt_cancels_outstanding_and_marks_killed(tmp_path, tiny_model_dir
         if label == "tiny/pruned" and stage == "queued":
             raise KeyboardInterrupt  # Ctrl-C while both tasks are out
 
-    outcome = run_sweep_ray(recipe, progress=progress)
+    outcome = run_sweep(recipe, executor=RayExecutor(), progress=progress)
     assert outcome.interrupted and ("tiny/none", "queued") in seen
     assert [c.status for c in outcome.children] == ["KILLED", "KILLED"]
     _, parent, kids = _children(uri)
@@ -262,7 +234,7 @@ def test_interrupt_cancels_outstanding_and_marks_killed(tmp_path, tiny_model_dir
 
 
 def test_task_options_and_store_checks(tmp_path, monkeypatch):
-    from pipeline.sweep.executors.ray import RayExecutorError, _absolute_store, check_store_reachable_from_cluster, task_options
+    from pipeline.sweep.executors.ray import RayExecutorError, absolute_store, check_store_reachable_from_cluster, task_options
     from pipeline.build.plan import parse_recipe
 
     monkeypatch.setenv("SHRINKGATE_MMLU_DIR", "/data/mmlu")
@@ -272,7 +244,7 @@ def test_task_options_and_store_checks(tmp_path, monkeypatch):
     opts = task_options(recipe, "m/none")
     assert (opts["num_cpus"], opts["num_gpus"], opts["memory"], opts["max_retries"]) == (4, 1, int(1.5 * 1024**3), 0)
     assert opts["runtime_env"]["env_vars"]["SHRINKGATE_MMLU_DIR"] == "/data/mmlu"
-    assert _absolute_store(recipe).tracking.uri == f"sqlite:///{Path('mlruns/mlflow.db').resolve()}"
+    assert absolute_store(recipe).tracking.uri == f"sqlite:///{Path('mlruns/mlflow.db').resolve()}"
     check_store_reachable_from_cluster("sqlite:///x.db", client_mode=False, nodes=1)  # one host: fine
     with pytest.raises(RayExecutorError, match="shared server"):
         check_store_reachable_from_cluster("sqlite:///x.db", client_mode=True, nodes=1)

@@ -1,4 +1,5 @@
-"""A long sweep survives failures, OOM and interrupts; the store stays consistent; reruns resume; results repeat."""
+"""A long sweep survives failures, OOM and interrupts; the store stays consistent; reruns resume; results repeat.
+These run the inline executor (the driver's own semantics); tests/test_executors.py covers the process executor."""
 
 from __future__ import annotations
 
@@ -45,8 +46,8 @@ def _questions(client, run_id: str, tmp: Path) -> str:
 
 def test_same_recipe_twice_gives_identical_predictions(tmp_path, tiny_model_dir):
     recipe = parse_recipe(_doc(tmp_path, tiny_model_dir, [{"name": "pruned", "method": "magnitude-prune", "params": {"amount": 0.3}}]))
-    first = run_sweep(recipe)
-    second = run_sweep(recipe, rerun=True)
+    first = run_sweep(recipe, executor="inline")
+    second = run_sweep(recipe, executor="inline", rerun=True)
     client, _ = _runs(recipe.tracking.uri)
     a, b = first.children[0], second.children[0]
     assert a.run_id != b.run_id and a.status == b.status == "FINISHED"
@@ -63,7 +64,7 @@ def test_oom_and_exceptions_fail_one_child_and_the_sweep_goes_on(tmp_path, tiny_
         {"name": "raises", "method": "test-raises"},
         {"name": "none", "method": "none"},
     ]))
-    outcome = run_sweep(recipe)
+    outcome = run_sweep(recipe, executor="inline")
     status = {c.item.variant.name: c for c in outcome.children}
     assert status["oom"].status == "FAILED" and "OutOfMemoryError: simulated" in status["oom"].error
     assert status["raises"].status == "FAILED"
@@ -75,7 +76,7 @@ def test_oom_and_exceptions_fail_one_child_and_the_sweep_goes_on(tmp_path, tiny_
     assert M.ART_TRACEBACK in {a.path for a in client.list_artifacts(oom_run.info.run_id)}
 
 
-def _launch(recipe_path: Path, tmp: Path, flag: Path) -> subprocess.Popen:
+def _launch(recipe_path: Path, tmp: Path, flag: Path, executor: str) -> subprocess.Popen:
     env = {
         **os.environ,
         "PYTHONPATH": str(REPO / "tests"),
@@ -84,18 +85,19 @@ def _launch(recipe_path: Path, tmp: Path, flag: Path) -> subprocess.Popen:
     }
     code = "import _methods; from pipeline.cli import main; main()"
     return subprocess.Popen(
-        [sys.executable, "-c", code, "run", str(recipe_path)], env=env, cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        [sys.executable, "-c", code, "run", str(recipe_path), "--executor", executor], env=env, cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_interrupt_marks_killed_and_rerun_resumes(tmp_path, tiny_model_dir, sig):
+# `local` is the old name of `inline`, still accepted
+@pytest.mark.parametrize(("sig", "executor"), [(signal.SIGTERM, "inline"), (signal.SIGINT, "local")], ids=["SIGTERM", "SIGINT"])
+def test_interrupt_marks_killed_and_rerun_resumes(tmp_path, tiny_model_dir, sig, executor):
     doc = _doc(tmp_path, tiny_model_dir, [{"name": "none", "method": "none"}, {"name": "slow", "method": "test-sleep"}])
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(doc))
     flag = tmp_path / "keep-sleeping"
     flag.write_text("1")
-    proc = _launch(path, tmp_path, flag)
+    proc = _launch(path, tmp_path, flag, executor)
     deadline = time.monotonic() + 240
     while not (tmp_path / "started").exists():
         assert proc.poll() is None, proc.stdout.read()
@@ -110,12 +112,13 @@ def test_interrupt_marks_killed_and_rerun_resumes(tmp_path, tiny_model_dir, sig)
     by_kind = {(r.data.tags.get(M.TAG_KIND), r.data.tags.get(M.TAG_VARIANT)): r for r in runs}
     assert not [r for r in runs if r.info.status == "RUNNING"]
     assert by_kind[("sweep", None)].info.status == "KILLED"
+    assert by_kind[("sweep", None)].data.tags["executor"] == "inline"
     assert by_kind[("variant", "none")].info.status == "FINISHED"
     assert by_kind[("variant", "slow")].info.status == "KILLED"
 
     flag.unlink()  # the slow method now returns at once
     (tmp_path / "started").unlink()
-    second = _launch(path, tmp_path, flag)
+    second = _launch(path, tmp_path, flag, executor)
     out, _ = second.communicate(timeout=300)
     assert second.returncode == 0, out
     assert "skipped tiny/none" in out and "done tiny/slow" in out

@@ -153,7 +153,7 @@ class BuildContext:
     device: str
     calibration: Callable[[int], list[str]] | None = None  # n -> n calibration texts (recorded in provenance)
     notes: dict[str, Any] = field(default_factory=dict)  # methods may leave facts here (e.g. calibration sha256)
-    data_dir: str | None = None  # MMLU JSONL dir (eval.data_dir); else $SHRINKGATE_MMLU_DIR; else the hub
+    data_dir: str | None = None  # MMLU JSONL dir (eval.data_dir); else $SHRINKGATE_MMLU_DIR; else the shipped copy
     default_calibration: str | None = None  # source for steps whose `calibration` param is unset
     previous: tuple[str, ...] = ()  # methods already applied to this model, in order
     pruned: bool = False  # an earlier step zeroed weights (later quantizers must keep those zeros)

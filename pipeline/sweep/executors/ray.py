@@ -1,10 +1,10 @@
-"""`run --executor ray`: every model x variant is one Ray task; the driver owns the parent and every child run.
+"""`--executor ray`: every model x variant is one Ray task; the driver owns the parent and every child run.
 
 What runs where:
-  driver (the `shrinkgate run` process): checks (MMLU data, tracking store), the parent run, one child run
-      per planned item (resume skips FINISHED twins), submission, progress, the failure/KILLED marks that a
-      dead worker could not write, and the sweep's report on the parent;
-  Ray task (any node with the recipe's `resources`): `pipeline.sweep.driver.execute_child` - resolve the model,
+  driver (the `shrinkgate run` process, `pipeline.sweep.driver`): checks (MMLU data, tracking store), the
+      parent run, one child run per planned item (resume skips FINISHED twins), submission, progress, the
+      FAILED/KILLED marks that a dead worker could not write, and the sweep's report on the parent;
+  Ray task (any node with the recipe's `resources`): `pipeline.sweep.child.execute_child` - resolve the model,
       build the variant, score MMLU, time decode, log to the same tracking URI, end the run FINISHED/FAILED.
 
 Every node must reach the tracking store: a shared `mlflow server` (http://...) on a cluster; a sqlite URI
@@ -16,28 +16,16 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import time
 import traceback
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from pipeline import metrics as M
-from pipeline.config.recipe import Recipe, RecipeError
-from pipeline.sweep.driver import (
-    ChildOutcome,
-    ProgressFn,
-    SweepContext,
-    SweepInterrupted,
-    SweepOutcome,
-    _sigterm_as_interrupt,
-    execute_child,
-    finish_sweep,
-    mark_killed,
-    open_child,
-    start_sweep,
-)
-from pipeline.build.plan import WorkItem, plan
+from pipeline.build.plan import WorkItem
+from pipeline.config.recipe import Recipe
+from pipeline.sweep.child import execute_child
+from pipeline.sweep.executors.base import Done, Executor, ExecutorError
+from pipeline.sweep.outcome import ChildOutcome, ProgressFn, SweepContext
 
 log = logging.getLogger("shrinkgate.ray")
 
@@ -50,6 +38,7 @@ FORWARD_ENV = (
     "HF_ENDPOINT",
     "HF_TOKEN",
     "SHRINKGATE_MMLU_DIR",
+    "SHRINKGATE_PLUGINS",
     "MLFLOW_TRACKING_USERNAME",
     "MLFLOW_TRACKING_PASSWORD",
     "MLFLOW_TRACKING_TOKEN",
@@ -61,13 +50,11 @@ FORWARD_ENV = (
     "TORCHAO_LOG_LEVEL",
 )
 LOCAL_OBJECT_STORE_BYTES = 256 * 1024**2  # tasks return small records; the default (30 % of RAM) only wastes shm
-POLL_SECONDS = 1.0  # how often the driver wakes while waiting, so Ctrl-C / SIGTERM act promptly
-_TERMINAL = ("FINISHED", "FAILED", "KILLED")
+CANCEL_WAIT_S = 5.0
 
 
-class RayExecutorError(RecipeError):
-    """`--executor ray` cannot run as asked (no `ray`, an infeasible `resources`, a store tasks cannot reach);
-    one line naming the fix. A RecipeError so the CLI prints it and exits 2."""
+class RayExecutorError(ExecutorError):
+    """`--executor ray` cannot run as asked (no `ray`, an infeasible `resources`, a store tasks cannot reach)."""
 
 
 def _import_ray():
@@ -88,6 +75,13 @@ def _quiet_worker() -> None:
         quiet_libraries()
     except Exception:  # noqa: BLE001 - quieter logs are a nicety
         pass
+
+
+def _import_plugins() -> None:
+    """`$SHRINKGATE_PLUGINS` as in the process executor's child (forwarded to cluster workers)."""
+    from pipeline.sweep.child import env_plugins, import_plugins
+
+    import_plugins(env_plugins())
 
 
 def _worker_tags(ctx: SweepContext, device: str) -> dict[str, str]:
@@ -111,8 +105,9 @@ def _worker_tags(ctx: SweepContext, device: str) -> dict[str, str]:
 
 def _child_task(ctx: SweepContext, item: WorkItem, run_id: str) -> ChildOutcome:
     """One child in a Ray worker: the device is picked on this node (the driver may have no GPU), host tags
-    are rewritten to this node's, then the same `execute_child` as the local executor."""
+    are rewritten to this node's, then the same `execute_child` as every executor."""
     _quiet_worker()
+    _import_plugins()
     from pipeline.env import pick_device
     from pipeline.tracking import Tracker
 
@@ -122,7 +117,7 @@ def _child_task(ctx: SweepContext, item: WorkItem, run_id: str) -> ChildOutcome:
     return execute_child(ctx, item, run_id)
 
 
-# -- the driver ----------------------------------------------------------------------------------------------
+# -- checks and options (driver side) ------------------------------------------------------------------------
 def task_options(recipe: Recipe, label: str, *, forward_env: bool = True) -> dict[str, Any]:
     """Ray options of one child task from `recipe.resources` (memory in bytes); no retries: a crash is a result.
     `forward_env`: pass the FORWARD_ENV variables set here (a cluster's workers do not inherit our environment)."""
@@ -137,7 +132,7 @@ def task_options(recipe: Recipe, label: str, *, forward_env: bool = True) -> dic
     return opts
 
 
-def _absolute_store(recipe: Recipe) -> Recipe:
+def absolute_store(recipe: Recipe) -> Recipe:
     """A relative sqlite path means the driver's cwd; workers may start elsewhere, so make it absolute."""
     uri = recipe.tracking.uri
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
@@ -219,131 +214,82 @@ def _error_of(exc: BaseException) -> tuple[str, str]:
     return f"{type(shown).__name__}: {first}"[:1000], str(exc) or "".join(traceback.format_exception(exc))
 
 
-def _run_status(tracker, run_id: str) -> str | None:
-    try:
-        return tracker.client.get_run(run_id).info.status
-    except Exception:  # noqa: BLE001
-        return None
-
-
-def _mark_failed(tracker, child: ChildOutcome, exc: BaseException) -> ChildOutcome:
-    """The worker died or its task raised past `execute_child`: the driver ends the run FAILED with the error
-    (unless the worker got as far as ending it itself)."""
-    message, text = _error_of(exc)
-    status = _run_status(tracker, child.run_id)
-    if status in _TERMINAL:  # e.g. the worker died after ending its run
-        child.status = status
-        child.error = None if status == "FINISHED" else message
-        return child
-    child.status, child.error = "FAILED", message
-    try:
-        tracker.set_tags(child.run_id, {M.TAG_STATUS_ERROR: message})
-        tracker.log_text(child.run_id, text, M.ART_TRACEBACK)
-    finally:
-        tracker.end(child.run_id, "FAILED")
-    return child
-
-
-def run_sweep_ray(
-    recipe: Recipe,
-    *,
-    address: str | None = None,
-    progress: ProgressFn | None = None,
-    rerun: bool = False,
-    runtime_name: str = "transformers",
-    runtime_env: dict[str, Any] | None = None,
-) -> SweepOutcome:
-    """The Ray executor: the same sweep as `pipeline.sweep.driver.run_sweep`, children as Ray tasks.
+# -- the executor ----------------------------------------------------------------------------------------------
+class RayExecutor(Executor):
+    """Children as Ray tasks, all submitted at once; Ray schedules them by the recipe's `resources`.
 
     `address`: a cluster (`ray://head:10001`, `auto`, `host:6379`); None attaches to an initialised Ray or
-    starts a local one (shut down at the end only if started here). `runtime_env` is merged into every
+    starts a local one (shut down at `close` only if started here). `runtime_env` is merged into every
     task's (e.g. `{"pip": [...]}`); with an `address`, the variables in FORWARD_ENV that are set here are
     passed on (a local Ray's workers inherit this environment anyway)."""
-    ray = _import_ray()
-    notify = progress or (lambda label, stage: None)
-    recipe = _absolute_store(recipe)
-    started_ray = _connect(ray, address)
-    try:
-        client_mode = bool(address and address.startswith("ray://"))
+
+    name = "ray"
+    slots = None
+
+    def __init__(self, *, address: str | None = None, runtime_env: dict[str, Any] | None = None) -> None:
+        self.address, self.runtime_env = address, runtime_env
+        self._ray = None
+        self._started = False
+        self._recipe: Recipe | None = None
+        self._remote = None
+        self._ctx_ref = None
+        self._pending: dict[Any, str] = {}  # object ref -> run id
+
+    def prepare(self, recipe: Recipe) -> Recipe:
+        ray = self._ray = _import_ray()
+        recipe = absolute_store(recipe)
+        self._started = _connect(ray, self.address)
+        client_mode = bool(self.address and self.address.startswith("ray://"))
         nodes = [n for n in ray.nodes() if n.get("Alive")]
         check_store_reachable_from_cluster(recipe.tracking.uri, client_mode=client_mode, nodes=len(nodes))
-        check_feasible(ray, recipe, strict=address is None and started_ray)
-        return _drive(ray, recipe, address=address, notify=notify, rerun=rerun, runtime_name=runtime_name, runtime_env=runtime_env)
-    finally:
-        if started_ray:
-            ray.shutdown()
+        check_feasible(ray, recipe, strict=self.address is None and self._started)
+        self._recipe = recipe
+        self._remote = ray.remote(_child_task)
+        return recipe
 
+    def parent_tags(self) -> dict[str, str]:
+        return {"ray.address": self.address or "local", "ray.version": self._ray.__version__ if self._ray else ""}
 
-def _drive(ray, recipe: Recipe, *, address, notify: ProgressFn, rerun: bool, runtime_name: str, runtime_env) -> SweepOutcome:
-    ctx, tracker = start_sweep(recipe, runtime_name)
-    tracker.set_tags(ctx.parent_id, {"executor": "ray", "ray.address": address or "local", "ray.version": ray.__version__})
-    outcome = SweepOutcome(ctx.parent_id, recipe.experiment, recipe.tracking.uri, [])
-    started = time.perf_counter()
-    remote = ray.remote(_child_task)
-    pending: dict[Any, int] = {}  # object ref -> index in outcome.children
-    try:
-        with _sigterm_as_interrupt():
-            ctx_ref = ray.put(ctx)
-            for item in plan(recipe):
-                slot = open_child(ctx, tracker, item, rerun=rerun)
-                if slot.resumed:
-                    notify(item.label, "skipped")
-                    outcome.children.append(ChildOutcome(item, slot.run_id, "SKIPPED"))
-                    continue
-                outcome.children.append(ChildOutcome(item, slot.run_id, "RUNNING"))
-                # A cluster's workers do not share our environment; a Ray started here (or by our caller) does.
-                opts = task_options(recipe, item.label, forward_env=address is not None)
-                if runtime_env:
-                    env = {**runtime_env, "env_vars": {**opts.get("runtime_env", {}).get("env_vars", {}), **runtime_env.get("env_vars", {})}}
-                    opts["runtime_env"] = env
-                pending[remote.options(**opts).remote(ctx_ref, item, slot.run_id)] = len(outcome.children) - 1
-                notify(item.label, "queued")
-            while pending:
-                ready, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_SECONDS)
-                for ref in ready:
-                    _collect(ray, tracker, outcome, pending.pop(ref), ref, notify)
-    except (KeyboardInterrupt, SweepInterrupted) as exc:
-        outcome.interrupted = True
-        _kill_outstanding(ray, tracker, recipe, outcome, pending, f"interrupted ({type(exc).__name__})")
-        tracker.end(ctx.parent_id, "KILLED")
-        outcome.seconds = time.perf_counter() - started
-        return outcome
-    outcome.seconds = time.perf_counter() - started
-    finish_sweep(tracker, outcome)
-    return outcome
+    def submit(self, ctx: SweepContext, item: WorkItem, run_id: str, notify: ProgressFn) -> None:  # noqa: ARG002 - no stages from workers
+        ray = self._ray
+        if self._ctx_ref is None:
+            self._ctx_ref = ray.put(ctx)
+        # A cluster's workers do not share our environment; a Ray started here (or by our caller) does.
+        opts = task_options(ctx.recipe, item.label, forward_env=self.address is not None)
+        if self.runtime_env:
+            env_vars = {**opts.get("runtime_env", {}).get("env_vars", {}), **self.runtime_env.get("env_vars", {})}
+            opts["runtime_env"] = {**self.runtime_env, "env_vars": env_vars}
+        self._pending[self._remote.options(**opts).remote(self._ctx_ref, item, run_id)] = run_id
 
+    def wait(self, timeout: float) -> list[Done]:
+        if not self._pending:
+            return []
+        ready, _ = self._ray.wait(list(self._pending), num_returns=1, timeout=timeout)
+        done = []
+        for ref in ready:
+            run_id = self._pending.pop(ref)
+            try:
+                done.append(Done(run_id, self._ray.get(ref)))
+            except Exception as exc:  # noqa: BLE001 - RayTaskError, WorkerCrashedError, OutOfMemoryError, ...
+                message, detail = _error_of(exc)
+                done.append(Done(run_id, None, message, detail))
+        return done
 
-def _collect(ray, tracker, outcome: SweepOutcome, index: int, ref, notify: ProgressFn) -> None:
-    child = outcome.children[index]
-    try:
-        done = ray.get(ref)
-    except (KeyboardInterrupt, SweepInterrupted):
-        raise
-    except Exception as exc:  # noqa: BLE001 - RayTaskError, WorkerCrashedError, OutOfMemoryError, ...
-        done = _mark_failed(tracker, child, exc)
-    outcome.children[index] = done
-    notify(child.item.label, "done" if done.status == "FINISHED" else "failed")
-
-
-def _kill_outstanding(ray, tracker, recipe: Recipe, outcome: SweepOutcome, pending: dict, reason: str) -> None:
-    """Cancel every task still out; a child whose task already ended keeps its status, the rest end KILLED."""
-    for ref in pending:
-        try:
-            ray.cancel(ref, force=True)
-        except Exception:  # noqa: BLE001 - already finished, or Ray itself is going down
+    def cancel(self) -> None:
+        pending, self._pending = list(self._pending), {}
+        if not pending:
+            return
+        for ref in pending:
+            try:
+                self._ray.cancel(ref, force=True)
+            except Exception:  # noqa: BLE001 - already finished, or Ray itself is going down
+                pass
+        try:  # let the cancellations land, so no worker ends its run after the driver marks it
+            self._ray.wait(pending, num_returns=len(pending), timeout=CANCEL_WAIT_S)
+        except Exception:  # noqa: BLE001
             pass
-    try:  # let the cancellations land, so no worker ends its run after we mark it
-        ray.wait(list(pending), num_returns=len(pending), timeout=5)
-    except Exception:  # noqa: BLE001
-        pass
-    for ref, index in pending.items():
-        child = outcome.children[index]
-        status = _run_status(tracker, child.run_id)
-        if status in _TERMINAL:
-            child.status = status
-            continue
-        try:
-            mark_killed(recipe.tracking.uri, recipe.experiment, child.run_id, reason)
-        except Exception:  # noqa: BLE001 - the store is gone too; nothing more to do
-            pass
-        child.status, child.error = "KILLED", "interrupted"
+
+    def close(self) -> None:
+        if self._started and self._ray is not None:
+            self._ray.shutdown()
+            self._started = False

@@ -1,0 +1,215 @@
+"""One child run (model x variant): resolve, build, measure, record; the same code in every executor.
+
+`execute_child` ends its run FINISHED or FAILED itself. When a child cannot (its process died, its task was
+cancelled), the driver ends the run with `mark_failed` / `mark_killed`, which leave a run alone that the
+child already ended.
+
+`python -m pipeline.sweep.child PAYLOAD RESULT EVENTS_FD` is the process executor's child: it reads the work
+from PAYLOAD (written by `write_payload`), runs `execute_child`, writes its ChildOutcome to RESULT (read back
+with `read_result`) and reports stages on the pipe EVENTS_FD, one line each. Before it unpickles the work it
+imports plugin modules, so methods registered outside `pipeline` exist here too:
+  - `$SHRINKGATE_PLUGINS="mod1,mod2"`: modules to import (e.g. in-house or test-only methods);
+  - the modules that registered this child's methods in the driver (passed in PAYLOAD).
+A plugin that fails to import fails the child (its traceback is on stderr).
+A segfault leaves a Python traceback on stderr (faulthandler). The child exits when the driver disappears,
+ending its run KILLED, so no orphan keeps computing.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib
+import os
+import pickle
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+
+from pipeline import metrics as M
+from pipeline.build.plan import WorkItem
+from pipeline.sweep.outcome import ChildOutcome, ProgressFn, SweepContext, SweepInterrupted, no_progress
+
+PLUGINS_ENV = "SHRINKGATE_PLUGINS"
+TERMINAL = ("FINISHED", "FAILED", "KILLED")
+PARENT_POLL_S = 1.0
+
+
+def execute_child(ctx: SweepContext, item: WorkItem, run_id: str, notify: ProgressFn = no_progress) -> ChildOutcome:
+    """Resolve, build, measure and record one child run, ending it FINISHED or FAILED. Self-contained: it
+    opens its own tracking client, so it runs the same in the driver, a subprocess or a Ray task. Reports
+    the stages resolve, build, mmlu, speed; the driver reports how the child ended."""
+    import torch
+
+    from pipeline.models import resolve_model
+    from pipeline.runtime import get_runtime
+    from pipeline.tracking import Tracker
+
+    recipe = ctx.recipe
+    tracker = Tracker(recipe.tracking.uri, recipe.experiment)
+    child = ChildOutcome(item, run_id, "RUNNING")
+    if recipe.speed.threads:
+        torch.set_num_threads(recipe.speed.threads)
+    try:
+        notify(item.label, "resolve")
+        resolved = resolve_model(item.model)
+        tracker.set_tags(run_id, resolved.provenance.tags())
+        torch.manual_seed(recipe.eval.seed)
+        _measure(item, resolved, recipe, ctx.device, get_runtime(ctx.runtime_name), tracker, run_id, child, notify)
+        tracker.end(run_id, "FINISHED")
+        child.status = "FINISHED"
+    except (KeyboardInterrupt, SweepInterrupted):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - any failure of one variant (OOM included) is recorded; the sweep goes on
+        _record_failure(tracker, run_id, child, exc)
+    finally:
+        _free_memory()
+    return child
+
+
+def _measure(item, resolved, recipe, device, runtime, tracker, run_id, child: ChildOutcome, notify) -> None:
+    from pipeline.build.artifact import base_reference_for, build_artifact
+
+    notify(item.label, "build")
+    # KL / top-1 agreement / weight error are measured against the unmodified model (cached per model on disk).
+    base = base_reference_for(resolved, item.model, device=device, data_dir=recipe.eval.data_dir)
+    artifact = build_artifact(resolved, item.model, item.variant, device=device, base=base, data_dir=recipe.eval.data_dir)
+    child.fidelity = artifact.fidelity
+    tracker.log_fidelity(run_id, artifact.fidelity)
+    notify(item.label, "mmlu")
+    child.accuracy = runtime.score_mmlu(artifact, recipe.eval)
+    tracker.log_accuracy(run_id, child.accuracy)
+    if recipe.speed.enabled:
+        notify(item.label, "speed")
+        child.speed = runtime.decode(artifact, recipe.speed)
+        tracker.log_speed(run_id, child.speed)
+    del artifact
+
+
+def _record_failure(tracker, run_id: str, child: ChildOutcome, exc: BaseException) -> None:
+    message = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+    child.status, child.error = "FAILED", message
+    try:
+        tracker.set_tags(run_id, {M.TAG_STATUS_ERROR: message})
+        tracker.log_text(run_id, "".join(traceback.format_exception(exc)), M.ART_TRACEBACK)
+    finally:
+        tracker.end(run_id, "FAILED")
+
+
+def _free_memory() -> None:
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:
+        pass
+
+
+# -- ending a run the child could not end ----------------------------------------------------------------------
+def run_status(tracker, run_id: str) -> str | None:
+    try:
+        return tracker.client.get_run(run_id).info.status
+    except Exception:  # noqa: BLE001 - the store is unreachable: treat as unknown
+        return None
+
+
+def mark_failed(tracker, run_id: str, message: str, detail: str) -> str:
+    """End the run FAILED with `message` (error tag) and `detail` (traceback artifact), unless the child got
+    as far as ending it itself; returns the run's final status."""
+    status = run_status(tracker, run_id)
+    if status in TERMINAL:
+        return status
+    try:
+        tracker.set_tags(run_id, {M.TAG_STATUS_ERROR: message[:5000]})
+        if detail:
+            tracker.log_text(run_id, detail, M.ART_TRACEBACK)
+    finally:
+        tracker.end(run_id, "FAILED")
+    return "FAILED"
+
+
+def mark_killed(tracker, run_id: str, reason: str) -> str:
+    """End the run KILLED with `reason` as its error tag, unless it already ended; returns its final status."""
+    status = run_status(tracker, run_id)
+    if status in TERMINAL:
+        return status
+    tracker.set_tags(run_id, {M.TAG_STATUS_ERROR: reason})
+    tracker.end(run_id, "KILLED")
+    return "KILLED"
+
+
+# -- the process executor's child -------------------------------------------------------------------------------
+def write_payload(path: str | Path, ctx: SweepContext, item: WorkItem, run_id: str, plugins: list[str]) -> None:
+    """The work of one child; the work is pickled apart so plugins are imported before it is unpickled."""
+    work = pickle.dumps((ctx, item, run_id))
+    Path(path).write_bytes(pickle.dumps({"plugins": list(plugins), "work": work}))
+
+
+def read_result(path: str | Path) -> ChildOutcome | None:
+    """The ChildOutcome a child wrote, or None when it wrote none (it died first)."""
+    try:
+        return pickle.loads(Path(path).read_bytes())
+    except (OSError, EOFError, pickle.UnpicklingError):
+        return None
+
+
+def env_plugins() -> list[str]:
+    """The modules named in `$SHRINKGATE_PLUGINS` (comma-separated)."""
+    return [p.strip() for p in os.environ.get(PLUGINS_ENV, "").split(",") if p.strip()]
+
+
+def import_plugins(names: list[str]) -> None:
+    """Import modules that register methods (an ImportError propagates: the child cannot do its work)."""
+    for name in names:
+        importlib.import_module(name)
+
+
+def _watch_driver(ctx: SweepContext, run_id: str) -> None:
+    """Our parent is the driver; when it is gone (killed with SIGKILL, say) nobody waits for this run."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_S)
+        try:
+            from pipeline.tracking import Tracker
+
+            mark_killed(Tracker(ctx.recipe.tracking.uri, ctx.recipe.experiment), run_id, "driver process gone")
+        finally:
+            os._exit(1)
+
+    threading.Thread(target=watch, name="watch-driver", daemon=True).start()
+
+
+def main(argv: list[str] | None = None) -> int:
+    import faulthandler
+
+    from pipeline.env import quiet_libraries
+
+    payload_path, result_path, events_fd = (argv if argv is not None else sys.argv[1:])[:3]
+    faulthandler.enable()  # a native crash leaves a Python traceback on stderr, for the FAILED run's artifact
+    quiet_libraries()
+    boot = pickle.loads(Path(payload_path).read_bytes())
+    import_plugins([*env_plugins(), *boot["plugins"]])
+    ctx, item, run_id = pickle.loads(boot["work"])
+    _watch_driver(ctx, run_id)
+    events = os.fdopen(int(events_fd), "w", buffering=1)
+
+    def notify(label: str, stage: str) -> None:  # noqa: ARG001 - the driver knows the label
+        try:
+            events.write(stage + "\n")
+        except OSError:
+            pass
+
+    outcome = execute_child(ctx, item, run_id, notify)
+    tmp = Path(str(result_path) + ".tmp")
+    tmp.write_bytes(pickle.dumps(outcome))
+    os.replace(tmp, result_path)  # whole or absent: a child killed mid-write leaves no half result
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
