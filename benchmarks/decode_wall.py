@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.build.storage import storage_bytes  # noqa: E402
+from pipeline.build.observe import observe_reads  # noqa: E402
 from pipeline.config.recipe import SpeedSpec  # noqa: E402
 from pipeline.env import pick_device  # noqa: E402
 from pipeline.results import SpeedResult  # noqa: E402
@@ -68,9 +68,12 @@ def _apply(model: Any, method: str, device: str, tokenizer: Any) -> tuple[Any, s
     from pipeline.build.artifact import apply_steps
     from pipeline.methods import BuildContext, make_method
 
+    from pipeline.build.observe import observe_kernel
+
     m = make_method(method)
     model = apply_steps(model, [m], BuildContext(tokenizer=tokenizer, device=device))
-    return model, m.kernel(device, model), m.dense_fallback(device)
+    observed = observe_kernel(model, compressed=m.kind != "none")
+    return model, f"{m.kernel(device, model)}; observed: {observed.summary()}", observed.dense_fallback
 
 
 def harness_vs_generate(model: Any, tokenizer: Any, device: str, prompt: int, new_tokens: int, pairs: int) -> dict[str, Any]:
@@ -167,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             try:
                 res = measure_decode(
-                    model, tokenizer, spec, weight_bytes_per_token=storage_bytes(model).bytes_read_per_token, device=device,
+                    model, tokenizer, spec, weight_bytes_per_token=observe_reads(model, compressed=method != "none").bytes_per_token, device=device,
                     kernel=kernel, dense_fallback=fallback, model_name=label, method=method,
                 )
             except Exception as exc:  # noqa: BLE001 - e.g. a quantized tensor subclass that inductor cannot freeze

@@ -13,7 +13,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.env import DEFAULT_TRACKING_URI, absolute_env_paths, quiet_libraries
+from pipeline.env import absolute_env_paths, quiet_libraries
+from pipeline.env import tracking_uri as resolve_tracking_uri
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Is this quantized or pruned model really better than a smaller published model?")
 # Logs and CI pipes have no terminal width; 160 columns keeps table rows on one line there.
@@ -76,7 +77,9 @@ def run(
     recipe: Path = typer.Argument(..., help="recipe YAML"),
     limit_per_subject: Optional[int] = typer.Option(None, "--limit-per-subject", help="first N test questions per subject"),
     only: Optional[str] = typer.Option(None, "--only", help="comma-separated variant names"),
-    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow tracking URI (default: the recipe's)"),
+    tracking_uri: Optional[str] = typer.Option(
+        None, "--tracking-uri", help="MLflow tracking URI (default: the recipe's tracking.uri, else $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db)"
+    ),
     rerun: bool = typer.Option(False, "--rerun", help="measure again even when a FINISHED run with the same content key exists"),
     executor: str = typer.Option(
         "process", "--executor",
@@ -167,23 +170,31 @@ def methods(as_json: bool = typer.Option(False, "--json", help="machine-readable
 
 @app.command()
 def ui(
-    tracking_uri: str = typer.Option(DEFAULT_TRACKING_URI, "--tracking-uri", help="the store to browse"),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="the store to browse (default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db)"),
     host: str = typer.Option("127.0.0.1", "--host", help="bind address (loopback unless you mean otherwise)"),
     port: int = typer.Option(5000, "--port"),
+    open_browser: bool = typer.Option(False, "--open", help="open the newest experiment's link in a browser once the server answers"),
 ) -> None:
-    """Start the MLflow UI over the store (one worker, loopback by default); Ctrl-C or SIGTERM stops it."""
+    """Start the MLflow UI over the store (one worker, loopback by default) and print a link per experiment
+    to its runs with the verdict columns; Ctrl-C or SIGTERM stops it."""
     import signal
 
     from pipeline.tracking import artifact_root_for
 
     venv_mlflow = Path(sys.executable).with_name("mlflow")
     exe = str(venv_mlflow) if venv_mlflow.is_file() else (shutil.which("mlflow") or "mlflow")
+    tracking_uri = resolve_tracking_uri(tracking_uri)
     cmd = [exe, "server", "--backend-store-uri", tracking_uri, "--host", host, "--port", str(port), "--workers", "1"]
     artifacts = artifact_root_for(tracking_uri)  # sqlite: runs' artifacts beside the db; new ones go there too
     if artifacts:
         Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         cmd += ["--artifacts-destination", artifacts]
-    console.print(f"MLflow UI on http://{host}:{port}  ({tracking_uri})")
+    base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::', '') else host}:{port}"
+    console.print(f"MLflow UI on {base}  ({tracking_uri})", highlight=False, soft_wrap=True)
+    links = _review_links(tracking_uri, base)
+    for link in links:
+        what = "latest sweep's verdict" if link.reviewed else "runs"
+        console.print(f"  {link.name} ({what}): {link.url}", highlight=False, soft_wrap=True)
     # The server (and its uvicorn worker) live in their own process group, which we end on Ctrl-C / SIGTERM.
     # MLflow's GenAI job runner (a job process + 7 huey consumers) is of no use here; opt back in by setting it.
     env = {**os.environ}
@@ -198,6 +209,8 @@ def ui(
     except ValueError:  # not the main thread: Ctrl-C handling is the caller's
         previous = None
     try:
+        if open_browser:
+            _open_when_up(proc, base, links[0].url if links else base)
         code = proc.wait()
     except KeyboardInterrupt:
         for sig, grace in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
@@ -218,6 +231,32 @@ def ui(
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     raise typer.Exit(code)
+
+
+def _review_links(tracking_uri: str, base: str) -> list:
+    """Each experiment's deep link; a store that cannot be listed still gets its UI (the base URL)."""
+    from pipeline.tracking.ui import review_links
+
+    try:
+        return review_links(tracking_uri, base)
+    except Exception as exc:  # noqa: BLE001 - the server itself reports a broken store
+        err_console.print(f"[yellow]warning:[/] cannot list experiments in {tracking_uri}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", soft_wrap=True)
+        return []
+
+
+def _open_when_up(proc: subprocess.Popen, base: str, url: str, timeout_s: float = 120.0) -> None:
+    import time
+    import urllib.request
+    import webbrowser
+
+    deadline = time.monotonic() + timeout_s
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{base}/health", timeout=2):
+                webbrowser.open(url)
+                return
+        except OSError:
+            time.sleep(0.5)
 
 
 @app.command()
@@ -251,7 +290,7 @@ def gate(
     run_id: Optional[str] = typer.Option(None, "--run", help="parent run id"),
     experiment: Optional[str] = typer.Option(None, "--experiment", help="latest sweep of this experiment"),
     out: Path = typer.Option(Path("gate-report"), "--out", help="where the Markdown report and JUnit XML go"),
-    tracking_uri: str = typer.Option(DEFAULT_TRACKING_URI, "--tracking-uri"),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db)"),
 ) -> None:
     """Pass/fail every variant against a policy (exit 0 pass, 1 fail, 2 error); fails closed."""
     from pipeline.verdict import run_gate
@@ -266,13 +305,14 @@ def compare(
     run_id: Optional[str] = typer.Option(None, "--run", help="parent run id"),
     experiment: Optional[str] = typer.Option(None, "--experiment", help="latest sweep of this experiment"),
     out: Path = typer.Option(Path("compare-report"), "--out"),
-    tracking_uri: str = typer.Option(DEFAULT_TRACKING_URI, "--tracking-uri"),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db)"),
+    policy: Optional[Path] = typer.Option(None, "--policy", help="policy YAML whose dominance rule to use (default: the gate's default policy)"),
 ) -> None:
     """Frontier table, Pareto plot and per-subject deltas for a sweep (Markdown, CSV, PNG)."""
     from pipeline.verdict import run_compare
 
     try:
-        run_compare(tracking_uri=tracking_uri, run_id=run_id, experiment=experiment, out_dir=out, console=console)
+        run_compare(tracking_uri=tracking_uri, run_id=run_id, experiment=experiment, out_dir=out, policy_path=policy, console=console)
     except _user_errors() as exc:
         _fail(str(exc))
 

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import threading
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 MMLU_DIR_ENV = "SHRINKGATE_MMLU_DIR"
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
@@ -48,6 +51,11 @@ def pick_device(requested: str = "auto") -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
     if requested.startswith("cuda") and not torch.cuda.is_available():
         raise DeviceUnavailable(f"device {requested!r} requested but CUDA is not available here; use `cpu` or `auto`")
+    index = requested.partition(":")[2]
+    if index.isdigit() and int(index) >= torch.cuda.device_count():
+        raise DeviceUnavailable(
+            f"device {requested!r} requested but this host has {torch.cuda.device_count()} GPU(s); use `cuda` or an index below that"
+        )
     return requested
 
 
@@ -93,10 +101,15 @@ def quiet_libraries() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TORCHAO_LOG_LEVEL", "ERROR")
     os.environ.setdefault("LLM_COMPRESSOR_LOG_LEVEL", "WARNING")  # else GPTQ/SparseGPT log every layer to stdout
+    # Import-time notices (torchao's GPU-only kernels, torch's pytree deprecations) repeat on every run;
+    # torch and MLflow reset their loggers on import, so only their own switches reach them.
+    os.environ.setdefault("TORCH_LOGS", "-torch")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per artifact the report reads
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
-    for name in ("lm_eval", "lm-eval", "datasets", "transformers", "mlflow", "alembic", "torchao", "accelerate", "httpx"):
+    for name in ("lm_eval", "lm-eval", "datasets", "transformers", "mlflow", "alembic", "torchao", "accelerate", "httpx", "bitsandbytes"):
         logging.getLogger(name).setLevel(logging.ERROR)
     try:
         import datasets
@@ -105,3 +118,91 @@ def quiet_libraries() -> None:
         datasets.logging.set_verbosity_error()
     except ImportError:
         pass
+
+
+# Loggers whose warnings belong in a child's log (quiet_libraries holds them at ERROR elsewhere).
+CHATTY_LOGGERS = (
+    "lm_eval", "lm-eval", "datasets", "transformers", "torch", "torchao", "accelerate", "bitsandbytes",
+    "llmcompressor", "compressed_tensors", "hqq", "optimum", "huggingface_hub",
+)
+
+
+@contextmanager
+def library_output(path: str | Path, *, whole_process: bool = False) -> Iterator[Path]:
+    """While the block runs, library chatter goes to the file `path`, not the console: warnings (each once
+    per place), logging at WARNING and above, and whatever is written to `sys.stderr` (tqdm bars).
+
+    `whole_process=True` is for a process of its own (the process executor's child): file descriptors 1 and
+    2 go there too, so native code and subprocesses (lm-eval runs `git`) land in the file. faulthandler keeps
+    the original stderr, so a native crash still leaves its traceback where the driver reads it. Without it
+    stdout is left alone: in the driver's process our progress display writes there.
+    """
+    import faulthandler
+    import logging
+    import warnings
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    log = open(path, "a", encoding="utf-8", errors="replace", buffering=1)  # noqa: SIM115 - closed below
+    saved_fds: list[int] = []
+    crash = None
+    if whole_process:
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        saved_fds = [os.dup(1), os.dup(2)]
+        if faulthandler.is_enabled():
+            crash = os.fdopen(os.dup(saved_fds[1]), "w")
+            faulthandler.enable(file=crash)
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+    # Libraries' console handlers hold the stream object they were made with; point them at the file.
+    handlers = [
+        h for lg in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()] if isinstance(lg, logging.Logger)
+        for h in lg.handlers
+        if type(h) is logging.StreamHandler and h.stream is not log
+    ]
+    previous = [(h, h.stream) for h in handlers]
+    for h in handlers:
+        h.stream = log  # not setStream: it flushes the old stream, which may be closed
+    # Libraries without a handler of their own reach the root (or logging's last resort, on stderr).
+    to_file = logging.StreamHandler(log)
+    to_file.setLevel(logging.WARNING)
+    to_file.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(to_file)
+    levels = {name: logging.getLogger(name).level for name in CHATTY_LOGGERS}
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    # transformers sets its level from this variable when first imported, which may be inside the block.
+    verbosity = os.environ.get("TRANSFORMERS_VERBOSITY")
+    if verbosity in (None, "error"):  # unset, or quiet_libraries' console default
+        os.environ["TRANSFORMERS_VERBOSITY"] = "warning"
+    stderr = sys.stderr
+    sys.stderr = log
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")  # recorded in the log, not dropped (quiet_libraries ignores them)
+            warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: log.write(
+                warnings.formatwarning(message, category, filename, lineno, line)
+            )
+            yield path
+    finally:
+        sys.stderr = stderr
+        logging.getLogger().removeHandler(to_file)
+        if verbosity is None:
+            os.environ.pop("TRANSFORMERS_VERBOSITY", None)
+        else:
+            os.environ["TRANSFORMERS_VERBOSITY"] = verbosity
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+        for h, old in previous:
+            h.stream = old
+        if whole_process:
+            log.flush()
+            os.dup2(saved_fds[0], 1)
+            os.dup2(saved_fds[1], 2)
+            for fd in saved_fds:
+                os.close(fd)
+            if crash is not None:
+                faulthandler.enable()  # back on the restored stderr
+                crash.close()
+        log.close()

@@ -29,7 +29,7 @@ HOST_MATMUL_TFLOPS = "host_matmul_tflops"
 HOST_LOAD_AVG = "host_load_avg"
 SPEED_THREADS = "speed_threads"
 COMPUTE_BOUND_BATCH = "compute_bound_batch"  # batch where decode turns compute-bound on this host
-CROSSOVER_BATCH = "crossover_batch"  # smallest batch where the variant stops beating the unmodified model
+CROSSOVER_BATCH = "crossover_batch"  # roofline, this host: smallest batch where the variant stops beating the unmodified model
 # More per-batch speed metrics (same `_bs<N>` suffix rule); kept apart so PER_BATCH stays as the spine expects.
 PER_BATCH_EXTRA = (TTFT_P90_MS, TPOT_P90_MS, ITL_P50_MS, ITL_P90_MS, ITL_P99_MS, E2E_MS, MFU, SPEED_CV, BYTES_PER_TOKEN, BYTES_PER_STEP)
 # Speed tags: how the numbers were taken.
@@ -52,6 +52,8 @@ SERIALIZED_BYTES = "serialized_bytes"
 BUILD_SECONDS = "build_seconds"
 BUILD_PEAK_MEM_MB = "build_peak_mem_mb"
 RUNTIME_WEIGHT_BYTES = "runtime_weight_bytes"  # bytes the running model holds (unpacked copies included)
+ZERO_FRACTION = "zero_fraction"  # every exact zero of the linear layers' dense view (grid zeros included); `sparsity` is the pruners' mask
+WEIGHT_BYTES_READ = "weight_bytes_read_per_token"  # weights one decode step reads as observed (dense where the kernel dequantizes)
 BANDWIDTH_GB_S = "host_bandwidth_gb_s"
 
 # Speed metrics logged per batch size: batch 1 unsuffixed, others suffixed `_bs<N>`.
@@ -99,9 +101,17 @@ TAG_KERNEL = "kernel"
 TAG_STATUS_ERROR = "error"
 TAG_KIND = "shrinkgate.kind"  # "sweep" (parent) | "variant" (child)
 TAG_CONTENT_KEY = "shrinkgate.content_key"
+TAG_PLANNED_CHILDREN = "shrinkgate.planned_children"  # on the parent: how many children the sweep planned
+TAG_VERSION = "shrinkgate.version"  # shrinkgate's own version, on every run
+TAG_GIT_DIRTY = "shrinkgate.git_dirty"  # sha256 of `git diff HEAD` over the package, or "false"
+TAG_FRONTIER_POLICY = "frontier.policy"  # on the parent: the dominance rule the frontier.* tags used
 TAG_SERIALIZABLE = "serializable"
 TAG_DENSE_FALLBACK = "kernel_dense_fallback"
+TAG_KERNEL_OBSERVED = "kernel.observed"  # what the profiler saw the compressed layers' matmuls run as
+TAG_KERNEL_OBSERVED_OPS = "kernel.observed_ops"  # top matmul/dequantize ops under those layers, with input dtypes
+TAG_KERNEL_CENSUS = "kernel.census"  # the compressed layers' module and weight tensor types
 TAG_NM_PATTERN_OK = "nm_pattern_ok"
+TAG_DETERMINISTIC = "deterministic"  # "true" | "false": every step's `Method.deterministic` (see the gate's noise floor)
 TAG_SERIALIZABLE_REASON = "serializable_reason"
 # FidelityRecord.extra keys written by the build (log them as tags of the same name)
 TAG_CALIBRATION_SOURCE = "calibration.source"
@@ -116,3 +126,5 @@ ART_SPEED = "speed_samples.json"
 ART_RECIPE = "recipe.yaml"
 ART_FIDELITY = "fidelity.json"
 ART_TRACEBACK = "error_traceback.txt"
+ART_CHILD_LOG = "logs/child.log"  # library chatter of one child (warnings, logging, progress bars)
+ART_MEMBERS = "sweep_members.json"  # on the parent: planned labels and label -> run id (reused runs included)

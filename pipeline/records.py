@@ -37,12 +37,28 @@ class VariantRecord:
 
 @dataclass(frozen=True)
 class SweepRecord:
-    """A parent run and its children."""
+    """A parent run and its members: its own children plus the earlier FINISHED runs resume reused."""
 
     parent_run_id: str
     experiment: str
     children: tuple[VariantRecord, ...]
     tags: dict[str, str] = field(default_factory=dict)
+    planned: tuple[str, ...] | None = None  # labels the sweep planned; None: the parent recorded none
+    missing: tuple[str, ...] = ()  # planned labels with no run found
 
     def finished(self) -> list[VariantRecord]:
         return [c for c in self.children if c.status == "FINISHED"]
+
+    def completeness_problem(self) -> str | None:
+        """Why this sweep cannot be judged as a whole (a verdict on part of it could pass by accident), or None."""
+        if self.planned is None:
+            return (
+                f"sweep run {self.parent_run_id} does not record its planned children (it was not written by "
+                "`shrinkgate run`, or by an older version); re-run the recipe"
+            )
+        if self.missing:
+            return (
+                f"sweep run {self.parent_run_id} is incomplete: planned children missing: {', '.join(self.missing)}; "
+                "re-run the recipe (FINISHED children are reused)"
+            )
+        return None

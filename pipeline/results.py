@@ -40,9 +40,11 @@ class FidelityRecord:
     linear_weight_bytes: int  # the decoder's linear layers only (what methods compress)
     linear_weight_count: int  # logical number of weights in those layers
     bits_per_weight: float  # 8 * linear_weight_bytes / linear_weight_count
-    bytes_read_per_token: int  # weights a decode step reads (input-embedding gather excluded unless tied)
-    sparsity: float  # share of exact zeros over the linear layers' logical weights
-    kernel: str  # what really runs the matmul
+    # weights a decode step reads (input-embedding gather excluded unless tied): stored bytes, except layers
+    # observed to run a dense matmul on dequantized weights, which read their dense bytes
+    bytes_read_per_token: int
+    sparsity: float  # share of the linear layers' logical weights the pruning steps set to zero (0: nothing pruned)
+    kernel: str  # what the method runs the matmul with, and what the profiler observed it run as
     build_seconds: float = 0.0
     build_peak_mem_mb: float = 0.0
     per_layer_sparsity: dict[str, float] = field(default_factory=dict)
@@ -58,12 +60,19 @@ class FidelityRecord:
     # Bytes the in-memory model holds while it runs; differs from weight_bytes where the library runs from
     # an unpacked copy (compressed-tensors on CPU). bytes_read_per_token is computed from this form.
     runtime_weight_bytes: int | None = None
+    zero_fraction: float | None = None  # every exact zero of the linear layers' dense view (quantizer grid zeros too)
+    stored_bytes_per_token: int | None = None  # bytes_read_per_token were every layer read as it is held
+    kernel_observed: str = ""  # the profiler's summary over one decode step (`pipeline.build.observe`)
+    kernel_observed_ops: str = ""  # top ops under the compressed layers, with input dtypes
+    kernel_census: str = ""  # the compressed layers' module / weight tensor types
 
     def metrics(self) -> dict[str, float]:
         values = {
             M.WEIGHT_BYTES: self.weight_bytes,
             M.BITS_PER_WEIGHT: self.bits_per_weight,
             M.SPARSITY: self.sparsity,
+            M.ZERO_FRACTION: self.zero_fraction,
+            M.WEIGHT_BYTES_READ: self.bytes_read_per_token,
             M.WEIGHT_REL_ERROR: self.weight_rel_error,
             M.KL_VS_BASE: self.kl_vs_base,
             M.TOP1_AGREE_VS_BASE: self.top1_agree_vs_base,
@@ -78,6 +87,8 @@ class FidelityRecord:
         # extra holds provenance notes (calibration.source/sha256/samples, heldout.sha256, nm_pattern).
         tags = {k: str(v) for k, v in self.extra.items()}
         tags.update({M.TAG_KERNEL: self.kernel, M.TAG_DENSE_FALLBACK: str(self.dense_fallback).lower()})
+        observed = {M.TAG_KERNEL_OBSERVED: self.kernel_observed, M.TAG_KERNEL_OBSERVED_OPS: self.kernel_observed_ops, M.TAG_KERNEL_CENSUS: self.kernel_census}
+        tags.update({k: v for k, v in observed.items() if v})
         if self.serializable is not None:
             tags[M.TAG_SERIALIZABLE] = str(self.serializable).lower()
             if self.serializable_reason:
@@ -209,11 +220,14 @@ class SpeedResult:
     scenario: str = ""
     matmul_tflops: float | None = None  # measured matmul peak (MFU denominator)
     compute_bound_batch: int | None = None  # batch where decode would turn compute-bound on this host
+    crossover_batch: int | None = None  # roofline: batch from which the variant no longer beats the unmodified model
     weight_bytes_per_token: int = 0
     dtype: str = ""
     model: str = ""
     method: str = ""
     skipped: tuple[dict[str, Any], ...] = ()  # {batch_size, prompt_tokens, reason}: did not fit (OOM) or failed
+    kernel_observed: str = ""  # set when the timed step was profiled itself (compiled): overrides the build's
+    kernel_observed_ops: str = ""
 
     def at_batch(self, batch_size: int, prompt_tokens: int | None = None) -> SpeedPoint | None:
         for p in self.points:
@@ -244,6 +258,8 @@ class SpeedResult:
             out[M.HOST_LOAD_AVG] = self.load_avg
         if self.compute_bound_batch is not None:
             out[M.COMPUTE_BOUND_BATCH] = float(self.compute_bound_batch)
+        if self.crossover_batch is not None:
+            out[M.CROSSOVER_BATCH] = float(self.crossover_batch)
         if self.points:
             out[M.KV_BYTES_PER_TOKEN] = float(self.points[0].kv_bytes_per_token)
         return out
@@ -259,6 +275,10 @@ class SpeedResult:
         }
         if self.kernel:
             tags[M.TAG_KERNEL] = self.kernel
+        if self.kernel_observed:
+            tags[M.TAG_KERNEL_OBSERVED] = self.kernel_observed
+        if self.kernel_observed_ops:
+            tags[M.TAG_KERNEL_OBSERVED_OPS] = self.kernel_observed_ops
         if self.compile_mode:
             tags[M.TAG_SPEED_COMPILE_MODE] = self.compile_mode
         if self.scenario:

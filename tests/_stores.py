@@ -87,9 +87,19 @@ class Child:
         return "none" if self.variant == "none" else self.variant
 
 
-def write_sweep(uri: str, experiment: str, children: Sequence[Child], *, end_parent: bool = True, drop: tuple[str, ...] = ()) -> tuple[str, dict[str, str]]:
-    """Parent (with its recipe artifact) + children; metrics whose name starts with one of `drop` are left out.
-    Returns (parent id, {label: child id})."""
+def write_sweep(
+    uri: str,
+    experiment: str,
+    children: Sequence[Child],
+    *,
+    end_parent: bool = True,
+    drop: tuple[str, ...] = (),
+    members: bool = True,
+    also_planned: Sequence[str] = (),
+) -> tuple[str, dict[str, str]]:
+    """Parent (with its recipe artifact and, as the sweep records it, its planned members: the children plus
+    `also_planned` labels that have no run) + children; metrics whose name starts with one of `drop` are left
+    out. Returns (parent id, {label: child id})."""
     from pipeline.tracking import Tracker
 
     tr = Tracker(uri, experiment)
@@ -107,6 +117,8 @@ def write_sweep(uri: str, experiment: str, children: Sequence[Child], *, end_par
             tr.log_text(run, questions_csv(c.questions), M.ART_QUESTIONS)
         tr.end(run, c.status)
         ids[c.label] = run
+    if members:
+        tr.record_members(parent, [c.label for c in children] + list(also_planned), ids)
     if end_parent:
         tr.end(parent, "FINISHED")
     return parent, ids

@@ -132,8 +132,12 @@ def _special(case: str, doc: dict, tmp: Path, data: Path, tiny_model_dir: Path) 
 
 
 @pytest.mark.parametrize("case, mutate, expected", CASES, ids=[c[0] for c in CASES])
-def test_validate_rejects_with_one_line(env, tiny_model_dir, case, mutate, expected):
+def test_validate_rejects_with_one_line(env, tiny_model_dir, monkeypatch, case, mutate, expected):
     tmp, doc, data = env
+    if case == "cuda-unavailable":  # the same on a GPU host: this host "has" no CUDA
+        import torch
+
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     doc = copy.deepcopy(doc)
     if mutate is None:
         _special(case, doc, tmp, data, tiny_model_dir)

@@ -16,7 +16,21 @@ def tiny(tiny_model_dir):
     return AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval(), AutoTokenizer.from_pretrained(tiny_model_dir)
 
 
+def _recording(lm):
+    """`lm` whose log-likelihood answers are kept, keyed by the request (task, doc, choice)."""
+    scored, seen = lm.loglikelihood, {}
+
+    def loglikelihood(requests, **kw):
+        out = scored(requests, **kw)
+        seen.update({(r.task_name, r.doc_id, r.idx): ll for r, (ll, _) in zip(requests, out)})
+        return out
+
+    lm.loglikelihood = loglikelihood
+    return lm, seen
+
+
 def test_last_positions_scoring_equals_full_logits(tiny):
+    import numpy as np
     from lm_eval.models.huggingface import HFLM
 
     from pipeline.runtime.mmlu import score_mmlu
@@ -24,8 +38,15 @@ def test_last_positions_scoring_equals_full_logits(tiny):
 
     model, tok = tiny
     spec = EvalSpec(num_fewshot=5, subjects=["abstract_algebra", "marketing"], limit_per_subject=3)
-    full = score_mmlu(HFLM(pretrained=model, tokenizer=tok, batch_size=4, device="cpu"), spec)
-    last = score_mmlu(_hflm_class()(pretrained=model, tokenizer=tok, device="cpu"), spec)
+    full_lm, full_lls = _recording(HFLM(pretrained=model, tokenizer=tok, batch_size=4, device="cpu"))
+    last_lm, last_lls = _recording(_hflm_class()(pretrained=model, tokenizer=tok, device="cpu"))
+    full = score_mmlu(full_lm, spec)
+    last = score_mmlu(last_lm, spec)
+    # The log-likelihoods themselves, not only their argmax: a scorer that slices the wrong position or
+    # rescales the logits can keep every letter and still be wrong.
+    assert len(full_lls) == 6 * 4 and set(last_lls) == set(full_lls)
+    keys = sorted(full_lls)
+    np.testing.assert_allclose([last_lls[k] for k in keys], [full_lls[k] for k in keys], rtol=1e-5, atol=1e-5)
     assert [q.predicted for q in last.questions] == [q.predicted for q in full.questions]
     assert last.acc == full.acc and last.n_questions == 6
     assert math.isclose(last.acc_stderr, full.acc_stderr, rel_tol=1e-9)

@@ -1,6 +1,7 @@
 """Review a sweep in the MLflow UI as a person would: `shrinkgate ui` on a loopback port, headless Chromium
-(Debian's, driven by Playwright's Python package), the runs table with the parent expanded and the metric
-and verdict columns chosen, then the Pareto plot among the parent run's artifacts. Screenshots go to the
+(Debian's, driven by Playwright's Python package). First load of the link `shrinkgate ui` prints (the runs with
+the verdict columns, the verdict in the parent's description); then the runs table as a user configures it by
+hand (parent expanded, columns chosen), and the Pareto plot among the parent run's artifacts. Screenshots go to the
 pytest tmp dir and to out/ (ignored by git)."""
 
 from __future__ import annotations
@@ -195,6 +196,62 @@ def _cell(row: dict[str, str], key: str) -> str:
     hits = [t for c, t in row.items() if c.endswith(f"`{key}`") or c.endswith(f".{key}")]
     assert hits, f"no column {key!r} in {sorted(row)}"
     return hits[0]
+
+
+def _printed_link(tmp: Path) -> str:
+    """The deep link `shrinkgate ui` printed for the sweep's experiment."""
+    printed = (tmp / "ui.log").read_text(errors="replace")
+    found = re.search(rf"^\s*{re.escape(EXPERIMENT)} \(latest sweep's verdict\): (\S+)$", printed, re.MULTILINE)
+    assert found, f"`shrinkgate ui` printed no link to the sweep's verdict:\n{printed[-2000:]}"
+    return found.group(1)
+
+
+def test_first_load_of_the_printed_link_shows_the_verdict(sweep, ui_server, page, record_property):
+    """A reviewer opens the link `shrinkgate ui` printed, in a fresh browser profile, and configures nothing:
+    the runs view (not the GenAI overview), every run with its metrics and frontier verdicts, the parent's
+    description holding the verdict; then the parent run page renders that table and the Pareto plot."""
+    tmp, _, _, exp_id, parent, children = sweep
+    link = _printed_link(tmp)
+    context = page.context.browser.new_context(viewport={"width": 1700, "height": 900})
+    fresh = context.new_page()
+    fresh.set_default_timeout(TIMEOUT_MS)
+    try:
+        fresh.goto(link, wait_until="domcontentloaded")
+        for name in children:  # listed without expanding anything
+            fresh.get_by_text(name, exact=True).first.wait_for()
+        _close_assistant(fresh)
+        fresh.wait_for_timeout(500)
+        shot = _shot(fresh, tmp, "ui-first-load.png")
+        record_property("screenshot", str(shot))
+        print(f"first-load screenshot: {shot}")
+        assert f"/experiments/{exp_id}/runs" in fresh.url and fresh.get_by_text("Traces 0").count() == 0
+
+        rows = _grid_cells(fresh)
+        assert parent.info.run_name in rows and set(children) <= set(rows), sorted(rows)
+        for name, run in children.items():
+            for metric in (M.MMLU_ACC, M.DECODE_TOK_S, M.WEIGHT_BYTES):
+                assert float(_cell(rows[name], metric)) == pytest.approx(run.data.metrics[metric], rel=1e-6), (name, metric)
+            for tag in ("frontier.decode_tok_s", "frontier.weight_bytes"):
+                assert _cell(rows[name], tag) == run.data.tags[tag], (name, tag)
+        assert _cell(rows[parent.info.run_name], "Description").startswith("**shrinkgate verdict** · frontier on")
+
+        fresh.goto(f"{link.split('#')[0]}#/experiments/{exp_id}/runs/{parent.info.run_id}?workflowType=machine_learning", wait_until="domcontentloaded")
+        fresh.get_by_text("shrinkgate verdict", exact=True).first.wait_for()
+        _close_assistant(fresh)
+        more = fresh.get_by_text("Show more", exact=True)
+        if more.count():
+            more.first.click()
+        for name in children:
+            fresh.locator("table td", has_text=re.compile(rf"^{re.escape(name)}$")).first.wait_for()
+        fresh.wait_for_function(
+            "() => Array.from(document.images).some(i => i.complete && i.naturalWidth > 400 && i.src.includes('get-artifact?path=report%2Fpareto_'))"
+        )
+        fresh.wait_for_timeout(300)
+        shot = _shot(fresh, tmp, "ui-parent-description.png")
+        record_property("screenshot_description", str(shot))
+        print(f"parent description screenshot: {shot}")
+    finally:
+        context.close()
 
 
 def test_runs_table_lists_parent_children_metrics_and_verdicts(sweep, ui_server, page):

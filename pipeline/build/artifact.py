@@ -10,9 +10,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from pipeline import metrics as M
 from pipeline.build.plan import check_variant_fits, needs_model_check
 from pipeline.build.reference import BaseReference, compute_base_reference, distance_to_base
-from pipeline.build.storage import check_nm_pattern, dir_bytes, sparsity_summary, storage_bytes
+from pipeline.build.observe import observe_reads
+from pipeline.build.storage import check_nm_pattern, dir_bytes, pruned_summary, sparsity_summary, storage_bytes, zero_positions
 from pipeline.methods import BuildContext, Method, MethodError, NotSerializable, make_method, validate_steps
 from pipeline.models import ResolvedModel, load_model
 from pipeline.config.recipe import ModelSpec, VariantSpec
@@ -152,20 +154,36 @@ def build_artifact(
             default_calibration=calibration if isinstance(calibration, str) else None,
             data_dir=data_dir,
         )
-        model = apply_steps(loaded.model, steps, ctx)
+        # `sparsity` is what the pruning steps set to zero: zeros after the last pruning step that were not
+        # zeros before the first, counted before a quantizer adds grid zeros (NF4 has a 0) of its own.
+        prunes = [i for i, m in enumerate(steps) if m.kind == "prune"]
+        model, pruned = loaded.model, None
+        if prunes:
+            model = apply_steps(model, steps[: prunes[0]], ctx)
+            before = zero_positions(model)
+            model = apply_steps(model, steps[prunes[0] : prunes[-1] + 1], ctx)
+            pruned = pruned_summary(model, before)
+            del before
+        model = apply_steps(model, steps[prunes[-1] + 1 :] if prunes else steps, ctx)
         model.eval()
     build_seconds = time.perf_counter() - started
 
     # The step whose form the weights end in decides how they are stored and saved.
     storer = next((m for m in reversed(steps) if m.kind != "none"), steps[0])
+    zeros = sparsity_summary(model)
+    if pruned is None:
+        pruned = type(zeros)(0.0, {name: 0.0 for name in zeros.per_layer})
+    # A layer whose matmul ran dense on dequantized weights reads its dense bytes every call.
+    reads = observe_reads(model, compressed=any(m.kind != "none" for m in steps))
+    observed = reads.observation
     runtime = storage_bytes(model)
-    sparsity = sparsity_summary(model)
     with storer.stored_form(model):
         stored = storage_bytes(model)
         serialized_bytes, serializable, reason = _serialized(storer, model, measure=measure_serialized)
     nm = next((m.nm_pattern() for m in steps if m.nm_pattern()), None)
     distance = distance_to_base(model, base)
     extra = dict(ctx.notes)
+    extra[M.TAG_DETERMINISTIC] = str(all(m.deterministic for m in steps)).lower()
     if nm:
         extra["nm_pattern"] = f"{nm[0]}:{nm[1]}"
     if base is not None:
@@ -176,12 +194,12 @@ def build_artifact(
         linear_weight_bytes=stored.linear_bytes,
         linear_weight_count=stored.linear_count,
         bits_per_weight=stored.bits_per_weight,
-        bytes_read_per_token=runtime.bytes_read_per_token,
-        sparsity=sparsity.sparsity,
-        kernel=" then ".join(m.kernel(device, model) for m in steps),
+        bytes_read_per_token=reads.bytes_per_token,
+        sparsity=pruned.sparsity,
+        kernel=" then ".join(m.kernel(device, model) for m in steps) + f"; observed: {observed.summary()}",
         build_seconds=build_seconds,
         build_peak_mem_mb=peak.peak_mb,
-        per_layer_sparsity=sparsity.per_layer,
+        per_layer_sparsity=pruned.per_layer,
         weight_rel_error=distance.weight_rel_error,
         kl_vs_base=distance.kl_vs_base,
         top1_agree_vs_base=distance.top1_agree_vs_base,
@@ -189,8 +207,13 @@ def build_artifact(
         serializable=serializable,
         serializable_reason=reason,
         nm_pattern_ok=check_nm_pattern(model, *nm) if nm else None,
-        dense_fallback=any(m.dense_fallback(device) for m in steps),
+        dense_fallback=observed.dense_fallback,
         runtime_weight_bytes=runtime.weight_bytes,
+        zero_fraction=zeros.sparsity,
+        stored_bytes_per_token=reads.stored_bytes_per_token,
+        kernel_observed=observed.summary(),
+        kernel_observed_ops=observed.ops_tag(),
+        kernel_census=observed.census_tag(),
         extra=extra,
     )
     return Artifact(

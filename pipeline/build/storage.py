@@ -1,4 +1,4 @@
-"""What a built variant really stores: bytes counted from the tensors, sparsity from the dense view.
+"""What a built variant really stores: bytes counted from the tensors, zeros from the dense view.
 
 `get_memory_footprint()` counts a torchao or quanto tensor subclass at its logical dtype and misses state a
 library keeps beside its parameters (bnb quant states, hqq's scale dict), so it is wrong for most methods.
@@ -16,7 +16,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 import torch
 
@@ -117,12 +117,33 @@ class StorageBytes:
         return 8.0 * self.linear_bytes / max(self.linear_count, 1)
 
 
-def storage_bytes(model: nn.Module) -> StorageBytes:
-    """Bytes of the model as it is now (call inside `Method.stored_form` for the stored form)."""
+_PACKED_WEIGHT_NAMES = ("weight", "W_q", "qweight", "weight_packed")  # where libraries keep the (packed) weight
+
+
+def _dense_module_bytes(module: nn.Module, seen: set, element_bytes: int) -> int:
+    """Bytes this layer reads when its matmul runs on dequantized weights: its weight as a dense tensor of
+    `element_bytes` per value, plus everything else it holds (bias, scales the dequantize reads)."""
+    held = dict(module.named_parameters(recurse=False)) | dict(module.named_buffers(recurse=False))
+    weight = next((held[n] for n in _PACKED_WEIGHT_NAMES if n in held), None)
+    total = _module_bytes(module, seen)
+    if weight is not None:
+        total -= tensor_storage_bytes(weight)
+    return total + logical_numel(module) * element_bytes
+
+
+def storage_bytes(model: nn.Module, dense: Mapping[str, int] | None = None) -> StorageBytes:
+    """Bytes of the model as it is now (call inside `Method.stored_form` for the stored form).
+
+    `dense`: target layers observed to run a dense matmul on dequantized weights, with the element size of
+    that matmul; they count as the dense weights the kernel reads per call, not as stored.
+    """
     seen: set = set()
     linear_bytes = linear_count = 0
-    for _, module in target_linears(model):
-        linear_bytes += _module_bytes(module, seen)
+    for name, module in target_linears(model):
+        if dense and name in dense:
+            linear_bytes += _dense_module_bytes(module, seen, dense[name])
+        else:
+            linear_bytes += _module_bytes(module, seen)
         linear_count += logical_numel(module)
     rest = sum(_module_bytes(m, seen) for m in model.modules())
     weight_bytes = linear_bytes + rest
@@ -171,6 +192,8 @@ class SparsitySummary:
 
 
 def sparsity_summary(model: nn.Module) -> SparsitySummary:
+    """Share of exact zeros in the target layers' dense view, overall and per layer (`zero_fraction`): zeros
+    a pruner set, zeros a quantizer's grid produces (NF4 has a 0) and zeros the published weights held."""
     zeros = total = 0
     per_layer: dict[str, float] = {}
     for name, module in target_linears(model):
@@ -180,6 +203,27 @@ def sparsity_summary(model: nn.Module) -> SparsitySummary:
         zeros += z
         total += n
     return SparsitySummary(zeros / max(total, 1), per_layer)
+
+
+def zero_positions(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Flat indices of each target layer's exact zeros (taken before pruning, for `pruned_summary`)."""
+    return {name: (dense_weight(m).flatten() == 0).nonzero().squeeze(1) for name, m in target_linears(model)}
+
+
+def pruned_summary(model: nn.Module, before: dict[str, torch.Tensor]) -> SparsitySummary:
+    """Share of the target layers' weights that are zero now and were not at `before` (`zero_positions`):
+    what the pruning steps set to zero. Zeros the published weights already held are not counted."""
+    pruned = total = 0
+    per_layer: dict[str, float] = {}
+    for name, module in target_linears(model):
+        n = logical_numel(module)
+        zero = dense_weight(module).flatten() == 0
+        was = before.get(name)
+        z = int(zero.sum()) - (int(zero[was].sum()) if was is not None and was.numel() else 0)
+        per_layer[name] = z / max(n, 1)
+        pruned += z
+        total += n
+    return SparsitySummary(pruned / max(total, 1), per_layer)
 
 
 def check_nm_pattern(model: nn.Module, n: int, m: int) -> bool:

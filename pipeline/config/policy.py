@@ -23,7 +23,7 @@ class Policy(BaseModel):
     must_not_be_dominated: bool = Field(True, description="fail a variant that another record dominates on any `dominance_axes`")
     dominance_axes: list[str] = Field(default_factory=lambda: ["decode_tok_s"], description="decode_tok_s, decode_tok_s_bs<N>, weight_bytes")
     dominated_by: Literal["any", "references"] = Field("any", description="which records may dominate a gated variant")
-    speed_tolerance: float = Field(0.0, ge=0, lt=1, description="relative: speeds within this ratio count as equal")
+    speed_tolerance: float = Field(0.03, ge=0, lt=1, description="relative: speeds within this ratio count as equal (timer noise)")
     min_decode_tok_s: float | None = Field(None, gt=0, description="batch-1 decode tok/s floor")
     max_weight_bytes: float | None = Field(None, gt=0)
     max_kl_vs_base: float | None = Field(None, ge=0)
@@ -73,3 +73,16 @@ def parse_policy(doc: Any, path: str | Path = "<policy>") -> Policy:
 
 def load_policy(path: str | Path) -> Policy:
     return parse_policy(read_yaml(path, "policy", "policies/default.yaml"), path)
+
+
+# The policy `compare` and the sweep's `frontier.*` tags use when none is given: the field defaults, with the
+# MMLU drop of policies/default.yaml (tests check that file equals it), so every verdict shown uses one rule.
+DEFAULT_POLICY = Policy(max_mmlu_drop_points=1.0)
+
+
+def dominance_rule(policy: Policy) -> str:
+    """The dominance definition a report used, in one line."""
+    return (
+        f"speed_tolerance={policy.speed_tolerance:g}, confidence={policy.confidence:g}, dominated_by={policy.dominated_by}, "
+        f"bootstrap_samples={policy.bootstrap_samples}, seed={policy.seed}"
+    )

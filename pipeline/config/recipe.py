@@ -7,13 +7,14 @@ field and the fix.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.config.loader import RecipeError, format_validation_error, read_yaml
-from pipeline.env import DEFAULT_TRACKING_URI, MMLU_DIR_ENV
+from pipeline.env import DEFAULT_TRACKING_URI, MMLU_DIR_ENV, tracking_uri as resolve_tracking_uri
 
 
 class _Strict(BaseModel):
@@ -70,10 +71,26 @@ class EvalSpec(_Strict):
     num_fewshot: Literal[0, 5] = 5
     subjects: list[str] | Literal["all"] = "all"
     limit_per_subject: int | None = Field(None, description="first N test rows of each subject; null = all")
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = Field(8, ge=1, description="CUDA only: CPU scores one sequence at a time (last positions only)")
     data_dir: str | None = Field(None, description=f"MMLU JSONL dir; else ${MMLU_DIR_ENV}; else the copy shipped in the package")
-    device: str = Field("auto", description="auto | cpu | cuda")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     seed: int = 1234
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, v: str) -> str:
+        # Caught here, not in every child: `gpu` would validate and then fail each run.
+        if v in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", v):
+            return v
+        raise ValueError("use one of: auto, cpu, cuda, cuda:N (N = a GPU index)")
+
+    def key_fields(self, device: str | None) -> dict[str, Any]:
+        """What of this section decides the scores on the resolved `device`: CPU scoring ignores `batch_size`
+        (one sequence at a time, `pipeline.runtime.transformers`), so it is no part of the resume key there."""
+        fields = self.model_dump()
+        if device == "cpu":
+            fields.pop("batch_size")
+        return fields
 
     @field_validator("limit_per_subject")
     @classmethod
@@ -138,6 +155,13 @@ class Recipe(_Strict):
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
 
+    @field_validator("variants")
+    @classmethod
+    def _some_variants(cls, v: list[VariantSpec]) -> list[VariantSpec]:
+        if not v:
+            raise ValueError("list at least one variant, or leave `variants` out to evaluate each model as published")
+        return v
+
     @model_validator(mode="after")
     def _unique_names(self) -> Recipe:
         for kind, names in (("models", [m.name for m in self.models]), ("variants", [v.name for v in self.variants])):
@@ -173,18 +197,23 @@ def load_recipe(path: str | Path) -> Recipe:
 def apply_overrides(
     recipe: Recipe, *, limit_per_subject: int | None = None, only: list[str] | None = None, tracking_uri: str | None = None
 ) -> Recipe:
-    """CLI overrides produce a new validated recipe (recipes are frozen)."""
-    data = recipe.model_dump()
+    """CLI overrides produce a new validated recipe (recipes are frozen).
+
+    Only what the file set is re-validated (`exclude_unset`): a default must stay a default, e.g.
+    `scenario: server` sweeps its own batch sizes only while `speed.batch_sizes` is not given. The store is
+    `tracking_uri`, else the recipe's `tracking.uri`, else `$MLFLOW_TRACKING_URI`, else the local sqlite store.
+    """
+    data = recipe.model_dump(exclude_unset=True)
     if limit_per_subject is not None:
         if limit_per_subject < 1:
             raise RecipeError("--limit-per-subject: must be >= 1")
-        data["eval"]["limit_per_subject"] = limit_per_subject
+        data.setdefault("eval", {})["limit_per_subject"] = limit_per_subject
     if only:
-        known = [v["name"] for v in data["variants"]]
+        known = [v.name for v in recipe.variants]
         unknown = [o for o in only if o not in known]
         if unknown:
             raise RecipeError(f"--only: unknown variant(s) {', '.join(unknown)}; the recipe has: {', '.join(known)}")
-        data["variants"] = [v for v in data["variants"] if v["name"] in only]
-    if tracking_uri is not None:
-        data["tracking"]["uri"] = tracking_uri
+        data["variants"] = [v.model_dump(exclude_unset=True) for v in recipe.variants if v.name in only]
+    tracking = data.setdefault("tracking", {})
+    tracking["uri"] = resolve_tracking_uri(tracking_uri or tracking.get("uri"))
     return Recipe.model_validate(data)

@@ -39,7 +39,8 @@ class Method(BaseModel):
 
     The build calls, in order: `check_model` (config only, before weights), `load_kwargs` (first step
     only), `apply` (every step), then on the step whose form the weights end in `stored_form` +
-    `serialize`; `kernel`, `dense_fallback` and `nm_pattern` describe the result. How a library's
+    `serialize`; `kernel` and `nm_pattern` describe the result (whether the matmul falls back to dense is
+    observed by the build, `pipeline.build.observe`, never declared). How a library's
     tensors are counted and dequantized is its `WeightHandler` (`pipeline.methods.weights`), not a hook.
     Hooks import their heavy library inside the body: validating a recipe imports no torch.
     """
@@ -59,6 +60,10 @@ class Method(BaseModel):
     # why the library cannot save this form (the catalog; builds that do not measure); None: it saves
     not_serializable: ClassVar[str | None] = None
     maintenance: ClassVar[str | None] = None  # e.g. "library unmaintained", shown in the catalog
+    # False where the same variant can score differently run to run on one host (tests/test_determinism.py
+    # measures every CPU family); logged as the `deterministic` tag, and the gate then wants a measured
+    # flip rate (a repeat of the variant) before an MMLU pass.
+    deterministic: ClassVar[bool] = True
 
     def check_model(self, config: Any) -> str | None:
         """One-line reason this step cannot be applied to a model with this transformers config, or None.
@@ -104,16 +109,13 @@ class Method(BaseModel):
         model.save_pretrained(out_dir, safe_serialization=True)
 
     def kernel(self, device: str, model: PreTrainedModel | None = None) -> str:
-        """What really runs the matmul on `device`; name dense fallbacks as such.
+        """A human sentence: what the library runs the matmul with on `device`. The build appends what the
+        profiler observed (`kernel.observed`), and `kernel_dense_fallback` comes from that observation.
 
         `model`, when given, is the built model: its form may refine the answer (e.g. its dtype picks a
         different kernel).
         """
         return "dense matmul"
-
-    def dense_fallback(self, device: str) -> bool:
-        """True when the compressed form does not make the matmul read fewer bytes on this device."""
-        return False
 
     def nm_pattern(self) -> tuple[int, int] | None:
         """(N, M) when the method promises at most N non-zeros in every group of M input weights."""

@@ -28,6 +28,10 @@ def _cpu_isa() -> str:
 class _Bnb4bit(Method):
     library = "bitsandbytes"
     quantizes_at_load = True
+    # On AVX512-BF16 CPUs bitsandbytes repacks the weights at the first eval forward and runs its own bf16
+    # kernel (A and absmax cast to bf16); two quickstart runs there scored NF4 0.211 and 0.228. Bit-identical
+    # across processes and 1 vs 2 threads on a CPU without AVX512-BF16 (fp32 dequantize + matmul; tests/test_determinism.py).
+    deterministic = False
     quant_type: ClassVar[str]
 
     double_quant: bool = Field(False, description="also quantize the absmax scales (8-bit, saves ~0.4 bits/weight)")
@@ -60,9 +64,6 @@ class _Bnb4bit(Method):
         if self._fused_cpu():
             return f"bnb Linear4bit ({self.quant_type}): fused 4-bit CPU gemm (AVX512-BF16)"
         return f"bnb Linear4bit ({self.quant_type}): dequantize + {self.compute_dtype} matmul (CPU)"
-
-    def dense_fallback(self, device: str) -> bool:
-        return not device.startswith("cuda") and not self._fused_cpu()
 
 
 @register
@@ -103,9 +104,6 @@ class BnbInt8(Method):
         if _cpu_isa() == "AVX512":
             return "bnb Linear8bitLt (LLM.int8): int8 x int8 torch._int_mm (CPU, AVX-512) + fp16 outliers"
         return f"bnb Linear8bitLt (LLM.int8): int8 values multiplied in fp32 (bnb default CPU path; {_cpu_isa()}, no AVX-512 int8 GEMM)"
-
-    def dense_fallback(self, device: str) -> bool:
-        return not device.startswith("cuda") and _cpu_isa() != "AVX512"
 
 
 # -- storage ----------------------------------------------------------------------------------------

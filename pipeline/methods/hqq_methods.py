@@ -60,9 +60,6 @@ class HQQ(Method):
     def kernel(self, device: str, model=None) -> str:
         return f"hqq HQQLinear {self.nbits}-bit (PYTORCH backend): unpack + dequantize per call, dense matmul ({device})"
 
-    def dense_fallback(self, device: str) -> bool:
-        return True
-
     def serialize(self, model, out_dir):
         # HQQLinear.state_dict() encodes W_q + meta as plain tensors (hqq's safetensors-compatible form).
         save_unique_safetensors(model, out_dir)

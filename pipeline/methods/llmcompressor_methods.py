@@ -168,9 +168,6 @@ class _LLMCompressor(Method):
         if self._compressor is not None:
             self._compressor.update_config(str(out_dir))
 
-    def dense_fallback(self, device: str) -> bool:
-        return True
-
 
 # -- weight-only quantizers -------------------------------------------------------------------------
 def _w16_kernel(bits: int) -> str:

@@ -42,9 +42,6 @@ class MagnitudePrune(Method):
     def kernel(self, device: str, model=None) -> str:
         return "dense matmul on masked weights: no unstructured-sparse kernel"
 
-    def dense_fallback(self, device: str) -> bool:
-        return True
-
 
 def nm_mask(scores, n: int, m: int):
     """Boolean keep-mask: the `n` highest scores of every group of `m` consecutive inputs of each row."""
@@ -97,6 +94,3 @@ class Magnitude2of4(Method):
 
     def kernel(self, device: str, model=None) -> str:
         return f"dense matmul on masked weights: no {self.n}:{self.m} sparse kernel on {'CPU' if device == 'cpu' else device} (not converted to to_sparse_semi_structured)"
-
-    def dense_fallback(self, device: str) -> bool:
-        return True

@@ -41,9 +41,6 @@ class _Quanto(Method):
             return "quanto QLinear qint4: AWQ/Marlin int4 CUDA GEMM where shapes allow, else dequantize + matmul"
         return f"quanto QLinear {self.qtype}: scale x weights into a dense copy + matmul ({device})"
 
-    def dense_fallback(self, device: str) -> bool:
-        return not (device.startswith("cuda") and self.qtype == "qint4")
-
 
 @register
 class QuantoInt8(_Quanto):

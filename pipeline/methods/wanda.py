@@ -167,6 +167,3 @@ class Wanda(CalibratedMethod):
     def kernel(self, device: str, model=None) -> str:
         what = "2:4 sparse kernel" if self.pattern == "2:4" else "unstructured-sparse kernel"
         return f"dense matmul on masked weights: no {what} on {'CPU' if device == 'cpu' else device}"
-
-    def dense_fallback(self, device: str) -> bool:
-        return True

@@ -8,6 +8,16 @@ from pipeline.runtime.base import Runtime
 SCORED_POSITIONS = 8
 
 
+def accepts_logits_to_keep(model) -> bool:
+    """Whether the model's forward takes `logits_to_keep` by name (a `**kwargs` may drop or reject it)."""
+    import inspect
+
+    try:
+        return "logits_to_keep" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def _hflm_class():
     import torch
     from lm_eval.models.huggingface import HFLM
@@ -19,21 +29,21 @@ def _hflm_class():
         2,700-token 5-shot prompt that is ~2.8 GB per sequence and dominates the forward. Only continuation
         positions are scored, and lm-eval's own slice (`inplen + (len(logits) - padding_len)`) already
         accounts for a shorter logits tensor, so scores are unchanged. Batch size 1 keeps that slice exact
-        (no right padding).
+        (no right padding). A model whose forward does not take `logits_to_keep` gets full logits.
         """
 
         def __init__(self, *args, keep: int = SCORED_POSITIONS, **kwargs):
             super().__init__(*args, batch_size=1, **kwargs)
-            self._keep = keep
+            self._keep = keep if accepts_logits_to_keep(self.model) else None
 
         def _model_call(self, inps, attn_mask=None, labels=None):
-            if attn_mask is not None or labels is not None:  # seq2seq path: leave as lm-eval does it
+            if attn_mask is not None or labels is not None or self._keep is None:  # as lm-eval does it
                 return super()._model_call(inps, attn_mask, labels)
             with torch.no_grad():
                 return self.model(inps, logits_to_keep=self._keep).logits
 
         def _select_cont_toks(self, logits, contlen=None, inplen=None):
-            if contlen is not None and contlen > self._keep:
+            if self._keep is not None and contlen is not None and contlen > self._keep:
                 raise ValueError(f"continuation of {contlen} tokens exceeds the {self._keep} scored positions")
             return super()._select_cont_toks(logits, contlen=contlen, inplen=inplen)
 

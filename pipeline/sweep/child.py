@@ -4,9 +4,13 @@
 cancelled), the driver ends the run with `mark_failed` / `mark_killed`, which leave a run alone that the
 child already ended.
 
-`python -m pipeline.sweep.child PAYLOAD RESULT EVENTS_FD` is the process executor's child: it reads the work
-from PAYLOAD (written by `write_payload`), runs `execute_child`, writes its ChildOutcome to RESULT (read back
-with `read_result`) and reports stages on the pipe EVENTS_FD, one line each. Before it unpickles the work it
+Library chatter (warnings, library logging, tqdm bars) goes to a log file attached to the run as
+`logs/child.log`, so the console keeps one progress display: ours.
+
+`python -m pipeline.sweep.child PAYLOAD RESULT EVENTS_FD [LOG]` is the process executor's child: it reads the
+work from PAYLOAD (written by `write_payload`), runs `execute_child`, writes its ChildOutcome to RESULT (read
+back with `read_result`) and reports stages on the pipe EVENTS_FD, one line each; its output (file
+descriptors 1 and 2) goes to LOG while the child works. Before it unpickles the work it
 imports plugin modules, so methods registered outside `pipeline` exist here too:
   - `$SHRINKGATE_PLUGINS="mod1,mod2"`: modules to import (e.g. in-house or test-only methods);
   - the modules that registered this child's methods in the driver (passed in PAYLOAD).
@@ -21,7 +25,9 @@ import gc
 import importlib
 import os
 import pickle
+import shutil
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -36,12 +42,24 @@ TERMINAL = ("FINISHED", "FAILED", "KILLED")
 PARENT_POLL_S = 1.0
 
 
-def execute_child(ctx: SweepContext, item: WorkItem, run_id: str, notify: ProgressFn = no_progress) -> ChildOutcome:
+def execute_child(
+    ctx: SweepContext,
+    item: WorkItem,
+    run_id: str,
+    notify: ProgressFn = no_progress,
+    *,
+    log_path: str | Path | None = None,
+    own_process: bool = False,
+) -> ChildOutcome:
     """Resolve, build, measure and record one child run, ending it FINISHED or FAILED. Self-contained: it
     opens its own tracking client, so it runs the same in the driver, a subprocess or a Ray task. Reports
-    the stages resolve, build, mmlu, speed; the driver reports how the child ended."""
+    the stages resolve, build, mmlu, speed; the driver reports how the child ended.
+
+    Library chatter goes to `log_path` (a temporary file by default), attached as `logs/child.log` before the
+    run ends; `own_process=True` (a process that runs only this child) captures its file descriptors too."""
     import torch
 
+    from pipeline.env import library_output
     from pipeline.models import resolve_model
     from pipeline.runtime import get_runtime
     from pipeline.tracking import Tracker
@@ -49,23 +67,51 @@ def execute_child(ctx: SweepContext, item: WorkItem, run_id: str, notify: Progre
     recipe = ctx.recipe
     tracker = Tracker(recipe.tracking.uri, recipe.experiment)
     child = ChildOutcome(item, run_id, "RUNNING")
-    if recipe.speed.threads:
-        torch.set_num_threads(recipe.speed.threads)
+    scratch = None if log_path is not None else tempfile.mkdtemp(prefix="shrinkgate-log-")
+    log = Path(log_path) if log_path is not None else Path(scratch) / Path(M.ART_CHILD_LOG).name
+    failure: BaseException | None = None
     try:
-        notify(item.label, "resolve")
-        resolved = resolve_model(item.model)
-        tracker.set_tags(run_id, resolved.provenance.tags())
-        torch.manual_seed(recipe.eval.seed)
-        _measure(item, resolved, recipe, ctx.device, get_runtime(ctx.runtime_name), tracker, run_id, child, notify)
-        tracker.end(run_id, "FINISHED")
-        child.status = "FINISHED"
-    except (KeyboardInterrupt, SweepInterrupted):
-        raise
-    except BaseException as exc:  # noqa: BLE001 - any failure of one variant (OOM included) is recorded; the sweep goes on
-        _record_failure(tracker, run_id, child, exc)
+        with library_output(log, whole_process=own_process):
+            try:
+                if recipe.speed.threads:
+                    torch.set_num_threads(recipe.speed.threads)
+                notify(item.label, "resolve")
+                resolved = resolve_model(item.model)
+                tracker.set_tags(run_id, resolved.provenance.tags())
+                torch.manual_seed(recipe.eval.seed)
+                _measure(item, resolved, recipe, ctx.device, get_runtime(ctx.runtime_name), tracker, run_id, child, notify)
+            except (KeyboardInterrupt, SweepInterrupted):
+                raise
+            except BaseException as exc:  # noqa: BLE001 - any failure of one variant (OOM included) is recorded; the sweep goes on
+                failure = exc
+            finally:
+                _free_memory()
+        _attach_log(tracker, run_id, log)
+        if failure is None:
+            try:
+                tracker.end(run_id, "FINISHED")
+                child.status = "FINISHED"
+            except Exception as exc:  # noqa: BLE001 - the store failed at the end: record it like any failure
+                failure = exc
+        if failure is not None:
+            _record_failure(tracker, run_id, child, failure)
     finally:
-        _free_memory()
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
     return child
+
+
+def _attach_log(tracker, run_id: str, log: Path) -> None:
+    """The child's log as `logs/child.log`; a log that cannot be stored never costs the run its results."""
+    if not log.is_file():
+        return
+    try:
+        if log.name == Path(M.ART_CHILD_LOG).name:
+            tracker.log_file(run_id, log, str(Path(M.ART_CHILD_LOG).parent))
+        else:
+            tracker.log_text(run_id, log.read_text(encoding="utf-8", errors="replace"), M.ART_CHILD_LOG)
+    except Exception:  # noqa: BLE001
+        pass
 
 
 def _measure(item, resolved, recipe, device, runtime, tracker, run_id, child: ChildOutcome, notify) -> None:
@@ -189,7 +235,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from pipeline.env import quiet_libraries
 
-    payload_path, result_path, events_fd = (argv if argv is not None else sys.argv[1:])[:3]
+    args = argv if argv is not None else sys.argv[1:]
+    payload_path, result_path, events_fd = args[:3]
+    log_path = args[3] if len(args) > 3 else None
     faulthandler.enable()  # a native crash leaves a Python traceback on stderr, for the FAILED run's artifact
     quiet_libraries()
     boot = pickle.loads(Path(payload_path).read_bytes())
@@ -204,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         except OSError:
             pass
 
-    outcome = execute_child(ctx, item, run_id, notify)
+    outcome = execute_child(ctx, item, run_id, notify, log_path=log_path, own_process=log_path is not None)
     tmp = Path(str(result_path) + ".tmp")
     tmp.write_bytes(pickle.dumps(outcome))
     os.replace(tmp, result_path)  # whole or absent: a child killed mid-write leaves no half result

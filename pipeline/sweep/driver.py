@@ -2,7 +2,8 @@
 method internals.
 
 The driver alone owns: pre-flight checks and the parent run (`start_sweep`), resume (an earlier FINISHED run
-with the same content key is reused, `open_child`), failure isolation (a child that fails or dies ends its
+with the same content key - recipe sections, source, host, code, data: `key_inputs` - is reused, `open_child`,
+and recorded on the parent as a member of this sweep), failure isolation (a child that fails or dies ends its
 run FAILED - error tag + traceback artifact - and the sweep goes on), interrupts (Ctrl-C or SIGTERM end the
 children still out and the parent KILLED, so the store never keeps RUNNING runs) and the closing
 (`finish_sweep`: summary tags, the verdict report, the parent's status). Executors only run children.
@@ -20,7 +21,7 @@ from typing import Iterator
 import yaml
 
 from pipeline import metrics as M
-from pipeline.build.plan import WorkItem, content_key, plan, source_fingerprint
+from pipeline.build.plan import KeyInputs, WorkItem, content_key, data_fingerprint, plan, source_fingerprint
 from pipeline.config.recipe import Recipe, VariantSpec
 from pipeline.sweep.child import mark_failed, mark_killed
 from pipeline.sweep.executors import DEFAULT_EXECUTOR, Done, Executor, get_executor
@@ -72,8 +73,17 @@ def _drive(ex: Executor, ctx: SweepContext, tracker, outcome: SweepOutcome, noti
         for d in done:
             _settle(tracker, outcome, out.pop(d.run_id), d, notify)
 
-    for item in plan(ctx.recipe):
-        slot = open_child(ctx, tracker, item, rerun=rerun)
+    items = plan(ctx.recipe)
+    planned = [item.label for item in items]
+    members: dict[str, str] = {}  # label -> run id, resumed ones included: the sweep reads back whole
+    tracker.record_members(ctx.parent_id, planned, members)
+    inputs = key_inputs(ctx)
+    sources: dict[str, str | None] = {}
+    for item in items:
+        if item.model.name not in sources:
+            sources[item.model.name] = source_fingerprint(item.model)
+        slot = open_child(ctx, tracker, item, rerun=rerun, inputs=inputs, source=sources[item.model.name])
+        members[item.label] = slot.run_id
         if slot.resumed:
             notify(item.label, "skipped")
             outcome.children.append(ChildOutcome(item, slot.run_id, "SKIPPED"))
@@ -89,6 +99,7 @@ def _drive(ex: Executor, ctx: SweepContext, tracker, outcome: SweepOutcome, noti
             collect([Done(slot.run_id, None, f"could not start: {message}", "".join(traceback.format_exception(exc)))])
             continue
         notify(item.label, "queued")
+    tracker.record_members(ctx.parent_id, planned, members)
     while out:
         collect(ex.wait(POLL_S))
 
@@ -184,14 +195,27 @@ class ChildSlot:
     resumed: bool  # True: run_id is an earlier FINISHED run with the same content key
 
 
-def open_child(ctx: SweepContext, tracker, item: WorkItem, *, rerun: bool) -> ChildSlot:
-    """Reuse an earlier FINISHED twin (resume), or create the child run."""
+def key_inputs(ctx: SweepContext) -> KeyInputs:
+    """This sweep's host, code and data identity, for every child's content key."""
+    from pipeline.data.mmlu import resolve_data
+
+    tags = ctx.base_tags
+    host = {k: tags.get(k, "unknown") for k in ("cpu", "gpu", "threads")} | {"device": ctx.device}
+    code_tags = (M.TAG_VERSION, "mlflow.source.git.commit", M.TAG_GIT_DIRTY)
+    code = {k: v for k, v in tags.items() if k.startswith("version.")} | {k: tags.get(k, "unknown") for k in code_tags}
+    return KeyInputs(host=host, code=code | {"runtime": ctx.runtime_name}, data=data_fingerprint(resolve_data(ctx.recipe.eval)))
+
+
+def open_child(ctx: SweepContext, tracker, item: WorkItem, *, rerun: bool, inputs: KeyInputs | None = None, source: str | None = None) -> ChildSlot:
+    """Reuse an earlier FINISHED twin (resume), or create the child run. A hub source whose commit cannot be
+    resolved (`source` None) is never reused."""
     from pipeline.tracking import find_finished_child, flatten
 
     recipe = ctx.recipe
-    versions = {k: v for k, v in ctx.base_tags.items() if k.startswith("version.")}
-    key = content_key(recipe, item, {"source": source_fingerprint(item.model)}, versions)
-    if not rerun:
+    if inputs is None:
+        inputs, source = key_inputs(ctx), source_fingerprint(item.model)
+    key = content_key(recipe, item, source or f"unresolved:{item.model.source}", inputs)
+    if not rerun and source is not None:
         earlier = find_finished_child(recipe.tracking.uri, recipe.experiment, key)
         if earlier:
             return ChildSlot(key, earlier, resumed=True)

@@ -4,6 +4,7 @@
     write     Tracker (runs, params, tags, metrics, artifacts), flatten, host_tags, set_run_tags, log_run_artifacts
     read      load_sweep -> SweepRecord, find_finished_child, run_metrics, read_run_text
     registry  register_passing, alias_run_id (the Model Registry)
+    ui        publish_review, review_links (what the MLflow UI shows first: run description, shared runs view)
 
 mlflow itself is imported inside the functions that use it, so importing this package stays light.
 """

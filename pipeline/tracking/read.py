@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -55,7 +56,9 @@ def _record(mlflow_client: Any, run: Any, with_questions: bool) -> VariantRecord
 
 
 def load_sweep(uri: str, *, run_id: str | None = None, experiment: str | None = None, with_questions: bool = True) -> SweepRecord:
-    """A parent run and its children; with `experiment`, the latest parent run of that experiment."""
+    """A parent run and its members (its children, plus the earlier runs resume reused, as the parent's
+    `sweep_members.json` lists them); with `experiment`, the latest parent run of that experiment. Planned
+    labels with no run found are in `missing`."""
     c = client(uri)
     if run_id is None:
         if experiment is None:
@@ -76,9 +79,42 @@ def load_sweep(uri: str, *, run_id: str | None = None, experiment: str | None = 
             raise TrackingError(f"run {run_id} not found in {uri}; check --run and --tracking-uri") from None
     exp_id = parent.info.experiment_id
     children = c.search_runs([exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'", max_results=5000)
+    planned, members = _members(c, parent.info.run_id)
+    runs = {r.info.run_id: r for r in children}
+    for run_id in members.values():  # reused earlier runs: members of this sweep, children of another parent
+        if run_id not in runs:
+            run = _active_run(c, run_id)
+            if run is not None:
+                runs[run_id] = run
     exp_name = c.get_experiment(exp_id).name
-    records = tuple(sorted((_record(c, r, with_questions) for r in children), key=lambda r: (r.role != "candidate", r.model, r.variant)))
-    return SweepRecord(parent_run_id=parent.info.run_id, experiment=exp_name, children=records, tags=dict(parent.data.tags))
+    records = tuple(sorted((_record(c, r, with_questions) for r in runs.values()), key=lambda r: (r.role != "candidate", r.model, r.variant)))
+    missing: tuple[str, ...] = ()
+    if planned is not None:
+        present = {r.label for r in records}
+        missing = tuple(label for label in planned if label not in present)
+    return SweepRecord(
+        parent_run_id=parent.info.run_id, experiment=exp_name, children=records, tags=dict(parent.data.tags), planned=planned, missing=missing
+    )
+
+
+def _members(mlflow_client: Any, parent_id: str) -> tuple[tuple[str, ...] | None, dict[str, str]]:
+    """(planned labels, label -> run id) as the sweep recorded them; (None, {}) when it recorded none."""
+    text = _text(mlflow_client, parent_id, M.ART_MEMBERS)
+    if text is None:
+        return None, {}
+    try:
+        doc = json.loads(text)
+        return tuple(str(x) for x in doc["planned"]), {str(k): str(v) for k, v in doc["members"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError):  # unreadable counts as not recorded: fail closed
+        return None, {}
+
+
+def _active_run(mlflow_client: Any, run_id: str) -> Any | None:
+    try:
+        run = mlflow_client.get_run(run_id)
+    except Exception:  # noqa: BLE001 - a run that is gone is a missing member
+        return None
+    return None if run.info.lifecycle_stage == "deleted" else run
 
 
 def find_finished_child(uri: str, experiment: str, content_key: str) -> str | None:

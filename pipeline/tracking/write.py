@@ -6,6 +6,8 @@ this module only logs them.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import platform
 import socket
@@ -55,9 +57,14 @@ def host_tags(threads: int | None = None) -> dict[str, str]:
             tags[f"version.{pkg}"] = md.version(pkg)
         except md.PackageNotFoundError:
             pass
+    try:
+        tags[M.TAG_VERSION] = md.version("shrinkgate")
+    except md.PackageNotFoundError:
+        tags[M.TAG_VERSION] = "unknown"
     commit = _git_commit()
     if commit:
         tags["mlflow.source.git.commit"] = commit
+        tags[M.TAG_GIT_DIRTY] = _git_dirty()
     return tags
 
 
@@ -79,6 +86,30 @@ def _git_commit() -> str | None:
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+@functools.lru_cache(maxsize=1)
+def _git_dirty() -> str:
+    """"false" for a clean package tree, else a hash of its uncommitted changes: results from edited code must
+    not pass for the commit's. Once per process: the code that runs is the code imported at start."""
+    package = Path(__file__).resolve().parents[1]
+    try:
+        diff = subprocess.run(["git", "diff", "HEAD", "--", "."], capture_output=True, timeout=10, cwd=package).stdout
+        untracked = subprocess.run(
+            ["git", "ls-files", "--others", "--exclude-standard", "--", "."], capture_output=True, timeout=10, cwd=package
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    if not diff and not untracked:
+        return "false"
+    h = hashlib.sha256(diff)
+    for name in untracked.decode(errors="replace").splitlines():
+        h.update(name.encode())
+        try:
+            h.update((package / name).read_bytes())
+        except OSError:
+            pass
+    return h.hexdigest()[:16]
 
 
 class Tracker:
@@ -122,6 +153,12 @@ class Tracker:
         items = [Param(k, v[:_PARAM_VALUE_MAX]) for k, v in params.items()]
         for i in range(0, len(items), BATCH):
             self.client.log_batch(run_id, params=items[i : i + BATCH])
+
+    def record_members(self, parent_id: str, planned: list[str], members: dict[str, str]) -> None:
+        """What the sweep planned and which run stands for each label (a resumed label points at the earlier
+        run), so the sweep reads back whole (`load_sweep`)."""
+        self.log_json(parent_id, {"planned": planned, "members": members}, M.ART_MEMBERS)
+        self.set_tags(parent_id, {M.TAG_PLANNED_CHILDREN: str(len(planned))})
 
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         log_tags(self.client, run_id, tags)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from pipeline import metrics as M
+from pipeline.config.policy import DEFAULT_POLICY, Policy, dominance_rule
 from pipeline.records import SweepRecord, VariantRecord
 from pipeline.verdict.frontier import Axis, LadderRung, Verdict, axes_for, baseline_ladder, frontier_verdicts, roofline_tok_s
 from pipeline.verdict.stats import PairedComparison, PairingError, compare_paired, paired_margin, two_sided_z
@@ -33,6 +34,7 @@ class SweepAnalysis:
     stats: dict[str, VariantStats]  # run id -> paired stats
     ladder: list[LadderRung]
     confidence: float
+    policy: Policy = DEFAULT_POLICY  # whose dominance rule the verdicts follow
 
     @property
     def records(self) -> tuple[VariantRecord, ...]:
@@ -72,21 +74,33 @@ def _paired(a: VariantRecord, b: VariantRecord, confidence: float, n_boot: int, 
         return None, f"{a.label} vs {b.label}: {exc}"
 
 
+def dominance(records: Sequence[VariantRecord], policy: Policy, axes: Sequence[Axis]) -> dict[str, dict[str, Verdict]]:
+    """The one definition of dominance, used by the gate, `compare` and the sweep's `frontier.*` tags alike:
+    the policy's paired margin (confidence, bootstrap, seed), speed tolerance and dominators."""
+    margin = paired_margin(policy.confidence, n_boot=min(policy.bootstrap_samples, 2_000), seed=policy.seed)
+    dominators = (lambda r: r.role == "reference") if policy.dominated_by == "references" else None
+    return {ax.metric: frontier_verdicts(records, ax, margin=margin, tolerance=policy.speed_tolerance, dominators=dominators) for ax in axes}
+
+
 def analyze(
     sweep: SweepRecord,
+    policy: Policy | None = None,
     *,
-    confidence: float = 0.95,
-    n_boot: int = 10_000,
-    seed: int = 0,
-    tolerance: float = 0.0,
-    dominated_by: str = "any",
+    confidence: float | None = None,
+    n_boot: int | None = None,
+    seed: int | None = None,
     axes: Sequence[Axis] | None = None,
 ) -> SweepAnalysis:
+    """`policy` (default `DEFAULT_POLICY`) decides dominance and the statistics' confidence, bootstrap
+    samples and seed; `confidence`, `n_boot` and `seed` override those of the policy."""
+    policy = policy or DEFAULT_POLICY
+    over = {k: v for k, v in (("confidence", confidence), ("bootstrap_samples", n_boot), ("seed", seed)) if v is not None}
+    if over:
+        policy = Policy.model_validate({**policy.model_dump(), **over})
+    confidence, n_boot, seed = policy.confidence, policy.bootstrap_samples, policy.seed
     records = list(sweep.children)
     axes = list(axes) if axes is not None else axes_for(records)
-    margin = paired_margin(confidence, n_boot=min(n_boot, 2_000), seed=seed)
-    dominators = (lambda r: r.role == "reference") if dominated_by == "references" else None
-    verdicts = {ax.metric: frontier_verdicts(records, ax, margin=margin, tolerance=tolerance, dominators=dominators) for ax in axes}
+    verdicts = dominance(records, policy, axes)
     refs = [r for r in records if r.role == "reference" and r.status == "FINISHED"]
     stats: dict[str, VariantStats] = {}
     for r in records:
@@ -106,7 +120,7 @@ def analyze(
             elif note and note not in vs.notes:
                 vs.notes.append(note)
         stats[r.run_id] = vs
-    return SweepAnalysis(sweep, axes, verdicts, stats, baseline_ladder(records), confidence)
+    return SweepAnalysis(sweep, axes, verdicts, stats, baseline_ladder(records), confidence, policy)
 
 
 # -- table rows -----------------------------------------------------------------------------------------
@@ -213,5 +227,6 @@ def verdict_tags(analysis: SweepAnalysis) -> dict[str, dict[str, str]]:
     for metric, v in analysis.verdicts.items():
         front = [r.label for r in analysis.records if v[r.run_id].status == "frontier"]
         parent[f"frontier.{metric}"] = ", ".join(front)[:5000] or "none"
+    parent[M.TAG_FRONTIER_POLICY] = dominance_rule(analysis.policy)
     tags[analysis.sweep.parent_run_id] = parent
     return tags

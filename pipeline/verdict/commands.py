@@ -2,7 +2,8 @@
 registry entries. Everything between reading and writing is the pure analysis and gate.
 
     run_compare        compare.md, compare.csv and PNG plots to a folder, a table on the console
-    log_sweep_report   the same files under `report/` on the sweep's parent run, verdict tags on every child
+    log_sweep_report   the same files under `report/` on the sweep's parent run, verdict tags on every child,
+                       the verdict as the parent's description and the experiment's shared runs view
     run_gate           gate_report.md and gate_junit.xml, `gate.*` tags, passing variants registered
 """
 
@@ -18,6 +19,7 @@ from typing import Any
 
 from pipeline import metrics as M
 from pipeline.config import RecipeError, load_policy
+from pipeline.config.policy import DEFAULT_POLICY
 from pipeline.env import tracking_uri as resolve_tracking_uri
 from pipeline.records import SweepRecord
 from pipeline.tracking import TrackingError, load_sweep, log_run_artifacts, register_passing, set_run_tags
@@ -26,6 +28,8 @@ from pipeline.verdict.frontier import Verdict
 from pipeline.verdict.gate import GateError, GateResult, child_tags, evaluate, exit_code, parent_tags, registry_bundle, registry_name
 from pipeline.verdict.plots import write_plots
 from pipeline.verdict.render import compare_markdown, gate_markdown, print_compare, print_gate, write_csv, write_junit
+from pipeline.verdict.render import review_markdown
+from pipeline.tracking.ui import NOTE_MAX, ReviewView, artifact_url, publish_review
 
 REPORT_ARTIFACT_DIR = "report"
 GATE_ARTIFACT_DIR = "gate"
@@ -78,34 +82,62 @@ def run_compare(
     run_id: str | None = None,
     experiment: str | None = None,
     out_dir: str | Path = "reports/compare",
-    confidence: float = 0.95,
-    seed: int = 0,
+    policy_path: str | Path | None = None,
+    confidence: float | None = None,
+    seed: int | None = None,
     console=None,
 ) -> CompareResult:
     """Read a sweep back, print the table, write compare.md, compare.csv and PNG plots to `out_dir`.
-    Raises `TrackingError` for an unknown run/experiment or an unusable store (the CLI exits 2 on it)."""
+    Dominance follows the policy at `policy_path` (default `DEFAULT_POLICY`, as the gate's policies/default.yaml);
+    `confidence` / `seed` override its statistics. Raises `TrackingError` for an unknown run/experiment, an
+    unusable store or an incomplete sweep, `RecipeError` for a bad policy (the CLI exits 2 on both)."""
     _quiet_downloads()
     console = _console(console)
-    sweep = load_sweep(resolve_tracking_uri(tracking_uri), run_id=run_id, experiment=experiment)
-    analysis = analyze(sweep, confidence=confidence, seed=seed)
+    policy = load_policy(policy_path) if policy_path is not None else DEFAULT_POLICY
+    sweep = _complete(load_sweep(resolve_tracking_uri(tracking_uri), run_id=run_id, experiment=experiment))
+    analysis = analyze(sweep, policy, confidence=confidence, seed=seed)
     result = write_compare(analysis, out_dir)
     print_compare(analysis, result.rows, console)
     console.print(f"wrote {result.markdown_path}, {result.csv_path} and {len(result.plots)} plot(s) to {Path(out_dir)}")
     return result
 
 
+def _complete(sweep: SweepRecord) -> SweepRecord:
+    """A verdict on part of a sweep could pass by accident: refuse a sweep whose planned children are not all there."""
+    problem = sweep.completeness_problem()
+    if problem:
+        raise TrackingError(problem)
+    return sweep
+
+
 def log_sweep_report(tracking_uri: str, parent_run_id: str) -> list[str]:
     """Log compare.md, compare.csv and the plots under `report/` on the parent run and verdict tags on
     every child, so the MLflow UI shows them; returns the artifact paths logged. Missing metrics (speed
     disabled, failed children) only leave cells empty and plots out. Called by the sweep at its end."""
-    sweep = load_sweep(tracking_uri, run_id=parent_run_id)
-    analysis = analyze(sweep)
+    sweep = _complete(load_sweep(tracking_uri, run_id=parent_run_id))
+    analysis = analyze(sweep, DEFAULT_POLICY)
     with tempfile.TemporaryDirectory() as d:
-        write_compare(analysis, d)
+        report = write_compare(analysis, d)
         log_run_artifacts(tracking_uri, parent_run_id, d, REPORT_ARTIFACT_DIR)
         logged = sorted(f"{REPORT_ARTIFACT_DIR}/{p.name}" for p in Path(d).iterdir())
     set_run_tags(tracking_uri, verdict_tags(analysis))
+    publish_sweep_review(tracking_uri, analysis, report)
     return logged
+
+
+def publish_sweep_review(tracking_uri: str, analysis: SweepAnalysis, report: CompareResult) -> None:
+    """What a reviewer sees first in the MLflow UI: the verdict table and Pareto plots as the parent run's
+    description, and the experiment's shared runs view (this sweep's runs, the verdict columns)."""
+    parent = analysis.sweep.parent_run_id
+    images = [(p.stem, artifact_url(parent, f"{REPORT_ARTIFACT_DIR}/{p.name}")) for p in report.plots if p.name.startswith("pareto_")]
+    metrics = [M.MMLU_ACC, M.MMLU_ACC_STDERR, M.DECODE_TOK_S, M.WEIGHT_BYTES]
+    metrics += [ax.metric for ax in analysis.axes if ax.metric not in metrics]
+    view = ReviewView(
+        run_ids=(parent, *(r.run_id for r in analysis.records)),
+        metric_columns=tuple(metrics),
+        tag_columns=(M.TAG_ROLE, *(f"frontier.{ax.metric}" for ax in analysis.axes)),
+    )
+    publish_review(tracking_uri, parent, review_markdown(analysis, report.rows, images, max_chars=NOTE_MAX), view)
 
 
 # -- gate ---------------------------------------------------------------------------------------------------
@@ -142,6 +174,9 @@ def run_gate(
             raise GateError(f"run {sweep.parent_run_id} is not a sweep parent run (tag {M.TAG_KIND}=sweep); give the parent's id to --run")
         if not sweep.children:
             raise GateError(f"sweep run {sweep.parent_run_id} has no child runs; nothing to gate")
+        problem = sweep.completeness_problem()
+        if problem:
+            raise GateError(problem)
         result.variants = evaluate(sweep, result.policy)
         if not result.variants:
             raise GateError(f"sweep run {sweep.parent_run_id} has no candidate variant besides the unmodified model; nothing to gate")

@@ -19,7 +19,9 @@ Ties, deliberately:
     (most accurate first), not with a chain.
 
 Records that are not FINISHED or lack `mmlu_acc` or the axis metric are `unplaced`: they neither dominate
-nor are dominated, and the gate treats that as a failure (fails closed).
+nor are dominated, and the gate treats that as a failure (fails closed). A record is measured against the
+references and its own model's unmodified base (those allowed to dominate): when one of them is unplaced
+and no placed record dominates it, its verdict is `undecided`, naming what is missing, never `frontier`.
 """
 
 from __future__ import annotations
@@ -140,9 +142,9 @@ class Verdict:
     run_id: str
     label: str
     axis: str
-    status: Literal["frontier", "dominated", "unplaced"]
+    status: Literal["frontier", "dominated", "unplaced", "undecided"]
     dominated_by: tuple[str, ...] = ()  # labels, most accurate first
-    reason: str = ""  # for unplaced
+    reason: str = ""  # for unplaced and undecided
 
     @property
     def by(self) -> str | None:
@@ -152,8 +154,8 @@ class Verdict:
         if self.status == "dominated":
             more = f" (+{len(self.dominated_by) - 1} more)" if len(self.dominated_by) > 1 else ""
             return f"dominated by {self.by}{more}"
-        if self.status == "unplaced":
-            return f"unplaced ({self.reason})"
+        if self.status in ("unplaced", "undecided"):
+            return f"{self.status} ({self.reason})"
         return "frontier"
 
 
@@ -202,10 +204,12 @@ def frontier_verdicts(
     dominators: Callable[[VariantRecord], bool] | None = None,
 ) -> dict[str, Verdict]:
     """One verdict per record (keyed by run id). `dominators` restricts which records may dominate
-    (e.g. references only); every record still gets a verdict."""
+    (e.g. references only); every record still gets a verdict. A record that no placed record dominates
+    is `undecided` while a reference or its model's base that may dominate it is unplaced."""
     margin_fn = _as_margin(margin)
     placed = [r for r in records if placement_problem(r, axis) is None]
     can_dominate = [r for r in placed if dominators is None or dominators(r)]
+    yardsticks = [r for r in records if (r.role == "reference" or r.is_base) and (dominators is None or dominators(r))]
     out: dict[str, Verdict] = {}
     for a in records:
         problem = placement_problem(a, axis)
@@ -216,6 +220,14 @@ def frontier_verdicts(
         by.sort(key=lambda b: (-b.metric(M.MMLU_ACC), -b.metric(axis.metric) if axis.higher_is_better else b.metric(axis.metric), b.label))
         if by:
             out[a.run_id] = Verdict(a.run_id, a.label, axis.metric, "dominated", tuple(b.label for b in by))
+            continue
+        unknown = [
+            f"{y.label} {placement_problem(y, axis)}"
+            for y in yardsticks
+            if y.run_id != a.run_id and (y.role == "reference" or y.model == a.model) and placement_problem(y, axis)
+        ]
+        if unknown:
+            out[a.run_id] = Verdict(a.run_id, a.label, axis.metric, "undecided", reason="cannot compare with " + ", ".join(unknown))
         else:
             out[a.run_id] = Verdict(a.run_id, a.label, axis.metric, "frontier")
     return out
@@ -226,7 +238,7 @@ def frontier(
 ) -> list[VariantRecord]:
     """The non-dominated placed records, ordered along the axis from worst to best (for drawing the line)."""
     verdicts = frontier_verdicts(records, axis, margin=margin, tolerance=tolerance)
-    front = [r for r in records if verdicts[r.run_id].status == "frontier"]
+    front = [r for r in records if verdicts[r.run_id].status in ("frontier", "undecided")]
     return sorted(front, key=lambda r: (r.metric(axis.metric) if axis.higher_is_better else -r.metric(axis.metric), r.metric(M.MMLU_ACC)))
 
 

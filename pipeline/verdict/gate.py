@@ -1,10 +1,12 @@
 """The gate as a pure function: a sweep's candidate variants checked against a policy (`evaluate`).
 
 Fails closed: a gated variant passes only when every check it is subject to could be evaluated and passed.
-A FAILED/KILLED/RUNNING child, a missing metric, missing or mismatched per-question outcomes, a missing
-unmodified candidate to compare against, or a variant named in the policy but absent from the sweep is a
-failure with its reason. The MMLU check is three-way (see `pipeline.verdict.stats.non_inferiority`): `undecided`
-(too few questions to tell) is not a pass, so it also exits 1.
+A FAILED/KILLED/RUNNING child, a missing metric, missing or mismatched per-question outcomes, a missing or
+failed unmodified candidate to compare against, or a variant named in the policy but absent from the sweep is
+a failure with its reason; a reference or base it must be held against for dominance that is FAILED/KILLED or
+lacks the axis metric makes that check `undecided`, naming it. The MMLU check is three-way (see
+`pipeline.verdict.stats.non_inferiority`): `undecided` (too few questions to tell) is not a pass, so it also
+exits 1.
 
 No I/O here: `pipeline.verdict.commands.run_gate` reads the sweep, writes the report files, tags the runs
 and registers the passes.
@@ -20,9 +22,9 @@ from typing import Literal
 from pipeline import metrics as M
 from pipeline.config.policy import Policy
 from pipeline.records import SweepRecord, VariantRecord
-from pipeline.verdict.analysis import base_for
-from pipeline.verdict.frontier import axis_by_name, frontier_verdicts
-from pipeline.verdict.stats import NonInferiority, PairingError, non_inferiority, pair, paired_margin
+from pipeline.verdict.analysis import base_for, dominance
+from pipeline.verdict.frontier import axis_by_name
+from pipeline.verdict.stats import NonInferiority, PairingError, flip_rate, non_inferiority, pair
 from pipeline.verdict.units import fmt
 
 Outcome = Literal["pass", "fail", "undecided"]
@@ -110,10 +112,44 @@ def _metric_check(r: VariantRecord, name: str, metric: str, limit: float, upper:
     return Check(name, "pass" if ok else "fail", f"{metric} {shown} {'' if ok else 'not '}{op} {limit_s}")
 
 
-def _mmlu_check(r: VariantRecord, base: VariantRecord | None, policy: Policy) -> tuple[Check, NonInferiority | None]:
+def _no_base(r: VariantRecord, records: list[VariantRecord]) -> str:
+    """Why a variant has no base to compare with, naming the base's status when it is there but unusable."""
+    found = [b for b in records if b.is_base and b.model == r.model]
+    if not found:
+        return f"no FINISHED unmodified candidate (method none) for model {r.model} to compare with: none in the sweep"
+    states = ", ".join(f"{b.label} is {b.status}" + (f" ({b.tags[M.TAG_STATUS_ERROR]})" if b.tags.get(M.TAG_STATUS_ERROR) else "") for b in found)
+    return f"no FINISHED unmodified candidate (method none) for model {r.model} to compare with: {states}"
+
+
+def _repeats(r: VariantRecord, records: list[VariantRecord]) -> list[VariantRecord]:
+    """FINISHED runs of the same variant under another name: same model, method and params."""
+
+    def what(x: VariantRecord) -> dict[str, str]:
+        return {k: v for k, v in x.params.items() if k.startswith("variant.") and k != "variant.name"}
+
+    mine = what(r)
+    if not mine:  # params not logged: cannot tell a repeat from another variant
+        return []
+    return [x for x in records if x.run_id != r.run_id and x.model == r.model and x.status == "FINISHED" and x.questions and what(x) == mine]
+
+
+def _noise_floor(r: VariantRecord, records: list[VariantRecord]) -> tuple[float | None, str]:
+    """Run-to-run noise of r's MMLU answers, in points: the largest flip rate vs a repeat of it in the sweep
+    (measured beats declared); else 0 for a deterministic method; None (unknown) for a tagged
+    `deterministic=false` one."""
+    reps = _repeats(r, records)
+    if reps:
+        flips = max(flip_rate(r.questions or (), x.questions or ()) for x in reps)
+        return flips * 100.0, "flip rate vs " + ", ".join(x.label for x in reps)
+    if r.tags.get(M.TAG_DETERMINISTIC) == "false":
+        return None, ""
+    return 0.0, ""
+
+
+def _mmlu_check(r: VariantRecord, base: VariantRecord | None, policy: Policy, records: list[VariantRecord]) -> tuple[Check, NonInferiority | None]:
     name = "mmlu_drop"
     if base is None:
-        return Check(name, "fail", f"no FINISHED unmodified candidate (method none) for model {r.model} to compare with"), None
+        return Check(name, "fail", _no_base(r, records)), None
     if not r.questions:
         return Check(name, "fail", f"no per-question outcomes ({M.ART_QUESTIONS}) for {r.label}"), None
     if not base.questions:
@@ -122,20 +158,28 @@ def _mmlu_check(r: VariantRecord, base: VariantRecord | None, policy: Policy) ->
         p = pair(r.questions, base.questions)
         if not p.complete:
             return Check(name, "fail", f"question sets differ from {base.label}: {p.only_a} only here, {p.only_b} only in base"), None
-        ni = non_inferiority(r.questions, base.questions, policy.max_mmlu_drop_points, confidence=policy.confidence, n_boot=policy.bootstrap_samples, seed=policy.seed)
+        noise, source = _noise_floor(r, records)
+        ni = non_inferiority(
+            r.questions, base.questions, policy.max_mmlu_drop_points, confidence=policy.confidence,
+            n_boot=policy.bootstrap_samples, seed=policy.seed, noise_points=noise or 0.0,
+        )
     except PairingError as exc:
         return Check(name, "fail", str(exc)), None
-    return Check(name, ni.decision, ni.reason), ni
+    if noise is None and ni.decision == "pass":  # fails closed: a rerun could move it by an unknown amount
+        return Check(
+            name, "undecided",
+            f"{ni.reason}, but {r.label} is tagged {M.TAG_DETERMINISTIC}=false and the sweep has no repeat of it to measure "
+            "its run-to-run flip rate: add the same variant again under another name (same method and params)",
+        ), ni
+    return Check(name, ni.decision, ni.reason + (f"; noise floor {noise:.2f} pts ({source})" if noise else "")), ni
 
 
 def evaluate(sweep: SweepRecord, policy: Policy) -> list[VariantGate]:
     """Every gated variant with its checks (pure: no MLflow, no files)."""
     gated = select(sweep, policy.variants)
     records = list(sweep.children)
-    margin = paired_margin(policy.confidence, n_boot=min(policy.bootstrap_samples, 2_000), seed=policy.seed)
-    dominators = (lambda x: x.role == "reference") if policy.dominated_by == "references" else None
     axes = [axis_by_name(a) for a in policy.dominance_axes] if policy.must_not_be_dominated else []
-    verdicts = {ax.metric: frontier_verdicts(records, ax, margin=margin, tolerance=policy.speed_tolerance, dominators=dominators) for ax in axes}
+    verdicts = dominance(records, policy, axes)
     out: list[VariantGate] = []
     for name, r in gated:
         if r is None:
@@ -153,7 +197,7 @@ def evaluate(sweep: SweepRecord, policy: Policy) -> list[VariantGate]:
         if r.metric(M.MMLU_ACC) is None:
             g.checks.append(Check("mmlu", "fail", f"missing metric {M.MMLU_ACC}"))
         base = r if r.is_base else base_for(r, records)
-        check, g.mmlu = _mmlu_check(r, base, policy)
+        check, g.mmlu = _mmlu_check(r, base, policy, records)
         g.checks.append(check)
         if policy.min_decode_tok_s is not None:
             g.checks.append(_metric_check(r, "min_decode_tok_s", M.DECODE_TOK_S, policy.min_decode_tok_s, upper=False))
@@ -167,6 +211,8 @@ def evaluate(sweep: SweepRecord, policy: Policy) -> list[VariantGate]:
                 g.checks.append(Check(f"not_dominated[{ax.metric}]", "pass", "on the frontier"))
             elif v.status == "unplaced":
                 g.checks.append(Check(f"not_dominated[{ax.metric}]", "fail", f"cannot place: {v.reason}"))
+            elif v.status == "undecided":  # a reference or the base it must be held against is unusable
+                g.checks.append(Check(f"not_dominated[{ax.metric}]", "undecided", v.reason))
             else:
                 g.checks.append(Check(f"not_dominated[{ax.metric}]", "fail", "dominated by " + ", ".join(v.dominated_by)))
     return out

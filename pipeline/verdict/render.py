@@ -132,6 +132,44 @@ def compare_markdown(analysis: SweepAnalysis, table_rows: list[dict[str, Any]], 
     return "\n".join(lines) + "\n"
 
 
+REVIEW_COLUMNS = ("model/variant", "role", "status", "MMLU %", "Δ vs base [CI]", "tok/s", "weights", "verdict (speed)", "verdict (size)")
+
+
+def review_markdown(
+    analysis: SweepAnalysis, table_rows: list[dict[str, Any]], images: Sequence[tuple[str, str]] = (), *, max_chars: int = 8000
+) -> str:
+    """The sweep's verdict for the parent run's description in the MLflow UI: a one-line summary first (the
+    runs table's Description column shows only that), the verdict table, the plots as `(alt, url)` images.
+    Rows that do not fit in `max_chars` are left to report/compare.md, and the text says so."""
+    sw = analysis.sweep
+    speed, size = analysis.speed_axis, analysis.size_axis
+    summary = []
+    for ax in analysis.axes:
+        front = [r.label for r in ordered(analysis.records) if analysis.verdicts[ax.metric][r.run_id].status == "frontier"]
+        summary.append(f"frontier on {ax.title}: {', '.join(front) or 'none'}")
+    head = [
+        "**shrinkgate verdict** · " + (" · ".join(summary) if summary else "no speed or size metric: nothing placed on a frontier"),
+        "",
+        f"Sweep `{sw.experiment}` · {len(sw.children)} model × variant runs · confidence {analysis.confidence:.0%} · "
+        f"dominated = another run as accurate within the paired margin and at least as fast (speed) / small (size).",
+        "",
+    ]
+    cells = [
+        [row["label"], row["role"], row["status"], acc_cell(row), delta_cell(row), fmt(row[M.DECODE_TOK_S]),
+         fmt(row[M.WEIGHT_BYTES], M.WEIGHT_BYTES), row[f"verdict_{speed}"] if speed else "-", row[f"verdict_{size}"] if size else "-"]
+        for row in table_rows
+    ]
+    tail = [""] + [f"![{alt}]({url})" for alt, url in images]
+    tail += ["", "Full report (ladder, paired Δ per reference, McNemar p, questions a margin needs): `report/compare.md` under Artifacts."]
+    shown = len(cells)
+    while True:
+        more = [] if shown == len(cells) else ["", f"… {len(cells) - shown} more row(s) in `report/compare.md`."]
+        text = "\n".join(head + [md_table(list(REVIEW_COLUMNS), cells[:shown])] + more + tail) + "\n"
+        if len(text) <= max_chars or shown == 0:
+            return text[:max_chars]
+        shown -= 1
+
+
 def write_csv(path: Path, table_rows: list[dict[str, Any]]) -> None:
     keys: list[str] = []
     for row in table_rows:

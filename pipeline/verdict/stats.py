@@ -13,7 +13,8 @@ separate standard errors:
   bound of the drop is <= delta; fails when the lower bound is > delta; otherwise `undecided`. The bound
   is the more conservative of the bootstrap bound and an exact (Clopper-Pearson, Bonferroni-split) bound
   on the discordant shares: the bootstrap alone is anti-conservative with few discordant pairs (no changed
-  answer among 10 questions would give a zero-width interval and a false "pass").
+  answer among 10 questions would give a zero-width interval and a false "pass"). A variant that is not
+  bit-reproducible widens both bounds by its run-to-run flip rate (`noise_points`, from the gate).
 
 Units: accuracies are fractions (0..1, like the `mmlu_acc` metric); differences and deltas named
 `*_points` are percentage points (100 x fraction).
@@ -302,6 +303,7 @@ class NonInferiority:
     exact_upper_points: float
     questions_needed: int | None  # for a pass if the observed shares held (None: the observed drop is >= delta)
     reason: str
+    noise_points: float = 0.0  # run-to-run noise floor added to the upper and taken off the lower bound
 
 
 def non_inferiority(
@@ -312,14 +314,18 @@ def non_inferiority(
     confidence: float = 0.95,
     n_boot: int = 10_000,
     seed: int = 0,
+    noise_points: float = 0.0,
 ) -> NonInferiority:
     """pass: upper bound of the drop <= delta; fail: lower bound of the drop > delta; else undecided.
+
+    `noise_points`: the variant's own run-to-run flip rate (points) when it is not bit-reproducible. A rerun
+    can move its accuracy by at most that much, so both bounds widen by it: a pass must hold on any rerun.
 
     Raises PairingError when the question sets cannot be paired; unequal question sets are not decided
     here (the gate fails them closed), only reported through `compare_paired`.
     """
-    if delta_points < 0:
-        raise ValueError("delta_points must be >= 0")
+    if delta_points < 0 or noise_points < 0:
+        raise ValueError("delta_points and noise_points must be >= 0")
     p = pair(base, variant)
     if p.n == 0:
         raise PairingError("variant and base share no question (matched by subject, index)")
@@ -327,11 +333,11 @@ def non_inferiority(
     losses = int((p.a_correct & ~p.b_correct).sum())  # base right, variant wrong
     boot = paired_bootstrap_counts(p.n, losses, gains, confidence=confidence, n_boot=n_boot, seed=seed)  # of the drop
     ex_lo, ex_hi = exact_diff_bounds(p.n, losses, gains, confidence)
-    upper = max(boot.upper_one_sided, ex_hi) * 100.0
-    lower = min(boot.lower_one_sided, ex_lo) * 100.0
+    upper = max(boot.upper_one_sided, ex_hi) * 100.0 + noise_points
+    lower = min(boot.lower_one_sided, ex_lo) * 100.0 - noise_points
     drop = boot.diff * 100.0
-    needed = questions_for_pass(p.n, losses, gains, delta_points, confidence)
-    conf_s = f"{confidence:.0%}"
+    needed = questions_for_pass(p.n, losses, gains, delta_points - noise_points, confidence) if delta_points > noise_points else None
+    conf_s = f"{confidence:.0%}" + (f" (+ {noise_points:.2f} pts run-to-run noise)" if noise_points else "")
     if upper <= delta_points + 1e-12:
         decision: Decision = "pass"
         reason = f"drop {drop:+.2f} pts, {conf_s} upper bound {upper:.2f} <= {delta_points:g} over {p.n} questions"
@@ -360,6 +366,7 @@ def non_inferiority(
         exact_upper_points=ex_hi * 100.0,
         questions_needed=needed,
         reason=reason,
+        noise_points=float(noise_points),
     )
 
 

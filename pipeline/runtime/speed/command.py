@@ -76,7 +76,7 @@ def speed_command(
 ) -> SpeedResult:
     """Measure decode of a published architecture (random weights) under `method` on `device`."""
     from pipeline.build.artifact import apply_steps
-    from pipeline.build.storage import storage_bytes
+    from pipeline.build.observe import observe_reads
     from pipeline.methods import BuildContext
 
     device = _device(device)
@@ -95,7 +95,7 @@ def speed_command(
     m = _in_memory_method(method, method_params, device)
     model = shapes.random_model(config, dtype, device, seed)
     model = apply_steps(model, [m], BuildContext(tokenizer=None, device=device))
-    weight_bytes = storage_bytes(model).bytes_read_per_token
+    reads = observe_reads(model, compressed=m.kind != "none")  # what runs: a dense fallback reads dense bytes
     spec = SpeedSpec(
         prompt_tokens=prompt_tokens,
         new_tokens=new_tokens,
@@ -111,10 +111,10 @@ def speed_command(
         model,
         None,
         spec,
-        weight_bytes_per_token=weight_bytes,
+        weight_bytes_per_token=reads.bytes_per_token,
         device=device,
-        kernel=m.kernel(device, model),
-        dense_fallback=m.dense_fallback(device),
+        kernel=f"{m.kernel(device, model)}; observed: {reads.observation.summary()}",
+        dense_fallback=reads.observation.dense_fallback,
         model_name=f"{config} (random, {shape.hub_id} shape)",
         method=method,
         seed=seed,

@@ -12,12 +12,14 @@ import inspect
 import math
 import os
 import warnings as _warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import psutil
 import torch
 
+from pipeline.build.observe import KernelObservation, holds_compressed_layers, observe_compiled
+from pipeline.build.storage import storage_bytes
 from pipeline.config.recipe import SpeedSpec
 from pipeline.results import SpeedPoint, SpeedResult
 from pipeline.runtime.speed import roofline
@@ -321,6 +323,9 @@ class _Setup:
     bw: float  # bytes/s
     peak_flops: float
     seed: int
+    # the compiled step's observation (profiled once, after the first point's timing): a frozen graph may
+    # have folded a dequantize into dense constants, or kept a low-precision kernel the eager path lacked
+    compiled_seen: list[KernelObservation] = field(default_factory=list)
 
     @property
     def is_cuda(self) -> bool:
@@ -345,9 +350,11 @@ def measure_decode(
 ) -> SpeedResult:
     """Decode figures for `model` at every (prompt length, batch size) the spec asks for.
 
-    `weight_bytes_per_token` is what a decode step reads of the weights as stored (packed values +
-    scales: `pipeline.build.storage.storage_bytes(model).bytes_read_per_token`). `kernel`/`dense_fallback`
-    come from the method so a dense fallback is never reported as compressed-kernel speed. `clock`,
+    `weight_bytes_per_token` is what a decode step reads of the weights as observed: stored bytes (packed
+    values + scales), dense bytes for layers that run a dense matmul on dequantized weights
+    (`pipeline.build.observe.observe_reads`). `kernel`/`dense_fallback` come from that observation so a dense
+    fallback is never reported as compressed-kernel speed; with `compile` the compiled step is profiled
+    again and its observation replaces both (freezing may fold a dequantize into dense constants). `clock`,
     `bandwidth_gb_s` and `matmul_flops` are injectable (tests); by default the host's measured,
     cached peaks are used. A point that does not fit in memory is reported in `skipped`, not raised.
     """
@@ -361,6 +368,16 @@ def measure_decode(
         setup = _setup(model, tokenizer, spec, device, threads, weight_bytes_per_token, clock, bandwidth_gb_s, matmul_flops, seed, warns)
         _warn_if_busy(load_before, warns)
         points, skipped = _run_points(setup, warns)
+        observed = setup.compiled_seen[0] if setup.compiled_seen else None
+        if observed is not None and (dense_fallback or holds_compressed_layers(model)):
+            # the compiled step is what was timed: its observation decides fallback and bytes read
+            dense_fallback = observed.dense_fallback
+            held = storage_bytes(model)
+            read = storage_bytes(model, dense=observed.dense_width) if dense_fallback else held
+            weight_bytes_per_token = read.bytes_read_per_token
+            if weight_bytes_per_token != setup.weight_bytes:
+                setup = replace(setup, weight_bytes=int(weight_bytes_per_token))
+                points = [_rebyte(setup, p) for p in points]
         for s in skipped:
             warns.append(f"batch {s['batch_size']}, prompt {s['prompt_tokens']} skipped: {s['reason']}")
         if dense_fallback:
@@ -382,11 +399,14 @@ def measure_decode(
             scenario=spec.scenario or "",
             matmul_tflops=setup.peak_flops / 1e12,
             compute_bound_batch=_compute_bound_batch(setup, points),
+            crossover_batch=_crossover_batch(setup, points),
             weight_bytes_per_token=int(weight_bytes_per_token),
             dtype=str(_kv_dtype(model)).removeprefix("torch."),
             model=model_name,
             method=method,
             skipped=tuple(skipped),
+            kernel_observed=observed.summary() if observed is not None else "",
+            kernel_observed_ops=observed.ops_tag() if observed is not None else "",
         )
     finally:
         torch.set_num_threads(prev_threads)
@@ -487,6 +507,18 @@ def _compute_bound_batch(setup: _Setup, points: list[SpeedPoint]) -> int | None:
     return roofline.compute_bound_batch(setup.peak_flops, setup.bw, first.flops_per_token, setup.weight_bytes, kv_seq)
 
 
+def _crossover_batch(setup: _Setup, points: list[SpeedPoint]) -> int | None:
+    """Roofline crossover vs the unmodified model (dense weights in this dtype), at the first point's context."""
+    first = points[0] if points else None
+    dense_params = roofline.linear_params_per_token(setup.model.config)
+    if first is None or not first.flops_per_token or dense_params is None:
+        return None
+    kv_seq = roofline.kv_bytes_at_context(setup.model.config, first.context_tokens, setup.dtype_bytes)
+    return roofline.roofline_crossover_batch(
+        setup.peak_flops, setup.bw, first.flops_per_token, setup.weight_bytes, dense_params * setup.dtype_bytes, kv_seq
+    )
+
+
 def _offline_batches(setup: _Setup, top: int, prompt: int) -> list[int]:
     """Offline scenario candidates, largest first: powers of two <= `top` that are estimated to fit."""
     free = free_bytes(setup.device)
@@ -503,6 +535,12 @@ def _measure_point(setup: _Setup, batch: int, prompt: int) -> SpeedPoint:
     with torch.no_grad(), _warnings.catch_warnings():  # not inference_mode: quanto qint4 fails under it
         _warnings.simplefilter("ignore")
         timelines, peak_mb, generated = _time_point(runner, spec.new_tokens, setup.warmup, spec.repeats, setup.timer, setup.device)
+        if spec.compile and not setup.compiled_seen:
+            runner.reset()
+            token = runner.prefill()
+            setup.compiled_seen.append(
+                observe_compiled(lambda: runner.step(token), setup.model, compressed=True, dense_width=setup.dtype_bytes)
+            )
     del runner
     stats = summarize(timelines, batch, prompt)
 
@@ -545,6 +583,19 @@ def _measure_point(setup: _Setup, batch: int, prompt: int) -> SpeedPoint:
         context_tokens=context,
         flops_per_token=flops,
         scenario=spec.scenario or "",
+    )
+
+
+def _rebyte(setup: _Setup, p: SpeedPoint) -> SpeedPoint:
+    """The point's byte-derived figures recomputed for `setup.weight_bytes` (timings unchanged)."""
+    kv_seq = roofline.kv_bytes_at_context(setup.model.config, p.context_tokens, setup.dtype_bytes)
+    step_bytes = roofline.bytes_per_step(setup.weight_bytes, kv_seq, p.batch_size)
+    return replace(
+        p,
+        bytes_per_token=float(setup.weight_bytes + kv_seq),
+        bytes_per_step=step_bytes,
+        wall_tok_s=roofline.ceiling_tok_s(setup.bw, step_bytes, p.batch_size),
+        mbu=roofline.mbu(p.decode_tok_s, step_bytes, p.batch_size, setup.bw),
     )
 
 

@@ -77,6 +77,26 @@ def compute_bound_batch(
     return max(1, math.ceil(weight_bytes_per_token / bandwidth_bytes_s / per_seq_gain - 1e-9))
 
 
+def roofline_crossover_batch(
+    peak_flops: float,
+    bandwidth_bytes_s: float,
+    flops_per_token: float,
+    variant_bytes_per_token: float,
+    dense_bytes_per_token: float,
+    kv_bytes_per_seq: float = 0.0,
+) -> int | None:
+    """Smallest batch from which, on the roofline, a variant no longer decodes faster than the unmodified model.
+
+    Both do the same FLOPs per token; the variant reads fewer weight bytes. Its step is never slower, and
+    strictly faster exactly while the unmodified model is memory-bound, so the crossover is where the
+    unmodified model turns compute-bound. 1 when the variant reads no fewer bytes (it never wins); None
+    when the unmodified model never leaves the memory wall (KV grows faster than compute).
+    """
+    if variant_bytes_per_token >= dense_bytes_per_token:
+        return 1
+    return compute_bound_batch(peak_flops, bandwidth_bytes_s, flops_per_token, dense_bytes_per_token, kv_bytes_per_seq)
+
+
 def crossover_batch(
     base_points: Iterable[_Point], variant_points: Iterable[_Point], prompt_tokens: int | None = None
 ) -> int | None:

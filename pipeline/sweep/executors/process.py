@@ -12,7 +12,10 @@ a method defined in `__main__` cannot be, so such a child fails to start), and `
 honoured (see `pipeline.sweep.child`). It runs in its own session, so a terminal's Ctrl-C reaches only the
 driver, which ends the child's whole process group (SIGTERM, then SIGKILL after a grace period) and marks
 the run KILLED.
-The child's stdout/stderr are relayed (the first lines of each; the stderr tail is kept for the failure).
+While it works, the child writes library chatter to its log file (attached to its run as `logs/child.log`);
+what it writes to stdout/stderr outside that (a plugin that fails to import, faulthandler's dump of a native
+crash) is relayed (the first lines of each; the stderr tail is kept for the failure). A child that dies
+leaves the tail of its log in the traceback artifact too.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ GRACE_S = 10.0  # SIGTERM -> SIGKILL
 FORWARD_LINES = 50  # per stream and child; more only floods the console (the tail is kept)
 LINE_CHARS = 500  # a relayed line longer than this is cut (faulthandler lists every extension module)
 TAIL_LINES = 200  # of stderr, for the traceback artifact of a child that died
+LOG_TAIL_LINES = 100  # of the child's log, ditto
 POLL_S = 0.1
 
 
@@ -60,6 +64,10 @@ class _Child:
     @property
     def result_path(self) -> Path:
         return self.workdir / "outcome.pkl"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "child.log"
 
 
 def plugin_modules(item: WorkItem) -> tuple[list[str], list[str]]:
@@ -139,7 +147,10 @@ class ProcessExecutor(Executor):
         events_r, events_w = os.pipe()
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "pipeline.sweep.child", str(workdir / "work.pkl"), str(workdir / "outcome.pkl"), str(events_w)],
+                [
+                    sys.executable, "-m", "pipeline.sweep.child",
+                    str(workdir / "work.pkl"), str(workdir / "outcome.pkl"), str(events_w), str(workdir / "child.log"),
+                ],
                 env=child_environment(roots),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
@@ -197,6 +208,7 @@ class ProcessExecutor(Executor):
         code = child.proc.wait()
         self._reap(child)
         outcome = read_result(child.result_path)
+        log_tail = _tail(child.log_path, LOG_TAIL_LINES) if outcome is None else []
         shutil.rmtree(child.workdir, ignore_errors=True)
         if outcome is not None:
             return Done(child.run_id, outcome)
@@ -205,6 +217,8 @@ class ProcessExecutor(Executor):
         if code > 0 and last:
             message += f": {last[:300]}"
         detail = f"{message}\n\n--- stderr, last {len(child.tail)} lines ---\n" + "\n".join(child.tail)
+        if log_tail:
+            detail += f"\n\n--- child.log, last {len(log_tail)} lines ---\n" + "\n".join(log_tail)
         return Done(child.run_id, None, message, detail)
 
     def _reap(self, child: _Child) -> None:
@@ -230,6 +244,14 @@ class ProcessExecutor(Executor):
 
     def close(self) -> None:
         self.cancel()  # nothing is left on a normal end; after an error nothing may outlive the sweep
+
+
+def _tail(path: Path, lines: int) -> list[str]:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    return [ln[:LINE_CHARS] for ln in text.replace("\r", "\n").splitlines() if ln.strip()][-lines:]
 
 
 def _signal_group(pgid: int, sig: int) -> None:

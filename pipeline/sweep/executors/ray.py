@@ -22,7 +22,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from pipeline.build.plan import WorkItem
-from pipeline.config.recipe import Recipe
+from pipeline.config.recipe import Recipe, apply_overrides
 from pipeline.sweep.child import execute_child
 from pipeline.sweep.executors.base import Done, Executor, ExecutorError
 from pipeline.sweep.outcome import ChildOutcome, ProgressFn, SweepContext
@@ -137,9 +137,7 @@ def absolute_store(recipe: Recipe) -> Recipe:
     uri = recipe.tracking.uri
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         path = Path(uri.removeprefix("sqlite:///")).resolve()
-        data = recipe.model_dump()
-        data["tracking"]["uri"] = f"sqlite:///{path}"
-        return Recipe.model_validate(data)
+        return apply_overrides(recipe, tracking_uri=f"sqlite:///{path}")  # keeps defaults defaults (scenario: server)
     return recipe
 
 

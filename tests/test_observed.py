@@ -1,0 +1,263 @@
+"""Measure what really runs (issue 12, items 5-7): the kernel is observed with torch.profiler over one decode
+step, the bytes a step reads follow that observation, and `sparsity` is the pruners' mask, not every zero.
+
+Tiny Llama only; no timing is asserted.
+"""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+
+import pytest
+import torch
+
+from pipeline.config.recipe import ModelSpec, SpeedSpec, VariantSpec
+
+
+@pytest.fixture(scope="module")
+def zeroed_tiny(tmp_path_factory):
+    """The tiny Llama with 10 % of every decoder linear's weights set to exact zeros (as a published
+    checkpoint dequantized from a 4-bit grid has), saved as a model dir."""
+    from transformers import AutoModelForCausalLM
+
+    from pipeline.methods.targets import target_linears
+    from pipeline.models import resolve_model
+    from tiny_llama import build_tiny_llama
+
+    src = build_tiny_llama(tmp_path_factory.mktemp("tiny") / "llama")
+    out = tmp_path_factory.mktemp("zeroed") / "llama"
+    model = AutoModelForCausalLM.from_pretrained(src)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for _, m in target_linears(model):
+            m.weight[torch.rand(m.weight.shape, generator=gen) < 0.10] = 0.0
+    model.save_pretrained(out, safe_serialization=True)
+    for f in src.iterdir():
+        if f.name.startswith(("tokenizer", "special_tokens")):
+            shutil.copy(f, out / f.name)
+    spec = ModelSpec(name="tiny-zeroed", source=str(out))
+    return resolve_model(spec), spec
+
+
+@pytest.fixture(scope="module")
+def build(zeroed_tiny):
+    from pipeline.build.artifact import build_artifact
+
+    resolved, spec = zeroed_tiny
+    cache: dict[str, object] = {}
+
+    def get(name: str, *steps: tuple[str, dict]):
+        if name not in cache:
+            variant = VariantSpec(name=name, steps=[{"method": m, "params": p} for m, p in steps])
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                cache[name] = build_artifact(resolved, spec, variant, device="cpu", measure_serialized=False)
+        return cache[name]
+
+    return get
+
+
+# -- item 5: the kernel is observed ----------------------------------------------------------------
+def test_unmodified_model_never_falls_back(build):
+    f = build("none", ("none", {})).fidelity
+    assert f.dense_fallback is False
+    assert "14/14 layer matmuls dense" in f.kernel_observed and "aten::mm(float,float)" in f.kernel_observed_ops
+    assert f.kernel_census == "Linear[Parameter float32] x14"
+    assert f.tags()["kernel.observed_ops"] == f.kernel_observed_ops
+
+
+def test_bnb_nf4_on_cpu_is_seen_dequantizing_then_running_a_dense_fp32_matmul(build):
+    f = build("nf4", ("bnb-nf4", {})).fidelity
+    assert f.dense_fallback is True
+    assert "bitsandbytes::dequantize_4bit" in f.kernel_observed_ops and "aten::mm(float,float)" in f.kernel_observed_ops
+    assert "14/14 layer matmuls dense (fp32)" in f.kernel_observed and "dequantize ran per call" in f.kernel_observed
+    assert "Linear4bit[Params4bit uint8]" in f.kernel_census
+    assert f.tags()["kernel_dense_fallback"] == "true" and "observed:" in f.tags()["kernel"]
+
+
+def test_torchao_int4_on_cpu_is_seen_running_its_packed_kernel(build):
+    f = build("int4", ("int4-weight-only", {"group_size": 64})).fidelity
+    assert f.dense_fallback is False
+    assert "aten::_weight_int4pack_mm_for_cpu(float,unsigned char,float)" in f.kernel_observed_ops
+    assert "14/14 layer matmuls quantized" in f.kernel_observed
+
+
+class _Int8Linear(torch.nn.Linear):
+    """An int8 weight-only layer written here, so no method table can know what it runs: `fused` calls
+    the int8 x float kernel, otherwise it casts the int8 weight to fp32 first (a dense fallback)."""
+
+    def __init__(self, dense: torch.nn.Linear, fused: bool):
+        super().__init__(dense.in_features, dense.out_features, bias=False)
+        w = dense.weight.detach()
+        self.scales = w.abs().amax(dim=1) / 127
+        self.weight = torch.nn.Parameter((w / self.scales[:, None]).round().to(torch.int8), requires_grad=False)
+        self.fused = fused
+
+    def forward(self, x):
+        x2 = x.reshape(-1, x.shape[-1])
+        if self.fused:
+            y = torch.ops.aten._weight_int8pack_mm(x2, self.weight, self.scales)
+        else:
+            y = x2 @ (self.weight.to(x.dtype) * self.scales[:, None]).t()
+        return y.reshape(*x.shape[:-1], -1)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_observation_follows_the_ops_that_ran_not_the_layer_type(zeroed_tiny, fused):
+    from transformers import AutoModelForCausalLM
+
+    from pipeline.build.observe import observe_kernel
+    from pipeline.methods.targets import target_linears
+
+    resolved, _ = zeroed_tiny
+    model = AutoModelForCausalLM.from_pretrained(resolved.dense_dir).eval()
+    for name, module in list(target_linears(model)):
+        parent, _, leaf = name.rpartition(".")
+        setattr(model.get_submodule(parent), leaf, _Int8Linear(module, fused))
+    obs = observe_kernel(model, compressed=True)
+    assert obs.census == {"_Int8Linear[Parameter int8]": 14}
+    if fused:
+        assert obs.dense_fallback is False and set(obs.calls.values()) == {"quantized"}
+        assert obs.top_ops[0] == ("aten::_weight_int8pack_mm(float,signed char,float)", 14)
+        assert obs.dense_width == {}
+    else:
+        assert obs.dense_fallback is True and set(obs.calls.values()) == {"dense"} and obs.dequantized
+        assert set(obs.dense_width.values()) == {4}
+
+
+def test_a_composite_op_with_low_precision_inputs_is_not_the_kernel_when_a_dense_mm_ran_inside():
+    from pipeline.build.observe import Op, classify_call
+
+    # bitsandbytes' CPU gemm_4bit takes uint8 but dequantizes and calls aten::mm inside
+    ops = [
+        Op("bitsandbytes::gemm_4bit", ("float", "unsigned char"), has_matmul_child=True),
+        Op("bitsandbytes::dequantize_4bit", ("unsigned char", "float")),
+        Op("aten::mm", ("float", "float")),
+    ]
+    assert classify_call(ops) == ("dense", 4)
+    assert classify_call([Op("aten::_int_mm", ("signed char", "signed char"))]) == ("quantized", 0)
+    assert classify_call([Op("aten::_sparse_semi_structured_linear", ("c10::Half", "c10::Half"))]) == ("sparse", 0)
+    assert classify_call([Op("aten::mm", ("c10::BFloat16", "c10::BFloat16"))]) == ("dense", 2)
+
+
+# -- item 6: bytes read per token follow the observation -------------------------------------------
+def _fixed_host(monkeypatch, bw_gb_s: float = 10.0):
+    from pipeline.runtime.speed import measure as measure_mod
+
+    monkeypatch.setattr(measure_mod, "bandwidth_probe", lambda device, threads: {"bandwidth_gb_s": bw_gb_s, "load_avg": 0.0})
+    monkeypatch.setattr(measure_mod, "host_matmul_flops", lambda device, threads, dtype: 1e11)
+
+
+def _kv(model, point) -> float:
+    from pipeline.runtime.speed import roofline
+
+    return roofline.kv_bytes_at_context(model.config, point.context_tokens, 4)
+
+
+def test_dense_fallback_reads_dense_bytes_and_mbu_uses_them(build, monkeypatch):
+    from pipeline.runtime.transformers import TransformersRuntime
+
+    dense = build("none", ("none", {})).fidelity
+    art = build("nf4", ("bnb-nf4", {}))
+    f = art.fidelity
+    assert f.dense_fallback
+    # stored: 4-bit values + absmax scales; read: every decoder linear dequantized to fp32 on each call
+    assert f.weight_bytes < dense.weight_bytes and f.stored_bytes_per_token < dense.bytes_read_per_token
+    assert f.bytes_read_per_token == dense.bytes_read_per_token
+    assert f.metrics()["weight_bytes_read_per_token"] == dense.bytes_read_per_token
+    assert f.metrics()["weight_bytes"] == f.weight_bytes  # stored, as before
+
+    _fixed_host(monkeypatch, bw_gb_s=10.0)
+    spec = SpeedSpec(prompt_tokens=8, new_tokens=4, batch_sizes=[1], warmup=1, repeats=1, threads=1)
+    res = TransformersRuntime().decode(art, spec)
+    p = res.points[0]
+    read = dense.bytes_read_per_token + _kv(art.model, p)
+    assert res.dense_fallback and p.bytes_per_token == read
+    assert p.mbu == pytest.approx(p.decode_tok_s * read / 10e9)
+    assert p.wall_tok_s == pytest.approx(10e9 / read)
+    assert res.metrics()["bytes_per_token"] == read
+
+
+def test_a_compiled_step_that_folded_the_dequantize_reads_dense_bytes(build, monkeypatch):
+    """Eager int4 runs its packed kernel (stored bytes); if the compiled step shows only dense matmuls
+    (freezing folded the dequantize into fp32 constants), the speed figures switch to dense bytes."""
+    from pipeline.build.observe import KernelObservation
+    from pipeline.methods.targets import target_linears
+    from pipeline.runtime.speed import measure as measure_mod
+
+    dense = build("none", ("none", {})).fidelity
+    art = build("int4", ("int4-weight-only", {"group_size": 64}))
+    f = art.fidelity
+    assert not f.dense_fallback and f.bytes_read_per_token == f.stored_bytes_per_token < dense.bytes_read_per_token
+
+    _fixed_host(monkeypatch)
+    monkeypatch.setattr(measure_mod, "_decode_call", lambda model, compile_, device: model)  # eager stands in
+    widths: list[int] = []
+
+    def folded(step, model, *, compressed, dense_width):
+        step()  # the harness hands over a runnable step
+        widths.append(dense_width)
+        calls = {name: "dense" for name, _ in target_linears(model)}
+        ops = (("mkl::_mkl_linear(float,float)", 14),)
+        return KernelObservation(calls, {n: dense_width for n in calls}, {}, ops, False, compressed, compiled=True)
+
+    monkeypatch.setattr(measure_mod, "observe_compiled", folded)
+    spec = SpeedSpec(prompt_tokens=8, new_tokens=4, batch_sizes=[1], warmup=1, repeats=1, threads=1, compile=True)
+    res = measure_mod.measure_decode(
+        art.model, art.tokenizer, spec, weight_bytes_per_token=f.bytes_read_per_token, device="cpu",
+        kernel=f.kernel, dense_fallback=f.dense_fallback,
+    )
+    p = res.points[0]
+    read = dense.bytes_read_per_token + _kv(art.model, p)
+    assert widths == [4] and res.dense_fallback and res.weight_bytes_per_token == dense.bytes_read_per_token
+    assert p.bytes_per_token == read and p.bytes_per_step == read
+    assert p.mbu == pytest.approx(p.decode_tok_s * read / 10e9)
+    assert res.tags()["kernel.observed"].endswith("compiled step") and res.tags()["kernel_dense_fallback"] == "true"
+
+
+# -- item 7: sparsity is the pruners' mask; zero_fraction is every zero ------------------------------
+def test_quantize_only_sparsity_is_zero_and_zeros_are_zero_fraction(build):
+    none = build("none", ("none", {})).fidelity
+    assert none.sparsity == 0.0 and none.zero_fraction == pytest.approx(0.10, abs=0.01)  # the published zeros
+    f = build("nf4", ("bnb-nf4", {})).fidelity
+    assert f.sparsity == 0.0 and set(f.per_layer_sparsity.values()) == {0.0}
+    assert f.zero_fraction > none.zero_fraction  # NF4's grid has a 0: small weights round onto it
+    assert f.metrics()["sparsity"] == 0.0 and f.metrics()["zero_fraction"] == f.zero_fraction
+
+
+def test_magnitude_pruning_sparsity_is_the_share_it_pruned(build):
+    """50 % magnitude pruning: every layer ends half zeros; 10 % were zeros already (they are the smallest
+    |w|, so inside its mask), so it set 40 % to zero. On weights without zeros that is the 50 % itself
+    (tests/test_methods.py::test_sparsity_matches_amount_within_one_weight_per_layer)."""
+    f = build("mag50", ("magnitude-prune", {"amount": 0.5})).fidelity
+    assert f.zero_fraction == pytest.approx(0.5, abs=1e-3)
+    assert f.sparsity == pytest.approx(0.5 - 0.10, abs=0.01)
+    assert all(s == pytest.approx(0.4, abs=0.03) for s in f.per_layer_sparsity.values())
+
+
+def test_sparsity_counts_what_pruning_zeroed_not_published_or_grid_zeros(build):
+    """A pruner that ignores magnitude (every 4th input column) on weights with 10 % published zeros,
+    then int8: sparsity is the 25 % it zeroed; zero_fraction adds the published zeros it did not touch."""
+    f = build("cols+int8", ("test-prune-every-4th-column", {}), ("int8-weight-only", {})).fidelity
+    assert f.sparsity == pytest.approx(0.25 * 0.90, abs=0.01)  # its 25 %, less the published zeros among them
+    assert f.zero_fraction == pytest.approx(0.25 + 0.75 * 0.10, abs=0.01)
+
+
+from pipeline.methods import Method, register, registry  # noqa: E402
+
+if "test-prune-every-4th-column" not in registry():
+
+    @register
+    class _PruneEvery4thColumn(Method):
+        name = "test-prune-every-4th-column"
+        library = "tests"
+        kind = "prune"
+
+        def apply(self, model, ctx):
+            from pipeline.methods.targets import target_linears
+
+            with torch.no_grad():
+                for _, m in target_linears(model):
+                    m.weight[:, ::4] = 0.0
+            return model
