@@ -7,21 +7,16 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
-import time
-from pathlib import Path
 
-from pipeline.methods import Method, register, registry
-
-
-def _once(cls):
-    return cls if cls.name in registry() else register(cls)
+from _methods import register_once
+from pipeline.methods import Method
 
 
 def setup_hook() -> None:
     """Ray's worker_process_setup_hook: importing this module registers the methods in the worker."""
 
 
-@_once
+@register_once
 class Segfaults(Method):
     """A native kernel that reads address 0: the process dies with SIGSEGV."""
 
@@ -33,7 +28,7 @@ class Segfaults(Method):
         return model
 
 
-@_once
+@register_once
 class KilledBySignal(Method):
     """What the OOM killer does: SIGKILL, no chance to clean up."""
 
@@ -45,7 +40,7 @@ class KilledBySignal(Method):
         return model
 
 
-@_once
+@register_once
 class ExitsWorker(Method):
     """Ends the process that builds it (a Ray worker) with a plain exit code."""
 
@@ -56,7 +51,7 @@ class ExitsWorker(Method):
         os._exit(3)
 
 
-@_once
+@register_once
 class RaisesInWorker(Method):
     """An ordinary failure inside the task; `execute_child` records it and the task returns."""
 
@@ -65,21 +60,3 @@ class RaisesInWorker(Method):
 
     def apply(self, model, ctx):
         raise RuntimeError("deliberate failure inside the Ray task")
-
-
-@_once
-class SleepsWithPid(Method):
-    """Writes its process id to $SHRINKGATE_TEST_STARTED, then blocks while $SHRINKGATE_TEST_SLEEP_FLAG exists."""
-
-    name = "test-sleep-pid"
-    library = "tests"
-
-    def apply(self, model, ctx):
-        started = os.environ.get("SHRINKGATE_TEST_STARTED")
-        if started:
-            Path(started).write_text(str(os.getpid()))
-        flag = os.environ.get("SHRINKGATE_TEST_SLEEP_FLAG")
-        deadline = time.monotonic() + 120
-        while flag and Path(flag).exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        return model

@@ -9,11 +9,12 @@ from pathlib import Path
 from pipeline.methods import Method, register, registry
 
 
-def _once(cls):
+def register_once(cls):
+    """Register a test method unless an earlier import (this module under another name) already did."""
     return cls if cls.name in registry() else register(cls)
 
 
-@_once
+@register_once
 class AlwaysRaises(Method):
     name = "test-raises"
     library = "tests"
@@ -22,7 +23,7 @@ class AlwaysRaises(Method):
         raise RuntimeError("deliberate failure for the test")
 
 
-@_once
+@register_once
 class OutOfMemory(Method):
     """What a too-large build looks like: torch's OOM error (CPU or CUDA), memory to free afterwards."""
 
@@ -37,9 +38,9 @@ class OutOfMemory(Method):
         raise torch.OutOfMemoryError("simulated: tried to allocate 80.00 GiB")
 
 
-@_once
+@register_once
 class SleepWhileFlag(Method):
-    """Blocks while $SHRINKGATE_TEST_SLEEP_FLAG exists, after writing $SHRINKGATE_TEST_STARTED."""
+    """Writes its process id to $SHRINKGATE_TEST_STARTED, then blocks while $SHRINKGATE_TEST_SLEEP_FLAG exists."""
 
     name = "test-sleep"
     library = "tests"
@@ -47,7 +48,7 @@ class SleepWhileFlag(Method):
     def apply(self, model, ctx):
         started = os.environ.get("SHRINKGATE_TEST_STARTED")
         if started:
-            Path(started).write_text("started")
+            Path(started).write_text(str(os.getpid()))
         flag = os.environ.get("SHRINKGATE_TEST_SLEEP_FLAG")
         deadline = time.monotonic() + 120
         while flag and Path(flag).exists() and time.monotonic() < deadline:

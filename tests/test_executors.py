@@ -16,7 +16,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-import _executor_methods  # noqa: F401 - registers test-segfault, test-sigkill, test-sleep-pid
+import _executor_methods  # noqa: F401 - registers test-segfault, test-sigkill (and, through _methods, test-sleep)
 from pipeline import metrics as M
 from pipeline.build.plan import parse_recipe
 from pipeline.cli import app
@@ -173,7 +173,7 @@ def _gone(pid: int, timeout_s: float = 30) -> bool:
 
 
 def test_sigterm_ends_the_child_process_marks_killed_and_rerun_resumes(tmp_path, tiny_model_dir):
-    doc = _doc(tmp_path, tiny_model_dir, [{"name": "none", "method": "none"}, {"name": "slow", "method": "test-sleep-pid"}])
+    doc = _doc(tmp_path, tiny_model_dir, [{"name": "none", "method": "none"}, {"name": "slow", "method": "test-sleep"}])
     path = _write(tmp_path, doc)
     flag = tmp_path / "keep-sleeping"
     flag.write_text("1")
@@ -205,7 +205,7 @@ def test_sigterm_ends_the_child_process_marks_killed_and_rerun_resumes(tmp_path,
 
 
 def test_child_ends_itself_when_the_driver_is_killed(tmp_path, tiny_model_dir):
-    doc = _doc(tmp_path, tiny_model_dir, [{"name": "slow", "method": "test-sleep-pid"}])
+    doc = _doc(tmp_path, tiny_model_dir, [{"name": "slow", "method": "test-sleep"}])
     flag = tmp_path / "keep-sleeping"
     flag.write_text("1")
     proc = _launch(_write(tmp_path, doc), tmp_path, flag)

@@ -176,7 +176,7 @@ def build_artifact(
     # A layer whose matmul ran dense on dequantized weights reads its dense bytes every call.
     reads = observe_reads(model, compressed=any(m.kind != "none" for m in steps))
     observed = reads.observation
-    runtime = storage_bytes(model)
+    runtime = reads.held
     with storer.stored_form(model):
         stored = storage_bytes(model)
         serialized_bytes, serializable, reason = _serialized(storer, model, measure=measure_serialized)

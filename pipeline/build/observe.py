@@ -27,6 +27,8 @@ from pipeline.methods.targets import target_linears
 if TYPE_CHECKING:
     from torch import nn
 
+    from pipeline.build.storage import StorageBytes
+
 _MARK = "shrinkgate.layer::"
 # dtype names as the profiler records them (c10 spellings)
 _FLOAT = {"float": 4, "double": 8, "c10::Half": 2, "c10::BFloat16": 2}
@@ -280,8 +282,13 @@ def observe_compiled(step, model: nn.Module, *, compressed: bool, dense_width: i
 @dataclass(frozen=True)
 class ObservedReads:
     observation: KernelObservation
-    stored_bytes_per_token: int  # weights a decode step reads were every layer read as it is held
-    bytes_per_token: int  # what it reads as observed: dense bytes for layers that ran dense on dequantized weights
+    held: StorageBytes  # the model's bytes as it is held now (every layer read in its own form)
+    bytes_per_token: int  # what a step reads as observed: dense bytes for layers that ran dense on dequantized weights
+
+    @property
+    def stored_bytes_per_token(self) -> int:
+        """Weights a decode step would read were every layer read as it is held."""
+        return self.held.bytes_read_per_token
 
 
 def observe_reads(model: nn.Module, *, compressed: bool) -> ObservedReads:
@@ -289,6 +296,6 @@ def observe_reads(model: nn.Module, *, compressed: bool) -> ObservedReads:
     from pipeline.build.storage import storage_bytes
 
     obs = observe_kernel(model, compressed=compressed)
-    held = storage_bytes(model).bytes_read_per_token
-    read = storage_bytes(model, dense=obs.dense_width).bytes_read_per_token if obs.dense_width else held
-    return ObservedReads(obs, held, read)
+    held = storage_bytes(model)
+    read = storage_bytes(model, dense=obs.dense_width) if obs.dense_width else held
+    return ObservedReads(obs, held, read.bytes_read_per_token)

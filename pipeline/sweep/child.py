@@ -106,10 +106,7 @@ def _attach_log(tracker, run_id: str, log: Path) -> None:
     if not log.is_file():
         return
     try:
-        if log.name == Path(M.ART_CHILD_LOG).name:
-            tracker.log_file(run_id, log, str(Path(M.ART_CHILD_LOG).parent))
-        else:
-            tracker.log_text(run_id, log.read_text(encoding="utf-8", errors="replace"), M.ART_CHILD_LOG)
+        tracker.log_text(run_id, log.read_text(encoding="utf-8", errors="replace"), M.ART_CHILD_LOG)
     except Exception:  # noqa: BLE001
         pass
 

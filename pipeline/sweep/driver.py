@@ -206,14 +206,13 @@ def key_inputs(ctx: SweepContext) -> KeyInputs:
     return KeyInputs(host=host, code=code | {"runtime": ctx.runtime_name}, data=data_fingerprint(resolve_data(ctx.recipe.eval)))
 
 
-def open_child(ctx: SweepContext, tracker, item: WorkItem, *, rerun: bool, inputs: KeyInputs | None = None, source: str | None = None) -> ChildSlot:
-    """Reuse an earlier FINISHED twin (resume), or create the child run. A hub source whose commit cannot be
-    resolved (`source` None) is never reused."""
+def open_child(ctx: SweepContext, tracker, item: WorkItem, *, rerun: bool, inputs: KeyInputs, source: str | None) -> ChildSlot:
+    """Reuse an earlier FINISHED twin (resume), or create the child run. `inputs` is `key_inputs(ctx)` and
+    `source` is `source_fingerprint(item.model)`: a hub source whose commit cannot be resolved (None) is never
+    reused."""
     from pipeline.tracking import find_finished_child, flatten
 
     recipe = ctx.recipe
-    if inputs is None:
-        inputs, source = key_inputs(ctx), source_fingerprint(item.model)
     key = content_key(recipe, item, source or f"unresolved:{item.model.source}", inputs)
     if not rerun and source is not None:
         earlier = find_finished_child(recipe.tracking.uri, recipe.experiment, key)
