@@ -48,8 +48,11 @@ def _load(recipe_path: Path, **overrides):
     from pipeline.build.plan import load_recipe, preflight
     from pipeline.config.recipe import apply_overrides
 
+    from pipeline.runtime import check_runtimes
+
     recipe = apply_overrides(load_recipe(recipe_path), **overrides)
     preflight(recipe)
+    check_runtimes(recipe, str(recipe_path))
     return recipe
 
 
@@ -69,7 +72,7 @@ def validate(recipe: Path = typer.Argument(..., help="recipe YAML")) -> None:
         _fail(str(exc))
     console.print(f"[green]ok[/] {recipe}: {len(r.models)} model(s), {len(r.variants)} variant(s) -> {len(items)} run(s)")
     for item in items:
-        console.print(f"  {item.label}  [dim]{'+'.join(s.method for s in item.variant.pipeline_steps)}[/]")
+        console.print(f"  {item.label}  [dim]{'+'.join(s.method for s in item.variant.pipeline_steps)} on {item.runtime}[/]")
 
 
 @app.command()

@@ -97,6 +97,9 @@ def speed_axis_batch(name: str) -> int | None:
 TAG_ROLE = "role"
 TAG_MODEL = "model"
 TAG_VARIANT = "variant"
+TAG_RUNTIME = "runtime"  # the engine a child was measured on (transformers | llama.cpp); verdicts compare within one
+DEFAULT_RUNTIME = "transformers"  # what a run without the tag (older sweeps) was measured on
+TAG_ENGINE_CPU_FEATURES = "engine.cpu_features"  # the ISA extensions the engine's kernels were built for and used
 TAG_KERNEL = "kernel"
 TAG_STATUS_ERROR = "error"
 TAG_KIND = "shrinkgate.kind"  # "sweep" (parent) | "variant" (child)

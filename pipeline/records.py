@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pipeline import metrics as M
 from pipeline.results import QuestionOutcome
 
 
@@ -24,6 +25,11 @@ class VariantRecord:
     @property
     def label(self) -> str:
         return f"{self.model}/{self.variant}"
+
+    @property
+    def runtime(self) -> str:
+        """The engine it was measured on; verdicts compare records of one engine only."""
+        return self.tags.get(M.TAG_RUNTIME, M.DEFAULT_RUNTIME)
 
     @property
     def is_base(self) -> bool:

@@ -29,7 +29,7 @@ def _err(doc, tmp_path: Path) -> str:
     return msg
 
 
-@pytest.mark.parametrize("name", ["quickstart.yaml", "smollm2-ladder.yaml"])
+@pytest.mark.parametrize("name", ["quickstart.yaml", "quickstart-transformers.yaml", "smollm2-ladder.yaml"])
 def test_shipped_recipes_validate(name):
     recipe = load_recipe(REPO / "recipes" / name)
     assert isinstance(recipe, Recipe)
@@ -38,7 +38,15 @@ def test_shipped_recipes_validate(name):
 
 def test_quickstart_plan_applies_variants_to_candidates_only():
     recipe = load_recipe(REPO / "recipes" / "quickstart.yaml")
-    labels = [i.label for i in plan(recipe)]
+    items = plan(recipe)
+    assert [i.label for i in items] == [
+        "gemma-3-270m/none",
+        "gemma-3-270m/gguf-q8_0",
+        "gemma-3-270m/gguf-q4_k_m",
+        "smollm2-135m-instruct/none",
+    ]
+    assert {i.runtime for i in items} == {"llama.cpp"}  # the quickstart measures on the engine small models ship on
+    labels = [i.label for i in plan(load_recipe(REPO / "recipes" / "quickstart-transformers.yaml"))]
     assert labels == [
         "gemma-3-270m/none",
         "gemma-3-270m/int8-weight-only",

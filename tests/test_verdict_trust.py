@@ -220,7 +220,7 @@ TAGS = {
 
 
 def _key(recipe, tags=TAGS, device="cpu", source="local:x") -> str:
-    ctx = SweepContext(recipe, "parent", device, "transformers", dict(tags))
+    ctx = SweepContext(recipe, "parent", device, dict(tags))
     return content_key(recipe, plan(recipe)[0], source, key_inputs(ctx))
 
 

@@ -41,6 +41,29 @@ class Artifact:
         return "+".join(self.methods)
 
 
+@dataclass
+class GGUFArtifact:
+    """A variant as a GGUF file for llama.cpp: the very file that is scored and timed."""
+
+    model_name: str
+    variant_name: str
+    role: str
+    gguf_path: Path
+    provenance: Provenance
+    fidelity: FidelityRecord
+    methods: tuple[str, ...]
+    notes: dict[str, Any] = field(default_factory=dict)
+    workdir: Path | None = None  # temporary files of this build (deleted by `close`); None: a published file
+
+    @property
+    def method_label(self) -> str:
+        return "+".join(self.methods)
+
+    def close(self) -> None:
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+
 class PeakMemory:
     """Peak process RSS (CPU) or CUDA allocation while a block runs, in MiB."""
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config.recipe import ModelSpec, Recipe, RecipeError, load_recipe as load_schema, parse_recipe as parse_schema
-from pipeline.config.recipe import VariantSpec
+from pipeline.config.recipe import RUNTIME_FORMATS, VariantSpec
 from pipeline.data.mmlu import MMLUData, read_split, sha256_hex
 from pipeline.methods import Method, make_method, registry, validate_steps, validate_variant
 
@@ -27,19 +27,39 @@ _COMMIT = re.compile(r"[0-9a-f]{40}")
 class WorkItem:
     model: ModelSpec
     variant: VariantSpec
+    runtime: str = "transformers"  # the engine it is measured on
 
     @property
     def label(self) -> str:
         return f"{self.model.name}/{self.variant.name}"
 
 
+def as_published(runtime: str, recipe: Recipe) -> VariantSpec:
+    """The model as published, measured on `runtime`; named `none@<runtime>` off the recipe's own runtime."""
+    if runtime == recipe.runtime:
+        return AS_PUBLISHED
+    return VariantSpec(name=f"none@{runtime}", method="none", runtime=runtime)
+
+
 def plan(recipe: Recipe) -> list[WorkItem]:
-    """Candidates get every variant; references are evaluated as published."""
+    """Candidates get every variant; references are evaluated as published, on every engine a variant uses,
+    so each comparison is like with like (same engine, same host). Off the recipe's own runtime a candidate
+    also gets its as-published base (`none@<runtime>`) unless a variant already measures it there."""
     items: list[WorkItem] = []
     for model in recipe.models:
-        variants = recipe.variants if model.role == "candidate" else [AS_PUBLISHED]
-        items += [WorkItem(model, v) for v in variants]
+        if model.role == "candidate":
+            items += [WorkItem(model, v, recipe.runtime_of(v)) for v in recipe.variants]
+            for rt in recipe.runtimes:
+                has_base = any(recipe.runtime_of(v) == rt and is_unmodified(v) for v in recipe.variants)
+                if rt != recipe.runtime and not has_base:
+                    items.append(WorkItem(model, as_published(rt, recipe), rt))
+        else:
+            items += [WorkItem(model, as_published(rt, recipe), rt) for rt in recipe.runtimes]
     return items
+
+
+def is_unmodified(variant: VariantSpec) -> bool:
+    return all(s.method == "none" for s in variant.pipeline_steps)
 
 
 @dataclass(frozen=True)
@@ -59,6 +79,7 @@ def content_key(recipe: Recipe, item: WorkItem, source: str, inputs: KeyInputs) 
     doc = {
         "model": item.model.model_dump(),
         "variant": item.variant.model_dump(),
+        "runtime": item.runtime,
         "eval": recipe.eval.key_fields(inputs.host.get("device")),
         "speed": recipe.speed.model_dump(),
         "source": source,
@@ -90,7 +111,31 @@ def check_recipe(recipe: Recipe, path: str | Path = "<recipe>") -> Recipe:
         problem = validate_steps([(s.method, s.params) for s in variant.pipeline_steps])
         if problem:
             raise RecipeError(f"{path}: field `variants[{i}].steps` ({variant.name}): {problem}")
+        problem = runtime_problem(variant, recipe.runtime_of(variant))
+        if problem:
+            raise RecipeError(f"{path}: field `variants[{i}]` ({variant.name}): {problem}")
     return recipe
+
+
+def runtime_problem(variant: VariantSpec, runtime: str) -> str | None:
+    """Why `variant` cannot be built for `runtime`'s artifact format, or None. An engine-format method (a
+    GGUF quantizer) needs that engine; off the torch format only dense steps (none, prune) can come before
+    the export."""
+    fmt = RUNTIME_FORMATS[runtime]
+    engines = {f: r for r, f in RUNTIME_FORMATS.items()}
+    for step in variant.pipeline_steps:
+        cls = registry()[step.method]
+        if cls.engine_format is not None and cls.engine_format != fmt:
+            return (
+                f"method {step.method!r} writes a {cls.engine_format.upper()} file that runtime {runtime!r} cannot run; "
+                f"set `runtime: {engines[cls.engine_format]}` on this variant (or at the top of the recipe)"
+            )
+        if fmt != "torch" and cls.engine_format is None and cls.kind == "quantize":
+            return (
+                f"method {step.method!r} quantizes inside transformers, which runtime {runtime!r} cannot load; "
+                f"measure it on `runtime: transformers`, or use a {fmt.upper()} method (see `shrinkgate methods`)"
+            )
+    return None
 
 
 def parse_recipe(doc: Any, path: str | Path = "<recipe>") -> Recipe:
@@ -130,18 +175,27 @@ def check_variant_fits(variant: VariantSpec, config: Any) -> str | None:
 
 def check_variants_fit(recipe_path: str | Path, recipe: Recipe, items: list[WorkItem]) -> None:
     """Each method's `check_model` against each model's config (read from config.json or the GGUF header)."""
-    from pipeline.models.loader import read_config
+    from pipeline.models.loader import is_gguf_source, read_config
 
     configs: dict[str, object] = {}
     for item in items:
-        if not needs_model_check(item.variant):
+        converts = item.runtime == "llama.cpp" and not is_gguf_source(item.model)
+        if not needs_model_check(item.variant) and not converts:
             continue
         if item.model.name not in configs:
             configs[item.model.name] = read_config(item.model)
         problem = check_variant_fits(item.variant, configs[item.model.name])
+        if problem is None and converts:
+            from pipeline.models.gguf_convert import unsupported_architecture
+
+            problem = unsupported_architecture(configs[item.model.name])
         if problem:
-            index = [v.name for v in recipe.variants].index(item.variant.name)
-            raise RecipeError(f"{recipe_path}: field `variants[{index}]` ({item.variant.name}) on model `{item.model.name}`: {problem}")
+            names = [v.name for v in recipe.variants]
+            if item.variant.name in names:
+                where = f"`variants[{names.index(item.variant.name)}]` ({item.variant.name}) on model `{item.model.name}`"
+            else:  # a model measured as published on an engine the plan added (a reference, or `none@<runtime>`)
+                where = f"`models[{recipe.models.index(item.model)}]` ({item.model.name}, as published on {item.runtime})"
+            raise RecipeError(f"{recipe_path}: field {where}: {problem}")
 
 
 def source_fingerprint(model: ModelSpec) -> str | None:

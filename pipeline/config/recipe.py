@@ -17,6 +17,12 @@ from pipeline.config.loader import RecipeError, format_validation_error, read_ya
 from pipeline.env import DEFAULT_TRACKING_URI, MMLU_DIR_ENV, tracking_uri as resolve_tracking_uri
 
 
+# The engines a variant can be measured on, and the artifact each takes: "torch" (an in-memory transformers
+# model) or "gguf" (a GGUF file). `pipeline.runtime.RUNTIMES` implements each (a test keeps the two in step).
+RUNTIME_FORMATS: dict[str, str] = {"transformers": "torch", "llama.cpp": "gguf"}
+RuntimeName = Literal["transformers", "llama.cpp"]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -51,6 +57,7 @@ class VariantSpec(_Strict):
     method: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
     steps: list[MethodStep] | None = None
+    runtime: RuntimeName | None = Field(None, description="engine this variant is measured on; null = the recipe's `runtime`")
 
     @model_validator(mode="after")
     def _one_form(self) -> VariantSpec:
@@ -148,6 +155,9 @@ class ResourcesSpec(_Strict):
 
 class Recipe(_Strict):
     name: str
+    runtime: RuntimeName = Field(
+        "transformers", description="engine every variant is measured on unless it names its own `runtime`"
+    )
     models: list[ModelSpec]
     variants: list[VariantSpec] = Field(default_factory=lambda: [VariantSpec(name="none", method="none")])
     eval: EvalSpec = Field(default_factory=EvalSpec)
@@ -175,6 +185,15 @@ class Recipe(_Strict):
     @property
     def experiment(self) -> str:
         return self.tracking.experiment or self.name
+
+    def runtime_of(self, variant: VariantSpec) -> str:
+        return variant.runtime or self.runtime
+
+    @property
+    def runtimes(self) -> list[str]:
+        """Every engine some variant is measured on, the recipe's own first."""
+        names = [self.runtime_of(v) for v in self.variants]
+        return sorted(set(names), key=lambda n: (n != self.runtime, names.index(n)))
 
 
 _UNKNOWN_RECIPE_KEY = "remove it (unknown key; check the spelling against the recipe reference in README.md)"

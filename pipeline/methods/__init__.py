@@ -21,6 +21,7 @@ from pipeline.methods.weights import WeightHandler, register_weight_handler, wei
 from pipeline.methods import basic as _basic  # noqa: F401,E402
 from pipeline.methods import bnb as _bnb  # noqa: F401,E402
 from pipeline.methods import hqq_methods as _hqq  # noqa: F401,E402
+from pipeline.methods import llamacpp_methods as _llamacpp  # noqa: F401,E402
 from pipeline.methods import llmcompressor_methods as _llmcompressor  # noqa: F401,E402
 from pipeline.methods import pruning as _pruning  # noqa: F401,E402
 from pipeline.methods import quanto as _quanto  # noqa: F401,E402

@@ -64,6 +64,16 @@ class Method(BaseModel):
     # measures every CPU family); logged as the `deterministic` tag, and the gate then wants a measured
     # flip rate (a repeat of the variant) before an MMLU pass.
     deterministic: ClassVar[bool] = True
+    # An engine's own file format this method writes (e.g. "gguf": llama.cpp's quantizer on an exported
+    # file). Such a step runs on that engine's runtime only, last, after dense steps (none / prune): the
+    # build exports the dense result to the format and calls `quantize_file` instead of `apply`.
+    engine_format: ClassVar[str | None] = None
+
+    def quantize_file(self, src: Path, dst: Path, *, threads: int, notes: dict[str, Any]) -> None:
+        """Quantize the engine-format file `src` (full precision) into `dst`; only for `engine_format` methods.
+
+        Facts worth recording (what the library chose, fallbacks) go into `notes`."""
+        raise NotImplementedError(f"method {self.name!r} writes no engine file")
 
     def check_model(self, config: Any) -> str | None:
         """One-line reason this step cannot be applied to a model with this transformers config, or None.
@@ -243,6 +253,8 @@ def validate_steps(steps: list[tuple[str, dict[str, Any]]]) -> str | None:
     """One-line problem with the order of a multi-step variant (each step already validated), or None."""
     methods = [_REGISTRY[name] for name, _ in steps if name in _REGISTRY]
     for i, m in enumerate(methods):
+        if m.engine_format is not None and i < len(methods) - 1:
+            return f"method {m.name!r} writes a {m.engine_format.upper()} file, so it must be the last step"
         if i > 0 and m.quantizes_at_load:
             return f"method {m.name!r} quantizes at load time, so it must be the first step"
         if m.kind == "quantize" and i < len(methods) - 1:

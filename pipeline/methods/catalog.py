@@ -23,6 +23,7 @@ _DISTRIBUTIONS = {
     "llm-compressor": "llmcompressor",
     "transformers": "transformers",
     "torch": "torch",
+    "llama-cpp-python": "llama_cpp_python",
 }
 
 

@@ -32,6 +32,7 @@ class ResolvedModel:
     name: str
     dense_dir: Path
     provenance: Provenance
+    gguf_path: Path | None = None  # the published GGUF file, for GGUF and bundled sources
 
 
 @dataclass
@@ -54,23 +55,17 @@ def sha256_file(path: Path) -> str:
 
 def gguf_facts(path: Path) -> tuple[str, str]:
     """(architecture, quant type) read from the GGUF header."""
-    from gguf import GGUFReader
     from gguf.constants import LlamaFileType
 
-    reader = GGUFReader(str(path))
+    from pipeline.gguf_header import read_gguf_header
 
-    def field(key: str):
-        f = reader.fields.get(key)
-        return None if f is None else f.parts[f.data[0]]
-
-    arch = field("general.architecture")
-    ftype = field("general.file_type")
-    arch_s = bytes(arch).decode() if arch is not None else "unknown"
+    header = read_gguf_header(path)
+    arch, ftype = header.get("general.architecture"), header.get("general.file_type")
     try:
-        quant = LlamaFileType(int(ftype[0])).name if ftype is not None else "unknown"
+        quant = LlamaFileType(int(ftype)).name if ftype is not None else "unknown"
     except ValueError:
-        quant = f"file_type={int(ftype[0])}"
-    return arch_s, quant
+        quant = f"file_type={int(ftype)}"
+    return str(arch) if arch is not None else "unknown", quant
 
 
 def _dense_from_gguf(gguf_path: Path, spec: ModelSpec, base: Provenance) -> ResolvedModel:
@@ -81,7 +76,7 @@ def _dense_from_gguf(gguf_path: Path, spec: ModelSpec, base: Provenance) -> Reso
 
     target = cache_root() / "dense" / f"{sha[:16]}-tf{transformers.__version__}"
     if (target / "config.json").is_file():
-        return ResolvedModel(spec.name, target, prov)
+        return ResolvedModel(spec.name, target, prov, gguf_path)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
@@ -106,7 +101,7 @@ def _dense_from_gguf(gguf_path: Path, spec: ModelSpec, base: Provenance) -> Reso
         os.replace(tmp, target)  # atomic: a concurrent converter of the same file just loses the race
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
-    return ResolvedModel(spec.name, target, prov)
+    return ResolvedModel(spec.name, target, prov, gguf_path)
 
 
 def _check_local_weights(path: Path, spec: ModelSpec) -> None:
@@ -213,13 +208,18 @@ def resolve_model(spec: ModelSpec) -> ResolvedModel:
     return _from_hub(spec)
 
 
+def is_gguf_source(spec: ModelSpec) -> bool:
+    """A bundled model or a .gguf file: llama.cpp takes it as is, without the safetensors converter."""
+    return spec.source in BUNDLED or spec.source.endswith(".gguf")
+
+
 def read_config(spec: ModelSpec) -> Any:
     """The model's transformers config without loading or converting weights (a GGUF's header is read).
 
     Lets `validate` run each method's `check_model` (shapes, group sizes) before any model loads."""
     from transformers import AutoConfig
 
-    if spec.source in BUNDLED or spec.source.endswith(".gguf"):
+    if is_gguf_source(spec):
         if spec.source in BUNDLED:
             try:
                 gguf = BUNDLED[spec.source].locate(cache_root())

@@ -3,10 +3,20 @@
 Today transformers in-process; llama.cpp and OpenAI-compatible servers plug in as one file each, named here.
 """
 
+from pipeline.config.recipe import Recipe, RecipeError
 from pipeline.runtime.base import Runtime
+from pipeline.runtime.llamacpp import LlamaCppRuntime
 from pipeline.runtime.transformers import TransformersRuntime
 
-RUNTIMES: dict[str, type[Runtime]] = {TransformersRuntime.name: TransformersRuntime}
+RUNTIMES: dict[str, type[Runtime]] = {TransformersRuntime.name: TransformersRuntime, LlamaCppRuntime.name: LlamaCppRuntime}
+
+
+def check_runtimes(recipe: Recipe, path: str = "<recipe>") -> None:
+    """Every engine the recipe's variants use, checked before any model loads (RecipeError, one line)."""
+    for name in recipe.runtimes:
+        problem = RUNTIMES[name].check(recipe.speed)
+        if problem:
+            raise RecipeError(f"{path}: runtime {name!r}: {problem}")
 
 
 def get_runtime(name: str = "transformers") -> Runtime:
@@ -16,4 +26,4 @@ def get_runtime(name: str = "transformers") -> Runtime:
         raise ValueError(f"unknown runtime {name!r}; available: {', '.join(sorted(RUNTIMES))}") from None
 
 
-__all__ = ["RUNTIMES", "Runtime", "get_runtime"]
+__all__ = ["RUNTIMES", "Runtime", "check_runtimes", "get_runtime"]

@@ -17,6 +17,15 @@ if TYPE_CHECKING:
 
 class Runtime(ABC):
     name: ClassVar[str]
+    # what the build hands this engine: "torch" (an in-memory transformers model, `Artifact`) or "gguf" (a
+    # GGUF file, `GGUFArtifact`)
+    artifact_format: ClassVar[str] = "torch"
+
+    @classmethod
+    def check(cls, speed: SpeedSpec) -> str | None:
+        """One-line problem with this engine here (not installed) or with what `speed` asks of it (a batch
+        size it cannot run), or None; called by `validate` and before a sweep starts, before any model loads."""
+        return None
 
     @abstractmethod
     def score_mmlu(self, artifact: Artifact, spec: EvalSpec) -> AccuracyResult:

@@ -79,7 +79,7 @@ def execute_child(
                 resolved = resolve_model(item.model)
                 tracker.set_tags(run_id, resolved.provenance.tags())
                 torch.manual_seed(recipe.eval.seed)
-                _measure(item, resolved, recipe, ctx.device, get_runtime(ctx.runtime_name), tracker, run_id, child, notify)
+                _measure(item, resolved, recipe, ctx.device, get_runtime(item.runtime), tracker, run_id, child, notify)
             except (KeyboardInterrupt, SweepInterrupted):
                 raise
             except BaseException as exc:  # noqa: BLE001 - any failure of one variant (OOM included) is recorded; the sweep goes on
@@ -115,19 +115,34 @@ def _measure(item, resolved, recipe, device, runtime, tracker, run_id, child: Ch
     from pipeline.build.artifact import base_reference_for, build_artifact
 
     notify(item.label, "build")
-    # KL / top-1 agreement / weight error are measured against the unmodified model (cached per model on disk).
-    base = base_reference_for(resolved, item.model, device=device, data_dir=recipe.eval.data_dir)
-    artifact = build_artifact(resolved, item.model, item.variant, device=device, base=base, data_dir=recipe.eval.data_dir)
-    child.fidelity = artifact.fidelity
-    tracker.log_fidelity(run_id, artifact.fidelity)
-    notify(item.label, "mmlu")
-    child.accuracy = runtime.score_mmlu(artifact, recipe.eval)
-    tracker.log_accuracy(run_id, child.accuracy)
-    if recipe.speed.enabled:
-        notify(item.label, "speed")
-        child.speed = runtime.decode(artifact, recipe.speed)
-        tracker.log_speed(run_id, child.speed)
-    del artifact
+    # KL / top-1 agreement / weight error are measured against the unmodified transformers model (cached per
+    # model on disk), whichever engine runs the variant.
+    if runtime.artifact_format == "gguf":
+        from pipeline.build.gguf_artifact import build_gguf_artifact
+        from pipeline.runtime.speed.host import default_threads
+
+        base = base_reference_for(resolved, item.model, device="cpu", data_dir=recipe.eval.data_dir)
+        artifact = build_gguf_artifact(
+            resolved, item.model, item.variant, base=base, data_dir=recipe.eval.data_dir, threads=recipe.speed.threads or default_threads()
+        )
+    else:
+        base = base_reference_for(resolved, item.model, device=device, data_dir=recipe.eval.data_dir)
+        artifact = build_artifact(resolved, item.model, item.variant, device=device, base=base, data_dir=recipe.eval.data_dir)
+    try:
+        child.fidelity = artifact.fidelity
+        tracker.log_fidelity(run_id, artifact.fidelity)
+        notify(item.label, "mmlu")
+        child.accuracy = runtime.score_mmlu(artifact, recipe.eval)
+        tracker.log_accuracy(run_id, child.accuracy)
+        if recipe.speed.enabled:
+            notify(item.label, "speed")
+            child.speed = runtime.decode(artifact, recipe.speed)
+            tracker.log_speed(run_id, child.speed)
+    finally:
+        close = getattr(artifact, "close", None)
+        if close is not None:
+            close()  # a GGUF build's temporary files
+        del artifact
 
 
 def _record_failure(tracker, run_id: str, child: ChildOutcome, exc: BaseException) -> None:

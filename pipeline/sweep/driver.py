@@ -37,7 +37,6 @@ def run_sweep(
     executor: str | Executor = DEFAULT_EXECUTOR,
     progress: ProgressFn | None = None,
     rerun: bool = False,
-    runtime_name: str = "transformers",
 ) -> SweepOutcome:
     """Run every planned model x variant of `recipe` through `executor` (a name - inline, process, ray, or
     the alias local - or an Executor instance, e.g. `RayExecutor(address=...)`) and close the sweep.
@@ -48,7 +47,7 @@ def run_sweep(
     ex = get_executor(executor) if isinstance(executor, str) else executor
     try:
         recipe = ex.prepare(recipe)
-        ctx, tracker = start_sweep(recipe, runtime_name, {"executor": ex.name, **ex.parent_tags()})
+        ctx, tracker = start_sweep(recipe, {"executor": ex.name, **ex.parent_tags()})
         outcome = SweepOutcome(ctx.parent_id, recipe.experiment, recipe.tracking.uri, [], executor=ex.name)
         started = time.perf_counter()
         try:
@@ -169,13 +168,16 @@ def _method_tag(variant: VariantSpec) -> str:
     return "+".join(s.method for s in variant.pipeline_steps)
 
 
-def start_sweep(recipe: Recipe, runtime_name: str = "transformers", tags: dict[str, str] | None = None) -> tuple[SweepContext, object]:
+def start_sweep(recipe: Recipe, tags: dict[str, str] | None = None) -> tuple[SweepContext, object]:
     """Checks that fail before any model loads (data, tracking store), then the parent run (with `tags`)."""
     from pipeline.data.mmlu import resolve_data
     from pipeline.env import pick_device
     from pipeline.tracking import Tracker, flatten, host_tags
 
+    from pipeline.runtime import check_runtimes
+
     resolve_data(recipe.eval)  # a broken MMLU dir fails before any model loads
+    check_runtimes(recipe, recipe.name)  # so does an engine that is missing or cannot run the speed spec
     tracker = Tracker(recipe.tracking.uri, recipe.experiment)  # an unreachable server too
     device = pick_device(recipe.eval.device)
     base_tags = host_tags(recipe.speed.threads)
@@ -185,7 +187,7 @@ def start_sweep(recipe: Recipe, runtime_name: str = "transformers", tags: dict[s
         {**base_tags, "recipe": recipe.name, "device": device, "seed": str(recipe.eval.seed), **(tags or {})},
     )
     tracker.log_text(parent_id, yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False), M.ART_RECIPE)
-    return SweepContext(recipe, parent_id, device, runtime_name, base_tags), tracker
+    return SweepContext(recipe, parent_id, device, base_tags), tracker
 
 
 @dataclass(frozen=True)
@@ -203,7 +205,7 @@ def key_inputs(ctx: SweepContext) -> KeyInputs:
     host = {k: tags.get(k, "unknown") for k in ("cpu", "gpu", "threads")} | {"device": ctx.device}
     code_tags = (M.TAG_VERSION, "mlflow.source.git.commit", M.TAG_GIT_DIRTY)
     code = {k: v for k, v in tags.items() if k.startswith("version.")} | {k: tags.get(k, "unknown") for k in code_tags}
-    return KeyInputs(host=host, code=code | {"runtime": ctx.runtime_name}, data=data_fingerprint(resolve_data(ctx.recipe.eval)))
+    return KeyInputs(host=host, code=code, data=data_fingerprint(resolve_data(ctx.recipe.eval)))
 
 
 def open_child(ctx: SweepContext, tracker, item: WorkItem, *, rerun: bool, inputs: KeyInputs, source: str | None) -> ChildSlot:
@@ -225,7 +227,7 @@ def open_child(ctx: SweepContext, tracker, item: WorkItem, *, rerun: bool, input
         M.TAG_ROLE: item.model.role,
         M.TAG_CONTENT_KEY: key,
         "method": _method_tag(item.variant),
-        "runtime": ctx.runtime_name,
+        M.TAG_RUNTIME: item.runtime,
         "device": ctx.device,
         "seed": str(recipe.eval.seed),
     }

@@ -30,7 +30,6 @@ class SweepContext:
     recipe: Recipe
     parent_id: str
     device: str
-    runtime_name: str
     base_tags: dict[str, str]
 
 

@@ -22,7 +22,7 @@ from pipeline.env import compute_threads, gpu_name
 from pipeline.results import AccuracyResult, FidelityRecord, SpeedResult, questions_csv
 from pipeline.tracking.connect import BATCH, TrackingError, artifact_root_for, client, log_tags, prepare_local_store
 
-_PACKAGES = ("torch", "transformers", "lm_eval", "torchao", "bitsandbytes", "mlflow", "accelerate", "gguf", "optimum-quanto", "hqq", "llmcompressor")
+_PACKAGES = ("torch", "transformers", "lm_eval", "torchao", "bitsandbytes", "mlflow", "accelerate", "gguf", "optimum-quanto", "hqq", "llmcompressor", "llama_cpp_python")
 _PARAM_VALUE_MAX = 6000
 _METRIC_BATCH = 500  # MLflow's log_batch takes at most 1000 metrics per call
 

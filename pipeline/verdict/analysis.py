@@ -51,9 +51,9 @@ class SweepAnalysis:
 
 
 def base_for(record: VariantRecord, records: Sequence[VariantRecord]) -> VariantRecord | None:
-    """The FINISHED unmodified candidate a record is compared with: same model for a candidate; the first
-    candidate's for a reference; None for a base itself or when none finished."""
-    bases = [r for r in records if r.is_base and r.status == "FINISHED"]
+    """The FINISHED unmodified candidate measured on the same engine a record is compared with: same model for
+    a candidate; the first candidate's for a reference; None for a base itself or when none finished."""
+    bases = [r for r in records if r.is_base and r.status == "FINISHED" and r.runtime == record.runtime]
     if record.is_base:
         return None
     if record.role == "candidate":
@@ -112,7 +112,7 @@ def analyze(
         elif r.role == "candidate" and not r.is_base:
             vs.notes.append(f"no FINISHED unmodified candidate (method none) for model {r.model}")
         for ref in refs:
-            if ref.run_id == r.run_id:
+            if ref.run_id == r.run_id or ref.runtime != r.runtime:
                 continue
             cmp, note = _paired(r, ref, confidence, n_boot, seed)
             if cmp is not None:

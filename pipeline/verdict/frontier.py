@@ -204,8 +204,9 @@ def frontier_verdicts(
     dominators: Callable[[VariantRecord], bool] | None = None,
 ) -> dict[str, Verdict]:
     """One verdict per record (keyed by run id). `dominators` restricts which records may dominate
-    (e.g. references only); every record still gets a verdict. A record that no placed record dominates
-    is `undecided` while a reference or its model's base that may dominate it is unplaced."""
+    (e.g. references only); every record still gets a verdict. Only records measured on the same engine
+    (`runtime` tag) are compared. A record that no placed record dominates is `undecided` while a reference
+    or its model's base on its engine that may dominate it is unplaced."""
     margin_fn = _as_margin(margin)
     placed = [r for r in records if placement_problem(r, axis) is None]
     can_dominate = [r for r in placed if dominators is None or dominators(r)]
@@ -216,7 +217,8 @@ def frontier_verdicts(
         if problem:
             out[a.run_id] = Verdict(a.run_id, a.label, axis.metric, "unplaced", reason=problem)
             continue
-        by = [b for b in can_dominate if dominates(b, a, axis, margin=margin_fn, tolerance=tolerance)]
+        # like with like: only records measured on the same engine can dominate (or leave undecided)
+        by = [b for b in can_dominate if b.runtime == a.runtime and dominates(b, a, axis, margin=margin_fn, tolerance=tolerance)]
         by.sort(key=lambda b: (-b.metric(M.MMLU_ACC), -b.metric(axis.metric) if axis.higher_is_better else b.metric(axis.metric), b.label))
         if by:
             out[a.run_id] = Verdict(a.run_id, a.label, axis.metric, "dominated", tuple(b.label for b in by))
@@ -224,7 +226,10 @@ def frontier_verdicts(
         unknown = [
             f"{y.label} {placement_problem(y, axis)}"
             for y in yardsticks
-            if y.run_id != a.run_id and (y.role == "reference" or y.model == a.model) and placement_problem(y, axis)
+            if y.run_id != a.run_id
+            and y.runtime == a.runtime
+            and (y.role == "reference" or y.model == a.model)
+            and placement_problem(y, axis)
         ]
         if unknown:
             out[a.run_id] = Verdict(a.run_id, a.label, axis.metric, "undecided", reason="cannot compare with " + ", ".join(unknown))

@@ -114,7 +114,7 @@ def _metric_check(r: VariantRecord, name: str, metric: str, limit: float, upper:
 
 def _no_base(r: VariantRecord, records: list[VariantRecord]) -> str:
     """Why a variant has no base to compare with, naming the base's status when it is there but unusable."""
-    found = [b for b in records if b.is_base and b.model == r.model]
+    found = [b for b in records if b.is_base and b.model == r.model and b.runtime == r.runtime]
     if not found:
         return f"no FINISHED unmodified candidate (method none) for model {r.model} to compare with: none in the sweep"
     states = ", ".join(f"{b.label} is {b.status}" + (f" ({b.tags[M.TAG_STATUS_ERROR]})" if b.tags.get(M.TAG_STATUS_ERROR) else "") for b in found)
@@ -130,7 +130,11 @@ def _repeats(r: VariantRecord, records: list[VariantRecord]) -> list[VariantReco
     mine = what(r)
     if not mine:  # params not logged: cannot tell a repeat from another variant
         return []
-    return [x for x in records if x.run_id != r.run_id and x.model == r.model and x.status == "FINISHED" and x.questions and what(x) == mine]
+    return [
+        x
+        for x in records
+        if x.run_id != r.run_id and x.model == r.model and x.runtime == r.runtime and x.status == "FINISHED" and x.questions and what(x) == mine
+    ]
 
 
 def _noise_floor(r: VariantRecord, records: list[VariantRecord]) -> tuple[float | None, str]:

@@ -1,0 +1,528 @@
+"""llama.cpp in-process: the engine primitives the build (KL vs base) and the llama.cpp runtime share.
+
+`tensor_census` and `gguf_shape` read a GGUF header with gguf-py (no llama.cpp needed); `LlamaCppModel`
+runs the file through llama-cpp-python's low-level API (one model, one context, explicit batches and KV
+cache), so callers control exactly which positions produce logits and which sequences share a step.
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import functools
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from pipeline.gguf_header import GGUFHeader
+
+INSTALL_HINT = "llama-cpp-python is not installed (or failed to build); run `bash scripts/install.sh`"
+
+# 2-D (or expert-stacked 3-D) weights inside the decoder blocks: what compression methods change.
+_BLOCK_WEIGHT = re.compile(r"^blk\.\d+\..+\.weight$")
+# llama.cpp's per-architecture sliding-window layer pattern when the GGUF carries no
+# `<arch>.attention.sliding_window_pattern` (src/models/<arch>.cpp `load_swa_pattern(ml, N)`).
+_SWA_PATTERN_DEFAULT = {"gemma2": 2, "gemma3": 6, "gemma-embedding": 6, "gemma3n": 5, "cohere2": 4, "olmo2": 4, "exaone4": 4}
+
+
+_NOT_ISA = frozenset({"LLAMAFILE", "OPENMP", "REPACK", "KLEIDIAI", "ACCELERATE"})
+
+
+class LlamaCppUnavailable(RuntimeError):
+    """llama-cpp-python cannot be imported."""
+
+
+class LlamaCppError(RuntimeError):
+    """llama.cpp refused a file or a call; the message carries llama.cpp's last error lines."""
+
+
+# ---------------------------------------------------------------------------------------------
+# The library and what it was built with
+# ---------------------------------------------------------------------------------------------
+
+_LOG: dict[str, Any] = {"callback": None, "errors": collections.deque(maxlen=8)}
+
+
+def require_llama_cpp() -> Any:
+    """The `llama_cpp` module, with llama.cpp's log routed away from the console (errors are kept for
+    exception messages); `LlamaCppUnavailable` with the install hint when it cannot be imported."""
+    try:
+        import llama_cpp
+    except Exception:  # noqa: BLE001 - ImportError, or an OSError from a shared library that failed to build
+        raise LlamaCppUnavailable(INSTALL_HINT) from None
+    if _LOG["callback"] is None:
+        errors = _LOG["errors"]
+
+        @llama_cpp.llama_log_callback
+        def keep_errors(level: int, text: bytes, user_data: Any) -> None:
+            # ggml.h of the pinned build: NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4 (llama_cpp/_logger.py's table is stale)
+            if level == 4:
+                errors.append(text.decode("utf-8", "replace").strip())
+
+        _LOG["callback"] = keep_errors  # a reference must outlive the C side's use of it
+        llama_cpp.llama_log_set(keep_errors, ctypes.c_void_p(0))
+    return llama_cpp
+
+
+def _last_errors() -> str:
+    lines = [line for line in _LOG["errors"] if line]
+    _LOG["errors"].clear()
+    return f" (llama.cpp: {' | '.join(lines[-3:])})" if lines else ""
+
+
+def llama_cpp_version() -> str:
+    return str(require_llama_cpp().__version__)
+
+
+def system_info() -> str:
+    """`llama_print_system_info()`: the backends and CPU features this llama.cpp build uses."""
+    return require_llama_cpp().llama_print_system_info().decode("utf-8", "replace").strip().rstrip("|").strip()
+
+
+def cpu_features(info: str | None = None) -> tuple[str, ...]:
+    """Instruction-set features enabled in the CPU backend ("AVX2 = 1" -> "AVX2"), in llama.cpp's order.
+
+    Build switches that are not instruction sets (LLAMAFILE, OPENMP, REPACK, ...) are left out.
+    """
+    text = system_info() if info is None else info
+    out, section = [], ""
+    for item in text.split("|"):
+        if ":" in item:  # "CPU : SSE3 = 1" opens a backend's section
+            section, _, item = item.partition(":")
+            section = section.strip()
+        name, _, value = item.partition("=")
+        name = name.strip()
+        if section == "CPU" and value.strip() == "1" and name not in _NOT_ISA and re.fullmatch(r"[A-Z0-9_]+", name):
+            out.append(name)
+    return tuple(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# The file: tensor census and attention shape (the header, no engine)
+# ---------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=8)
+def _header(path: str, size: int, mtime_ns: int) -> tuple[TensorCensus, GGUFShape, bool | None]:
+    from pipeline.gguf_header import read_gguf_header
+
+    # One read serves census, shape and BOS flag, cached per file version (size, mtime) for the process.
+    header = read_gguf_header(path)
+    add_bos = header.get("tokenizer.ggml.add_bos_token")
+    return _census(header, path), _shape(header), None if add_bos is None else bool(add_bos)
+
+
+def _read_header(path: str | Path) -> tuple[TensorCensus, GGUFShape, bool | None]:
+    p = Path(path).resolve()
+    st = p.stat()
+    return _header(str(p), st.st_size, st.st_mtime_ns)
+
+
+def file_type_name(value: int | None) -> str:
+    """general.file_type as llama.cpp names the quant ("Q4_K_M", "Q4_1", "F32"), without MOSTLY_/ALL_."""
+    from gguf.constants import LlamaFileType
+
+    if value is None:
+        return "unknown"
+    try:
+        return re.sub(r"^(MOSTLY|ALL)_", "", LlamaFileType(int(value)).name)
+    except ValueError:
+        return f"file_type={int(value)}"
+
+
+@dataclass(frozen=True)
+class TensorCensus:
+    """What a GGUF file stores, by tensor: the bytes a method shrank and the bytes decode reads."""
+
+    file_bytes: int
+    weight_bytes: int  # every tensor's stored bytes
+    linear_weight_bytes: int  # block weights `blk.N.*.weight` of 2+ dims (what methods compress)
+    linear_weight_count: int  # their logical number of weights
+    bits_per_weight: float  # 8 * linear_weight_bytes / linear_weight_count
+    linear_types: dict[str, int]  # ggml type name -> number of block weights stored in it
+    token_embd_bytes: int
+    output_bytes: int  # output.weight (0 when tied)
+    tied: bool  # no output.weight: token_embd is also the output matrix
+    bytes_read_per_token: int  # one decode step: every tensor except the token_embd gather (in full when tied)
+    file_type: str  # general.file_type ("Q4_K_M")
+    tensor_count: int = 0
+
+    def summary(self) -> str:
+        """Block weight types, most first: "Q4_K×84, Q6_K×14"."""
+        ranked = sorted(self.linear_types.items(), key=lambda kv: (-kv[1], kv[0]))
+        return ", ".join(f"{name}×{n}" for name, n in ranked)
+
+
+def tensor_census(path: str | Path) -> TensorCensus:
+    """Bytes and types of every tensor of the GGUF at `path` (header only; cached per file version)."""
+    return _read_header(path)[0]
+
+
+def _census(header: GGUFHeader, path: str) -> TensorCensus:
+    types: collections.Counter[str] = collections.Counter()
+    total = linear_bytes = linear_count = embd = output = 0
+    for t in header.tensors:
+        nbytes = t.n_bytes
+        total += nbytes
+        if t.name == "token_embd.weight":
+            embd = nbytes
+        elif t.name == "output.weight":
+            output = nbytes
+        elif _BLOCK_WEIGHT.match(t.name) and len(t.shape) >= 2:
+            linear_bytes += nbytes
+            linear_count += t.n_elements
+            types[t.type_name] += 1
+    tied = not any(t.name == "output.weight" for t in header.tensors)
+    # Decode gathers one row of token_embd; tied, the same matrix is the output projection, read in full.
+    read = total if tied else total - embd
+    return TensorCensus(
+        file_bytes=Path(path).stat().st_size,
+        weight_bytes=total,
+        linear_weight_bytes=linear_bytes,
+        linear_weight_count=linear_count,
+        bits_per_weight=8.0 * linear_bytes / linear_count if linear_count else 0.0,
+        linear_types=dict(types),
+        token_embd_bytes=embd,
+        output_bytes=output,
+        tied=tied,
+        bytes_read_per_token=read,
+        file_type=file_type_name(header.get("general.file_type")),
+        tensor_count=len(header.tensors),
+    )
+
+
+@dataclass(frozen=True)
+class GGUFShape:
+    """The attention shape llama.cpp builds from a GGUF header (what the KV cache holds per token)."""
+
+    architecture: str
+    n_layer: int
+    n_head: int
+    n_head_kv: int
+    head_dim: int  # key length per head
+    n_embd: int
+    n_ff: int  # feed-forward width (largest layer's)
+    n_vocab: int
+    context_length: int
+    sliding_window: int | None = None
+    value_dim: int = 0  # value length per head (0: = head_dim)
+    swa_layers: tuple[bool, ...] = field(default_factory=tuple)  # per layer: attends over the sliding window only
+
+    def kv_bytes_per_token(self, cache_type_bytes: float = 2) -> int:
+        """KV-cache bytes one token adds (llama.cpp's default cache type is f16: 2 bytes)."""
+        per_layer = self.n_head_kv * (self.head_dim + (self.value_dim or self.head_dim))
+        return int(self.n_layer * per_layer * cache_type_bytes)
+
+    def kv_bytes_at_context(self, context: float, cache_type_bytes: float = 2) -> float:
+        """KV bytes one sequence's decode step reads at `context` tokens (sliding layers capped at the window)."""
+        per_layer_token = self.n_head_kv * (self.head_dim + (self.value_dim or self.head_dim)) * cache_type_bytes
+        swa = self.swa_layers or (False,) * self.n_layer
+        window = self.sliding_window or 0
+        return float(sum(per_layer_token * (min(context, window) if s and window else context) for s in swa))
+
+
+def _as_int(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)):  # per-layer arrays (some archs): the largest layer decides
+        return max(int(v) for v in value) if value else None
+    return int(value)
+
+
+def gguf_shape(path: str | Path) -> GGUFShape:
+    """The attention/KV shape llama.cpp builds from the GGUF at `path` (header only; cached per file version)."""
+    return _read_header(path)[1]
+
+
+def _shape(header: GGUFHeader) -> GGUFShape:
+    arch = str(header.get("general.architecture") or "unknown")
+
+    def key(name: str) -> Any:
+        return header.get(f"{arch}.{name}")
+
+    n_layer = _as_int(key("block_count")) or 0
+    n_embd = _as_int(key("embedding_length")) or 0
+    n_head = _as_int(key("attention.head_count")) or 1
+    n_head_kv = _as_int(key("attention.head_count_kv")) or n_head
+    head_dim = _as_int(key("attention.key_length")) or (n_embd // n_head if n_head else 0)
+    value_dim = _as_int(key("attention.value_length")) or head_dim
+    n_vocab = _as_int(key("vocab_size"))
+    if n_vocab is None:
+        tokens = header.get("tokenizer.ggml.tokens")
+        n_vocab = len(tokens) if tokens is not None else 0
+    window = _as_int(key("attention.sliding_window"))
+    swa: tuple[bool, ...] = ()
+    if window:
+        pattern = key("attention.sliding_window_pattern")
+        if isinstance(pattern, (list, tuple)):
+            swa = tuple(bool(p) for p in pattern[:n_layer])
+        else:
+            n = int(pattern) if pattern is not None else _SWA_PATTERN_DEFAULT.get(arch)
+            # llama_hparams::set_swa_pattern: within every n layers the last one attends fully
+            swa = tuple(n == 0 or il % n < n - 1 for il in range(n_layer)) if n is not None else ()
+    return GGUFShape(
+        architecture=arch,
+        n_layer=n_layer,
+        n_head=n_head,
+        n_head_kv=n_head_kv,
+        head_dim=head_dim,
+        n_embd=n_embd,
+        n_ff=_as_int(key("feed_forward_length")) or 0,
+        n_vocab=int(n_vocab),
+        context_length=_as_int(key("context_length")) or 0,
+        sliding_window=window or None,
+        value_dim=value_dim,
+        swa_layers=swa,
+    )
+
+
+def gguf_add_bos(path: str | Path) -> bool | None:
+    """tokenizer.ggml.add_bos_token (None when the file does not say)."""
+    return _read_header(path)[2]
+
+
+# ---------------------------------------------------------------------------------------------
+# The engine
+# ---------------------------------------------------------------------------------------------
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """float64 log-softmax over the last axis."""
+    x = np.asarray(logits, dtype=np.float64)
+    x = x - x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+class LlamaCppModel:
+    """One GGUF model and one llama.cpp context (KV cache for up to `n_seq_max` sequences).
+
+    Low-level on purpose: `decode` takes explicit (token, position, sequence, wants-logits) rows, so the
+    scorer evaluates a shared context once and the decode timer runs B sequences in one batch per step.
+    `logits_all=True` lets a batch return logits at every position of a sequence (scoring, `logprobs`);
+    otherwise llama.cpp's default of one output per sequence per batch holds (decode).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        n_ctx: int,
+        n_threads: int,
+        n_batch: int = 512,
+        n_seq_max: int = 1,
+        logits_all: bool = False,
+        swa_full: bool = True,
+    ) -> None:
+        lib = require_llama_cpp()
+        self._lib = lib
+        self.path = Path(path)
+        self.n_threads = int(n_threads)
+        self.n_seq_max = int(n_seq_max)
+        self.logits_all = logits_all
+        self.swa_full = swa_full
+        self._ctx = None
+        self._batch = None
+        self._batch_cap = 0
+        self._n_outputs = 0
+        if not self.path.is_file():
+            raise LlamaCppError(f"GGUF file {self.path} does not exist")
+        lib.llama_backend_init()
+        mparams = lib.llama_model_default_params()
+        mparams.use_mmap = True
+        self._model = lib.llama_model_load_from_file(str(self.path).encode(), mparams)
+        if not self._model:
+            self._model = None
+            raise LlamaCppError(f"llama.cpp could not load {self.path}{_last_errors()}")
+        self._vocab = lib.llama_model_get_vocab(self._model)
+        self.n_vocab = int(lib.llama_vocab_n_tokens(self._vocab))
+        self.n_ctx_train = int(lib.llama_model_n_ctx_train(self._model))
+        self.add_bos = bool(lib.llama_vocab_get_add_bos(self._vocab))
+        self.bos_id = int(lib.llama_vocab_bos(self._vocab))
+        self.eos_id = int(lib.llama_vocab_eos(self._vocab))
+        try:
+            self.resize(n_ctx, n_batch=n_batch)
+        except Exception:
+            self.close()
+            raise
+
+    @classmethod
+    def open(
+        cls,
+        path: str | Path,
+        *,
+        n_ctx: int,
+        n_threads: int,
+        n_batch: int = 512,
+        n_seq_max: int = 1,
+        logits_all: bool = False,
+        swa_full: bool = True,
+    ) -> LlamaCppModel:
+        return cls(path, n_ctx=n_ctx, n_threads=n_threads, n_batch=n_batch, n_seq_max=n_seq_max, logits_all=logits_all, swa_full=swa_full)
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def resize(self, n_ctx: int, *, n_batch: int | None = None, n_seq_max: int | None = None) -> None:
+        """(Re)create the context with room for `n_ctx` tokens over all sequences (KV cleared); the model's
+        weights stay loaded."""
+        lib = self._lib
+        self._free_context()
+        n_batch = int(n_batch or self.n_batch)
+        self.n_seq_max = int(n_seq_max or self.n_seq_max)
+        params = lib.llama_context_default_params()
+        params.n_ctx = max(int(n_ctx), 8)
+        params.n_batch = max(n_batch, 1)
+        params.n_ubatch = min(params.n_batch, 512)
+        params.n_seq_max = self.n_seq_max
+        params.n_threads = params.n_threads_batch = self.n_threads
+        params.no_perf = True
+        params.swa_full = self.swa_full
+        if self.logits_all:
+            params.n_outputs_max_per_seq = 0  # = n_outputs_max = n_batch: logits at every position
+        ctx = lib.llama_init_from_model(self._model, params)
+        if not ctx:
+            raise LlamaCppError(f"llama.cpp could not create a context of {n_ctx} tokens for {self.path}{_last_errors()}")
+        self._ctx = ctx
+        self._memory = lib.llama_get_memory(ctx)
+        self.n_ctx = int(lib.llama_n_ctx(ctx))
+        self.n_batch = int(params.n_batch)
+
+    def _free_context(self) -> None:
+        if self._batch is not None:
+            self._lib.llama_batch_free(self._batch)
+            self._batch, self._batch_cap = None, 0
+        if self._ctx is not None:
+            self._lib.llama_free(self._ctx)
+            self._ctx = None
+
+    def close(self) -> None:
+        self._free_context()
+        if self._model is not None:
+            self._lib.llama_model_free(self._model)
+            self._model = None
+
+    def __enter__(self) -> LlamaCppModel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+    # -- tokenizer -------------------------------------------------------------------------------
+
+    def tokenize(self, text: str, add_special: bool) -> list[int]:
+        """llama.cpp's tokenizer; `add_special` adds BOS/EOS only where the GGUF says the model wants them
+        (like a transformers tokenizer's `add_special_tokens`); special-token text is parsed as such."""
+        lib = self._lib
+        data = text.encode("utf-8")
+        cap = len(data) + 8
+        for _ in range(2):
+            buf = (lib.llama_token * cap)()
+            n = lib.llama_tokenize(self._vocab, data, len(data), buf, cap, add_special, True)
+            if n >= 0:
+                return list(buf[:n])
+            cap = -n
+        raise LlamaCppError(f"llama.cpp could not tokenize {len(data)} bytes{_last_errors()}")
+
+    def detokenize(self, ids: Sequence[int], special: bool = True) -> str:
+        lib = self._lib
+        out = b""
+        buf = ctypes.create_string_buffer(256)
+        for tok in ids:
+            n = lib.llama_token_to_piece(self._vocab, int(tok), buf, 256, 0, special)
+            out += buf.raw[: max(n, 0)]
+        return out.decode("utf-8", "replace")
+
+    # -- KV cache ----------------------------------------------------------------------------------
+
+    def clear(self) -> None:
+        """Empty the KV cache of every sequence."""
+        self._lib.llama_memory_clear(self._memory, True)
+
+    def truncate(self, seq_id: int, pos: int) -> bool:
+        """Drop positions >= `pos` of sequence `seq_id`; False when llama.cpp cannot (recurrent state)."""
+        return bool(self._lib.llama_memory_seq_rm(self._memory, seq_id, pos, -1))
+
+    # -- evaluation --------------------------------------------------------------------------------
+
+    def _ensure_batch(self, n: int) -> Any:
+        if self._batch is None or n > self._batch_cap:
+            if self._batch is not None:
+                self._lib.llama_batch_free(self._batch)
+            self._batch_cap = max(n, self.n_batch)
+            self._batch = self._lib.llama_batch_init(self._batch_cap, 0, 1)
+        return self._batch
+
+    def decode(self, tokens: Sequence[int], positions: Sequence[int], seq_ids: Sequence[int], outputs: Sequence[bool]) -> None:
+        """One `llama_decode` of rows (token, position, sequence, whether it returns logits)."""
+        n = len(tokens)
+        if n == 0:
+            return
+        if n > self.n_batch:
+            raise ValueError(f"{n} tokens in one batch exceed n_batch={self.n_batch}")
+        batch = self._ensure_batch(n)
+        batch.n_tokens = n
+        for i in range(n):
+            batch.token[i] = tokens[i]
+            batch.pos[i] = positions[i]
+            batch.n_seq_id[i] = 1
+            batch.seq_id[i][0] = seq_ids[i]
+            batch.logits[i] = bool(outputs[i])
+        rc = self._lib.llama_decode(self._ctx, batch)
+        if rc != 0:
+            hint = " (no KV slot: the context is too small)" if rc == 1 else ""
+            raise LlamaCppError(f"llama_decode returned {rc}{hint}{_last_errors()}")
+        self._n_outputs = sum(1 for o in outputs if o)
+
+    def greedy(self) -> np.ndarray:
+        """Argmax token of every output row of the last `decode`, in batch order (no copy of the logits)."""
+        ptr = self._lib.llama_get_logits(self._ctx)
+        if not ptr or not self._n_outputs:
+            raise LlamaCppError(f"no logits from the last decode{_last_errors()}")
+        return np.ctypeslib.as_array(ptr, shape=(self._n_outputs, self.n_vocab)).argmax(axis=-1)
+
+    def logits_ith(self, i: int) -> np.ndarray:
+        """float32 logits [V] of batch row `i` of the last `decode` (negative: from the end), copied."""
+        ptr = self._lib.llama_get_logits_ith(self._ctx, i)
+        if not ptr:
+            raise LlamaCppError(f"no logits for batch row {i}{_last_errors()}")
+        return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy()
+
+    def eval(self, tokens: Sequence[int], *, seq_id: int = 0, pos0: int = 0, logits: str = "last") -> np.ndarray:
+        """Evaluate one sequence's tokens from position `pos0` (after what the cache holds), in n_batch chunks.
+
+        Returns float32 logits [k, V]: k = 1 for `logits="last"`, len(tokens) for `"all"`.
+        """
+        if logits not in ("last", "all"):
+            raise ValueError("logits must be 'last' or 'all'")
+        if logits == "all" and not self.logits_all and len(tokens) > 1:
+            raise ValueError("logits at every position need a model opened with logits_all=True")
+        if pos0 + len(tokens) > self.n_ctx // max(self.n_seq_max, 1):
+            raise LlamaCppError(f"{pos0 + len(tokens)} positions exceed the context of {self.n_ctx // self.n_seq_max} tokens per sequence")
+        rows: list[np.ndarray] = []
+        for start in range(0, len(tokens), self.n_batch):
+            chunk = list(tokens[start : start + self.n_batch])
+            last_chunk = start + self.n_batch >= len(tokens)
+            outs = [logits == "all" or (last_chunk and j == len(chunk) - 1) for j in range(len(chunk))]
+            self.decode(chunk, [pos0 + start + j for j in range(len(chunk))], [seq_id] * len(chunk), outs)
+            if logits == "all":
+                rows.extend(self.logits_ith(j) for j in range(len(chunk)))
+            elif last_chunk:
+                rows.append(self.logits_ith(len(chunk) - 1))
+        return np.stack(rows) if rows else np.zeros((0, self.n_vocab), dtype=np.float32)
+
+    def logprobs(self, ids: Sequence[int]) -> np.ndarray:
+        """Next-token log-probabilities [T, V] (float64) at every position of one sequence, from an empty cache."""
+        self.clear()
+        try:
+            return log_softmax(self.eval(list(ids), logits="all"))
+        finally:
+            self.clear()

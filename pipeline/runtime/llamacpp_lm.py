@@ -1,0 +1,154 @@
+"""lm-eval's `LM` over llama.cpp in-process: MMLU log-likelihoods from the GGUF file that was built.
+
+Imported lazily (it imports lm_eval); `pipeline.runtime.llamacpp` is the runtime that uses it. Registered
+with lm-eval as `shrinkgate-llamacpp` (`lm_eval.api.registry.get_model`), arguments `gguf_path=...,n_threads=N`.
+
+Tokenization is lm-eval's own (`TemplateLM._encode_pair`: trailing spaces move to the continuation, the
+whole string is encoded and split after the context's tokens) with the GGUF's tokenizer in llama.cpp; BOS
+follows HFLM's rule: the tokenizer's default (here `tokenizer.ggml.add_bos_token`) unless the text already
+starts with the BOS text. Contexts are evaluated once and shared by every continuation that follows them
+(MMLU's 4 one-token choices), and a context that extends the previous one (the same few-shot prefix) only
+evaluates its new tokens; multi-token continuations are evaluated after the context and rolled back.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from lm_eval.api.model import TemplateLM
+from lm_eval.api.registry import register_model
+from tqdm import tqdm
+
+from pipeline.models.gguf_engine import LlamaCppModel, llama_cpp_version, log_softmax
+
+# The first context is sized from the data (`_loglikelihood_tokens`); this only serves tokenization.
+_INITIAL_CTX = 512
+SCORING_BATCH = 512  # tokens per llama_decode while scoring (llama.cpp's default micro-batch)
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+@register_model("shrinkgate-llamacpp")
+class LlamaCppLM(TemplateLM):
+    """Log-likelihood scoring on a GGUF file with llama.cpp; `generate_until` and rolling are not offered."""
+
+    def __init__(
+        self,
+        gguf_path: str | Path | None = None,
+        *,
+        n_threads: int | None = None,
+        max_length: int | None = None,
+        engine: LlamaCppModel | None = None,
+        **_lm_eval_args: Any,  # batch_size / device from lm-eval's CLI: one CPU sequence at a time here
+    ) -> None:
+        super().__init__()
+        if engine is None:
+            if gguf_path is None:
+                raise ValueError("LlamaCppLM needs gguf_path (a .gguf file) or an open engine")
+            if n_threads is None:
+                from pipeline.runtime.speed.host import default_threads
+
+                n_threads = default_threads()
+            engine = LlamaCppModel.open(gguf_path, n_ctx=_INITIAL_CTX, n_threads=int(n_threads), n_batch=SCORING_BATCH, logits_all=True)
+            self._owned = True
+        else:
+            if not engine.logits_all:
+                raise ValueError("LlamaCppLM needs an engine opened with logits_all=True (continuations score every position)")
+            self._owned = False
+        self.engine = engine
+        # HFLM's max_length is the model's trained context; longer inputs are left-truncated the same way
+        self._max_length = int(max_length or engine.n_ctx_train or 2048)
+        self._bos_text = engine.detokenize([self.prefix_token_id]) if self.prefix_token_id >= 0 else None
+
+    # -- lm-eval interface ---------------------------------------------------------------------
+
+    @property
+    def eot_token_id(self) -> int:
+        return self.engine.eos_id
+
+    @property
+    def prefix_token_id(self) -> int:
+        # HFLM: BOS when the tokenizer has one, else EOS (llama.cpp answers -1 for "none")
+        return self.engine.bos_id if self.engine.bos_id >= 0 else self.engine.eos_id
+
+    @property
+    def max_length(self) -> int:
+        return self._max_length
+
+    def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs: Any) -> list[int]:
+        # HFLM: None -> the tokenizer's default (BOS iff the model wants it), except for text that already
+        # starts with the BOS text; llama.cpp's add_special=True likewise adds BOS only when the GGUF says so.
+        add = True if add_special_tokens is None else add_special_tokens
+        if add_special_tokens is None and self._bos_text and string.startswith(self._bos_text):
+            add = False
+        return self.engine.tokenize(string, add)
+
+    def _loglikelihood_tokens(
+        self, requests: list[tuple[tuple[str, str], list[int], list[int]]], disable_tqdm: bool = False, **kwargs: Any
+    ) -> list[tuple[float, bool]]:
+        prepared: list[tuple[list[int], list[int]]] = []
+        for _, context_enc, continuation_enc in requests:
+            if not continuation_enc:
+                raise ValueError("empty continuation: nothing to score")
+            # HFLM: the model sees (context + continuation)[-(max_length + 1):][:-1]
+            whole = (list(context_enc) + list(continuation_enc))[-(self.max_length + 1) :]
+            context = whole[: -len(continuation_enc)]
+            if not context:
+                raise ValueError(f"continuation of {len(continuation_enc)} tokens leaves no context within max_length={self.max_length}")
+            prepared.append((context, list(continuation_enc)))
+        if not prepared:
+            return []
+        need = max(len(c) + len(k) - 1 for c, k in prepared)
+        if need > self.engine.n_ctx:
+            self.engine.resize(need)
+        # Sorted by context tokens: equal contexts are adjacent, and so are contexts sharing a few-shot prefix.
+        order = sorted(range(len(prepared)), key=lambda i: prepared[i][0])
+        results: list[tuple[float, bool] | None] = [None] * len(prepared)
+        engine = self.engine
+        engine.clear()
+        cached: list[int] = []  # tokens sequence 0 of the KV cache holds
+        last: np.ndarray | None = None  # logits after the last cached token
+        for i in tqdm(order, desc="llama.cpp loglikelihood", disable=disable_tqdm):
+            context, continuation = prepared[i]
+            if context != cached or last is None:
+                keep = min(_common_prefix(cached, context), len(context) - 1)  # re-evaluate >= 1 token for its logits
+                if keep < len(cached) and not engine.truncate(0, keep):
+                    engine.clear()
+                    keep = 0
+                last = engine.eval(context[keep:], pos0=keep, logits="last")[0]
+                cached = context
+            rows = [last]
+            if len(continuation) > 1:
+                rows.extend(engine.eval(continuation[:-1], pos0=len(context), logits="all"))
+                if not engine.truncate(0, len(context)):  # roll the continuation back out of the cache
+                    engine.clear()
+                    cached, last = [], None
+            logits = np.stack(rows)
+            logp = log_softmax(logits)
+            ll = float(sum(logp[j, tok] for j, tok in enumerate(continuation)))
+            greedy = bool(all(int(logits[j].argmax()) == tok for j, tok in enumerate(continuation)))
+            results[i] = (ll, greedy)
+            self.cache_hook.add_partial("loglikelihood", requests[i][0], (ll, greedy))
+        engine.clear()
+        return [r for r in results if r is not None]
+
+    def loglikelihood_rolling(self, requests: list[Any], disable_tqdm: bool = False) -> list[float]:
+        raise NotImplementedError("runtime llama.cpp scores log-likelihoods of continuations only (no rolling perplexity)")
+
+    def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
+        raise NotImplementedError("runtime llama.cpp scores log-likelihoods only (no generate_until tasks)")
+
+    def get_model_info(self) -> dict[str, Any]:
+        return {"model": "llama.cpp", "gguf": str(self.engine.path), "llama_cpp_python": llama_cpp_version()}
+
+    def close(self) -> None:
+        if self._owned:
+            self.engine.close()
