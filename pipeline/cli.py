@@ -320,6 +320,25 @@ def compare(
         _fail(str(exc))
 
 
+@app.command()
+def export(
+    run_id: str = typer.Argument(..., help="a variant (child) run id"),
+    out: Path = typer.Option(..., "--out", help="folder to write the GGUF file or checkpoint into"),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db)"),
+) -> None:
+    """A measured variant as files a server loads: its .gguf, or a (compressed-tensors) checkpoint; rebuilt
+    from the sweep's recipe and checked byte for byte against the run."""
+    from pipeline.env import tracking_uri as resolve_uri
+    from pipeline.methods import NotSerializable
+    from pipeline.sweep.export import ExportError, export_run
+
+    try:
+        path = export_run(resolve_uri(tracking_uri), run_id, out)
+    except (*_user_errors(), ExportError, NotSerializable) as exc:
+        _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    console.print(f"exported run {run_id} to {path}")
+
+
 def main() -> None:
     absolute_env_paths()  # a child process started in another cwd reads the same files
     app()

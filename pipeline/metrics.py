@@ -32,6 +32,30 @@ COMPUTE_BOUND_BATCH = "compute_bound_batch"  # batch where decode turns compute-
 CROSSOVER_BATCH = "crossover_batch"  # roofline, this host: smallest batch where the variant stops beating the unmodified model
 # More per-batch speed metrics (same `_bs<N>` suffix rule); kept apart so PER_BATCH stays as the spine expects.
 PER_BATCH_EXTRA = (TTFT_P90_MS, TPOT_P90_MS, ITL_P50_MS, ITL_P90_MS, ITL_P99_MS, E2E_MS, MFU, SPEED_CV, BYTES_PER_TOKEN, BYTES_PER_STEP)
+# A server under load (runtime openai), per level: `_c<N>` (N streams in flight) or `_r<R>` (R requests/s).
+TTFT_P99_MS = "ttft_p99_ms"
+TPOT_P99_MS = "tpot_p99_ms"
+E2E_P90_MS = "e2e_p90_ms"
+E2E_P99_MS = "e2e_p99_ms"
+REQUEST_THROUGHPUT = "request_throughput"  # completed requests / s
+OUTPUT_TOK_S = "output_tok_s"  # output tokens / s over all streams
+GOODPUT = "goodput_req_s"  # requests / s that met the SLO
+SLO_ATTAINMENT = "slo_attainment"  # share of requests that met the SLO
+REQUESTS_FAILED = "requests_failed"
+MEAN_OUTPUT_TOKENS = "mean_output_tokens"  # per completed request (under max_tokens: the server stopped early)
+TAG_SERVE_MODEL = "serve.model"
+TAG_SERVE_BASE_URL = "serve.base_url"
+TAG_SERVE_LAUNCHED = "serve.launched"
+TAG_SERVE_MODELS = "serve.served_models"  # what GET /v1/models lists
+TAG_SERVE_VERSION = "serve.version"  # what the server's version endpoint says, when it has one
+ART_SERVER_LOG = "logs/server.log"
+
+
+def level_suffix(concurrency: int | None, rate: float | None) -> str:
+    """`_c4` for 4 streams in flight, `_r2.5` for 2.5 requests/s."""
+    return f"_c{concurrency}" if concurrency is not None else f"_r{rate:g}"
+
+
 # Speed tags: how the numbers were taken.
 TAG_SPEED_TIMER = "speed.timer"
 TAG_SPEED_COMPILED = "speed.compiled"

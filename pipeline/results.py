@@ -166,8 +166,8 @@ class SpeedPoint:
     prefill_tok_s: float
     peak_mem_mb: float
     bytes_per_token: float  # weights + one sequence's KV at the measured context (what a batch-1 step reads)
-    wall_tok_s: float  # memory-wall ceiling for this batch: bandwidth / bytes per step * batch
-    mbu: float  # achieved bytes/s / measured bandwidth
+    wall_tok_s: float | None  # memory-wall ceiling for this batch: bandwidth / bytes per step * batch (None: bytes unknown)
+    mbu: float | None  # achieved bytes/s / measured bandwidth (None: a server whose weights shrinkgate did not count)
     cv: float  # coefficient of variation of decode tok/s over repeats
     samples: tuple[dict[str, Any], ...] = ()  # raw per-repeat timings (artifact)
     itl_p50_ms: float = 0.0  # inter-token latency percentiles, pooled over every decode step of every repeat
@@ -204,6 +204,59 @@ class SpeedPoint:
 
 
 @dataclass(frozen=True)
+class LoadLevel:
+    """A server at one level of load, measured from the client (runtime openai); percentiles in ms keyed 50/90/99."""
+
+    concurrency: int | None  # streams kept in flight, or
+    request_rate: float | None  # requests started per second (Poisson)
+    requests: int
+    completed: int
+    failed: int
+    duration_s: float
+    request_throughput: float
+    output_tok_s: float
+    decode_tok_s: float | None  # median per-stream (output tokens - 1) / (e2e - TTFT)
+    decode_cv: float | None  # their coefficient of variation over the level's requests
+    ttft_ms: dict[int, float]
+    tpot_ms: dict[int, float]
+    itl_ms: dict[int, float]
+    e2e_ms: dict[int, float]
+    goodput_req_s: float | None = None  # None: the recipe set no SLO
+    slo_attainment: float | None = None
+    tokens_from_usage: bool = False
+    errors: tuple[str, ...] = ()
+    mean_output_tokens: float = 0.0  # per completed request; under max_tokens: the server stopped early
+
+    @property
+    def suffix(self) -> str:
+        return M.level_suffix(self.concurrency, self.request_rate)
+
+    def metrics(self) -> dict[str, float]:
+        values: dict[str, float | None] = {
+            M.DECODE_TOK_S: self.decode_tok_s,
+            M.OUTPUT_TOK_S: self.output_tok_s,
+            M.REQUEST_THROUGHPUT: self.request_throughput,
+            M.REQUESTS_FAILED: self.failed,
+            M.MEAN_OUTPUT_TOKENS: self.mean_output_tokens,
+            M.GOODPUT: self.goodput_req_s,
+            M.SLO_ATTAINMENT: self.slo_attainment,
+            M.TTFT_MS: self.ttft_ms.get(50),
+            M.TTFT_P90_MS: self.ttft_ms.get(90),
+            M.TTFT_P99_MS: self.ttft_ms.get(99),
+            M.TPOT_MS: self.tpot_ms.get(50),
+            M.TPOT_P90_MS: self.tpot_ms.get(90),
+            M.TPOT_P99_MS: self.tpot_ms.get(99),
+            M.ITL_P50_MS: self.itl_ms.get(50),
+            M.ITL_P90_MS: self.itl_ms.get(90),
+            M.ITL_P99_MS: self.itl_ms.get(99),
+            M.E2E_MS: self.e2e_ms.get(50),
+            M.E2E_P90_MS: self.e2e_ms.get(90),
+            M.E2E_P99_MS: self.e2e_ms.get(99),
+        }
+        return {name + self.suffix: float(v) for name, v in values.items() if v is not None}
+
+
+@dataclass(frozen=True)
 class SpeedResult:
     points: tuple[SpeedPoint, ...]
     bandwidth_gb_s: float
@@ -228,6 +281,7 @@ class SpeedResult:
     skipped: tuple[dict[str, Any], ...] = ()  # {batch_size, prompt_tokens, reason}: did not fit (OOM) or failed
     kernel_observed: str = ""  # set when the timed step was profiled itself (compiled): overrides the build's
     kernel_observed_ops: str = ""
+    load: tuple[LoadLevel, ...] = ()  # a server under load (runtime openai): one entry per concurrency / rate
 
     def at_batch(self, batch_size: int, prompt_tokens: int | None = None) -> SpeedPoint | None:
         for p in self.points:
@@ -262,6 +316,8 @@ class SpeedResult:
             out[M.CROSSOVER_BATCH] = float(self.crossover_batch)
         if self.points:
             out[M.KV_BYTES_PER_TOKEN] = float(self.points[0].kv_bytes_per_token)
+        for level in self.load:
+            out.update(level.metrics())
         return out
 
     def tags(self) -> dict[str, str]:

@@ -37,6 +37,8 @@ mkdir -p "$share/sdist"
 # Its dependencies (a --no-deps build alone misses diskcache), and sentencepiece, which the converter imports
 # for every Llama-family model even when the tokenizer is a tokenizer.json.
 "${pip[@]}" 'typing-extensions>=4.5.0' 'numpy>=1.20.0' 'diskcache>=5.6.1' 'jinja2>=2.11.3' sentencepiece==0.2.3
+# Its OpenAI-compatible server (extra `[server]`; fastapi and uvicorn come with mlflow): runtime openai's tests serve GGUFs with it.
+"${pip[@]}" sse-starlette==3.7.1 starlette-context==0.3.6 pydantic-settings==2.16.3
 # Prints "keep" when the marker records this version and these CMAKE_ARGS; "adopt" when an unmarked install of this
 # version reports exactly the expected CPU features (it was built by hand with these flags); else "build".
 lcp_state() {

@@ -29,11 +29,23 @@ def _err(doc, tmp_path: Path) -> str:
     return msg
 
 
-@pytest.mark.parametrize("name", ["quickstart.yaml", "quickstart-transformers.yaml", "smollm2-ladder.yaml"])
+@pytest.mark.parametrize(
+    "name", ["quickstart.yaml", "quickstart-transformers.yaml", "smollm2-ladder.yaml", "serve-llamacpp.yaml", "serve-vllm.yaml", "serve-tgi.yaml"]
+)
 def test_shipped_recipes_validate(name):
     recipe = load_recipe(REPO / "recipes" / name)
     assert isinstance(recipe, Recipe)
     assert any(m.role == "reference" for m in recipe.models)
+
+
+def test_serve_recipes_hand_their_server_what_was_built():
+    formats = {name: load_recipe(REPO / "recipes" / f"serve-{name}.yaml") for name in ("llamacpp", "vllm", "tgi")}
+    assert {n: (r.runtime, r.format_of("openai")) for n, r in formats.items()} == {
+        "llamacpp": ("openai", "gguf"), "vllm": ("openai", "torch"), "tgi": ("openai", "torch")
+    }
+    for recipe in formats.values():
+        assert recipe.serve is not None and recipe.serve.host == "127.0.0.1" and any("{artifact}" in a for a in recipe.serve.launch or [])
+    assert formats["tgi"].serve.mmlu is False  # TGI returns no echoed prompt log-probabilities
 
 
 def test_quickstart_plan_applies_variants_to_candidates_only():

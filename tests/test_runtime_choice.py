@@ -79,7 +79,13 @@ def test_unknown_runtime_names_the_choices():
 def test_each_runtime_named_in_the_schema_is_implemented():
     from pipeline.runtime import RUNTIMES
 
-    assert {name: cls.artifact_format for name, cls in RUNTIMES.items()} == RUNTIME_FORMATS
+    from pipeline.config.recipe import SERVE_ARTIFACT_FORMATS, ServeSpec
+
+    assert set(RUNTIMES) == set(RUNTIME_FORMATS)
+    assert {name: RUNTIMES[name].artifact_format for name in ("transformers", "llama.cpp")} == {"transformers": "torch", "llama.cpp": "gguf"}
+    # a server takes what its `serve.artifact` says
+    for artifact, fmt in SERVE_ARTIFACT_FORMATS.items():
+        assert RUNTIMES["openai"](ServeSpec(artifact=artifact)).artifact_format == fmt
 
 
 def _rec(label, acc, tok_s, runtime, role="candidate", method="x"):

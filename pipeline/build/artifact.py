@@ -35,10 +35,43 @@ class Artifact:
     device: str
     methods: tuple[str, ...]
     notes: dict[str, Any] = field(default_factory=dict)
+    storer: Any = None  # the step whose form the weights end in: it saves them (`save_checkpoint`)
+    checkpoint_dir: Path | None = None  # where `save_checkpoint` wrote it, for a server to load
 
     @property
     def method_label(self) -> str:
         return "+".join(self.methods)
+
+    def close(self) -> None:
+        if self.checkpoint_dir is not None:
+            shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
+            self.checkpoint_dir = None
+
+
+def save_checkpoint(artifact: Artifact, out_dir: Path, about: dict[str, Any] | None = None) -> Path:
+    """The variant as a checkpoint a server loads: its storing method's own format (llm-compressor's methods:
+    a compressed-tensors checkpoint; others: safetensors via `save_pretrained`), the tokenizer, and
+    `shrinkgate.json` (model, variant, methods, provenance, plus `about`). NotSerializable when the method's
+    library cannot save this form."""
+    import json
+
+    if artifact.storer is None:
+        raise NotSerializable(f"variant {artifact.variant_name!r} was built without its storing method")
+    if artifact.fidelity.serializable is False:
+        raise NotSerializable(f"variant {artifact.variant_name!r}: {artifact.fidelity.serializable_reason}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with artifact.storer.stored_form(artifact.model):
+        artifact.storer.serialize(artifact.model, out_dir)
+    artifact.tokenizer.save_pretrained(out_dir)
+    doc = {
+        "model": artifact.model_name,
+        "variant": artifact.variant_name,
+        "methods": list(artifact.methods),
+        "provenance": artifact.provenance.tags(),
+        **(about or {}),
+    }
+    (out_dir / "shrinkgate.json").write_text(json.dumps(doc, indent=1, default=str))
+    return out_dir
 
 
 @dataclass
@@ -250,6 +283,7 @@ def build_artifact(
         device=device,
         methods=tuple(m.name for m in steps),
         notes=dict(ctx.notes),
+        storer=storer,
     )
 
 

@@ -83,6 +83,7 @@ def content_key(recipe: Recipe, item: WorkItem, source: str, inputs: KeyInputs) 
         "eval": recipe.eval.key_fields(inputs.host.get("device")),
         "speed": recipe.speed.model_dump(),
         "source": source,
+        **({"serve": recipe.serve.model_dump()} if item.runtime == "openai" and recipe.serve is not None else {}),
         "host": inputs.host,
         "code": inputs.code,
         "data": inputs.data,
@@ -111,18 +112,26 @@ def check_recipe(recipe: Recipe, path: str | Path = "<recipe>") -> Recipe:
         problem = validate_steps([(s.method, s.params) for s in variant.pipeline_steps])
         if problem:
             raise RecipeError(f"{path}: field `variants[{i}].steps` ({variant.name}): {problem}")
-        problem = runtime_problem(variant, recipe.runtime_of(variant))
+        runtime = recipe.runtime_of(variant)
+        problem = runtime_problem(variant, runtime, recipe.format_of(runtime))
         if problem:
             raise RecipeError(f"{path}: field `variants[{i}]` ({variant.name}): {problem}")
     return recipe
 
 
-def runtime_problem(variant: VariantSpec, runtime: str) -> str | None:
-    """Why `variant` cannot be built for `runtime`'s artifact format, or None. An engine-format method (a
-    GGUF quantizer) needs that engine; off the torch format only dense steps (none, prune) can come before
-    the export."""
-    fmt = RUNTIME_FORMATS[runtime]
-    engines = {f: r for r, f in RUNTIME_FORMATS.items()}
+def runtime_problem(variant: VariantSpec, runtime: str, fmt: str | None = None) -> str | None:
+    """Why `variant` cannot be built for `runtime`'s artifact format `fmt` (default: the runtime's own), or
+    None. An engine-format method (a GGUF quantizer) needs that engine; off the torch format only dense steps
+    (none, prune) can come before the export; a server that serves its own model takes only `none`."""
+    fmt = fmt or RUNTIME_FORMATS[runtime]
+    engines = {"torch": "transformers", "gguf": "llama.cpp"}
+    if fmt == "none":
+        if not is_unmodified(variant):
+            return (
+                f"runtime {runtime!r} with `serve.artifact: none` measures the model the server already serves, so only "
+                "method `none`; set `serve.artifact: gguf` or `checkpoint` to serve what shrinkgate builds"
+            )
+        return None
     for step in variant.pipeline_steps:
         cls = registry()[step.method]
         if cls.engine_format is not None and cls.engine_format != fmt:
@@ -179,7 +188,7 @@ def check_variants_fit(recipe_path: str | Path, recipe: Recipe, items: list[Work
 
     configs: dict[str, object] = {}
     for item in items:
-        converts = item.runtime == "llama.cpp" and not is_gguf_source(item.model)
+        converts = recipe.format_of(item.runtime) == "gguf" and not is_gguf_source(item.model)
         if not needs_model_check(item.variant) and not converts:
             continue
         if item.model.name not in configs:

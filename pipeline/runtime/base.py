@@ -7,12 +7,34 @@ engines (llama.cpp, OpenAI-compatible servers) subclass `Runtime` and are named 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from pipeline.build.artifact import Artifact
-    from pipeline.config.recipe import EvalSpec, SpeedSpec
+    from pipeline.config.recipe import EvalSpec, Recipe, SpeedSpec
     from pipeline.results import AccuracyResult, SpeedResult
+
+
+class Session:
+    """What a runtime measures for one child, between `__enter__` and `__exit__`: in-process engines measure
+    the artifact itself; a server runtime starts (or connects to) its server here and stops it on exit.
+    `tags` (provenance the engine reports) and `logs` (artifact path -> text, e.g. the server's log) are
+    recorded on the run, also when the child fails."""
+
+    def __init__(self, target: Any) -> None:
+        self.target = target
+        self.tags: dict[str, str] = {}
+
+    def __enter__(self) -> Any:
+        return self.target
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def logs(self) -> dict[str, str]:
+        return {}
 
 
 class Runtime(ABC):
@@ -20,12 +42,29 @@ class Runtime(ABC):
     # what the build hands this engine: "torch" (an in-memory transformers model, `Artifact`) or "gguf" (a
     # GGUF file, `GGUFArtifact`)
     artifact_format: ClassVar[str] = "torch"
+    # False: this engine is measured for speed only (a server that returns no prompt log-probabilities)
+    scores_mmlu: ClassVar[bool] = True
+
+    @classmethod
+    def for_recipe(cls, recipe: Recipe | None) -> Runtime:
+        """The runtime as `recipe` configures it (a server runtime reads its `serve` section)."""
+        return cls()
 
     @classmethod
     def check(cls, speed: SpeedSpec) -> str | None:
         """One-line problem with this engine here (not installed) or with what `speed` asks of it (a batch
         size it cannot run), or None; called by `validate` and before a sweep starts, before any model loads."""
         return None
+
+    @classmethod
+    def check_recipe(cls, recipe: Recipe) -> str | None:
+        """`check` on the recipe's speed section; runtimes configured elsewhere in the recipe check that too."""
+        return cls.check(recipe.speed)
+
+    def session(self, artifact: Any, model_dir: Path | None = None) -> Session:
+        """What `score_mmlu` and `decode` run on for one child (see `Session`); `model_dir` is the model's
+        dense copy (its tokenizer and config)."""
+        return Session(artifact)
 
     @abstractmethod
     def score_mmlu(self, artifact: Artifact, spec: EvalSpec) -> AccuracyResult:

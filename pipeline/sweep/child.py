@@ -79,7 +79,7 @@ def execute_child(
                 resolved = resolve_model(item.model)
                 tracker.set_tags(run_id, resolved.provenance.tags())
                 torch.manual_seed(recipe.eval.seed)
-                _measure(item, resolved, recipe, ctx.device, get_runtime(item.runtime), tracker, run_id, child, notify)
+                _measure(item, resolved, recipe, ctx.device, get_runtime(item.runtime, recipe), tracker, run_id, child, notify)
             except (KeyboardInterrupt, SweepInterrupted):
                 raise
             except BaseException as exc:  # noqa: BLE001 - any failure of one variant (OOM included) is recorded; the sweep goes on
@@ -117,7 +117,8 @@ def _measure(item, resolved, recipe, device, runtime, tracker, run_id, child: Ch
     notify(item.label, "build")
     # KL / top-1 agreement / weight error are measured against the unmodified transformers model (cached per
     # model on disk), whichever engine runs the variant.
-    if runtime.artifact_format == "gguf":
+    fmt = recipe.format_of(item.runtime)
+    if fmt == "gguf":
         from pipeline.build.gguf_artifact import build_gguf_artifact
         from pipeline.runtime.speed.host import default_threads
 
@@ -125,20 +126,39 @@ def _measure(item, resolved, recipe, device, runtime, tracker, run_id, child: Ch
         artifact = build_gguf_artifact(
             resolved, item.model, item.variant, base=base, data_dir=recipe.eval.data_dir, threads=recipe.speed.threads or default_threads()
         )
+    elif fmt == "none":  # a server that serves its own model: nothing to build, nothing to count
+        artifact = resolved
     else:
         base = base_reference_for(resolved, item.model, device=device, data_dir=recipe.eval.data_dir)
         artifact = build_artifact(resolved, item.model, item.variant, device=device, base=base, data_dir=recipe.eval.data_dir)
+        if item.runtime == "openai":  # a server loads it from disk: save it, and free the in-memory copy
+            from pipeline.build.artifact import save_checkpoint
+
+            artifact.checkpoint_dir = save_checkpoint(artifact, Path(tempfile.mkdtemp(prefix="shrinkgate-checkpoint-")))
+            artifact.model = None
+            gc.collect()
+    session = runtime.session(artifact, resolved.dense_dir)
     try:
-        child.fidelity = artifact.fidelity
-        tracker.log_fidelity(run_id, artifact.fidelity)
-        notify(item.label, "mmlu")
-        child.accuracy = runtime.score_mmlu(artifact, recipe.eval)
-        tracker.log_accuracy(run_id, child.accuracy)
-        if recipe.speed.enabled:
-            notify(item.label, "speed")
-            child.speed = runtime.decode(artifact, recipe.speed)
-            tracker.log_speed(run_id, child.speed)
+        fidelity = getattr(artifact, "fidelity", None)
+        if fidelity is not None:
+            child.fidelity = fidelity
+            tracker.log_fidelity(run_id, fidelity)
+        with session as target:
+            tracker.set_tags(run_id, session.tags)
+            if runtime.scores_mmlu:
+                notify(item.label, "mmlu")
+                child.accuracy = runtime.score_mmlu(target, recipe.eval)
+                tracker.log_accuracy(run_id, child.accuracy)
+            if recipe.speed.enabled:
+                notify(item.label, "speed")
+                child.speed = runtime.decode(target, recipe.speed)
+                tracker.log_speed(run_id, child.speed)
     finally:
+        for path, text in session.logs().items():
+            try:
+                tracker.log_text(run_id, text, path)
+            except Exception:  # noqa: BLE001 - a log that cannot be stored never hides the run's own error
+                pass
         close = getattr(artifact, "close", None)
         if close is not None:
             close()  # a GGUF build's temporary files

@@ -10,7 +10,7 @@ mlflow itself is imported inside the functions that use it, so importing this pa
 """
 
 from pipeline.tracking.connect import TrackingError, artifact_root_for, check_reachable
-from pipeline.tracking.read import find_finished_child, load_sweep, read_run_text, run_metrics
+from pipeline.tracking.read import find_finished_child, load_sweep, read_run_text, run_metrics, run_tags
 from pipeline.tracking.registry import MODEL_BUNDLE_DIR, alias_run_id, register_passing
 from pipeline.tracking.write import Tracker, flatten, host_tags, log_run_artifacts, set_run_tags
 
@@ -27,6 +27,7 @@ __all__ = [
     "load_sweep",
     "log_run_artifacts",
     "read_run_text",
+    "run_tags",
     "register_passing",
     "run_metrics",
     "set_run_tags",

@@ -133,3 +133,11 @@ def find_finished_child(uri: str, experiment: str, content_key: str) -> str | No
 
 def run_metrics(uri: str, run_id: str) -> dict[str, float]:
     return dict(client(uri).get_run(run_id).data.metrics)
+
+
+def run_tags(uri: str, run_id: str) -> dict[str, str]:
+    """A run's tags; TrackingError names the run when the store does not know it."""
+    try:
+        return dict(client(uri).get_run(run_id).data.tags)
+    except Exception as exc:  # noqa: BLE001 - mlflow raises its own error types per store
+        raise TrackingError(f"run {run_id}: not found in {uri} ({type(exc).__name__})") from None

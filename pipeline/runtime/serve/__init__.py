@@ -1,0 +1,2 @@
+"""What runtime `openai` needs to measure a server: launch and health (`server`), load generation (`load`),
+and lm-eval's completions model with the guards MMLU needs (`lm`, imported lazily: lm_eval)."""
