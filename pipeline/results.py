@@ -304,7 +304,8 @@ class SpeedResult:
             for name, value in p.metric_values().items():
                 if value is not None:
                     out[M.batch_metric(name, p.batch_size) + suffix] = float(value)
-        out[M.BANDWIDTH_GB_S] = self.bandwidth_gb_s
+        if self.bandwidth_gb_s:  # 0: not measured (a server on another host)
+            out[M.BANDWIDTH_GB_S] = self.bandwidth_gb_s
         out[M.SPEED_THREADS] = float(self.threads)
         if self.matmul_tflops is not None:
             out[M.HOST_MATMUL_TFLOPS] = self.matmul_tflops

@@ -2,8 +2,8 @@
 llama-cpp-python's). `python tests/fake_openai_server.py --port P [--mode MODE] [--model NAME] [--die-after N]
 [--once FILE] [--checkpoint DIR]`.
 
-Modes: ok (echo log-probabilities, streaming), no-echo (answers without prompt log-probabilities), http500
-(every completion fails), slow (completions sleep 30 s). `--die-after N` exits hard on the N-th completion
+Modes: ok (echo log-probabilities, streaming), no-echo (answers without prompt log-probabilities), http500 /
+http429 (every completion fails with that status), slow (completions sleep 30 s). `--die-after N` exits hard on the N-th completion
 request; with `--once FILE` only the first launch does (it creates FILE), so a sweep's next server is healthy.
 """
 
@@ -53,8 +53,9 @@ class Handler(BaseHTTPRequestHandler):
         COUNT[0] += 1
         if ARGS.die_after and COUNT[0] >= ARGS.die_after:
             os._exit(9)
-        if ARGS.mode == "http500":
-            self._json(500, {"error": "engine overloaded"})
+        if ARGS.mode in ("http500", "http429"):
+            code = int(ARGS.mode[4:])
+            self._json(code, {"error": "engine overloaded" if code == 500 else "rate limited"})
             return
         if ARGS.mode == "slow":
             time.sleep(30)
@@ -90,7 +91,7 @@ class Handler(BaseHTTPRequestHandler):
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--port", type=int, required=True)
-    p.add_argument("--mode", default="ok", choices=["ok", "no-echo", "http500", "slow"])
+    p.add_argument("--mode", default="ok", choices=["ok", "no-echo", "http500", "http429", "slow"])
     p.add_argument("--model", default="fake-model")
     p.add_argument("--die-after", type=int, default=0)
     p.add_argument("--once", default=None)

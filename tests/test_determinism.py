@@ -75,7 +75,52 @@ def test_every_cpu_method_family_is_measured():
     from pipeline.methods import registry
 
     libraries = {cls.library for cls in registry().values() if cls.__module__.startswith("pipeline.") and "cpu" in cls.devices}
-    assert libraries == {registry()[m].library for m, _ in VARIANTS.values()}, "measure every CPU family's determinism here"
+    measured = {registry()[m].library for m, _ in VARIANTS.values()} | {registry()[LLAMACPP_METHOD].library}
+    assert libraries == measured, "measure every CPU family's determinism here"
+
+
+LLAMACPP_METHOD = "gguf-q4_k_m"  # llama.cpp's quantizers run on the GGUF engine: measured on its own below
+
+
+def test_llamacpp_quantizer_and_scores_are_bit_identical(tmp_path, tiny_model_dir):
+    """The same variant quantized with 1 and with 2 llama.cpp threads is the same file, and llama.cpp scores
+    it with the same per-choice log-likelihoods at 1 and at 2 threads."""
+    import hashlib
+
+    from pipeline.build.gguf_artifact import build_gguf_artifact
+    from pipeline.config.recipe import EvalSpec, ModelSpec, VariantSpec
+    from pipeline.models import resolve_model
+    from pipeline.runtime.llamacpp_lm import LlamaCppLM
+    from pipeline.runtime.mmlu import score_mmlu
+
+    spec = ModelSpec(name="tiny", source=str(tiny_model_dir))
+    resolved = resolve_model(spec)
+    variant = VariantSpec(name="q", method=LLAMACPP_METHOD)
+    builds = [build_gguf_artifact(resolved, spec, variant, threads=t, workdir=tmp_path) for t in (1, 2)]
+    try:
+        digests = {hashlib.sha256(b.gguf_path.read_bytes()).hexdigest() for b in builds}
+        assert len(digests) == 1, "llama.cpp's quantizer wrote other bytes at 2 threads"
+        lls = {}
+        for threads in (1, 2):
+            lm = LlamaCppLM(builds[0].gguf_path, n_threads=threads)
+            scored, seen = lm.loglikelihood, {}
+
+            def recording(requests, _scored=scored, _seen=seen, **kw):
+                out = _scored(requests, **kw)
+                _seen.update({(r.task_name, r.doc_id, r.idx): ll.hex() for r, (ll, _) in zip(requests, out)})
+                return out
+
+            lm.loglikelihood = recording
+            try:
+                score_mmlu(lm, EvalSpec(num_fewshot=0, subjects=["abstract_algebra", "anatomy"], limit_per_subject=1))
+            finally:
+                lm.close()
+            lls[threads] = seen
+    finally:
+        for b in builds:
+            b.close()
+    assert len(lls[1]) == 8 and lls[1] == lls[2]
+    assert len(set(lls[1].values())) > 1  # real scores, not a constant
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))

@@ -14,7 +14,6 @@ import ctypes
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from pipeline.config.recipe import EvalSpec, ModelSpec
 from pipeline.models import load_model, resolve_model

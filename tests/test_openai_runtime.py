@@ -5,6 +5,7 @@ real one shows rarely (never healthy, killed mid-run, wrong model name, HTTP 500
 from __future__ import annotations
 
 import socket
+import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -149,11 +150,16 @@ def _fault_sweep(tmp: Path, name: str, serve: dict, tiny: Path, *, models: int =
 
 
 def test_fake_server_passes_end_to_end(tmp_path, tiny_model_dir):
-    result, runs = _fault_sweep(tmp_path, "fake-ok", {"launch": _fake()}, tiny_model_dir)
+    serve = {"launch": _fake(), "request_rates": [20], "slo": {"ttft_p90_ms": 60000}}
+    result, runs = _fault_sweep(tmp_path, "fake-ok", serve, tiny_model_dir)
     run = runs["tiny0/none"]
     assert run.info.status == "FINISHED", run.data.tags.get(M.TAG_STATUS_ERROR)
-    assert run.data.metrics[M.MEAN_OUTPUT_TOKENS + "_c1"] == 6 and run.data.tags[M.TAG_SERVE_VERSION] == "version=fake-1.0"
-    assert M.MBU not in run.data.metrics  # nothing shrinkgate built or counted: no bytes, no MBU
+    m = run.data.metrics
+    assert m[M.MEAN_OUTPUT_TOKENS + "_c1"] == 6 and run.data.tags[M.TAG_SERVE_VERSION] == "version=fake-1.0"
+    # the rate level: Poisson arrivals at 20/s, every request within the SLO, tokens from the server's usage
+    assert m[M.REQUEST_THROUGHPUT + "_r20"] > 0 and m[M.SLO_ATTAINMENT + "_r20"] == 1.0 and m[M.GOODPUT + "_r20"] > 0
+    assert "streamed chunks" not in run.data.tags.get(M.TAG_SPEED_WARNINGS, "")
+    assert M.MBU not in run.data.metrics and M.BANDWIDTH_GB_S not in m  # nothing built or counted here: no bytes, no MBU
 
 
 @pytest.mark.parametrize(
@@ -163,6 +169,7 @@ def test_fake_server_passes_end_to_end(tmp_path, tiny_model_dir):
         ("exits", {"launch": ["{python}", "-c", "raise SystemExit(3)"]}, "server exited with code 3 before it answered"),
         ("wrong-model", {"launch": _fake(), "model": "wrong"}, "serve.model: 'wrong' is not what"),
         ("http500", {"launch": _fake("--mode", "http500")}, "HTTP 500 while scoring MMLU"),
+        ("http429", {"launch": _fake("--mode", "http429")}, "HTTP 429 while scoring MMLU"),
         ("timeout", {"launch": _fake("--mode", "slow"), "request_timeout_s": 1}, "no answer within 1 s (serve.request_timeout_s)"),
         ("no-echo", {"launch": _fake("--mode", "no-echo")}, "returned no prompt log-probabilities"),
     ],
@@ -185,6 +192,28 @@ def test_server_killed_mid_run_fails_that_run_and_the_sweep_goes_on(tmp_path, ti
     assert first.info.status == "FAILED"
     assert "the server exited (code 9) during the run" in first.data.tags[M.TAG_STATUS_ERROR]
     assert second.info.status == "FINISHED", second.data.tags.get(M.TAG_STATUS_ERROR)
+
+
+def test_ctrl_c_leaves_no_server_behind(tmp_path, tiny_model_dir):
+    """SIGINT to the driver while the child waits on its server: runs end KILLED, the server is gone."""
+    import os
+    import signal
+    import subprocess
+
+    models = [{"name": "tiny0", "source": str(tiny_model_dir), "role": "candidate"}]
+    serve = {"artifact": "none", "model": "fake-model", "launch": _fake("--mode", "slow"), "request_timeout_s": 120}
+    path = _write(tmp_path, "ctrl-c", serve, models)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    driver = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", str(path)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while not _servers_left(str(HERE / "fake_openai_server.py")) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _servers_left(str(HERE / "fake_openai_server.py")), "the server never started"
+    time.sleep(3)  # the child is now inside an MMLU request that the slow server holds for 30 s
+    driver.send_signal(signal.SIGINT)
+    driver.wait(timeout=60)
+    assert _servers_left(str(HERE / "fake_openai_server.py")) == []
+    assert _runs(tmp_path, "ctrl-c")["tiny0/none"].info.status == "KILLED"
 
 
 @pytest.mark.parametrize(

@@ -350,18 +350,9 @@ class LlamaCppModel:
             raise
 
     @classmethod
-    def open(
-        cls,
-        path: str | Path,
-        *,
-        n_ctx: int,
-        n_threads: int,
-        n_batch: int = 512,
-        n_seq_max: int = 1,
-        logits_all: bool = False,
-        swa_full: bool = True,
-    ) -> LlamaCppModel:
-        return cls(path, n_ctx=n_ctx, n_threads=n_threads, n_batch=n_batch, n_seq_max=n_seq_max, logits_all=logits_all, swa_full=swa_full)
+    def open(cls, path: str | Path, **kwargs: Any) -> LlamaCppModel:
+        """The constructor, read as `with LlamaCppModel.open(path, n_ctx=..., n_threads=...) as engine`."""
+        return cls(path, **kwargs)
 
     # -- lifecycle -------------------------------------------------------------------------------
 

@@ -274,10 +274,9 @@ def _rss_mb() -> float:
 
 
 def _measure_point(setup: _Setup, engine: LlamaCppModel, batch: int, prompt: int) -> SpeedPoint:
-    from pipeline.results import SpeedPoint
     from pipeline.runtime.speed import roofline
-    from pipeline.runtime.speed.measure import prompt_ids
-    from pipeline.runtime.speed.timing import ClockTimer, Timeline, decode_timeline, percentile, summarize
+    from pipeline.runtime.speed.measure import prompt_ids, timed_point
+    from pipeline.runtime.speed.timing import ClockTimer, Timeline, decode_timeline
 
     spec = setup.spec
     new = spec.new_tokens
@@ -329,55 +328,25 @@ def _measure_point(setup: _Setup, engine: LlamaCppModel, batch: int, prompt: int
         timelines.append(Timeline(tuple(marks)))
         peak_rss = max(peak_rss, _rss_mb())  # sampled outside the timed loop, at the run's end (its peak)
     engine.clear()
-    stats = summarize(timelines, batch, prompt)
-
     context = prompt + new / 2.0  # decode step i attends over prompt + i tokens
-    kv_seq = setup.shape.kv_bytes_at_context(context, KV_CACHE_BYTES)
-    weight_bytes = setup.census.bytes_read_per_token
-    step_bytes = roofline.bytes_per_step(weight_bytes, kv_seq, batch)
-    flops = roofline.decode_flops_per_token(setup.config, context)
     inputs = {
         "prompt_ids_row0_head": rows[0][:16],
         "distinct_prompt_ids": len({t for row in rows for t in row}),
         "generated_ids_row0": generated,
         "kv_cache": "llama.cpp f16",
     }
-    samples = tuple(
-        {
-            "repeat": i,
-            "marks_ms": [m * 1e-6 for m in t.marks_ns],
-            "ttft_ms": t.ttft_ns * 1e-6,
-            "tpot_ms": t.tpot_ns * 1e-6,
-            "e2e_ms": t.e2e_ns * 1e-6,
-            "decode_tok_s": stats.per_repeat_decode_tok_s[i],
-        }
-        for i, t in enumerate(timelines)
-    )
-    return SpeedPoint(
-        batch_size=batch,
-        prompt_tokens=prompt,
-        new_tokens=new,
-        ttft_ms=stats.ttft_ms,
-        ttft_p90_ms=stats.ttft_p90_ms,
-        tpot_ms=stats.tpot_ms,
-        tpot_p90_ms=stats.tpot_p90_ms,
-        itl_p99_ms=stats.itl_p99_ms,
-        e2e_ms=stats.e2e_ms,
-        decode_tok_s=stats.decode_tok_s,
-        prefill_tok_s=stats.prefill_tok_s,
+    return timed_point(
+        timelines,
+        spec,
+        batch=batch,
+        prompt=prompt,
         peak_mem_mb=peak_rss,
-        bytes_per_token=float(weight_bytes + kv_seq),
-        wall_tok_s=roofline.ceiling_tok_s(setup.bw, step_bytes, batch),
-        mbu=roofline.mbu(stats.decode_tok_s, step_bytes, batch, setup.bw),
-        cv=stats.cv,
-        samples=samples + ({"inputs": inputs},),
-        itl_p50_ms=stats.itl_p50_ms,
-        itl_p90_ms=stats.itl_p90_ms,
-        e2e_p90_ms=percentile([t.e2e_ns * 1e-6 for t in timelines], 90),
-        mfu=roofline.mfu(stats.decode_tok_s, flops, setup.peak_flops) if flops else None,
-        bytes_per_step=step_bytes,
-        kv_bytes_per_token=setup.kv_tok,
-        context_tokens=context,
-        flops_per_token=flops,
-        scenario=spec.scenario or "",
+        weight_bytes=setup.census.bytes_read_per_token,
+        kv_seq=setup.shape.kv_bytes_at_context(context, KV_CACHE_BYTES),
+        kv_tok=setup.kv_tok,
+        context=context,
+        flops=roofline.decode_flops_per_token(setup.config, context),
+        bandwidth=setup.bw,
+        peak_flops=setup.peak_flops,
+        inputs=inputs,
     )

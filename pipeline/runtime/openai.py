@@ -12,9 +12,10 @@ or `_r<R>`.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -42,7 +43,6 @@ class Endpoint:
     server: Server
     gguf_path: Path | None = None  # the GGUF a launched local server loaded (weights counted for MBU)
     api_key_env: str | None = None
-    notes: dict[str, Any] = field(default_factory=dict)
 
     @property
     def completions_url(self) -> str:
@@ -86,10 +86,11 @@ class ServerSession(Session):
         values["model"] = model = _substitute(serve.model, values)  # TGI serves under its --model-id: {artifact}
         base_url = _substitute(serve.base_url, values).rstrip("/")
         health = _substitute(serve.health_url, values) if serve.health_url else f"{base_url}/models"
+        tokenizer = serve.tokenizer or (str(self.model_dir) if self.model_dir else None)
+        if tokenizer is None:
+            raise ServerError("serve.tokenizer: no tokenizer to count MMLU's tokens with; name an HF tokenizer dir or id")
         headers = {}
         if serve.api_key_env:
-            import os
-
             headers["Authorization"] = f"Bearer {os.environ.get(serve.api_key_env, '')}"
         argv = [_substitute(a, values) for a in serve.launch] if serve.launch else None
         self.server = Server(
@@ -123,10 +124,6 @@ class ServerSession(Session):
         except BaseException:
             self.server.stop()
             raise
-        tokenizer = serve.tokenizer or (str(self.model_dir) if self.model_dir else None)
-        if tokenizer is None:
-            self.server.stop()
-            raise ServerError("serve.tokenizer: no tokenizer to count MMLU's tokens with; name an HF tokenizer dir or id")
         local = urlsplit(base_url).hostname in _LOOPBACK and argv is not None
         return Endpoint(base_url, model, headers, tokenizer, self.server, gguf if local else None, serve.api_key_env)
 
@@ -162,8 +159,6 @@ def _server_version(base_url: str, headers: dict[str, str]) -> str:
 
 def check_serve(recipe: Recipe) -> str | None:
     """One line naming what of `serve` / `speed` cannot work, or None (before any model loads)."""
-    import os
-
     serve = recipe.serve
     if serve is None:
         return "add a `serve:` section (base_url, model, launch; see README)"
@@ -309,8 +304,8 @@ def measure_server(endpoint: Endpoint, spec: SpeedSpec, serve: ServeSpec | None,
         slo_tpot_ms=serve.slo.tpot_p90_ms,
     )
     load_before = load_average()
-    # warm-up: the first request pays the server's lazy start (graph capture, first allocation)
-    run_level(plan, max(1, spec.warmup), concurrency=1)
+    if spec.warmup:  # the first requests pay the server's lazy start (graph capture, first allocations)
+        run_level(plan, spec.warmup, concurrency=1)
     measured: list[LoadLevel] = []
     warns: list[str] = []
     peak_rss = _server_rss_mb(endpoint.server)
@@ -321,7 +316,8 @@ def measure_server(endpoint: Endpoint, spec: SpeedSpec, serve: ServeSpec | None,
         level = run_level(plan, n, concurrency=concurrency, rate=rate)
         measured.append(level)
         rss = _server_rss_mb(endpoint.server)
-        peak_rss = max(x for x in (peak_rss, rss) if x is not None) if (peak_rss or rss) else None
+        if rss is not None:
+            peak_rss = rss if peak_rss is None else max(peak_rss, rss)
         if level.completed and level.mean_output_tokens < 0.9 * spec.new_tokens:
             warns.append(
                 f"level {level.suffix[1:]}: {level.mean_output_tokens:.1f} of {spec.new_tokens} tokens per request on average: the "
@@ -339,10 +335,12 @@ def measure_server(endpoint: Endpoint, spec: SpeedSpec, serve: ServeSpec | None,
     threads = default_threads()
     bytes_per_token = wall = mbu = None
     bw = bandwidth_gb_s
-    if endpoint.gguf_path is not None:
-        from pipeline.models.gguf_engine import tensor_census
+    if endpoint.gguf_path is not None:  # a server launched here on a GGUF shrinkgate counted: weights + f16 KV
+        from pipeline.models.gguf_engine import gguf_shape, tensor_census
+        from pipeline.runtime.llamacpp import KV_CACHE_BYTES
 
-        bytes_per_token = float(tensor_census(endpoint.gguf_path).bytes_read_per_token)
+        kv = gguf_shape(endpoint.gguf_path).kv_bytes_at_context(spec.prompt_tokens + spec.new_tokens / 2.0, KV_CACHE_BYTES)
+        bytes_per_token = float(tensor_census(endpoint.gguf_path).bytes_read_per_token + kv)
         if bw is None:
             bw = float(bandwidth_probe("cpu", threads)["bandwidth_gb_s"])
         wall = bw * 1e9 / bytes_per_token

@@ -542,20 +542,53 @@ def _measure_point(setup: _Setup, batch: int, prompt: int) -> SpeedPoint:
                 observe_compiled(lambda: runner.step(token), setup.model, compressed=True, dense_width=setup.dtype_bytes)
             )
     del runner
-    stats = summarize(timelines, batch, prompt)
-
     # Decode step i (1..N-1) attends over prompt + i tokens: mean prompt + N/2. A static cache's
     # attention reads the whole preallocated buffer every step, so it is charged the full length.
     context = float(prompt + spec.new_tokens) if setup.static else prompt + spec.new_tokens / 2.0
-    kv_seq = roofline.kv_bytes_at_context(setup.model.config, context, setup.dtype_bytes)
-    step_bytes = roofline.bytes_per_step(setup.weight_bytes, kv_seq, batch)
-    flops = roofline.decode_flops_per_token(setup.model.config, context)
     inputs = {
         "prompt_ids_row0_head": ids[0, :16].tolist(),
         "distinct_prompt_ids": int(ids.unique().numel()),
         "generated_ids_row0": generated,
         "kv_cache": "static" if setup.static else "dynamic",
     }
+    return timed_point(
+        timelines,
+        spec,
+        batch=batch,
+        prompt=prompt,
+        peak_mem_mb=peak_mb,
+        weight_bytes=setup.weight_bytes,
+        kv_seq=roofline.kv_bytes_at_context(setup.model.config, context, setup.dtype_bytes),
+        kv_tok=setup.kv_tok,
+        context=context,
+        flops=roofline.decode_flops_per_token(setup.model.config, context),
+        bandwidth=setup.bw,
+        peak_flops=setup.peak_flops,
+        inputs=inputs,
+    )
+
+
+def timed_point(
+    timelines: list[Timeline],
+    spec: SpeedSpec,
+    *,
+    batch: int,
+    prompt: int,
+    peak_mem_mb: float,
+    weight_bytes: float,
+    kv_seq: float,
+    kv_tok: int,
+    context: float,
+    flops: float | None,
+    bandwidth: float,
+    peak_flops: float,
+    inputs: dict[str, Any],
+) -> SpeedPoint:
+    """A point from its timed repeats and what one step reads (`weight_bytes` + `kv_seq` per sequence at
+    `context`), with the roofline figures against `bandwidth` (bytes/s) and `peak_flops`; every engine's timer
+    ends here, so the statistics and the arithmetic are one."""
+    stats = summarize(timelines, batch, prompt)
+    step_bytes = roofline.bytes_per_step(weight_bytes, kv_seq, batch)
     return SpeedPoint(
         batch_size=batch,
         prompt_tokens=prompt,
@@ -568,18 +601,18 @@ def _measure_point(setup: _Setup, batch: int, prompt: int) -> SpeedPoint:
         e2e_ms=stats.e2e_ms,
         decode_tok_s=stats.decode_tok_s,
         prefill_tok_s=stats.prefill_tok_s,
-        peak_mem_mb=peak_mb,
-        bytes_per_token=float(setup.weight_bytes + kv_seq),
-        wall_tok_s=roofline.ceiling_tok_s(setup.bw, step_bytes, batch),
-        mbu=roofline.mbu(stats.decode_tok_s, step_bytes, batch, setup.bw),
+        peak_mem_mb=peak_mem_mb,
+        bytes_per_token=float(weight_bytes + kv_seq),
+        wall_tok_s=roofline.ceiling_tok_s(bandwidth, step_bytes, batch),
+        mbu=roofline.mbu(stats.decode_tok_s, step_bytes, batch, bandwidth),
         cv=stats.cv,
         samples=_samples(timelines, stats.per_repeat_decode_tok_s) + ({"inputs": inputs},),
         itl_p50_ms=stats.itl_p50_ms,
         itl_p90_ms=stats.itl_p90_ms,
         e2e_p90_ms=percentile([t.e2e_ns * 1e-6 for t in timelines], 90),
-        mfu=roofline.mfu(stats.decode_tok_s, flops, setup.peak_flops) if flops else None,
+        mfu=roofline.mfu(stats.decode_tok_s, flops, peak_flops) if flops else None,
         bytes_per_step=step_bytes,
-        kv_bytes_per_token=setup.kv_tok,
+        kv_bytes_per_token=kv_tok,
         context_tokens=context,
         flops_per_token=flops,
         scenario=spec.scenario or "",
