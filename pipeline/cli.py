@@ -79,6 +79,9 @@ def validate(recipe: Path = typer.Argument(..., help="recipe YAML")) -> None:
 def run(
     recipe: Path = typer.Argument(..., help="recipe YAML"),
     limit_per_subject: Optional[int] = typer.Option(None, "--limit-per-subject", help="first N test questions per subject"),
+    sample: Optional[int] = typer.Option(
+        None, "--sample", help="a seeded random sample of N questions stratified by subject (eval.sample; its seed, else 0)"
+    ),
     only: Optional[str] = typer.Option(None, "--only", help="comma-separated variant names"),
     tracking_uri: Optional[str] = typer.Option(
         None, "--tracking-uri", help="MLflow tracking URI (default: the recipe's tracking.uri, else $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db)"
@@ -101,7 +104,7 @@ def run(
         if address and name != "ray":
             _fail(f"--address {address}: only --executor ray joins a cluster")
         runner = get_executor(name, address=address) if name == "ray" else get_executor(name)
-        r = _load(recipe, limit_per_subject=limit_per_subject, only=_split(only), tracking_uri=tracking_uri)
+        r = _load(recipe, limit_per_subject=limit_per_subject, sample_questions=sample, only=_split(only), tracking_uri=tracking_uri)
     except _user_errors() as exc:
         _fail(str(exc))
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn

@@ -130,7 +130,7 @@ def parse_questions_csv(text: str) -> tuple[QuestionOutcome, ...]:
 
 @dataclass(frozen=True)
 class AccuracyResult:
-    acc: float  # question-weighted mean over every scored question (lm-eval's group aggregation)
+    acc: float  # question-weighted mean over every scored question (lm-eval's group); with eval.sample the stratified estimate
     acc_stderr: float
     per_subject: dict[str, float]
     questions: tuple[QuestionOutcome, ...]

@@ -13,6 +13,7 @@ import argparse
 import hashlib
 import json
 import os
+import signal
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -105,6 +106,8 @@ def main() -> None:
             ARGS.die_after = 0
         else:
             marker.write_text("launched")
+    if ARGS.mode == "slow":  # like uvicorn holding a long request: SIGTERM does not end it
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     ThreadingHTTPServer(("127.0.0.1", ARGS.port), Handler).serve_forever()
 
 

@@ -14,6 +14,7 @@ import ctypes
 from pathlib import Path
 
 import numpy as np
+from lm_recording import recording
 
 from pipeline.config.recipe import EvalSpec, ModelSpec
 from pipeline.models import load_model, resolve_model
@@ -38,19 +39,6 @@ LL_TOLERANCE = 0.02  # nats, per request: ~3x the measured max of 6.9e-3
 MIN_AGREEMENT = 0.98
 
 
-def _recording(lm):
-    """`lm` whose log-likelihood answers are kept, keyed by (task, doc, choice)."""
-    scored, seen = lm.loglikelihood, {}
-
-    def loglikelihood(requests, **kw):
-        out = scored(requests, **kw)
-        seen.update({(r.task_name, r.doc_id, r.idx): ll for r, (ll, _) in zip(requests, out)})
-        return out
-
-    lm.loglikelihood = loglikelihood
-    return lm, seen
-
-
 def _f32_gguf(src: Path, dst: Path) -> Path:
     lib = require_llama_cpp()
     params = lib.llama_model_quantize_default_params()
@@ -72,11 +60,11 @@ def test_llamacpp_agrees_with_transformers_on_the_same_weights(tmp_path):
     spec = EvalSpec(num_fewshot=5, subjects=SUBJECTS, limit_per_subject=10)
     model_spec = ModelSpec(name="smollm2", source="smollm2-135m-instruct")
     loaded = load_model(resolve_model(model_spec), model_spec, device="cpu")
-    hf_lm, hf_lls = _recording(_hflm_class()(pretrained=loaded.model, tokenizer=loaded.tokenizer, device="cpu"))
+    hf_lm, hf_lls = recording(_hflm_class()(pretrained=loaded.model, tokenizer=loaded.tokenizer, device="cpu"))
     hf = score_mmlu(hf_lm, spec)
     del loaded, hf_lm
 
-    lcp_lm, lcp_lls = _recording(LlamaCppLM(f32))
+    lcp_lm, lcp_lls = recording(LlamaCppLM(f32))
     try:
         lcp = score_mmlu(lcp_lm, spec)
     finally:

@@ -195,7 +195,7 @@ def test_server_killed_mid_run_fails_that_run_and_the_sweep_goes_on(tmp_path, ti
 
 
 def test_ctrl_c_leaves_no_server_behind(tmp_path, tiny_model_dir):
-    """SIGINT to the driver while the child waits on its server: runs end KILLED, the server is gone."""
+    """SIGINT to the driver while the child waits on a server that ignores SIGTERM: runs end KILLED, the server is gone."""
     import os
     import signal
     import subprocess

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+from lm_recording import recording
 
 from pipeline.config.recipe import EvalSpec
 
@@ -16,19 +17,6 @@ def tiny(tiny_model_dir):
     return AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval(), AutoTokenizer.from_pretrained(tiny_model_dir)
 
 
-def _recording(lm):
-    """`lm` whose log-likelihood answers are kept, keyed by the request (task, doc, choice)."""
-    scored, seen = lm.loglikelihood, {}
-
-    def loglikelihood(requests, **kw):
-        out = scored(requests, **kw)
-        seen.update({(r.task_name, r.doc_id, r.idx): ll for r, (ll, _) in zip(requests, out)})
-        return out
-
-    lm.loglikelihood = loglikelihood
-    return lm, seen
-
-
 def test_last_positions_scoring_equals_full_logits(tiny):
     import numpy as np
     from lm_eval.models.huggingface import HFLM
@@ -38,8 +26,8 @@ def test_last_positions_scoring_equals_full_logits(tiny):
 
     model, tok = tiny
     spec = EvalSpec(num_fewshot=5, subjects=["abstract_algebra", "marketing"], limit_per_subject=3)
-    full_lm, full_lls = _recording(HFLM(pretrained=model, tokenizer=tok, batch_size=4, device="cpu"))
-    last_lm, last_lls = _recording(_hflm_class()(pretrained=model, tokenizer=tok, device="cpu"))
+    full_lm, full_lls = recording(HFLM(pretrained=model, tokenizer=tok, batch_size=4, device="cpu"))
+    last_lm, last_lls = recording(_hflm_class()(pretrained=model, tokenizer=tok, device="cpu"))
     full = score_mmlu(full_lm, spec)
     last = score_mmlu(last_lm, spec)
     # The log-likelihoods themselves, not only their argmax: a scorer that slices the wrong position or

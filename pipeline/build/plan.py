@@ -158,11 +158,13 @@ def load_recipe(path: str | Path) -> Recipe:
 
 def preflight(recipe: Recipe) -> None:
     """What fails before any model loads: the MMLU data, the device, each model source (no download)."""
-    from pipeline.data.mmlu import resolve_data
+    from pipeline.data.mmlu import resolve_data, sample_questions
     from pipeline.env import pick_device
     from pipeline.models import preflight as model_preflight
 
-    resolve_data(recipe.eval)
+    data = resolve_data(recipe.eval)
+    if recipe.eval.sample:
+        sample_questions(data, recipe.eval.sample.questions, recipe.eval.sample.seed)
     pick_device(recipe.eval.device)
     for model in recipe.models:
         model_preflight(model)

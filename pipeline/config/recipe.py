@@ -76,10 +76,18 @@ class VariantSpec(_Strict):
         return [MethodStep(method=self.method or "none", params=self.params)]
 
 
+class SampleSpec(_Strict):
+    """A seeded random sample of MMLU's test questions, stratified by subject (`pipeline.data.mmlu.sample_questions`)."""
+
+    questions: int = Field(ge=1, description="questions in all; every selected subject gets >= 1, the rest in proportion to its size")
+    seed: int = Field(0, description="the same seed picks the same questions for every variant (paired comparisons stay paired)")
+
+
 class EvalSpec(_Strict):
     num_fewshot: Literal[0, 5] = 5
     subjects: list[str] | Literal["all"] = "all"
     limit_per_subject: int | None = Field(None, description="first N test rows of each subject; null = all")
+    sample: SampleSpec | None = Field(None, description="a random sample stratified by subject instead of the first N per subject")
     batch_size: int = Field(8, ge=1, description="CUDA only: CPU scores one sequence at a time (last positions only)")
     data_dir: str | None = Field(None, description=f"MMLU JSONL dir; else ${MMLU_DIR_ENV}; else the copy shipped in the package")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
@@ -99,7 +107,15 @@ class EvalSpec(_Strict):
         fields = self.model_dump()
         if device == "cpu":
             fields.pop("batch_size")
+        if self.sample is None:
+            fields.pop("sample")  # keys of runs from before `sample` existed stay valid
         return fields
+
+    @model_validator(mode="after")
+    def _one_subset(self) -> EvalSpec:
+        if self.sample is not None and self.limit_per_subject is not None:
+            raise ValueError("give `limit_per_subject` (first N per subject) or `sample` (a random sample), not both")
+        return self
 
     @field_validator("limit_per_subject")
     @classmethod
@@ -292,7 +308,12 @@ def load_recipe(path: str | Path) -> Recipe:
 
 
 def apply_overrides(
-    recipe: Recipe, *, limit_per_subject: int | None = None, only: list[str] | None = None, tracking_uri: str | None = None
+    recipe: Recipe,
+    *,
+    limit_per_subject: int | None = None,
+    sample_questions: int | None = None,
+    only: list[str] | None = None,
+    tracking_uri: str | None = None,
 ) -> Recipe:
     """CLI overrides produce a new validated recipe (recipes are frozen).
 
@@ -304,7 +325,16 @@ def apply_overrides(
     if limit_per_subject is not None:
         if limit_per_subject < 1:
             raise RecipeError("--limit-per-subject: must be >= 1")
+        if sample_questions is not None:
+            raise RecipeError("--limit-per-subject and --sample: give one (first N per subject, or a random sample of N)")
         data.setdefault("eval", {})["limit_per_subject"] = limit_per_subject
+        data["eval"].pop("sample", None)
+    if sample_questions is not None:
+        if sample_questions < 1:
+            raise RecipeError("--sample: must be >= 1 (questions in all)")
+        seed = recipe.eval.sample.seed if recipe.eval.sample else 0
+        data.setdefault("eval", {})["sample"] = {"questions": sample_questions, "seed": seed}
+        data["eval"].pop("limit_per_subject", None)
     if only:
         known = [v.name for v in recipe.variants]
         unknown = [o for o in only if o not in known]

@@ -20,6 +20,7 @@ import difflib
 import gzip
 import hashlib
 import json
+import math
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
@@ -331,6 +332,81 @@ def resolve_data(spec: EvalSpec) -> MMLUData:
         test_rows={s: counts["test"][s] for s in subjects},
         origin=origin,
     )
+
+
+# -- random samples ------------------------------------------------------------------------------------
+def question_rank(seed: int, subject: str, index: int) -> str:
+    """A question's place in the seeded random order: a hash, so the order is the same on every host and
+    library version (a PRNG stream is not promised to be)."""
+    return hashlib.sha256(f"{seed}:{subject}:{index}".encode()).hexdigest()
+
+
+def allocate(questions: int, sizes: dict[str, int]) -> dict[str, int]:
+    """Questions per subject: >= 1 each, the rest in proportion to size (largest remainder), capped at size."""
+    total = sum(sizes.values())
+    if questions >= total:
+        return dict(sizes)
+    if questions < len(sizes):
+        raise MMLUDataError(
+            f"eval.sample.questions: {questions} is fewer than the {len(sizes)} selected subjects; sample at least "
+            f"{len(sizes)} questions or select fewer eval.subjects"
+        )
+    spare = questions - len(sizes)
+    rest = {s: n - 1 for s, n in sizes.items()}
+    rest_total = sum(rest.values())
+    quotas = {s: spare * r / rest_total for s, r in rest.items()}
+    out = {s: 1 + int(q) for s, q in quotas.items()}
+    left = questions - sum(out.values())
+    for s in sorted(quotas, key=lambda s: (-(quotas[s] - int(quotas[s])), s))[:left]:
+        out[s] += 1
+    return out
+
+
+def sample_questions(data: MMLUData, questions: int, seed: int) -> dict[str, tuple[int, ...]]:
+    """Subject -> sorted test-row indices of a seeded sample stratified by subject (`allocate`); within a
+    subject the first questions of the seeded order (`question_rank`), so a larger sample contains a smaller one."""
+    if data.source != "local":
+        raise MMLUDataError("eval.sample: needs the MMLU rows locally (their counts per subject); unset the hub source or set eval.data_dir")
+    counts = allocate(questions, {s: data.test_rows[s] for s in data.subjects})
+    return {
+        s: tuple(sorted(sorted(range(data.test_rows[s]), key=lambda i, s=s: question_rank(seed, s, i))[:n]))
+        for s, n in counts.items()
+    }
+
+
+@dataclass(frozen=True)
+class StratifiedEstimate:
+    acc: float  # sum over subjects of (subject size / total) x subject accuracy: estimates full-MMLU accuracy
+    stderr: float
+    stderr_source: str
+
+
+def stratified_estimate(correct: dict[str, list[bool]], sizes: dict[str, int]) -> StratifiedEstimate:
+    """Full-population accuracy and its standard error from a sample stratified by subject.
+
+    Var = sum_s W_s^2 (1 - n_s/N_s) s_s^2 / n_s with W_s = N_s / N (finite-population corrected). A subject
+    with one sampled question has no within-subject variance; it borrows the pooled sample variance.
+    """
+    total = sum(sizes[s] for s in correct)
+    flat = [c for cs in correct.values() for c in cs]
+    n_all = len(flat)
+    p_all = sum(flat) / n_all
+    pooled = p_all * (1 - p_all) * n_all / (n_all - 1) if n_all > 1 else 0.25
+    acc = var = 0.0
+    borrowed = 0
+    for s, cs in correct.items():
+        w, n = sizes[s] / total, len(cs)
+        p = sum(cs) / n
+        acc += w * p
+        if n > 1:
+            s2 = p * (1 - p) * n / (n - 1)
+        else:
+            s2, borrowed = pooled, borrowed + 1
+        var += w * w * (1 - n / sizes[s]) * s2 / n
+    source = "stratified by subject, finite-population corrected"
+    if borrowed:
+        source += f"; {borrowed} subject(s) with one question use the pooled variance"
+    return StratifiedEstimate(acc=acc, stderr=math.sqrt(var), stderr_source=source)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

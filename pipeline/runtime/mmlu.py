@@ -15,7 +15,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.config.recipe import EvalSpec
-from pipeline.data.mmlu import GROUP, HUB_DATASET, TASK_PREFIX, MMLUDataError, materialize_tasks, resolve_data
+from pipeline.data.mmlu import (
+    GROUP,
+    HUB_DATASET,
+    TASK_PREFIX,
+    MMLUDataError,
+    materialize_tasks,
+    resolve_data,
+    sample_questions,
+    stratified_estimate,
+)
 from pipeline.env import MMLU_DIR_ENV
 from pipeline.results import AccuracyResult, QuestionOutcome
 
@@ -35,15 +44,20 @@ def _json_safe(results: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(kept, default=handle_non_serializable))
 
 
-def _outcomes(subject: str, samples: list[dict[str, Any]]) -> list[QuestionOutcome]:
+def _outcomes(subject: str, samples: list[dict[str, Any]], rows: tuple[int, ...] | None = None) -> list[QuestionOutcome]:
+    """Per-question outcomes; `index` is the question's test row in its subject (lm-eval's doc_id, which stays
+    the row when it is given a sample: checked against `rows`, the rows that were asked for)."""
     out = []
     for s in sorted(samples, key=lambda s: s["doc_id"]):
+        index = int(s["doc_id"])
+        if rows is not None and index not in rows:
+            raise RuntimeError(f"lm-eval scored row {index} of {subject}, not one of the sampled rows: its doc_id numbering changed")
         lls = [float(resp[0]) for resp in s["filtered_resps"]]  # one (loglikelihood, is_greedy) per choice
         predicted = max(range(len(lls)), key=lls.__getitem__)  # first max, like lm-eval's np.argmax
         out.append(
             QuestionOutcome(
                 subject=subject,
-                index=int(s["doc_id"]),
+                index=index,
                 answer=int(s["target"]),
                 predicted=predicted,
                 correct=bool(s["acc"]),
@@ -56,12 +70,15 @@ def score_mmlu(lm: LM, spec: EvalSpec) -> AccuracyResult:
     """Score MMLU on `lm` (any lm_eval LM, e.g. HFLM on an in-memory model) with lm-eval's own machinery.
 
     `acc`/`acc_stderr` are lm-eval's `shrinkgate_mmlu` group values (question-weighted mean, pooled
-    stderr); `limit_per_subject=N` scores the first N test rows of every selected subject.
+    stderr); `limit_per_subject=N` scores the first N test rows of every selected subject. With `sample`,
+    lm-eval scores the seeded stratified sample (its `samples=` argument) and `acc`/`acc_stderr` are the
+    stratified estimate of full-MMLU accuracy (`pipeline.data.mmlu.stratified_estimate`).
     """
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
     data = resolve_data(spec)
+    chosen = sample_questions(data, spec.sample.questions, spec.sample.seed) if spec.sample else None
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="shrinkgate_mmlu_") as tmp:
         # include_defaults=False: skips indexing lm-eval's ~10k built-in YAMLs (~8 s) and any name clash.
@@ -73,6 +90,7 @@ def score_mmlu(lm: LM, spec: EvalSpec) -> AccuracyResult:
                 task_manager=manager,
                 num_fewshot=spec.num_fewshot,
                 limit=spec.limit_per_subject,
+                samples={TASK_PREFIX + s: list(rows) for s, rows in chosen.items()} if chosen else None,
                 log_samples=True,
                 random_seed=spec.seed,
                 numpy_random_seed=spec.seed,
@@ -93,9 +111,17 @@ def score_mmlu(lm: LM, spec: EvalSpec) -> AccuracyResult:
         raise RuntimeError("lm-eval returned no results (not rank 0 of a distributed run)")
 
     group = results["results"][GROUP]
-    questions = [q for s in data.subjects for q in _outcomes(s, results["samples"][TASK_PREFIX + s])]
-    acc_stderr, stderr_source = _stderr(group.get("acc_stderr,none")), "lm-eval pooled (group)"
-    if math.isnan(acc_stderr) and len(questions) > 1:
+    questions = [
+        q for s in data.subjects for q in _outcomes(s, results["samples"][TASK_PREFIX + s], chosen[s] if chosen else None)
+    ]
+    acc, acc_stderr, stderr_source = float(group["acc,none"]), _stderr(group.get("acc_stderr,none")), "lm-eval pooled (group)"
+    if chosen:
+        by_subject: dict[str, list[bool]] = {s: [] for s in data.subjects}
+        for q in questions:
+            by_subject[q.subject].append(q.correct)
+        estimate = stratified_estimate(by_subject, data.test_rows)
+        acc, acc_stderr, stderr_source = estimate.acc, estimate.stderr, estimate.stderr_source
+    elif math.isnan(acc_stderr) and len(questions) > 1:
         # One question per subject leaves lm-eval's pooled stderr undefined; fall back to treating every
         # scored question as one sample (the binomial standard error of the mean).
         p = sum(q.correct for q in questions) / len(questions)
@@ -104,8 +130,10 @@ def score_mmlu(lm: LM, spec: EvalSpec) -> AccuracyResult:
     per_subject = {s: float(results["results"][TASK_PREFIX + s]["acc,none"]) for s in data.subjects}
     safe_results = _json_safe(results)
     safe_results["shrinkgate"] = {"acc_stderr_source": stderr_source}
+    if chosen:
+        safe_results["shrinkgate"]["sample"] = {"questions": len(questions), "seed": spec.sample.seed, "rows": chosen}
     return AccuracyResult(
-        acc=float(group["acc,none"]),
+        acc=acc,
         acc_stderr=acc_stderr,
         per_subject=per_subject,
         questions=tuple(questions),

@@ -1,8 +1,9 @@
 """A server shrinkgate launches (or only reaches): start it, wait until healthy, ask what it serves, stop it.
 
-A launched server runs in its own process group (its workers are stopped with it) and gets SIGTERM from the
+A launched server runs in its own process group (its workers are stopped with it) and gets SIGKILL from the
 kernel when the process that launched it dies (`PR_SET_PDEATHSIG`), so a child killed by the sweep driver,
-by the OOM killer or by Ctrl-C never leaves a server behind. Its stdout and stderr go to a log file that
+by the OOM killer or by Ctrl-C never leaves a server behind (SIGKILL: uvicorn answers SIGTERM by waiting for
+the request in flight, which on llama-cpp-python's server can take minutes). Its stdout and stderr go to a log file that
 the run keeps as `logs/server.log`.
 """
 
@@ -39,7 +40,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def _die_with_parent() -> None:  # runs in the forked child before exec
     try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     except OSError:  # not Linux: the context manager's stop() still ends it
         pass
 

@@ -1,0 +1,157 @@
+"""MMLU questions/s, side by side in one run: lm-eval's plain HFLM, our transformers LM with few-shot prefix
+reuse, and llama.cpp with prefix reuse, on the same seeded 5-shot sample of SmolLM2-135M.
+
+Every path runs lm-eval's own task (our copy of `mmlu`) through `pipeline.runtime.mmlu.score_mmlu`, so the
+prompts, the few-shot examples and the metric are the same; only the `LM` differs. The transformers paths
+score the dense fp32 model; llama.cpp scores an all-F32 GGUF of the same weights (bundled Q4_1 dequantized by
+llama.cpp, as transformers dequantized it) and the published Q4_1 file itself. Predictions are compared with
+plain HFLM's. Nothing is asserted: goals are printed beside the numbers. Run it with nothing else on the
+machine (the load average is printed).
+
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/mmlu_throughput.py                 # 300-question sample, ~21 min
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/mmlu_throughput.py --full          # + all 14,042 questions, fastest path
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pipeline.config.recipe import EvalSpec, ModelSpec  # noqa: E402
+from pipeline.models import load_model, resolve_model  # noqa: E402
+from pipeline.models.bundled import BUNDLED, cache_root  # noqa: E402
+from pipeline.models.gguf_engine import cpu_features, require_llama_cpp  # noqa: E402
+from pipeline.runtime.mmlu import score_mmlu  # noqa: E402
+from pipeline.runtime.speed.host import default_threads, load_average  # noqa: E402
+
+FULL_MMLU = 14_042
+GOALS = (
+    "transformers with prefix reuse >= 4x plain lm-eval HFLM (questions/s)",
+    "full 5-shot MMLU (14,042 questions) on SmolLM2-135M in <= 30 min by the fastest path",
+)
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def _f32_gguf(src: Path, dst: Path) -> Path:
+    lib = require_llama_cpp()
+    params = lib.llama_model_quantize_default_params()
+    params.ftype = lib.LLAMA_FTYPE_ALL_F32
+    params.allow_requantize = True
+    if lib.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params)) != 0:
+        raise RuntimeError(f"llama.cpp could not write {dst}")
+    return dst
+
+
+def _paths(loaded, gguf_f32: Path, gguf_q41: Path, threads: int):
+    """(label, factory) for every scoring path; each factory returns (lm, close)."""
+    from lm_eval.models.huggingface import HFLM
+
+    from pipeline.runtime.llamacpp_lm import LlamaCppLM
+    from pipeline.runtime.transformers import _hflm_class
+
+    def hf_plain():
+        return HFLM(pretrained=loaded.model, tokenizer=loaded.tokenizer, batch_size=1, device="cpu"), None
+
+    def hf_reuse():
+        return _hflm_class()(pretrained=loaded.model, tokenizer=loaded.tokenizer, device="cpu"), None
+
+    def llama(path):
+        def make():
+            lm = LlamaCppLM(path, n_threads=threads)
+            return lm, lm.close
+
+        return make
+
+    return [
+        ("lm-eval HFLM (plain, fp32, batch 1)", hf_plain),
+        ("transformers + prefix reuse (fp32)", hf_reuse),
+        ("llama.cpp + prefix reuse (F32 GGUF)", llama(gguf_f32)),
+        ("llama.cpp + prefix reuse (Q4_1, as published)", llama(gguf_q41)),
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--questions", type=int, default=300, help="size of the seeded stratified 5-shot sample")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--skip-plain", action="store_true", help="skip plain HFLM (the slowest path)")
+    ap.add_argument("--full", action="store_true", help="then score all 14,042 questions on the fastest path and print lm-eval's table")
+    args = ap.parse_args(argv)
+    threads = args.threads or default_threads()
+    import torch
+    from lm_eval.utils import make_table
+
+    torch.set_num_threads(threads)
+    load_before = load_average()
+    spec = EvalSpec(num_fewshot=5, sample={"questions": args.questions, "seed": args.seed})
+    model_spec = ModelSpec(name="smollm2-135m-instruct", source="smollm2-135m-instruct")
+    loaded = load_model(resolve_model(model_spec), model_spec, device="cpu")
+    with tempfile.TemporaryDirectory(prefix="shrinkgate-bench-mmlu-") as tmp:
+        q41 = BUNDLED["smollm2-135m-instruct"].locate(cache_root())
+        f32 = _f32_gguf(q41, Path(tmp) / "smollm2-f32.gguf")
+        rows, reference = [], None
+        paths = _paths(loaded, f32, q41, threads)
+        for label, factory in paths:
+            if args.skip_plain and "plain" in label:
+                continue
+            lm, close = factory()
+            try:
+                result = score_mmlu(lm, spec)
+            finally:
+                if close:
+                    close()
+            predicted = [q.predicted for q in result.questions]
+            reference = reference or predicted
+            same = sum(a == b for a, b in zip(predicted, reference))
+            rows.append((label, result, same, getattr(lm, "forwarded_tokens", None)))
+            print(f"  {label}: {result.n_questions} questions in {result.seconds:.1f} s, acc {result.acc:.3f}, "
+                  f"{same}/{result.n_questions} answers as the first path", flush=True)
+
+        full = None
+        if args.full:
+            label = max(rows, key=lambda r: r[1].n_questions / r[1].seconds)[0]
+            lm, close = dict(paths)[label]()
+            start = time.perf_counter()
+            try:
+                full = (label, score_mmlu(lm, EvalSpec(num_fewshot=5)), time.perf_counter() - start)
+            finally:
+                if close:
+                    close()
+    load_after = load_average()
+
+    print(f"\nMMLU 5-shot throughput, SmolLM2-135M, {args.questions}-question stratified sample (seed {args.seed})")
+    print(f"host: {platform.processor() or platform.machine()}, {threads} threads, llama.cpp features: {' '.join(cpu_features())}")
+    print(f"load average before {_fmt(load_before)}, after {_fmt(load_after)}")
+    base_rate = next((r[1].n_questions / r[1].seconds for r in rows if "plain" in r[0]), None)
+    print("\n| path | questions | seconds | questions/s | x plain HFLM | 14,042 questions at this rate | acc | same answer as first row |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for label, result, same, _tokens in rows:
+        rate = result.n_questions / result.seconds
+        ratio = f"{rate / base_rate:.2f}x" if base_rate else "-"
+        print(
+            f"| {label} | {result.n_questions} | {result.seconds:.1f} | {rate:.2f} | {ratio} | {FULL_MMLU / rate / 60:.0f} min | "
+            f"{result.acc:.3f} ± {result.acc_stderr:.3f} | {same}/{result.n_questions} |"
+        )
+    print("\ngoals: " + "; ".join(GOALS))
+    if full:
+        label, result, wall = full
+        print(f"\nfull 5-shot MMLU on {label}: {result.n_questions} questions, wall {wall / 60:.1f} min, acc {result.acc:.4f} ± {result.acc_stderr:.4f}")
+        print(make_table(result.lm_eval_results))
+        if "groups" in result.lm_eval_results:
+            print(make_table(result.lm_eval_results, "groups"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
