@@ -35,7 +35,8 @@ def _err(doc, tmp_path: Path) -> str:
 def test_shipped_recipes_validate(name):
     recipe = load_recipe(REPO / "recipes" / name)
     assert isinstance(recipe, Recipe)
-    assert any(m.role == "reference" for m in recipe.models)
+    # serve-llamacpp: the only offline model with a vocabulary that server can score in time is SmolLM2 itself
+    assert any(m.role == "reference" for m in recipe.models) == (name != "serve-llamacpp.yaml")
 
 
 def test_serve_recipes_hand_their_server_what_was_built():

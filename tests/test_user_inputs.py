@@ -279,12 +279,12 @@ def test_run_console_shows_our_progress_only_and_the_run_keeps_the_log(tmp_path,
     out = result.output
     assert result.exit_code == 0, out
     assert "done tiny/noisy" in out, out
-    for chatter in ("Running loglikelihood requests", "it/s]", *_noisy_methods.NOISE, "Warning"):
+    for chatter in ("Scoring inputs (shared prefixes)", "it/s]", *_noisy_methods.NOISE, "Warning"):
         assert chatter not in out, (chatter, out)
 
     client = MlflowClient(tracking_uri=doc["tracking"]["uri"])
     exp = client.get_experiment_by_name("noise")
     (child,) = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get(M.TAG_KIND) == "variant"]
     log = Path(client.download_artifacts(child.info.run_id, M.ART_CHILD_LOG, str(tmp_path / "dl"))).read_text()
-    for chatter in ("Running loglikelihood requests", *_noisy_methods.NOISE):
+    for chatter in ("Scoring inputs (shared prefixes)", *_noisy_methods.NOISE):  # our CPU LM's progress
         assert chatter in log, (chatter, log)
