@@ -25,6 +25,13 @@ RuntimeName = Literal["transformers", "llama.cpp", "openai"]
 SERVE_ARTIFACT_FORMATS: dict[str, str] = {"gguf": "gguf", "checkpoint": "torch", "none": "none"}
 
 
+def _positive_levels(v: list[int], noun: str) -> list[int]:
+    """A sweep's levels, sorted and deduplicated; at least one, each >= 1."""
+    if not v or any(x < 1 for x in v):
+        raise ValueError(f"list at least one {noun}, each >= 1")
+    return sorted(set(v))
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -146,9 +153,7 @@ class SpeedSpec(_Strict):
     @field_validator("batch_sizes")
     @classmethod
     def _batches(cls, v: list[int]) -> list[int]:
-        if not v or any(b < 1 for b in v):
-            raise ValueError("list at least one batch size, each >= 1")
-        return sorted(set(v))
+        return _positive_levels(v, "batch size")
 
     @field_validator("prompt_lengths")
     @classmethod
@@ -202,9 +207,7 @@ class ServeSpec(_Strict):
     @field_validator("concurrency")
     @classmethod
     def _levels(cls, v: list[int]) -> list[int]:
-        if not v or any(c < 1 for c in v):
-            raise ValueError("list at least one concurrency, each >= 1")
-        return sorted(set(v))
+        return _positive_levels(v, "concurrency")
 
     @field_validator("request_rates")
     @classmethod

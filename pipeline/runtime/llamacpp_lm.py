@@ -22,18 +22,11 @@ from lm_eval.api.registry import register_model
 from tqdm import tqdm
 
 from pipeline.models.gguf_engine import LlamaCppModel, llama_cpp_version, log_softmax
+from pipeline.runtime.mmlu import common_prefix
 
 # The first context is sized from the data (`_loglikelihood_tokens`); this only serves tokenization.
 _INITIAL_CTX = 512
 SCORING_BATCH = 512  # tokens per llama_decode while scoring (llama.cpp's default micro-batch)
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
 
 
 @register_model("shrinkgate-llamacpp")
@@ -119,7 +112,7 @@ class LlamaCppLM(TemplateLM):
         for i in tqdm(order, desc="llama.cpp loglikelihood", disable=disable_tqdm):
             context, continuation = prepared[i]
             if context != cached or last is None:
-                keep = min(_common_prefix(cached, context), len(context) - 1)  # re-evaluate >= 1 token for its logits
+                keep = min(common_prefix(cached, context), len(context) - 1)  # re-evaluate >= 1 token for its logits
                 if keep < len(cached) and not engine.truncate(0, keep):
                     engine.clear()
                     keep = 0

@@ -32,6 +32,15 @@ if TYPE_CHECKING:
     from lm_eval.api.model import LM
 
 
+def common_prefix(a, b) -> int:
+    """Length of the longest common prefix of two token sequences."""
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
 def _stderr(value: Any) -> float:
     # lm-eval reports "N/A" when a subject has a single scored question (sample stddev undefined).
     return float(value) if isinstance(value, (int, float)) else math.nan

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pipeline.runtime.base import Runtime
+from pipeline.runtime.mmlu import common_prefix
 
 # MMLU continuations are one token (" A"); keep a margin for tokenizers that split the letter.
 SCORED_POSITIONS = 8
@@ -18,15 +19,6 @@ def accepts_logits_to_keep(model) -> bool:
         return "logits_to_keep" in inspect.signature(model.forward).parameters
     except (TypeError, ValueError):
         return False
-
-
-def common_prefix(a, b) -> int:
-    """Length of the longest common prefix of two token sequences."""
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
 
 
 def prefix_groups(inputs: list[tuple[int, ...]], scored: list[int], min_shared: int = MIN_SHARED_PREFIX) -> list[tuple[int, list[int]]]:
