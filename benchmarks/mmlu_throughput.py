@@ -10,6 +10,7 @@ machine (the load average is printed).
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/mmlu_throughput.py                 # 300-question sample, ~21 min
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/mmlu_throughput.py --full          # + all 14,042 questions, fastest path
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/mmlu_throughput.py --paths reuse --full   # the full run alone
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ from pipeline.models.bundled import BUNDLED, cache_root  # noqa: E402
 from pipeline.models.gguf_engine import cpu_features, require_llama_cpp  # noqa: E402
 from pipeline.runtime.mmlu import score_mmlu  # noqa: E402
 from pipeline.runtime.speed.host import default_threads, load_average  # noqa: E402
+from pipeline.runtime.transformers import TAIL_BATCH  # noqa: E402
+
+PATHS = ("plain", "reuse", "llama-f32", "llama-q4_1")
 
 FULL_MMLU = 14_042
 GOALS = (
@@ -72,12 +76,12 @@ def _paths(loaded, gguf_f32: Path, gguf_q41: Path, threads: int):
 
         return make
 
-    return [
-        ("lm-eval HFLM (plain, fp32, batch 1)", hf_plain),
-        ("transformers + prefix reuse (fp32)", hf_reuse),
-        ("llama.cpp + prefix reuse (F32 GGUF)", llama(gguf_f32)),
-        ("llama.cpp + prefix reuse (Q4_1, as published)", llama(gguf_q41)),
-    ]
+    return {
+        "plain": ("lm-eval HFLM (plain, fp32, batch 1)", hf_plain),
+        "reuse": (f"transformers + prefix reuse (fp32, up to {TAIL_BATCH} questions per forward)", hf_reuse),
+        "llama-f32": ("llama.cpp + prefix reuse (F32 GGUF)", llama(gguf_f32)),
+        "llama-q4_1": ("llama.cpp + prefix reuse (Q4_1, as published)", llama(gguf_q41)),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,8 +90,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--skip-plain", action="store_true", help="skip plain HFLM (the slowest path)")
+    ap.add_argument("--paths", default=",".join(PATHS), help=f"comma-separated subset of {','.join(PATHS)}")
     ap.add_argument("--full", action="store_true", help="then score all 14,042 questions on the fastest path and print lm-eval's table")
     args = ap.parse_args(argv)
+    chosen = [p.strip() for p in args.paths.split(",") if p.strip()]
+    if unknown := sorted(set(chosen) - set(PATHS)):
+        ap.error(f"--paths: unknown {', '.join(unknown)}; choose from {', '.join(PATHS)}")
     threads = args.threads or default_threads()
     import torch
     from lm_eval.utils import make_table
@@ -102,8 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         f32 = _f32_gguf(q41, Path(tmp) / "smollm2-f32.gguf")
         rows, reference = [], None
         paths = _paths(loaded, f32, q41, threads)
-        for label, factory in paths:
-            if args.skip_plain and "plain" in label:
+        for key, (label, factory) in paths.items():
+            if key not in chosen or (args.skip_plain and key == "plain"):
                 continue
             lm, close = factory()
             try:
@@ -121,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         full = None
         if args.full:
             label = max(rows, key=lambda r: r[1].n_questions / r[1].seconds)[0]
-            lm, close = dict(paths)[label]()
+            lm, close = dict(paths.values())[label]()
             start = time.perf_counter()
             try:
                 full = (label, score_mmlu(lm, EvalSpec(num_fewshot=5)), time.perf_counter() - start)

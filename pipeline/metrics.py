@@ -138,6 +138,9 @@ TAG_KERNEL_OBSERVED = "kernel.observed"  # what the profiler saw the compressed 
 TAG_KERNEL_OBSERVED_OPS = "kernel.observed_ops"  # top matmul/dequantize ops under those layers, with input dtypes
 TAG_KERNEL_CENSUS = "kernel.census"  # the compressed layers' module and weight tensor types
 TAG_NM_PATTERN_OK = "nm_pattern_ok"
+TAG_MMLU_ORDER_SEED = "mmlu.order_seed"  # eval.sample auto: the seed of the order the questions were scored in
+TAG_MMLU_POPULATION = "mmlu.population"  # eval.sample auto: the questions the order was drawn from (the test's N)
+TAG_MMLU_STOPPED = "mmlu.stopped"  # eval.sample auto: why scoring stopped (decided, or every question of max)
 TAG_DETERMINISTIC = "deterministic"  # "true" | "false": every step's `Method.deterministic` (see the gate's noise floor)
 TAG_SERIALIZABLE_REASON = "serializable_reason"
 # FidelityRecord.extra keys written by the build (log them as tags of the same name)

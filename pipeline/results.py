@@ -7,6 +7,7 @@ tracking side logs what it is handed without knowing how any result was measured
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -128,6 +129,12 @@ def parse_questions_csv(text: str) -> tuple[QuestionOutcome, ...]:
     )
 
 
+def question_rank(seed: int, subject: str, index: int) -> str:
+    """A question's place in the seeded random order: a hash, so the order is the same on every host and
+    library version (a PRNG stream is not promised to be)."""
+    return hashlib.sha256(f"{seed}:{subject}:{index}".encode()).hexdigest()
+
+
 @dataclass(frozen=True)
 class AccuracyResult:
     acc: float  # question-weighted mean over every scored question (lm-eval's group); with eval.sample the stratified estimate
@@ -138,6 +145,9 @@ class AccuracyResult:
     limit_per_subject: int | None
     lm_eval_results: dict[str, Any]  # lm-eval's own results dict (JSON-serialisable), logged as an artifact
     seconds: float = 0.0
+    order_seed: int | None = None  # eval.sample auto: the questions were scored in `question_rank(seed, ...)` order
+    population: int | None = None  # eval.sample auto: the questions that order was drawn from
+    stopped: str | None = None  # eval.sample auto: why scoring stopped where it did
 
     @property
     def n_questions(self) -> int:
@@ -147,6 +157,15 @@ class AccuracyResult:
         out = {M.MMLU_ACC: self.acc, M.MMLU_ACC_STDERR: self.acc_stderr, M.MMLU_N_QUESTIONS: float(self.n_questions)}
         out.update({M.subject_metric(s): v for s, v in self.per_subject.items()})
         return out
+
+    def tags(self) -> dict[str, str]:
+        if self.order_seed is None:
+            return {}
+        return {
+            M.TAG_MMLU_ORDER_SEED: str(self.order_seed),
+            M.TAG_MMLU_POPULATION: str(self.population),
+            M.TAG_MMLU_STOPPED: (self.stopped or "")[:5000],
+        }
 
 
 @dataclass(frozen=True)

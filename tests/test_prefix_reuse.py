@@ -12,7 +12,7 @@ import numpy as np
 from lm_recording import recording
 
 from pipeline.config.recipe import EvalSpec, ModelSpec
-from pipeline.runtime.transformers import MIN_SHARED_PREFIX, prefix_groups
+from pipeline.runtime.transformers import MIN_SHARED_PREFIX, TAIL_BATCH, prefix_groups, tail_batches
 
 LL_TOLERANCE = 1e-3  # nats per request: fp32 with a cache vs one forward differs in summation order only
 
@@ -54,8 +54,18 @@ def test_multi_token_continuations_match_one_forward(tiny_model_dir):
     got, want = reuse._loglikelihood_tokens(requests, disable_tqdm=True), plain._loglikelihood_tokens(requests, disable_tqdm=True)
     np.testing.assert_allclose([g[0] for g in got], [w[0] for w in want], rtol=0, atol=1e-5)
     assert [g[1] for g in got] == [w[1] for w in want] and got[2] == got[3]
-    # the 64 shared tokens once, then each input's own tokens
-    assert reuse.forwarded_tokens == 64 + 2 + 4 + 2 + 3
+    # the 64 shared tokens once, then each input's own tokens; the three tails after it in one forward (2 + 2 pads)
+    assert reuse.forwarded_tokens == 64 + 2 + 4 + 2 + 3 and reuse.padded_tokens == 4
+
+
+def test_tail_batches_go_shortest_first_within_size_and_logits_budget():
+    lengths = [90, 120, 80, 100, 95, 85, 130, 110, 105, 99]
+    batches = tail_batches(lengths, [1] * len(lengths), vocab_size=49_152)
+    assert [len(b) for b in batches] == [TAIL_BATCH, len(lengths) - TAIL_BATCH]
+    assert [lengths[i] for b in batches for i in b] == sorted(lengths) and sorted(sum(batches, [])) == list(range(len(lengths)))
+    # Gemma's 262k vocabulary and 8 scored positions each: 2 rows x 16 positions x 262k x 4 B > 16 MB
+    assert tail_batches([50, 60, 70], [8, 8, 8], vocab_size=262_144, logits_budget=16 * 2**20) == [[0], [1], [2]]
+    assert tail_batches([50, 50, 50], [1, 1, 1], vocab_size=262_144, logits_budget=16 * 2**20) == [[0, 1, 2]]
 
 
 def _load(source: str):

@@ -158,12 +158,14 @@ def load_recipe(path: str | Path) -> Recipe:
 
 def preflight(recipe: Recipe) -> None:
     """What fails before any model loads: the MMLU data, the device, each model source (no download)."""
-    from pipeline.data.mmlu import resolve_data, sample_questions
+    from pipeline.data.mmlu import resolve_data, sample_questions, sequential_order
     from pipeline.env import pick_device
     from pipeline.models import preflight as model_preflight
 
     data = resolve_data(recipe.eval)
-    if recipe.eval.sample:
+    if recipe.eval.sample and recipe.eval.sample.sequential:
+        sequential_order(data, recipe.eval.sample.seed)
+    elif recipe.eval.sample:
         sample_questions(data, recipe.eval.sample.questions, recipe.eval.sample.seed)
     pick_device(recipe.eval.device)
     for model in recipe.models:

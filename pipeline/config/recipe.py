@@ -84,10 +84,37 @@ class VariantSpec(_Strict):
 
 
 class SampleSpec(_Strict):
-    """A seeded random sample of MMLU's test questions, stratified by subject (`pipeline.data.mmlu.sample_questions`)."""
+    """A seeded random sample of MMLU's test questions: a fixed number stratified by subject
+    (`pipeline.data.mmlu.sample_questions`), or `auto`: the questions in one seeded random order, scored in
+    looks of `step`, 2 x `step`, ... up to `max`, stopping when the anytime-valid paired test against the
+    unmodified base decides (`pipeline.verdict.sequential`)."""
 
-    questions: int = Field(ge=1, description="questions in all; every selected subject gets >= 1, the rest in proportion to its size")
+    questions: int | Literal["auto"] = Field(
+        description="questions in all (every selected subject gets >= 1, the rest in proportion to its size), or auto"
+    )
     seed: int = Field(0, description="the same seed picks the same questions for every variant (paired comparisons stay paired)")
+    max: int | None = Field(None, ge=1, description="auto: the most questions a run scores (the base and references score this many)")
+    step: int = Field(100, ge=1, description="auto: questions in the first look; each look doubles it")
+    delta_points: float = Field(1.0, ge=0, lt=100, description="auto: the drop vs the base to decide on (the gate policy's max_mmlu_drop_points)")
+    confidence: float = Field(0.95, ge=0.5, lt=1.0, description="auto: the test's confidence (the gate policy's confidence)")
+
+    @property
+    def sequential(self) -> bool:
+        return self.questions == "auto"
+
+    @model_validator(mode="after")
+    def _auto_fields(self) -> SampleSpec:
+        if not self.sequential and self.questions < 1:
+            raise ValueError("questions: must be >= 1 (questions in all), or auto")
+        if self.sequential and self.max is None:
+            raise ValueError("questions: auto needs `max` (the most questions a run may score), e.g. max: 2000")
+        if not self.sequential and self.max is not None:
+            raise ValueError("`max` is for questions: auto; a fixed sample scores exactly `questions`")
+        return self
+
+    def key_fields(self) -> dict[str, Any]:
+        """The resume key: a fixed sample is its size and seed (runs keyed before `auto` existed stay valid)."""
+        return self.model_dump() if self.sequential else {"questions": self.questions, "seed": self.seed}
 
 
 class EvalSpec(_Strict):
@@ -116,6 +143,8 @@ class EvalSpec(_Strict):
             fields.pop("batch_size")
         if self.sample is None:
             fields.pop("sample")  # keys of runs from before `sample` existed stay valid
+        else:
+            fields["sample"] = self.sample.key_fields()
         return fields
 
     @model_validator(mode="after")

@@ -31,6 +31,7 @@ import yaml
 
 from pipeline.config.recipe import EvalSpec
 from pipeline.env import MMLU_DIR_ENV, mmlu_dir_override
+from pipeline.results import question_rank
 
 EVALS_DIR = Path(__file__).resolve().parent / "evals" / "mmlu"
 SHIPPED_DIR = Path(__file__).resolve().parent / "mmlu_data"  # test/dev/validation .jsonl.gz + SHA256SUMS
@@ -335,12 +336,6 @@ def resolve_data(spec: EvalSpec) -> MMLUData:
 
 
 # -- random samples ------------------------------------------------------------------------------------
-def question_rank(seed: int, subject: str, index: int) -> str:
-    """A question's place in the seeded random order: a hash, so the order is the same on every host and
-    library version (a PRNG stream is not promised to be)."""
-    return hashlib.sha256(f"{seed}:{subject}:{index}".encode()).hexdigest()
-
-
 def allocate(questions: int, sizes: dict[str, int]) -> dict[str, int]:
     """Questions per subject: >= 1 each, the rest in proportion to size (largest remainder), capped at size."""
     total = sum(sizes.values())
@@ -372,6 +367,35 @@ def sample_questions(data: MMLUData, questions: int, seed: int) -> dict[str, tup
         s: tuple(sorted(sorted(range(data.test_rows[s]), key=lambda i, s=s: question_rank(seed, s, i))[:n]))
         for s, n in counts.items()
     }
+
+
+def sequential_order(data: MMLUData, seed: int) -> tuple[tuple[str, int], ...]:
+    """Every selected test question as (subject, row) in one seeded random order across subjects (`question_rank`):
+    each prefix of it is a simple random sample without replacement, which the sequential test assumes."""
+    if data.source != "local":
+        raise MMLUDataError("eval.sample: needs the MMLU rows locally (their counts per subject); unset the hub source or set eval.data_dir")
+    every = [(s, i) for s in data.subjects for i in range(data.test_rows[s])]
+    return tuple(sorted(every, key=lambda q: question_rank(seed, *q)))
+
+
+def look_sizes(step: int, most: int) -> list[int]:
+    """Questions scored by the end of each look: step, 2 step, 4 step, ... capped at `most` (a few looks, so the
+    per-look cost - each subject's few-shot prefix evaluated again - stays small; the test itself looks at every question)."""
+    sizes, n = [], step
+    while n < most:
+        sizes.append(n)
+        n *= 2
+    return sizes + [most]
+
+
+def srs_estimate(correct: list[bool], population: int) -> StratifiedEstimate:
+    """Accuracy of a simple random sample without replacement of `population` questions: the mean, and its
+    stderr with the finite-population correction."""
+    n = len(correct)
+    p = sum(correct) / n
+    fpc = 1.0 - n / population
+    stderr = math.sqrt(p * (1.0 - p) / (n - 1) * fpc) if n > 1 else math.nan
+    return StratifiedEstimate(p, stderr, f"simple random sample of {n} of {population} questions (finite-population corrected)")
 
 
 @dataclass(frozen=True)

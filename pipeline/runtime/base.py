@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from pipeline.build.artifact import Artifact
     from pipeline.config.recipe import EvalSpec, Recipe, SpeedSpec
     from pipeline.results import AccuracyResult, SpeedResult
+    from pipeline.runtime.mmlu import StopRule
 
 
 class Session:
@@ -67,8 +68,9 @@ class Runtime(ABC):
         return Session(artifact)
 
     @abstractmethod
-    def score_mmlu(self, artifact: Artifact, spec: EvalSpec) -> AccuracyResult:
-        """MMLU accuracy of `artifact` with lm-eval's own scoring; per-question outcomes included."""
+    def score_mmlu(self, artifact: Artifact, spec: EvalSpec, stop: StopRule | None = None) -> AccuracyResult:
+        """MMLU accuracy of `artifact` with lm-eval's own scoring; per-question outcomes included. `stop`: a
+        sequential sample's stopping rule (`pipeline.runtime.mmlu.score_sequential`)."""
 
     @abstractmethod
     def decode(self, artifact: Artifact, spec: SpeedSpec) -> SpeedResult:

@@ -107,13 +107,13 @@ class LlamaCppRuntime(Runtime):
             return str(exc)
         return check_speed(speed) if speed.enabled else None
 
-    def score_mmlu(self, artifact: GGUFArtifact, spec: EvalSpec) -> AccuracyResult:  # type: ignore[override]
+    def score_mmlu(self, artifact: GGUFArtifact, spec: EvalSpec, stop=None) -> AccuracyResult:  # type: ignore[override]
         from pipeline.runtime.llamacpp_lm import LlamaCppLM
         from pipeline.runtime.mmlu import score_mmlu
 
         lm = LlamaCppLM(_gguf_path(artifact))
         try:
-            return score_mmlu(lm, spec)
+            return score_mmlu(lm, spec, stop)
         finally:
             lm.close()
 

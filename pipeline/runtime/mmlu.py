@@ -7,10 +7,12 @@ lm-eval's own; this module only reads them back into an `AccuracyResult`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,10 +21,14 @@ from pipeline.data.mmlu import (
     GROUP,
     HUB_DATASET,
     TASK_PREFIX,
+    MMLUData,
     MMLUDataError,
+    look_sizes,
     materialize_tasks,
     resolve_data,
     sample_questions,
+    sequential_order,
+    srs_estimate,
     stratified_estimate,
 )
 from pipeline.env import MMLU_DIR_ENV
@@ -30,6 +36,10 @@ from pipeline.results import AccuracyResult, QuestionOutcome
 
 if TYPE_CHECKING:
     from lm_eval.api.model import LM
+
+# Called after each look of a sequential sample with the outcomes so far, in the seeded order: a reason to
+# stop scoring, or None to go on (`pipeline.sweep.child` builds it from the base's outcomes).
+StopRule = Callable[[tuple[QuestionOutcome, ...]], "str | None"]
 
 
 def common_prefix(a, b) -> int:
@@ -75,20 +85,12 @@ def _outcomes(subject: str, samples: list[dict[str, Any]], rows: tuple[int, ...]
     return out
 
 
-def score_mmlu(lm: LM, spec: EvalSpec) -> AccuracyResult:
-    """Score MMLU on `lm` (any lm_eval LM, e.g. HFLM on an in-memory model) with lm-eval's own machinery.
-
-    `acc`/`acc_stderr` are lm-eval's `shrinkgate_mmlu` group values (question-weighted mean, pooled
-    stderr); `limit_per_subject=N` scores the first N test rows of every selected subject. With `sample`,
-    lm-eval scores the seeded stratified sample (its `samples=` argument) and `acc`/`acc_stderr` are the
-    stratified estimate of full-MMLU accuracy (`pipeline.data.mmlu.stratified_estimate`).
-    """
+def _evaluate(lm: LM, data: MMLUData, spec: EvalSpec, rows: dict[str, tuple[int, ...]] | None) -> dict[str, Any]:
+    """lm-eval's `simple_evaluate` on our `shrinkgate_mmlu` group: `rows` (subject -> test rows) as its
+    `samples=`, else `limit_per_subject`."""
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
-    data = resolve_data(spec)
-    chosen = sample_questions(data, spec.sample.questions, spec.sample.seed) if spec.sample else None
-    start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="shrinkgate_mmlu_") as tmp:
         # include_defaults=False: skips indexing lm-eval's ~10k built-in YAMLs (~8 s) and any name clash.
         manager = TaskManager(include_path=str(materialize_tasks(data, Path(tmp))), include_defaults=False)
@@ -99,7 +101,7 @@ def score_mmlu(lm: LM, spec: EvalSpec) -> AccuracyResult:
                 task_manager=manager,
                 num_fewshot=spec.num_fewshot,
                 limit=spec.limit_per_subject,
-                samples={TASK_PREFIX + s: list(rows) for s, rows in chosen.items()} if chosen else None,
+                samples={TASK_PREFIX + s: list(r) for s, r in rows.items()} if rows else None,
                 log_samples=True,
                 random_seed=spec.seed,
                 numpy_random_seed=spec.seed,
@@ -115,9 +117,27 @@ def score_mmlu(lm: LM, spec: EvalSpec) -> AccuracyResult:
                 f"missing, so reinstall shrinkgate, set eval.data_dir or ${MMLU_DIR_ENV} to a local MMLU JSONL dir, "
                 "or allow hub access"
             ) from None
-    seconds = time.perf_counter() - start
     if results is None:  # only non-zero ranks of a distributed run get None
         raise RuntimeError("lm-eval returned no results (not rank 0 of a distributed run)")
+    return results
+
+
+def score_mmlu(lm: LM, spec: EvalSpec, stop: StopRule | None = None) -> AccuracyResult:
+    """Score MMLU on `lm` (any lm_eval LM, e.g. HFLM on an in-memory model) with lm-eval's own machinery.
+
+    `acc`/`acc_stderr` are lm-eval's `shrinkgate_mmlu` group values (question-weighted mean, pooled
+    stderr); `limit_per_subject=N` scores the first N test rows of every selected subject. With `sample`,
+    lm-eval scores the seeded stratified sample (its `samples=` argument) and `acc`/`acc_stderr` are the
+    stratified estimate of full-MMLU accuracy (`pipeline.data.mmlu.stratified_estimate`). With
+    `sample.questions: auto`, see `score_sequential`.
+    """
+    data = resolve_data(spec)
+    if spec.sample and spec.sample.sequential:
+        return score_sequential(lm, spec, data, stop)
+    chosen = sample_questions(data, spec.sample.questions, spec.sample.seed) if spec.sample else None
+    start = time.perf_counter()
+    results = _evaluate(lm, data, spec, chosen)
+    seconds = time.perf_counter() - start
 
     group = results["results"][GROUP]
     questions = [
@@ -150,4 +170,61 @@ def score_mmlu(lm: LM, spec: EvalSpec) -> AccuracyResult:
         limit_per_subject=spec.limit_per_subject,
         lm_eval_results=safe_results,
         seconds=seconds,
+    )
+
+
+def score_sequential(lm: LM, spec: EvalSpec, data: MMLUData, stop: StopRule | None) -> AccuracyResult:
+    """`sample.questions: auto`: every selected question in one seeded random order (the same for every run,
+    so runs pair question by question), scored in looks of step, 2 step, ... up to `sample.max`; after each
+    look `stop` sees the outcomes so far and may end the scoring. Without `stop` (the base, a reference) all
+    `max` are scored. `acc` is the sample mean, its stderr finite-population corrected (`srs_estimate`)."""
+    sample = spec.sample
+    if hasattr(lm, "keep_prefixes"):  # our transformers LM: keep each subject's 5-shot prefix cache between looks
+        lm.keep_prefixes = True
+    order = sequential_order(data, sample.seed)
+    pool = order[: sample.max]
+    start = time.perf_counter()
+    scored: list[QuestionOutcome] = []
+    looks: list[dict[str, Any]] = []
+    reason = f"scored all {len(pool)} questions (sample.max {sample.max}, population {len(order)})"
+    ends: list[int] = []
+    for end in look_sizes(sample.step, len(pool)):
+        rows: dict[str, list[int]] = {}
+        for subject, row in pool[len(scored) : end]:
+            rows.setdefault(subject, []).append(row)
+        chosen = {s: tuple(sorted(r)) for s, r in rows.items()}
+        look_data = dataclasses.replace(data, subjects=tuple(s for s in data.subjects if s in chosen))
+        results = _evaluate(lm, look_data, spec, chosen)
+        got = {(q.subject, q.index): q for s in look_data.subjects for q in _outcomes(s, results["samples"][TASK_PREFIX + s], chosen[s])}
+        scored.extend(got[q] for q in pool[len(scored) : end])
+        looks.append(_json_safe(results))
+        ends.append(end)
+        if stop is not None and (why := stop(tuple(scored))):
+            reason = why
+            break
+    seconds = time.perf_counter() - start
+    estimate = srs_estimate([q.correct for q in scored], len(order))
+    by_subject: dict[str, list[bool]] = {}
+    for q in scored:
+        by_subject.setdefault(q.subject, []).append(q.correct)
+    ordered = tuple(sorted(scored, key=lambda q: (data.subjects.index(q.subject), q.index)))
+    return AccuracyResult(
+        acc=estimate.acc,
+        acc_stderr=estimate.stderr,
+        per_subject={s: sum(v) / len(v) for s, v in by_subject.items()},
+        questions=ordered,
+        num_fewshot=spec.num_fewshot,
+        limit_per_subject=None,
+        lm_eval_results={
+            "looks": looks,
+            "shrinkgate": {
+                "acc_stderr_source": estimate.stderr_source,
+                "sample": {"questions": len(scored), "seed": sample.seed, "max": sample.max, "population": len(order), "looks": ends},
+                "stopped": reason,
+            },
+        },
+        seconds=seconds,
+        order_seed=sample.seed,
+        population=len(order),
+        stopped=reason,
     )

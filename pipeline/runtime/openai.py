@@ -221,7 +221,7 @@ class OpenAIRuntime(Runtime):
             raise ValueError("runtime openai needs the recipe's `serve:` section")
         return ServerSession(self.serve, artifact, model_dir, self.threads)
 
-    def score_mmlu(self, endpoint: Endpoint, spec: EvalSpec) -> AccuracyResult:  # type: ignore[override]
+    def score_mmlu(self, endpoint: Endpoint, spec: EvalSpec, stop=None) -> AccuracyResult:  # type: ignore[override]
         import requests
 
         from pipeline.runtime.mmlu import score_mmlu
@@ -240,7 +240,7 @@ class OpenAIRuntime(Runtime):
             seed=spec.seed,
         )
         try:
-            return score_mmlu(lm, spec)
+            return score_mmlu(lm, spec, stop)
         except requests.Timeout:
             raise ServerError(
                 f"{endpoint.completions_url}: no answer within {self.serve.request_timeout_s:g} s (serve.request_timeout_s)"

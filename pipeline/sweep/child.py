@@ -79,7 +79,7 @@ def execute_child(
                 resolved = resolve_model(item.model)
                 tracker.set_tags(run_id, resolved.provenance.tags())
                 torch.manual_seed(recipe.eval.seed)
-                _measure(item, resolved, recipe, ctx.device, get_runtime(item.runtime, recipe), tracker, run_id, child, notify)
+                _measure(item, resolved, recipe, ctx.device, get_runtime(item.runtime, recipe), tracker, run_id, child, notify, ctx.parent_id)
             except (KeyboardInterrupt, SweepInterrupted):
                 raise
             except BaseException as exc:  # noqa: BLE001 - any failure of one variant (OOM included) is recorded; the sweep goes on
@@ -111,7 +111,7 @@ def _attach_log(tracker, run_id: str, log: Path) -> None:
         pass
 
 
-def _measure(item, resolved, recipe, device, runtime, tracker, run_id, child: ChildOutcome, notify) -> None:
+def _measure(item, resolved, recipe, device, runtime, tracker, run_id, child: ChildOutcome, notify, parent_id: str) -> None:
     from pipeline.build.artifact import base_reference_for, build_artifact
 
     notify(item.label, "build")
@@ -147,7 +147,7 @@ def _measure(item, resolved, recipe, device, runtime, tracker, run_id, child: Ch
             tracker.set_tags(run_id, session.tags)
             if runtime.scores_mmlu:
                 notify(item.label, "mmlu")
-                child.accuracy = runtime.score_mmlu(target, recipe.eval)
+                child.accuracy = runtime.score_mmlu(target, recipe.eval, stop_rule(recipe, item, tracker.uri, parent_id))
                 tracker.log_accuracy(run_id, child.accuracy)
             if recipe.speed.enabled:
                 notify(item.label, "speed")
@@ -163,6 +163,42 @@ def _measure(item, resolved, recipe, device, runtime, tracker, run_id, child: Ch
         if close is not None:
             close()  # a GGUF build's temporary files
         del artifact
+
+
+def stop_rule(recipe, item: WorkItem, uri: str, parent_id: str):
+    """`eval.sample.questions: auto`: stop a variant's scoring once the anytime-valid paired test against its
+    unmodified base (same model and engine, FINISHED in this sweep, scored in the same order) decides
+    `sample.delta_points` at `sample.confidence`. None - score all `max` - for the base itself, a reference,
+    or when no finished base is there to pair with (a parallel executor may not have finished it yet)."""
+    sample = recipe.eval.sample
+    if sample is None or not sample.sequential or item.model.role != "candidate" or item.variant.method == "none":
+        return None
+    from pipeline.data.mmlu import resolve_data
+    from pipeline.tracking.read import load_sweep
+    from pipeline.verdict.sequential import sequential_non_inferiority
+
+    base = next(
+        (
+            r
+            for r in load_sweep(uri, run_id=parent_id, with_questions=True).children
+            if r.is_base and r.model == item.model.name and r.runtime == item.runtime and r.status == "FINISHED" and r.questions
+        ),
+        None,
+    )
+    if base is None:
+        return None
+    data = resolve_data(recipe.eval)
+    population = sum(data.test_rows[s] for s in data.subjects)
+    base_right = {(q.subject, q.index): q.correct for q in base.questions}
+
+    def stop(scored) -> str | None:
+        if any((q.subject, q.index) not in base_right for q in scored):
+            return None  # the base scored fewer (an earlier, smaller max): no pairing past its end
+        d = [int(q.correct) - int(base_right[(q.subject, q.index)]) for q in scored]
+        result = sequential_non_inferiority(d, sample.delta_points, sample.confidence, population=population)
+        return None if result.decision == "undecided" else f"{result.decision} vs {base.label}: {result.reason}"
+
+    return stop
 
 
 def _record_failure(tracker, run_id: str, child: ChildOutcome, exc: BaseException) -> None:

@@ -191,6 +191,7 @@ class Tracker:
 
     def log_accuracy(self, run_id: str, a: AccuracyResult) -> None:
         self.log_metrics(run_id, a.metrics())
+        self.set_tags(run_id, a.tags())
         self.log_json(run_id, a.lm_eval_results, M.ART_LM_EVAL)
         self.log_text(run_id, questions_csv(a.questions), M.ART_QUESTIONS)
 

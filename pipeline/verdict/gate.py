@@ -15,7 +15,7 @@ and registers the passes.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -24,6 +24,8 @@ from pipeline.config.policy import Policy
 from pipeline.records import SweepRecord, VariantRecord
 from pipeline.verdict.analysis import base_for, dominance
 from pipeline.verdict.frontier import axis_by_name
+from pipeline.results import question_rank
+from pipeline.verdict.sequential import sequential_non_inferiority
 from pipeline.verdict.stats import NonInferiority, PairingError, flip_rate, non_inferiority, pair
 from pipeline.verdict.units import fmt
 
@@ -158,6 +160,8 @@ def _mmlu_check(r: VariantRecord, base: VariantRecord | None, policy: Policy, re
         return Check(name, "fail", f"no per-question outcomes ({M.ART_QUESTIONS}) for {r.label}"), None
     if not base.questions:
         return Check(name, "fail", f"no per-question outcomes ({M.ART_QUESTIONS}) for {base.label}"), None
+    if r is not base and r.tags.get(M.TAG_MMLU_ORDER_SEED):
+        return _sequential_check(r, base, policy, records)
     try:
         p = pair(r.questions, base.questions)
         if not p.complete:
@@ -176,6 +180,48 @@ def _mmlu_check(r: VariantRecord, base: VariantRecord | None, policy: Policy, re
             "its run-to-run flip rate: add the same variant again under another name (same method and params)",
         ), ni
     return Check(name, ni.decision, ni.reason + (f"; noise floor {noise:.2f} pts ({source})" if noise else "")), ni
+
+
+def _sequential_check(r: VariantRecord, base: VariantRecord, policy: Policy, records: list[VariantRecord]) -> tuple[Check, NonInferiority | None]:
+    """A variant scored as a sequential sample (`eval.sample.questions: auto`; it may have stopped early): the
+    anytime-valid paired test walks its questions in the seeded order against the same questions of the base,
+    at the policy's margin (less the noise floor) and confidence. Fixed-sample bounds after optional stopping
+    would not hold, so the decision is the sequential test's; the fixed figures are shown for the drop only."""
+    name = "mmlu_drop"
+    seed = r.tags[M.TAG_MMLU_ORDER_SEED]
+    if base.tags.get(M.TAG_MMLU_ORDER_SEED) != seed:
+        return Check(name, "fail", f"{r.label} was scored in the seeded order {seed} and {base.label} was not: score both with the same eval.sample"), None
+    base_right = {(q.subject, q.index): q.correct for q in base.questions or ()}
+    missing = [q for q in r.questions or () if (q.subject, q.index) not in base_right]
+    if missing:
+        return Check(name, "fail", f"{len(missing)} questions of {r.label} were not scored for {base.label} (its sample.max is smaller): rerun the base"), None
+    try:
+        population = int(r.tags.get(M.TAG_MMLU_POPULATION, ""))
+    except ValueError:
+        return Check(name, "fail", f"{r.label}: tag {M.TAG_MMLU_POPULATION} missing or not a number"), None
+    noise, source = _noise_floor(r, records)
+    if noise is None:
+        return Check(
+            name, "undecided",
+            f"{r.label} is tagged {M.TAG_DETERMINISTIC}=false and the sweep has no repeat of it to measure its run-to-run flip rate",
+        ), None
+    order = sorted(r.questions or (), key=lambda q: question_rank(int(seed), q.subject, q.index))
+    d = [int(q.correct) - int(base_right[(q.subject, q.index)]) for q in order]
+    margin = policy.max_mmlu_drop_points - noise  # a rerun can move the variant by up to the noise floor
+    if margin < 0:
+        return Check(name, "fail", f"noise floor {noise:.2f} pts ({source}) exceeds the {policy.max_mmlu_drop_points:g}-point margin"), None
+    seq = sequential_non_inferiority(d, margin, policy.confidence, population=population)
+    ni = non_inferiority(
+        r.questions, [q for q in base.questions or () if (q.subject, q.index) in {(x.subject, x.index) for x in r.questions or ()}],
+        policy.max_mmlu_drop_points, confidence=policy.confidence, n_boot=policy.bootstrap_samples, seed=policy.seed,
+    )
+    detail = f"sequential (anytime-valid) over {len(d)} questions of the seeded order: {seq.reason}"
+    if noise:
+        detail += f"; margin less noise floor {noise:.2f} pts ({source})"
+    stopped = r.tags.get(M.TAG_MMLU_STOPPED)
+    if stopped:
+        detail += f"; scoring stopped: {stopped}"
+    return Check(name, seq.decision, detail), replace(ni, decision=seq.decision, reason=detail)
 
 
 def evaluate(sweep: SweepRecord, policy: Policy) -> list[VariantGate]:

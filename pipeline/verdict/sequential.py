@@ -1,6 +1,6 @@
 """An anytime-valid paired test: look after every question, stop when the answer is known, stay valid.
 
-Questions are scored in one seeded random order (`pipeline.data.mmlu.question_rank`) for a variant and the
+Questions are scored in one seeded random order (`pipeline.results.question_rank`) for a variant and the
 model it is judged against. Per question the paired difference d = right(variant) - right(other) is in
 {-1, 0, 1}; the question is whether the mean drop (-E[d], in points) is below `delta_points`.
 

@@ -1,0 +1,168 @@
+"""`eval.sample.questions: auto`: every run scores one seeded random order in looks; a variant stops as soon as
+the anytime-valid paired test against its base decides, and the gate decides with that same test.
+
+The test's false-pass rate over 1,000 simulated sweeps is in test_sequential.py; here the plumbing: the order,
+the looks, the stop inside a sweep, what is logged, and the gate's check on stopped samples."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from pipeline import metrics as M
+from pipeline.build.plan import parse_recipe
+from pipeline.config.policy import Policy
+from pipeline.config.recipe import EvalSpec, RecipeError
+from pipeline.data.mmlu import look_sizes, resolve_data, sequential_order, srs_estimate
+from pipeline.records import SweepRecord, VariantRecord
+from pipeline.results import QuestionOutcome, question_rank
+from pipeline.verdict.gate import evaluate
+
+SUBJECTS = ["anatomy", "virology"]  # 135 + 166 test questions
+
+
+def test_order_is_seeded_global_and_looks_double():
+    data = resolve_data(EvalSpec(subjects=SUBJECTS))
+    order = sequential_order(data, seed=7)
+    assert len(order) == len(set(order)) == 135 + 166 and order == sequential_order(data, seed=7)
+    assert order != sequential_order(data, seed=8)
+    assert {s for s, _ in order[:40]} == set(SUBJECTS)  # subjects interleave: every prefix is a random sample
+    assert look_sizes(100, 1000) == [100, 200, 400, 800, 1000] and look_sizes(50, 30) == [30]
+    est = srs_estimate([True, False] * 50, population=100)
+    assert est.acc == 0.5 and est.stderr == 0.0  # the whole population: no sampling error left
+
+
+def test_auto_needs_max_and_max_needs_auto():
+    base = {"name": "s", "models": [{"name": "m", "source": "x"}], "variants": [{"name": "none", "method": "none"}]}
+    with pytest.raises(RecipeError, match="needs `max`"):
+        parse_recipe({**base, "eval": {"sample": {"questions": "auto"}}})
+    with pytest.raises(RecipeError, match="is for questions: auto"):
+        parse_recipe({**base, "eval": {"sample": {"questions": 100, "max": 200}}})
+    auto = parse_recipe({**base, "eval": {"sample": {"questions": "auto", "max": 500, "step": 50}}}).eval
+    assert auto.sample.sequential and auto.key_fields("cpu")["sample"]["max"] == 500
+
+
+def test_shipped_sequential_recipe_and_policy_agree_on_the_margin():
+    from pathlib import Path
+
+    from pipeline.build.plan import load_recipe
+    from pipeline.config.policy import load_policy
+
+    repo = Path(__file__).resolve().parent.parent
+    sample = load_recipe(repo / "recipes" / "sequential-smollm2.yaml").eval.sample
+    policy = load_policy(repo / "policies" / "sequential-3pt.yaml")
+    assert sample.sequential and (sample.delta_points, sample.confidence) == (policy.max_mmlu_drop_points, policy.confidence)
+
+
+def test_score_sequential_stops_when_told_and_reuses_prefixes_across_looks(tiny_model_dir, mmlu_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pipeline.runtime.mmlu import score_mmlu
+    from pipeline.runtime.transformers import _hflm_class
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    spec = EvalSpec(num_fewshot=5, subjects=SUBJECTS, sample={"questions": "auto", "max": 60, "step": 15, "seed": 1}, data_dir=str(mmlu_dir))
+    order = sequential_order(resolve_data(spec), 1)
+    lm = _hflm_class()(pretrained=model, tokenizer=tok, device="cpu")
+    whole = score_mmlu(lm, spec)  # no stop rule: all of max, in looks of 15, 30, 60
+    assert whole.n_questions == 60 and {(q.subject, q.index) for q in whole.questions} == set(order[:60])
+    assert whole.lm_eval_results["shrinkgate"]["sample"]["looks"] == [15, 30, 60] and whole.stopped.startswith("scored all 60")
+    assert whole.tags() == {M.TAG_MMLU_ORDER_SEED: "1", M.TAG_MMLU_POPULATION: "301", M.TAG_MMLU_STOPPED: whole.stopped}
+    seen = []
+
+    def stop(scored):
+        seen.append(len(scored))
+        return "enough" if len(scored) >= 30 else None
+
+    before = lm.forwarded_tokens
+    early = score_mmlu(lm, spec, stop)
+    assert seen == [15, 30] and early.n_questions == 30 and early.stopped == "enough"
+    # the kept 5-shot prefix caches: the same looks on a fresh LM evaluate both subjects' prefixes again
+    fresh = _hflm_class()(pretrained=model, tokenizer=tok, device="cpu")
+    again = score_mmlu(fresh, spec, lambda scored: "enough" if len(scored) >= 30 else None)
+    assert lm.forwarded_tokens - before <= fresh.forwarded_tokens - min(map(len, lm.prefix_cache)) * 2
+    assert [q.predicted for q in again.questions] == [q.predicted for q in early.questions]
+    assert [(q.subject, q.index, q.predicted) for q in early.questions] == [
+        (q.subject, q.index, q.predicted) for q in whole.questions if (q.subject, q.index) in set(order[:30])
+    ]
+
+
+def _record(variant: str, method: str, questions, seed: str | None = "0", population: str = "2000") -> VariantRecord:
+    tags = {"method": method, M.TAG_MODEL: "m", M.TAG_VARIANT: variant, M.TAG_DETERMINISTIC: "true"}
+    if seed is not None:
+        tags.update({M.TAG_MMLU_ORDER_SEED: seed, M.TAG_MMLU_POPULATION: population})
+    metrics = {M.MMLU_ACC: sum(q.correct for q in questions) / len(questions)}
+    return VariantRecord(f"id-{variant}", "m", variant, "candidate", "FINISHED", metrics, tags, {}, tuple(questions))
+
+
+def _outcomes(n: int, flip_every: int = 0, seed: int = 0) -> list[QuestionOutcome]:
+    """n questions, half right; with flip_every k, every k-th question of the seeded order answered wrong."""
+    rng = random.Random(seed)
+    qs = [("anatomy", i) for i in range(n)]
+    rank = {q: r for r, q in enumerate(sorted(qs, key=lambda q: question_rank(0, *q)))}
+    out = []
+    for s, i in qs:
+        right = rng.random() < 0.5 if not flip_every or rank[(s, i)] % flip_every else False
+        out.append(QuestionOutcome(s, i, 0, 0 if right else 1, right))
+    return out
+
+
+def _check(*records: VariantRecord, delta: float = 3.0):
+    policy = Policy(max_mmlu_drop_points=delta, must_not_be_dominated=False, variants=["q"], register_model=False, bootstrap_samples=1000)
+    (g,) = evaluate(SweepRecord("parent", "exp", tuple(records), planned=tuple(r.label for r in records)), policy)
+    return next(c for c in g.checks if c.name == "mmlu_drop"), g
+
+
+def test_gate_decides_stopped_samples_with_the_sequential_test():
+    base = _outcomes(1500)
+    same = [q for q in base]
+    check, g = _check(_record("none", "none", base), _record("q", "gguf-q8_0", same))
+    assert check.outcome == "pass" and "sequential (anytime-valid)" in check.detail and g.mmlu.decision == "pass"
+    # a variant that stopped early (its first 400 of the order) pairs with the same questions of the base
+    first = set(sorted(((q.subject, q.index) for q in base), key=lambda k: question_rank(0, *k))[:400])
+    stopped = [q for q in same if (q.subject, q.index) in first]
+    assert _check(_record("none", "none", base), _record("q", "gguf-q8_0", stopped))[0].outcome in ("pass", "undecided")
+    # right answers turned wrong on every 8th question: a 6-point drop against a 3-point margin fails
+    worse = {(q.subject, q.index): q for q in _outcomes(1500, flip_every=8)}
+    broken = [worse[(q.subject, q.index)] if not worse[(q.subject, q.index)].correct else q for q in base]
+    assert _check(_record("none", "none", base), _record("q", "gguf-q4_0", broken))[0].outcome == "fail"
+
+
+def test_gate_fails_closed_on_a_sequential_sample_it_cannot_pair():
+    base = _outcomes(300)
+    check, _ = _check(_record("none", "none", base, seed=None), _record("q", "gguf-q8_0", base))
+    assert check.outcome == "fail" and "same eval.sample" in check.detail
+    check, _ = _check(_record("none", "none", base[:100]), _record("q", "gguf-q8_0", base))
+    assert check.outcome == "fail" and "rerun the base" in check.detail
+    check, _ = _check(_record("none", "none", base), _record("q", "gguf-q8_0", base, population="?"))
+    assert check.outcome == "fail" and M.TAG_MMLU_POPULATION in check.detail
+
+
+def test_a_variant_stops_inside_the_sweep_and_the_base_scores_all(tmp_path, tiny_model_dir, mmlu_dir):
+    from pipeline.sweep.driver import run_sweep
+    from pipeline.tracking.read import load_sweep
+
+    doc = {
+        "name": "sequential",
+        "models": [{"name": "tiny", "source": str(tiny_model_dir), "role": "candidate"}],
+        "variants": [{"name": "none", "method": "none"}, {"name": "pruned", "method": "magnitude-prune", "params": {"amount": 0.05}}],
+        "eval": {"num_fewshot": 0, "subjects": SUBJECTS, "data_dir": str(mmlu_dir),
+                 "sample": {"questions": "auto", "max": 160, "step": 20, "delta_points": 30}},
+        "speed": {"enabled": False},
+        "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db", "experiment": "sequential"},
+    }
+    outcome = run_sweep(parse_recipe(doc), executor="process")
+    base, pruned = outcome.children
+    assert base.status == pruned.status == "FINISHED"
+    assert base.accuracy.n_questions == 160 and base.accuracy.stopped.startswith("scored all 160")
+    assert pruned.accuracy.n_questions < 160 and pruned.accuracy.stopped.startswith("pass vs tiny/none")
+    sweep = load_sweep(doc["tracking"]["uri"], run_id=outcome.parent_run_id)
+    logged = {r.variant: r for r in sweep.children}
+    assert logged["pruned"].tags[M.TAG_MMLU_STOPPED] == pruned.accuracy.stopped
+    assert logged["pruned"].metric(M.MMLU_N_QUESTIONS) == pruned.accuracy.n_questions
+    policy = Policy(max_mmlu_drop_points=30, must_not_be_dominated=False, variants=["pruned"], register_model=False, bootstrap_samples=1000)
+    (g,) = evaluate(sweep, policy)
+    check = next(c for c in g.checks if c.name == "mmlu_drop")
+    assert check.outcome == "pass" and "scoring stopped: pass vs tiny/none" in check.detail
