@@ -10,23 +10,28 @@ machine (the load average is printed).
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/mmlu_throughput.py                 # 300-question sample, ~21 min
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/mmlu_throughput.py --full          # + all 14,042 questions, fastest path
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/mmlu_throughput.py --paths reuse --full   # the full run alone
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/mmlu_throughput.py --paths reuse --full --full-only   # the full run alone
+
+The full run scores one subject at a time and keeps each subject's result under `--full-dir`, so an interrupted
+run resumes where it stopped (the wall time printed is the sum of the subjects' own scoring times).
 """
 
 from __future__ import annotations
 
 import argparse
 import ctypes
+import json
+import math
 import platform
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.config.recipe import EvalSpec, ModelSpec  # noqa: E402
 from pipeline.models import load_model, resolve_model  # noqa: E402
+from pipeline.data.mmlu import CATEGORIES, SUBJECTS  # noqa: E402
 from pipeline.models.bundled import BUNDLED, cache_root  # noqa: E402
 from pipeline.models.gguf_engine import cpu_features, require_llama_cpp  # noqa: E402
 from pipeline.runtime.mmlu import score_mmlu  # noqa: E402
@@ -92,13 +97,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-plain", action="store_true", help="skip plain HFLM (the slowest path)")
     ap.add_argument("--paths", default=",".join(PATHS), help=f"comma-separated subset of {','.join(PATHS)}")
     ap.add_argument("--full", action="store_true", help="then score all 14,042 questions on the fastest path and print lm-eval's table")
+    ap.add_argument("--full-only", action="store_true", help="with --full and one path: skip the side-by-side sample")
+    ap.add_argument("--full-dir", type=Path, default=None, help="where the full run keeps each subject's result (resumes from it)")
     args = ap.parse_args(argv)
     chosen = [p.strip() for p in args.paths.split(",") if p.strip()]
     if unknown := sorted(set(chosen) - set(PATHS)):
         ap.error(f"--paths: unknown {', '.join(unknown)}; choose from {', '.join(PATHS)}")
     threads = args.threads or default_threads()
     import torch
-    from lm_eval.utils import make_table
 
     torch.set_num_threads(threads)
     load_before = load_average()
@@ -111,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         rows, reference = [], None
         paths = _paths(loaded, f32, q41, threads)
         for key, (label, factory) in paths.items():
-            if key not in chosen or (args.skip_plain and key == "plain"):
+            if key not in chosen or (args.skip_plain and key == "plain") or (args.full_only and args.full):
                 continue
             lm, close = factory()
             try:
@@ -128,14 +134,13 @@ def main(argv: list[str] | None = None) -> int:
 
         full = None
         if args.full:
-            label = max(rows, key=lambda r: r[1].n_questions / r[1].seconds)[0]
-            lm, close = dict(paths.values())[label]()
-            start = time.perf_counter()
-            try:
-                full = (label, score_mmlu(lm, EvalSpec(num_fewshot=5)), time.perf_counter() - start)
-            finally:
-                if close:
-                    close()
+            rates = {k: r[1].n_questions / r[1].seconds for k in chosen for r in rows if r[0] == paths[k][0]}
+            if args.full_only and len(chosen) != 1:
+                ap.error("--full-only: name one path with --paths")
+            key = chosen[0] if args.full_only else max(rates, key=rates.__getitem__)
+            label = paths[key][0]
+            full_dir = args.full_dir or cache_root() / "bench" / f"full-mmlu-{key}"
+            full = (label, _full_mmlu(paths[key][1], full_dir), full_dir)
     load_after = load_average()
 
     print(f"\nMMLU 5-shot throughput, SmolLM2-135M, {args.questions}-question stratified sample (seed {args.seed})")
@@ -153,12 +158,48 @@ def main(argv: list[str] | None = None) -> int:
         )
     print("\ngoals: " + "; ".join(GOALS))
     if full:
-        label, result, wall = full
-        print(f"\nfull 5-shot MMLU on {label}: {result.n_questions} questions, wall {wall / 60:.1f} min, acc {result.acc:.4f} ± {result.acc_stderr:.4f}")
-        print(make_table(result.lm_eval_results))
-        if "groups" in result.lm_eval_results:
-            print(make_table(result.lm_eval_results, "groups"))
+        label, subjects, full_dir = full
+        print(f"\nfull 5-shot MMLU on {label} (per-subject results in {full_dir}):")
+        print(_category_table(subjects))
     return 0
+
+
+def _full_mmlu(factory, full_dir: Path) -> dict[str, dict]:
+    """Every subject 5-shot, one at a time; a subject already in `full_dir` is read back, not scored again."""
+    full_dir.mkdir(parents=True, exist_ok=True)
+    lm, close = factory()
+    done: dict[str, dict] = {}
+    try:
+        for subject in SUBJECTS:
+            path = full_dir / f"{subject}.json"
+            if not path.is_file():
+                r = score_mmlu(lm, EvalSpec(num_fewshot=5, subjects=[subject]))
+                record = {"n": r.n_questions, "correct": sum(q.correct for q in r.questions), "seconds": r.seconds, "load": load_average()}
+                path.write_text(json.dumps(record))
+                print(f"  {subject}: {record['correct']}/{record['n']} in {r.seconds:.0f} s", flush=True)
+            done[subject] = json.loads(path.read_text())
+    finally:
+        if close:
+            close()
+    return done
+
+
+def _category_table(subjects: dict[str, dict]) -> str:
+    """lm-eval's mmlu group table (question-weighted accuracy per category and overall; binomial stderr)."""
+
+    def row(name: str, members: list[str]) -> str:
+        n = sum(subjects[s]["n"] for s in members)
+        p = sum(subjects[s]["correct"] for s in members) / n
+        return f"| {name} | 5 | acc | {p:.4f} | ± {math.sqrt(p * (1 - p) / (n - 1)):.4f} | {n} |"
+
+    lines = ["| group | n-shot | metric | value | stderr | questions |", "| --- | ---: | --- | ---: | ---: | ---: |"]
+    lines.append(row("mmlu", list(subjects)))
+    for category in sorted(set(CATEGORIES.values())):
+        lines.append(row(f" - {category}", [s for s in subjects if CATEGORIES[s] == category]))
+    seconds = sum(r["seconds"] for r in subjects.values())
+    loads = [r["load"] for r in subjects.values() if r.get("load") is not None]
+    lines.append(f"\nscoring time, sum over subjects: {seconds / 60:.1f} min; load average per subject {min(loads, default=math.nan):.2f}-{max(loads, default=math.nan):.2f}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

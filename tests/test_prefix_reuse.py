@@ -12,7 +12,8 @@ import numpy as np
 from lm_recording import recording
 
 from pipeline.config.recipe import EvalSpec, ModelSpec
-from pipeline.runtime.transformers import MIN_SHARED_PREFIX, TAIL_BATCH, prefix_groups, tail_batches
+from pipeline.runtime.mmlu import MIN_SHARED_PREFIX, prefix_groups
+from pipeline.runtime.transformers import TAIL_BATCH, tail_batches
 
 LL_TOLERANCE = 1e-3  # nats per request: fp32 with a cache vs one forward differs in summation order only
 

@@ -166,3 +166,32 @@ def test_a_variant_stops_inside_the_sweep_and_the_base_scores_all(tmp_path, tiny
     (g,) = evaluate(sweep, policy)
     check = next(c for c in g.checks if c.name == "mmlu_drop")
     assert check.outcome == "pass" and "scoring stopped: pass vs tiny/none" in check.detail
+
+
+def test_llamacpp_restores_each_subjects_prefix_between_looks(mmlu_dir):
+    """llama.cpp keeps each 5-shot prefix's KV state (llama_state_seq_get/set_data) between the looks of a
+    sequential sample: same answers and log-likelihoods as evaluating the prefixes again, fewer tokens."""
+    from lm_recording import recording
+
+    from pipeline.models.bundled import BUNDLED, cache_root
+    from pipeline.runtime.llamacpp_lm import LlamaCppLM
+    from pipeline.runtime.mmlu import score_mmlu
+
+    class NoKeep(LlamaCppLM):
+        keep_prefixes = property(lambda self: False, lambda self, value: None)
+
+    path = BUNDLED["smollm2-135m-instruct"].locate(cache_root())
+    spec = EvalSpec(num_fewshot=5, subjects=SUBJECTS, sample={"questions": "auto", "max": 24, "step": 8, "seed": 2}, data_dir=str(mmlu_dir))
+    (kept, kept_lls), (again, again_lls) = recording(LlamaCppLM(path, n_threads=2)), recording(NoKeep(path, n_threads=2))
+    try:
+        a, b = score_mmlu(kept, spec), score_mmlu(again, spec)
+        assert a.lm_eval_results["shrinkgate"]["sample"]["looks"] == [8, 16, 24] and len(kept.prefix_states) == 2
+        assert [(q.subject, q.index, q.predicted) for q in a.questions] == [(q.subject, q.index, q.predicted) for q in b.questions]
+        # not bit-equal: a subject's first question is one ~600-token evaluation there and 500 restored + 100 here,
+        # and llama.cpp's Q4_1 matmuls round differently by batch shape (measured: max 0.035 nats)
+        assert max(abs(kept_lls[k] - again_lls[k]) for k in again_lls) < 0.1
+        # looks 2 and 3 restore both prefixes (each ~500 tokens) instead of evaluating them again
+        assert kept.evaluated_tokens < again.evaluated_tokens - 2 * 400, (kept.evaluated_tokens, again.evaluated_tokens)
+    finally:
+        kept.close()
+        again.close()

@@ -438,6 +438,20 @@ class LlamaCppModel:
         """Empty the KV cache of every sequence."""
         self._lib.llama_memory_clear(self._memory, True)
 
+    def save_seq(self, seq_id: int = 0) -> bytes:
+        """The KV cache of sequence `seq_id` as bytes (`llama_state_seq_get_data`), for `load_seq` later."""
+        size = int(self._lib.llama_state_seq_get_size(self._ctx, seq_id))
+        buf = (ctypes.c_uint8 * size)()
+        written = int(self._lib.llama_state_seq_get_data(self._ctx, buf, size, seq_id))
+        if written == 0:
+            raise LlamaCppError(f"llama.cpp could not save the state of sequence {seq_id}")
+        return bytes(buf)[:written]
+
+    def load_seq(self, state: bytes, seq_id: int = 0) -> bool:
+        """Put a `save_seq` state into sequence `seq_id` (whose cells should be empty); False when llama.cpp refuses."""
+        buf = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
+        return int(self._lib.llama_state_seq_set_data(self._ctx, buf, len(state), seq_id)) != 0
+
     def truncate(self, seq_id: int, pos: int) -> bool:
         """Drop positions >= `pos` of sequence `seq_id`; False when llama.cpp cannot (recurrent state)."""
         return bool(self._lib.llama_memory_seq_rm(self._memory, seq_id, pos, -1))

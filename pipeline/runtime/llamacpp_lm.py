@@ -13,6 +13,7 @@ evaluates its new tokens; multi-token continuations are evaluated after the cont
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +23,14 @@ from lm_eval.api.registry import register_model
 from tqdm import tqdm
 
 from pipeline.models.gguf_engine import LlamaCppModel, llama_cpp_version, log_softmax
-from pipeline.runtime.mmlu import common_prefix
+from pipeline.runtime.mmlu import common_prefix, prefix_groups
 
 # The first context is sized from the data (`_loglikelihood_tokens`); this only serves tokenization.
 _INITIAL_CTX = 512
 SCORING_BATCH = 512  # tokens per llama_decode while scoring (llama.cpp's default micro-batch)
+# Saved KV states of shared prefixes kept between calls (a sequential sample's looks meet every subject's
+# 5-shot prefix again); least recent first out.
+PREFIX_STATE_BYTES = 2 * 2**30
 
 
 @register_model("shrinkgate-llamacpp")
@@ -60,6 +64,9 @@ class LlamaCppLM(TemplateLM):
         # HFLM's max_length is the model's trained context; longer inputs are left-truncated the same way
         self._max_length = int(max_length or engine.n_ctx_train or 2048)
         self._bos_text = engine.detokenize([self.prefix_token_id]) if self.prefix_token_id >= 0 else None
+        self.evaluated_tokens = 0  # tokens llama.cpp evaluated while scoring
+        self.keep_prefixes = False  # keep shared-prefix states between calls (`score_sequential` sets it)
+        self.prefix_states: OrderedDict[tuple[int, ...], bytes] = OrderedDict()
 
     # -- lm-eval interface ---------------------------------------------------------------------
 
@@ -102,8 +109,12 @@ class LlamaCppLM(TemplateLM):
         need = max(len(c) + len(k) - 1 for c, k in prepared)
         if need > self.engine.n_ctx:
             self.engine.resize(need)
-        # Sorted by context tokens: equal contexts are adjacent, and so are contexts sharing a few-shot prefix.
-        order = sorted(range(len(prepared)), key=lambda i: prepared[i][0])
+            self.prefix_states.clear()  # states of a context that is gone
+        # In token order: equal contexts are adjacent, and so are contexts sharing a few-shot prefix. With
+        # `keep_prefixes` each group's shared prefix is restored from (or saved to) `prefix_states`.
+        groups = prefix_groups([tuple(c) for c, _ in prepared], [1] * len(prepared))
+        starts = {members[0]: shared for shared, members in groups} if self.keep_prefixes else {}
+        order = [i for _, members in groups for i in members]
         results: list[tuple[float, bool] | None] = [None] * len(prepared)
         engine = self.engine
         engine.clear()
@@ -111,16 +122,20 @@ class LlamaCppLM(TemplateLM):
         last: np.ndarray | None = None  # logits after the last cached token
         for i in tqdm(order, desc="llama.cpp loglikelihood", disable=disable_tqdm):
             context, continuation = prepared[i]
+            if starts.get(i):
+                cached, last = self._restore_prefix(tuple(context[: starts[i]])), None
             if context != cached or last is None:
                 keep = min(common_prefix(cached, context), len(context) - 1)  # re-evaluate >= 1 token for its logits
                 if keep < len(cached) and not engine.truncate(0, keep):
                     engine.clear()
                     keep = 0
                 last = engine.eval(context[keep:], pos0=keep, logits="last")[0]
+                self.evaluated_tokens += len(context) - keep
                 cached = context
             rows = [last]
             if len(continuation) > 1:
                 rows.extend(engine.eval(continuation[:-1], pos0=len(context), logits="all"))
+                self.evaluated_tokens += len(continuation) - 1
                 if not engine.truncate(0, len(context)):  # roll the continuation back out of the cache
                     engine.clear()
                     cached, last = [], None
@@ -132,6 +147,22 @@ class LlamaCppLM(TemplateLM):
             self.cache_hook.add_partial("loglikelihood", requests[i][0], (ll, greedy))
         engine.clear()
         return [r for r in results if r is not None]
+
+    def _restore_prefix(self, prefix: tuple[int, ...]) -> list[int]:
+        """Sequence 0 holds exactly `prefix` afterwards: restored from a kept state, else evaluated and kept."""
+        engine = self.engine
+        engine.clear()
+        state = self.prefix_states.get(prefix)
+        if state is not None and engine.load_seq(state):
+            self.prefix_states.move_to_end(prefix)
+            return list(prefix)
+        engine.clear()
+        engine.eval(prefix, pos0=0, logits="last")
+        self.evaluated_tokens += len(prefix)
+        self.prefix_states[prefix] = engine.save_seq(0)
+        while len(self.prefix_states) > 1 and sum(map(len, self.prefix_states.values())) > PREFIX_STATE_BYTES:
+            self.prefix_states.popitem(last=False)
+        return list(prefix)
 
     def loglikelihood_rolling(self, requests: list[Any], disable_tqdm: bool = False) -> list[float]:
         raise NotImplementedError("runtime llama.cpp scores log-likelihoods of continuations only (no rolling perplexity)")

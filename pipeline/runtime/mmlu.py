@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 # Called after each look of a sequential sample with the outcomes so far, in the seeded order: a reason to
 # stop scoring, or None to go on (`pipeline.sweep.child` builds it from the base's outcomes).
 StopRule = Callable[[tuple[QuestionOutcome, ...]], "str | None"]
+# Inputs sharing at least this many leading tokens (a subject's few-shot prefix) share its KV cache.
+MIN_SHARED_PREFIX = 16
 
 
 def common_prefix(a, b) -> int:
@@ -49,6 +51,33 @@ def common_prefix(a, b) -> int:
     while i < n and a[i] == b[i]:
         i += 1
     return i
+
+
+def prefix_groups(inputs: list[tuple[int, ...]], scored: list[int], min_shared: int = MIN_SHARED_PREFIX) -> list[tuple[int, list[int]]]:
+    """Group inputs that share a leading run of tokens: [(shared length, member indices)].
+
+    Inputs are visited in token order, so a subject's questions (one few-shot prefix) are adjacent. A group's
+    shared length stops before the first position any member scores (`scored[i]` = positions at the end of
+    input i whose logits are read), so every scored position is computed after the shared part. An input
+    that would cut its group's shared run below `min_shared` or to less than half (the next subject, whose
+    header may share a few words) starts a new group; a lone input is a group of shared length 0.
+    """
+    order = sorted(range(len(inputs)), key=lambda i: inputs[i])
+    groups: list[tuple[int, list[int]]] = []
+    for i in order:
+        own_room = len(inputs[i]) - scored[i]
+        if groups:
+            shared, members = groups[-1]
+            lcp = common_prefix(inputs[members[-1]], inputs[i])
+            if len(members) == 1:
+                candidate = min(lcp, own_room, len(inputs[members[0]]) - scored[members[0]])
+            else:
+                candidate = min(shared, lcp, own_room)
+            if candidate >= min_shared and (len(members) == 1 or candidate * 2 >= shared):
+                groups[-1] = (candidate, members + [i])
+                continue
+        groups.append((0, [i]))
+    return groups
 
 
 def _stderr(value: Any) -> float:

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 from pipeline.runtime.base import Runtime
-from pipeline.runtime.mmlu import common_prefix
+from pipeline.runtime.mmlu import prefix_groups
 
 # MMLU continuations are one token (" A"); keep a margin for tokenizers that split the letter.
 SCORED_POSITIONS = 8
-# Inputs sharing at least this many leading tokens (a subject's few-shot prefix) share its KV cache.
-MIN_SHARED_PREFIX = 16
 # Questions of one prefix evaluated in one forward (right-padded): measured on 2 AVX2 cores, SmolLM2 tails of
 # 100 tokens after a 500-token prefix run at 373 tok/s one by one, 467 at 8, 477 at 16 (prefill peak 517).
 TAIL_BATCH = 8
@@ -37,33 +35,6 @@ def accepts_logits_to_keep(model) -> bool:
         return "logits_to_keep" in inspect.signature(model.forward).parameters
     except (TypeError, ValueError):
         return False
-
-
-def prefix_groups(inputs: list[tuple[int, ...]], scored: list[int], min_shared: int = MIN_SHARED_PREFIX) -> list[tuple[int, list[int]]]:
-    """Group inputs that share a leading run of tokens: [(shared length, member indices)].
-
-    Inputs are visited in token order, so a subject's questions (one few-shot prefix) are adjacent. A group's
-    shared length stops before the first position any member scores (`scored[i]` = positions at the end of
-    input i whose logits are read), so every scored position is computed after the shared part. An input
-    that would cut its group's shared run below `min_shared` or to less than half (the next subject, whose
-    header may share a few words) starts a new group; a lone input is a group of shared length 0.
-    """
-    order = sorted(range(len(inputs)), key=lambda i: inputs[i])
-    groups: list[tuple[int, list[int]]] = []
-    for i in order:
-        own_room = len(inputs[i]) - scored[i]
-        if groups:
-            shared, members = groups[-1]
-            lcp = common_prefix(inputs[members[-1]], inputs[i])
-            if len(members) == 1:
-                candidate = min(lcp, own_room, len(inputs[members[0]]) - scored[members[0]])
-            else:
-                candidate = min(shared, lcp, own_room)
-            if candidate >= min_shared and (len(members) == 1 or candidate * 2 >= shared):
-                groups[-1] = (candidate, members + [i])
-                continue
-        groups.append((0, [i]))
-    return groups
 
 
 def tail_batches(
