@@ -196,23 +196,24 @@ def _sequential_check(r: VariantRecord, base: VariantRecord, policy: Policy, rec
     if missing:
         return Check(name, "fail", f"{len(missing)} questions of {r.label} were not scored for {base.label} (its sample.max is smaller): rerun the base"), None
     try:
-        population = int(r.tags.get(M.TAG_MMLU_POPULATION, ""))
+        population, seed_value = int(r.tags.get(M.TAG_MMLU_POPULATION, "")), int(seed)
     except ValueError:
-        return Check(name, "fail", f"{r.label}: tag {M.TAG_MMLU_POPULATION} missing or not a number"), None
+        return Check(name, "fail", f"{r.label}: tags {M.TAG_MMLU_POPULATION} / {M.TAG_MMLU_ORDER_SEED} missing or not numbers"), None
     noise, source = _noise_floor(r, records)
     if noise is None:
         return Check(
             name, "undecided",
             f"{r.label} is tagged {M.TAG_DETERMINISTIC}=false and the sweep has no repeat of it to measure its run-to-run flip rate",
         ), None
-    order = sorted(r.questions or (), key=lambda q: question_rank(int(seed), q.subject, q.index))
+    order = sorted(r.questions or (), key=lambda q: question_rank(seed_value, q.subject, q.index))
     d = [int(q.correct) - int(base_right[(q.subject, q.index)]) for q in order]
     margin = policy.max_mmlu_drop_points - noise  # a rerun can move the variant by up to the noise floor
     if margin < 0:
         return Check(name, "fail", f"noise floor {noise:.2f} pts ({source}) exceeds the {policy.max_mmlu_drop_points:g}-point margin"), None
     seq = sequential_non_inferiority(d, margin, policy.confidence, population=population)
+    asked = {(q.subject, q.index) for q in order}
     ni = non_inferiority(
-        r.questions, [q for q in base.questions or () if (q.subject, q.index) in {(x.subject, x.index) for x in r.questions or ()}],
+        r.questions, [q for q in base.questions or () if (q.subject, q.index) in asked],
         policy.max_mmlu_drop_points, confidence=policy.confidence, n_boot=policy.bootstrap_samples, seed=policy.seed,
     )
     detail = f"sequential (anytime-valid) over {len(d)} questions of the seeded order: {seq.reason}"
