@@ -53,6 +53,14 @@ def _load(recipe_path: Path, **overrides):
     recipe = apply_overrides(load_recipe(recipe_path), **overrides)
     preflight(recipe)
     check_runtimes(recipe, str(recipe_path))
+    if recipe.speed.target_hardware:
+        from pipeline.config.recipe import RecipeError
+        from pipeline.predict.hardware import HardwareError, check_name
+
+        try:
+            check_name(recipe.speed.target_hardware)
+        except HardwareError as exc:
+            raise RecipeError(f"{recipe_path}: field speed.target_hardware: {exc.args[0].removeprefix('--hardware ')} -> use one of them or remove the key") from None
     return recipe
 
 
@@ -288,6 +296,63 @@ def speed(
     except (*_user_errors(), ValueError) as exc:
         _fail(str(exc))
     print_table(result)
+
+
+@app.command()
+def predict(
+    hardware: str = typer.Option(..., "--hardware", help="a device of pipeline/predict/hardware.yaml (h100-sxm, l4, ...) or this-host"),
+    recipe: Optional[Path] = typer.Option(None, "--recipe", help="every model x variant of a recipe"),
+    config: Optional[str] = typer.Option(None, "--config", help="comma-separated published architectures, e.g. llama-3.1-8b,llama-3.2-3b"),
+    model: Optional[Path] = typer.Option(None, "--model", help="a model folder with config.json"),
+    method: Optional[str] = typer.Option(None, "--method", help="comma-separated methods (default: none; with --recipe its variants)"),
+    engine: Optional[str] = typer.Option(None, "--engine", help="transformers | llama.cpp | openai (default: the recipe's runtime, else transformers)"),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="fp32 | bf16 | fp16 (default: bf16; with --recipe each model's dtype)"),
+    batch_sizes: Optional[str] = typer.Option(None, "--batch-sizes", help="comma-separated (default: 1,8,64; with --recipe its speed.batch_sizes)"),
+    prompt_tokens: Optional[int] = typer.Option(None, "--prompt-tokens", help="default 128 (with --recipe its speed.prompt_tokens)"),
+    new_tokens: Optional[int] = typer.Option(None, "--new-tokens", help="default 32 (with --recipe its speed.new_tokens)"),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="with --recipe: read measured bits per weight from its latest sweep here"),
+) -> None:
+    """Predicted TTFT, TPOT, decode tok/s, memory and bottleneck per variant and batch on a named device (roofline
+    with engine factors fitted from this project's measurements); nothing is downloaded or run."""
+    from pipeline.predict.command import PredictError, Target, model_facts, predict_targets, print_predictions, recipe_targets
+    from pipeline.predict.hardware import HardwareError
+    from pipeline.predict.hardware import hardware as hardware_named
+
+    if sum(x is not None for x in (recipe, config, model)) != 1:
+        _fail("give exactly one of --recipe, --config, --model")
+    try:
+        if recipe is not None:
+            doc = _load_recipe_only(recipe)
+            records = _latest_records(tracking_uri, doc.tracking.experiment) if tracking_uri else ()
+            targets = recipe_targets(doc, dtype, records)
+            if method:
+                targets = [t for t in targets if t.method in _split(method)]
+            engine = engine or doc.runtime
+            batches = _split(batch_sizes) or doc.speed.batch_sizes
+            prompt, new = prompt_tokens or doc.speed.prompt_tokens, new_tokens or doc.speed.new_tokens
+        else:
+            sources = _split(config) if config else [str(model)]
+            facts = [model_facts(src, dtype or "bf16") for src in sources]
+            targets = [Target(f, m, m) for f in facts for m in _split(method) or ["none"]]
+            batches = _split(batch_sizes) or [1, 8, 64]
+            prompt, new = prompt_tokens or 128, new_tokens or 32
+        device = hardware_named(hardware)
+        predictions = predict_targets(targets, device, engine or "transformers", [int(b) for b in batches], prompt, new)
+    except (*_user_errors(), PredictError, HardwareError) as exc:
+        _fail(str(exc))
+    print_predictions(predictions, device, console)
+
+
+def _load_recipe_only(path: Path):
+    from pipeline.config.recipe import load_recipe
+
+    return load_recipe(path)
+
+
+def _latest_records(tracking_uri: str, experiment: str):
+    from pipeline.tracking.read import load_sweep
+
+    return load_sweep(resolve_tracking_uri(tracking_uri), experiment=experiment, with_questions=False).children
 
 
 @app.command()

@@ -108,6 +108,19 @@ def batch_metric(name: str, batch_size: int) -> str:
     return name if batch_size == 1 else f"{name}_bs{batch_size}"
 
 
+# A run's figures predicted for `speed.target_hardware` (`pipeline.predict`): never measured, shown apart, and a
+# gate may use them only when its policy says `use_predicted_axes: true`.
+PREDICTED = "predicted_"
+TAG_PREDICTED_HARDWARE = "predicted.hardware"
+TAG_PREDICTED_BASIS = "predicted.basis"  # engine factors and where the bits per weight came from
+TAG_PREDICTED_ERROR = "predicted.error"  # why no prediction was logged (the run itself is unaffected)
+
+
+def predicted_axis_batch(name: str) -> int | None:
+    """Batch size of a predicted decode-speed axis (`predicted_decode_tok_s_bs8` -> 8), else None."""
+    return speed_axis_batch(name.removeprefix(PREDICTED)) if name.startswith(PREDICTED) else None
+
+
 def speed_axis_batch(name: str) -> int | None:
     """Batch size of a decode-speed axis name (`decode_tok_s` -> 1, `decode_tok_s_bs4` -> 4), else None."""
     if name == DECODE_TOK_S:

@@ -17,13 +17,13 @@ import _methods  # noqa: F401 - registers the test-only methods (test-raises, ..
 SUBJECTS = ["abstract_algebra", "anatomy"]
 
 
-def _recipe(tmp_path: Path, tiny_model_dir: Path, variants, extra_models=()) -> Path:
+def _recipe(tmp_path: Path, tiny_model_dir: Path, variants, extra_models=(), speed=None) -> Path:
     doc = {
         "name": "e2e",
         "models": [{"name": "tiny", "source": str(tiny_model_dir), "role": "candidate"}, *extra_models],
         "variants": variants,
         "eval": {"num_fewshot": 0, "subjects": SUBJECTS, "limit_per_subject": 2, "batch_size": 4},
-        "speed": {"prompt_tokens": 16, "new_tokens": 4, "batch_sizes": [1, 2], "warmup": 0, "repeats": 2, "threads": 2},
+        "speed": {"prompt_tokens": 16, "new_tokens": 4, "batch_sizes": [1, 2], "warmup": 0, "repeats": 2, "threads": 2, **(speed or {})},
         "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db", "experiment": "e2e"},
     }
     path = tmp_path / "recipe.yaml"
@@ -50,7 +50,10 @@ def _artifact_names(client, run_id: str) -> set[str]:
 def finished_sweep(tmp_path_factory, tiny_model_dir):
     tmp = tmp_path_factory.mktemp("e2e")
     path = _recipe(
-        tmp, tiny_model_dir, [{"name": "none", "method": "none"}, {"name": "pruned", "method": "magnitude-prune", "params": {"amount": 0.5}}]
+        tmp,
+        tiny_model_dir,
+        [{"name": "none", "method": "none"}, {"name": "pruned", "method": "magnitude-prune", "params": {"amount": 0.5}}],
+        speed={"target_hardware": "h100-sxm"},
     )
     result = CliRunner().invoke(app, ["run", str(path)])
     return tmp, result
@@ -96,6 +99,47 @@ def test_run_logs_parent_children_metrics_and_artifacts(finished_sweep):
     assert by_variant["pruned"][M.KL_VS_BASE] > 0.0
     fallback = {c.data.tags[M.TAG_VARIANT]: c.data.tags[M.TAG_DENSE_FALLBACK] for c in children}
     assert fallback == {"none": "false", "pruned": "true"}  # masked weights run as a dense matmul on CPU
+
+
+def test_runs_log_predictions_for_the_target_hardware_and_compare_shows_them_apart(finished_sweep):
+    tmp, result = finished_sweep
+    assert result.exit_code == 0, result.output
+    _, _, children = _runs(f"sqlite:///{tmp}/mlflow.db")
+    by_variant = {c.data.tags[M.TAG_VARIANT]: c.data for c in children}
+    for data in by_variant.values():
+        assert data.tags[M.TAG_PREDICTED_HARDWARE] == "h100-sxm" and M.TAG_PREDICTED_ERROR not in data.tags
+        assert data.tags[M.TAG_PREDICTED_BASIS].startswith("bf16, 16.00 bits/weight")
+        for name in ("predicted_decode_tok_s", "predicted_decode_tok_s_bs2", "predicted_tpot_ms", "predicted_ttft_ms_bs2"):
+            assert data.metrics[name] > 0, name
+        # a tiny model on an H100: far faster than measured here, and memory-bound (batch 2 ~ twice batch 1)
+        assert data.metrics["predicted_decode_tok_s"] > 10 * data.metrics[M.DECODE_TOK_S]
+        assert data.metrics["predicted_decode_tok_s_bs2"] == pytest.approx(2 * data.metrics["predicted_decode_tok_s"], rel=0.05)
+    # pruning stores dense zeros: predicted like the unmodified model
+    assert by_variant["pruned"].metrics["predicted_decode_tok_s"] == pytest.approx(by_variant["none"].metrics["predicted_decode_tok_s"])
+    out = tmp / "compare"
+    compared = CliRunner().invoke(app, ["compare", "--experiment", "e2e", "--tracking-uri", f"sqlite:///{tmp}/mlflow.db", "--out", str(out)])
+    assert compared.exit_code == 0, compared.output
+    report = (out / "compare.md").read_text()
+    assert "## Predicted on h100-sxm (roofline, not measured)" in report and "PREDICTED tok/s (batch 2)" in report
+    assert "ideal roofline" in report  # no GPU measurements fitted: said where the factors come from
+
+
+def test_measured_children_become_points_to_fit_the_engine_factors(finished_sweep):
+    from pipeline.predict.calibration import fit, points_from_record, predicted
+    from pipeline.tracking.read import measured_children
+
+    tmp, _ = finished_sweep
+    records = measured_children(f"sqlite:///{tmp}/mlflow.db")
+    points = [p for r in records for p in points_from_record(r)]
+    assert sorted((p.label, p.batch) for p in points) == [("tiny/none", 1), ("tiny/none", 2), ("tiny/pruned", 1), ("tiny/pruned", 2)]
+    for p in points:
+        assert p.engine == "transformers" and p.device_kind == "cpu" and p.prompt_tokens == 16
+        assert p.bandwidth > 1e9 and p.tpot_s > 0 and p.ttft_s > 0 and p.bytes_per_step >= p.weight_bytes > 0
+        assert p.flops_per_token and p.peak_flops  # from the logged MFU and matmul peak
+    factors = fit(points, "transformers", "cpu", "test")
+    for p in points:  # a tiny model's step is mostly fixed overhead: the fit must find it
+        assert predicted(p, factors)[0] == pytest.approx(p.tpot_s, rel=0.5)
+    assert factors.step_overhead_ms > 0
 
 
 def test_closing_table_printed(finished_sweep):

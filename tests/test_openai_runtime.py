@@ -200,11 +200,15 @@ def test_ctrl_c_leaves_no_server_behind(tmp_path, tiny_model_dir):
     import signal
     import subprocess
 
+    from _signals import default_sigint
+
     models = [{"name": "tiny0", "source": str(tiny_model_dir), "role": "candidate"}]
     serve = {"artifact": "none", "model": "fake-model", "launch": _fake("--mode", "slow"), "request_timeout_s": 120}
     path = _write(tmp_path, "ctrl-c", serve, models)
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    driver = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", str(path)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "run", str(path)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=default_sigint
+    )
     deadline = time.monotonic() + 120
     while not _servers_left(str(HERE / "fake_openai_server.py")) and time.monotonic() < deadline:
         time.sleep(0.5)

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 import _methods  # noqa: F401 - registers test-raises / test-oom / test-sleep
+from _signals import default_sigint
 from pipeline import metrics as M
 from pipeline.build.plan import parse_recipe
 from pipeline.sweep.driver import run_sweep
@@ -85,7 +86,13 @@ def _launch(recipe_path: Path, tmp: Path, flag: Path, executor: str) -> subproce
     }
     code = "import _methods; from pipeline.cli import main; main()"
     return subprocess.Popen(
-        [sys.executable, "-c", code, "run", str(recipe_path), "--executor", executor], env=env, cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        [sys.executable, "-c", code, "run", str(recipe_path), "--executor", executor],
+        env=env,
+        cwd=tmp,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=default_sigint,
     )
 
 

@@ -72,16 +72,16 @@ def test_score_sequential_stops_when_told_and_reuses_prefixes_across_looks(tiny_
     assert whole.tags() == {M.TAG_MMLU_ORDER_SEED: "1", M.TAG_MMLU_POPULATION: "301", M.TAG_MMLU_STOPPED: whole.stopped}
     seen = []
 
-    def stop(scored):
-        seen.append(len(scored))
+    def stop(scored, population):
+        seen.append((len(scored), population))
         return "enough" if len(scored) >= 30 else None
 
     before = lm.forwarded_tokens
     early = score_mmlu(lm, spec, stop)
-    assert seen == [15, 30] and early.n_questions == 30 and early.stopped == "enough"
+    assert seen == [(15, 301), (30, 301)] and early.n_questions == 30 and early.stopped == "enough"
     # the kept 5-shot prefix caches: the same looks on a fresh LM evaluate both subjects' prefixes again
     fresh = _hflm_class()(pretrained=model, tokenizer=tok, device="cpu")
-    again = score_mmlu(fresh, spec, lambda scored: "enough" if len(scored) >= 30 else None)
+    again = score_mmlu(fresh, spec, lambda scored, population: "enough" if len(scored) >= 30 else None)
     assert lm.forwarded_tokens - before <= fresh.forwarded_tokens - min(map(len, lm.prefix_cache)) * 2
     assert [q.predicted for q in again.questions] == [q.predicted for q in early.questions]
     assert [(q.subject, q.index, q.predicted) for q in early.questions] == [

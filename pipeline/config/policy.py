@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline import metrics as M
 from pipeline.config.loader import RecipeError, format_validation_error, read_yaml
@@ -21,7 +21,10 @@ class Policy(BaseModel):
     )
     confidence: float = Field(0.95, ge=0.5, lt=1.0, description="one-sided confidence of the bounds")
     must_not_be_dominated: bool = Field(True, description="fail a variant that another record dominates on any `dominance_axes`")
-    dominance_axes: list[str] = Field(default_factory=lambda: ["decode_tok_s"], description="decode_tok_s, decode_tok_s_bs<N>, weight_bytes")
+    dominance_axes: list[str] = Field(
+        default_factory=lambda: ["decode_tok_s"], description="decode_tok_s, decode_tok_s_bs<N>, weight_bytes, predicted_decode_tok_s[_bs<N>]"
+    )
+    use_predicted_axes: bool = Field(False, description="allow predicted_* axes (a roofline prediction for speed.target_hardware, not a measurement)")
     dominated_by: Literal["any", "references"] = Field("any", description="which records may dominate a gated variant")
     speed_tolerance: float = Field(0.03, ge=0, lt=1, description="relative: speeds within this ratio count as equal (timer noise)")
     min_decode_tok_s: float | None = Field(None, gt=0, description="batch-1 decode tok/s floor")
@@ -38,9 +41,18 @@ class Policy(BaseModel):
     @classmethod
     def _axes(cls, v: list[str]) -> list[str]:
         for name in v:
-            if name != M.WEIGHT_BYTES and M.speed_axis_batch(name) is None:
-                raise ValueError(f"unknown axis {name!r} -> use decode_tok_s, decode_tok_s_bs<N> or weight_bytes")
+            if name != M.WEIGHT_BYTES and M.speed_axis_batch(name) is None and M.predicted_axis_batch(name) is None:
+                raise ValueError(f"unknown axis {name!r} -> use decode_tok_s, decode_tok_s_bs<N>, weight_bytes or predicted_decode_tok_s[_bs<N>]")
         return v
+
+    @model_validator(mode="after")
+    def _predicted_axes_need_consent(self) -> Policy:
+        predicted = [a for a in self.dominance_axes if M.predicted_axis_batch(a) is not None]
+        if predicted and not self.use_predicted_axes:
+            raise ValueError(
+                f"dominance_axes: {', '.join(predicted)} is a prediction, not a measurement -> set use_predicted_axes: true to gate on it"
+            )
+        return self
 
     @field_validator("variants")
     @classmethod

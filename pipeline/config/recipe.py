@@ -178,6 +178,11 @@ class SpeedSpec(_Strict):
     max_batch: int = Field(256, ge=1, description="largest batch the offline scenario tries")
     compile: bool = Field(False, description="torch.compile the decode step (CUDA: reduce-overhead, CUDA graphs)")
     static_cache: bool | None = Field(None, description="static KV cache; null = only when compile is on")
+    target_hardware: str | None = Field(
+        None,
+        description="a device of `shrinkgate predict` (h100-sxm, l4, ...): each run also logs its predicted decode tok/s, "
+        "TPOT and TTFT there (predicted_* metrics; compare shows them apart, marked predicted)",
+    )
 
     @field_validator("batch_sizes")
     @classmethod

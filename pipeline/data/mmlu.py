@@ -357,11 +357,16 @@ def allocate(questions: int, sizes: dict[str, int]) -> dict[str, int]:
     return out
 
 
+def _require_local_rows(data: MMLUData) -> None:
+    """Sampling needs every subject's row count, which only a local copy knows before scoring."""
+    if data.source != "local":
+        raise MMLUDataError("eval.sample: needs the MMLU rows locally (their counts per subject); unset the hub source or set eval.data_dir")
+
+
 def sample_questions(data: MMLUData, questions: int, seed: int) -> dict[str, tuple[int, ...]]:
     """Subject -> sorted test-row indices of a seeded sample stratified by subject (`allocate`); within a
     subject the first questions of the seeded order (`question_rank`), so a larger sample contains a smaller one."""
-    if data.source != "local":
-        raise MMLUDataError("eval.sample: needs the MMLU rows locally (their counts per subject); unset the hub source or set eval.data_dir")
+    _require_local_rows(data)
     counts = allocate(questions, {s: data.test_rows[s] for s in data.subjects})
     return {
         s: tuple(sorted(sorted(range(data.test_rows[s]), key=lambda i, s=s: question_rank(seed, s, i))[:n]))
@@ -372,8 +377,7 @@ def sample_questions(data: MMLUData, questions: int, seed: int) -> dict[str, tup
 def sequential_order(data: MMLUData, seed: int) -> tuple[tuple[str, int], ...]:
     """Every selected test question as (subject, row) in one seeded random order across subjects (`question_rank`):
     each prefix of it is a simple random sample without replacement, which the sequential test assumes."""
-    if data.source != "local":
-        raise MMLUDataError("eval.sample: needs the MMLU rows locally (their counts per subject); unset the hub source or set eval.data_dir")
+    _require_local_rows(data)
     every = [(s, i) for s in data.subjects for i in range(data.test_rows[s])]
     return tuple(sorted(every, key=lambda q: question_rank(seed, *q)))
 

@@ -37,9 +37,10 @@ from pipeline.results import AccuracyResult, QuestionOutcome
 if TYPE_CHECKING:
     from lm_eval.api.model import LM
 
-# Called after each look of a sequential sample with the outcomes so far, in the seeded order: a reason to
-# stop scoring, or None to go on (`pipeline.sweep.child` builds it from the base's outcomes).
-StopRule = Callable[[tuple[QuestionOutcome, ...]], "str | None"]
+# Called after each look of a sequential sample with the outcomes so far, in the seeded order, and the number of
+# questions they are drawn from: a reason to stop scoring, or None to go on (`pipeline.sweep.child` builds it
+# from the base's outcomes).
+StopRule = Callable[[tuple[QuestionOutcome, ...], int], "str | None"]
 # Inputs sharing at least this many leading tokens (a subject's few-shot prefix) share its KV cache.
 MIN_SHARED_PREFIX = 16
 
@@ -205,7 +206,7 @@ def score_mmlu(lm: LM, spec: EvalSpec, stop: StopRule | None = None) -> Accuracy
 def score_sequential(lm: LM, spec: EvalSpec, data: MMLUData, stop: StopRule | None) -> AccuracyResult:
     """`sample.questions: auto`: every selected question in one seeded random order (the same for every run,
     so runs pair question by question), scored in looks of step, 2 step, ... up to `sample.max`; after each
-    look `stop` sees the outcomes so far and may end the scoring. Without `stop` (the base, a reference) all
+    look `stop` sees the outcomes so far (and the population) and may end the scoring. Without `stop` (the base, a reference) all
     `max` are scored. `acc` is the sample mean, its stderr finite-population corrected (`srs_estimate`)."""
     sample = spec.sample
     if hasattr(lm, "keep_prefixes"):  # our transformers LM: keep each subject's 5-shot prefix cache between looks
@@ -228,7 +229,7 @@ def score_sequential(lm: LM, spec: EvalSpec, data: MMLUData, stop: StopRule | No
         scored.extend(got[q] for q in pool[len(scored) : end])
         looks.append(_json_safe(results))
         ends.append(end)
-        if stop is not None and (why := stop(tuple(scored))):
+        if stop is not None and (why := stop(tuple(scored), len(order))):
             reason = why
             break
     seconds = time.perf_counter() - start

@@ -153,6 +153,8 @@ def _measure(item, resolved, recipe, device, runtime, tracker, run_id, child: Ch
                 notify(item.label, "speed")
                 child.speed = runtime.decode(target, recipe.speed)
                 tracker.log_speed(run_id, child.speed)
+        if recipe.speed.target_hardware:
+            tracker.set_tags(run_id, log_predictions(recipe, item, resolved, fidelity, tracker, run_id))
     finally:
         for path, text in session.logs().items():
             try:
@@ -173,25 +175,16 @@ def stop_rule(recipe, item: WorkItem, uri: str, parent_id: str):
     sample = recipe.eval.sample
     if sample is None or not sample.sequential or item.model.role != "candidate" or item.variant.method == "none":
         return None
-    from pipeline.data.mmlu import resolve_data
     from pipeline.tracking.read import load_sweep
+    from pipeline.verdict.analysis import finished_base
     from pipeline.verdict.sequential import sequential_non_inferiority
 
-    base = next(
-        (
-            r
-            for r in load_sweep(uri, run_id=parent_id, with_questions=True).children
-            if r.is_base and r.model == item.model.name and r.runtime == item.runtime and r.status == "FINISHED" and r.questions
-        ),
-        None,
-    )
-    if base is None:
+    base = finished_base(load_sweep(uri, run_id=parent_id, with_questions=True).children, item.runtime, item.model.name)
+    if base is None or not base.questions:
         return None
-    data = resolve_data(recipe.eval)
-    population = sum(data.test_rows[s] for s in data.subjects)
     base_right = {(q.subject, q.index): q.correct for q in base.questions}
 
-    def stop(scored) -> str | None:
+    def stop(scored, population: int) -> str | None:
         if any((q.subject, q.index) not in base_right for q in scored):
             return None  # the base scored fewer (an earlier, smaller max): no pairing past its end
         d = [int(q.correct) - int(base_right[(q.subject, q.index)]) for q in scored]
@@ -199,6 +192,39 @@ def stop_rule(recipe, item: WorkItem, uri: str, parent_id: str):
         return None if result.decision == "undecided" else f"{result.decision} vs {base.label}: {result.reason}"
 
     return stop
+
+
+def log_predictions(recipe, item: WorkItem, resolved, fidelity, tracker, run_id: str) -> dict[str, str]:
+    """Predicted decode tok/s, TPOT and TTFT on `speed.target_hardware` at the recipe's batches, from the model's
+    config and the bits per weight this build measured; the tags say on what basis, or why there is none (a
+    prediction that cannot be made never fails the run: it measured what it measures)."""
+    from pipeline.predict.command import PredictError, Target, model_facts, predict_targets
+    from pipeline.predict.formats import UnknownFormat, weight_format
+    from pipeline.predict.hardware import hardware
+
+    spec = recipe.speed
+    tags = {M.TAG_PREDICTED_HARDWARE: spec.target_hardware}
+    try:
+        kind = hardware(spec.target_hardware).device_kind
+        dtype = "bf16" if kind == "gpu" else {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}[item.model.dtype]
+        config_dir = Path(resolved.dense_dir) if getattr(resolved, "dense_dir", None) else None
+        source = str(config_dir) if config_dir is not None and (config_dir / "config.json").is_file() else item.model.source
+        method = next((s.method for s in reversed(item.variant.pipeline_steps) if s.method != "none"), "none")
+        # measured bits where they are the stored form (a GGUF file, a quantized format); dense forms run in `dtype`
+        stored_form = recipe.format_of(item.runtime) == "gguf" or weight_format(method).bits_per_weight is not None
+        bits = fidelity.bits_per_weight if fidelity is not None and stored_form else None
+        target = Target(model_facts(source, dtype, item.model.name), method, item.variant.name, bits, "measured: this run's fidelity record" if bits else None)
+        predictions = predict_targets([target], spec.target_hardware, item.runtime, spec.batch_sizes, spec.prompt_tokens, spec.new_tokens)
+    except (PredictError, UnknownFormat, ValueError) as exc:
+        return tags | {M.TAG_PREDICTED_ERROR: exc.args[0] if exc.args else str(exc)}
+    metrics = {}
+    for p in predictions:
+        for name, value in ((M.DECODE_TOK_S, p.decode_tok_s), (M.TPOT_MS, p.tpot_ms), (M.TTFT_MS, p.ttft_ms)):
+            metrics[M.PREDICTED + M.batch_metric(name, p.batch)] = value
+    tracker.log_metrics(run_id, metrics)
+    f = predictions[0].factors
+    basis = f"{dtype}, {predictions[0].bits_per_weight:.2f} bits/weight ({predictions[0].bits_source}); {f.engine} factors: {f.provenance}"
+    return tags | {M.TAG_PREDICTED_BASIS: basis[:5000]}
 
 
 def _record_failure(tracker, run_id: str, child: ChildOutcome, exc: BaseException) -> None:

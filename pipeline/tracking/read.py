@@ -55,6 +55,16 @@ def _record(mlflow_client: Any, run: Any, with_questions: bool) -> VariantRecord
     )
 
 
+def measured_children(uri: str) -> list[VariantRecord]:
+    """Every child run of every sweep in the store (all experiments, all sweeps), without per-question data."""
+    c = client(uri)
+    experiments = [e.experiment_id for e in c.search_experiments()]
+    if not experiments:
+        return []
+    runs = c.search_runs(experiments, filter_string=f"tags.`{M.TAG_KIND}` = 'variant'", max_results=50_000)
+    return [_record(c, r, with_questions=False) for r in runs]
+
+
 def load_sweep(uri: str, *, run_id: str | None = None, experiment: str | None = None, with_questions: bool = True) -> SweepRecord:
     """A parent run and its members (its children, plus the earlier runs resume reused, as the parent's
     `sweep_members.json` lists them); with `experiment`, the latest parent run of that experiment. Planned

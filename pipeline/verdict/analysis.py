@@ -53,13 +53,14 @@ class SweepAnalysis:
 def base_for(record: VariantRecord, records: Sequence[VariantRecord]) -> VariantRecord | None:
     """The FINISHED unmodified candidate measured on the same engine a record is compared with: same model for
     a candidate; the first candidate's for a reference; None for a base itself or when none finished."""
-    bases = [r for r in records if r.is_base and r.status == "FINISHED" and r.runtime == record.runtime]
     if record.is_base:
         return None
-    if record.role == "candidate":
-        same = [b for b in bases if b.model == record.model]
-        return same[0] if same else None
-    return bases[0] if bases else None
+    return finished_base(records, record.runtime, record.model if record.role == "candidate" else None)
+
+
+def finished_base(records: Sequence[VariantRecord], runtime: str, model: str | None = None) -> VariantRecord | None:
+    """The first FINISHED unmodified candidate measured on `runtime` (of `model` when given)."""
+    return next((r for r in records if r.is_base and r.status == "FINISHED" and r.runtime == runtime and model in (None, r.model)), None)
 
 
 def _paired(a: VariantRecord, b: VariantRecord, confidence: float, n_boot: int, seed: int) -> tuple[PairedComparison | None, str | None]:

@@ -60,7 +60,7 @@ def speed_axis(batch_size: int = 1) -> Axis:
 
 
 def axis_by_name(name: str) -> Axis:
-    """`decode_tok_s`, `decode_tok_s_bs<N>` or `weight_bytes`."""
+    """`decode_tok_s`, `decode_tok_s_bs<N>`, `weight_bytes`, or a predicted `predicted_decode_tok_s[_bs<N>]`."""
     if name == M.WEIGHT_BYTES:
         return SIZE_AXIS
     if name == M.DECODE_TOK_S:
@@ -68,7 +68,10 @@ def axis_by_name(name: str) -> Axis:
     m = _BATCH_RE.match(name)
     if m:
         return speed_axis(int(m.group(1)))
-    raise ValueError(f"unknown axis {name!r}: use decode_tok_s, decode_tok_s_bs<N> or weight_bytes")
+    batch = M.predicted_axis_batch(name)
+    if batch is not None:
+        return Axis(name, True, f"predicted decode tok/s (batch {batch})", speed=True)
+    raise ValueError(f"unknown axis {name!r}: use decode_tok_s, decode_tok_s_bs<N>, weight_bytes or predicted_decode_tok_s[_bs<N>]")
 
 
 def batch_sizes(records: Iterable[VariantRecord]) -> list[int]:

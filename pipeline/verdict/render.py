@@ -100,9 +100,9 @@ def compare_markdown(analysis: SweepAnalysis, table_rows: list[dict[str, Any]], 
         "whose predicted letter changed. Dominated = another record is at least as accurate within the paired "
         "statistical margin and at least as fast (speed) / small (size).",
         "",
-        "## Frontier verdicts",
-        "",
     ]
+    lines += predicted_section(analysis)
+    lines += ["## Frontier verdicts", ""]
     if analysis.axes:
         header = ["model/variant"] + [ax.title for ax in analysis.axes]
         body = [[r.label] + [str(analysis.verdicts[ax.metric][r.run_id]) for ax in analysis.axes] for r in ordered(analysis.records)]
@@ -130,6 +130,25 @@ def compare_markdown(analysis: SweepAnalysis, table_rows: list[dict[str, Any]], 
     if plots:
         lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
     return "\n".join(lines) + "\n"
+
+
+def predicted_section(analysis: SweepAnalysis) -> list[str]:
+    """`speed.target_hardware`'s predictions, apart from the measured table and named as predictions."""
+    records = [r for r in ordered(analysis.records) if M.TAG_PREDICTED_HARDWARE in r.tags]
+    if not records:
+        return []
+    batches = sorted({b for r in records for k in r.metrics if (b := M.predicted_axis_batch(k)) is not None})
+    devices = ", ".join(sorted({r.tags[M.TAG_PREDICTED_HARDWARE] for r in records}))
+    header = ["model/variant", "measured tok/s here (batch 1)"] + [f"PREDICTED tok/s (batch {b})" for b in batches] + ["PREDICTED TTFT ms (batch 1)"]
+    body = [
+        [r.label, fmt(r.metric(M.DECODE_TOK_S))]
+        + [fmt(r.metric(M.PREDICTED + M.batch_metric(M.DECODE_TOK_S, b))) for b in batches]
+        + [fmt(r.metric(M.PREDICTED + M.TTFT_MS))]
+        for r in records
+    ]
+    lines = [f"## Predicted on {devices} (roofline, not measured)", "", md_table(header, body), ""]
+    lines += [f"- {r.label}: " + (f"no prediction: {r.tags[M.TAG_PREDICTED_ERROR]}" if M.TAG_PREDICTED_ERROR in r.tags else r.tags.get(M.TAG_PREDICTED_BASIS, "")) for r in records]
+    return lines + [""]
 
 
 REVIEW_COLUMNS = ("model/variant", "role", "status", "MMLU %", "Δ vs base [CI]", "tok/s", "weights", "verdict (speed)", "verdict (size)")

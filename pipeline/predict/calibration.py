@@ -1,0 +1,156 @@
+"""Fitting each engine's efficiency factors to measured decode points, and the factors shipped with the package.
+
+A measured point carries what the roofline needs (bytes per step, FLOPs per token, the host's measured
+bandwidth and matmul peak) and what it measured (TPOT, TTFT). The fit chooses bandwidth / compute / prefill
+efficiency, how far memory and compute overlap, and fixed overheads that minimise the squared log-error of TPOT and TTFT together (scipy's
+`least_squares`), so a factor is a property of the engine, not of one model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from pipeline import metrics as M
+from pipeline.predict.roofline_model import EngineFactors, step_seconds, ttft_seconds
+from pipeline.records import VariantRecord
+from pipeline.results import SpeedResult
+
+FACTORS_FILE = Path(__file__).with_name("factors.json")
+
+
+@dataclass(frozen=True)
+class MeasuredPoint:
+    label: str  # model/variant (or config/method) it was measured on
+    engine: str
+    device_kind: str  # cpu | gpu
+    batch: int
+    prompt_tokens: int
+    weight_bytes: float  # read per decode step, shared by the batch
+    bytes_per_step: float  # weights + batch x KV
+    flops_per_token: float | None  # None: not known (the compute term is left out)
+    bandwidth: float  # bytes/s the host's probe measured
+    peak_flops: float | None
+    tpot_s: float
+    ttft_s: float | None
+
+
+def points_from_speed(result: SpeedResult, engine: str, label: str | None = None) -> list[MeasuredPoint]:
+    """Every measured batch of a `speed` result (the harness's own accounting of bytes and FLOPs)."""
+    kind = "gpu" if result.device.startswith("cuda") else "cpu"
+    peak = result.matmul_tflops * 1e12 if result.matmul_tflops else None
+    return [
+        MeasuredPoint(
+            label=label or f"{result.model}/{result.method}",
+            engine=engine,
+            device_kind=kind,
+            batch=p.batch_size,
+            prompt_tokens=p.prompt_tokens,
+            weight_bytes=float(result.weight_bytes_per_token),
+            bytes_per_step=p.bytes_per_step,
+            flops_per_token=p.flops_per_token,
+            bandwidth=result.bandwidth_gb_s * 1e9,
+            peak_flops=peak,
+            tpot_s=p.tpot_ms / 1e3,
+            ttft_s=p.ttft_ms / 1e3,
+        )
+        for p in result.points
+        if p.tpot_ms > 0 and p.bytes_per_step > 0
+    ]
+
+
+def points_from_record(record: VariantRecord) -> list[MeasuredPoint]:
+    """A FINISHED child's decode points, read back from its metrics (batch 1 unsuffixed, `_bs<N>` otherwise)."""
+    if record.status != "FINISHED":
+        return []
+    bandwidth = record.metric(M.BANDWIDTH_GB_S)
+    if not bandwidth:  # a server on another host: its bandwidth was not measured
+        return []
+    tflops = record.metric(M.HOST_MATMUL_TFLOPS)
+    device = record.tags.get(M.TAG_SPEED_DEVICE, "cpu")
+    prompt = int(record.params.get("speed.prompt_tokens", "0") or 0)
+    batches = sorted({1} | {int(k.rsplit("_bs", 1)[1]) for k in record.metrics if k.startswith(M.TPOT_MS + "_bs") and k.rsplit("_bs", 1)[1].isdigit()})
+    out = []
+    for b in batches:
+        tpot, step_bytes = record.metric(M.batch_metric(M.TPOT_MS, b)), record.metric(M.batch_metric(M.BYTES_PER_STEP, b))
+        tok_s, mfu = record.metric(M.batch_metric(M.DECODE_TOK_S, b)), record.metric(M.batch_metric(M.MFU, b))
+        if not tpot or not step_bytes:
+            continue
+        flops = mfu * tflops * 1e12 / tok_s if mfu and tflops and tok_s else None
+        weights = record.metric(M.WEIGHT_BYTES_READ) or step_bytes  # unlogged: the step's bytes bound it from above
+        ttft = record.metric(M.batch_metric(M.TTFT_MS, b))
+        out.append(
+            MeasuredPoint(
+                label=record.label, engine=record.runtime, device_kind="gpu" if device.startswith("cuda") else "cpu", batch=b,
+                prompt_tokens=prompt, weight_bytes=weights, bytes_per_step=step_bytes, flops_per_token=flops,
+                bandwidth=bandwidth * 1e9, peak_flops=tflops * 1e12 if tflops else None, tpot_s=tpot / 1e3, ttft_s=ttft / 1e3 if ttft else None,
+            )
+        )
+    return out
+
+
+def predicted(point: MeasuredPoint, f: EngineFactors) -> tuple[float, float | None]:
+    """(TPOT s, TTFT s) the model gives for a measured point's bytes and FLOPs under `f`."""
+    tpot, _ = step_seconds(point.bytes_per_step, point.batch, point.flops_per_token, point.bandwidth, point.peak_flops, f)
+    ttft = None if point.ttft_s is None else ttft_seconds(point.weight_bytes, point.batch, point.prompt_tokens, point.flops_per_token, point.bandwidth, point.peak_flops, f)
+    return tpot, ttft
+
+
+def fit(points: Sequence[MeasuredPoint], engine: str, device_kind: str, provenance: str) -> EngineFactors:
+    """Factors minimising the log-error of TPOT and TTFT over `points` (all of one engine and device kind)."""
+    import numpy as np
+    from scipy.optimize import least_squares
+
+    if not points:
+        raise ValueError(f"no measured points of {engine} on {device_kind} to fit")
+
+    def factors(x) -> EngineFactors:
+        return EngineFactors(engine, device_kind, *(float(v) for v in np.exp(x[:3])), float(x[3]), float(x[4]), float(x[5]), provenance, len(points))
+
+    def residuals(x):
+        f, out = factors(x), []
+        for p in points:
+            tpot, ttft = predicted(p, f)
+            out.append(math.log(tpot / p.tpot_s))
+            if ttft is not None and p.ttft_s:
+                out.append(math.log(ttft / p.ttft_s))
+        return out
+
+    x0 = np.array([math.log(0.5), math.log(0.5), math.log(0.5), 1.0, 5.0, 0.5])
+    lower = [math.log(0.01)] * 3 + [0.0, 0.0, 0.0]
+    upper = [math.log(2.0)] * 3 + [1e4, 1e5, 1.0]
+    if not any(p.flops_per_token and p.peak_flops for p in points):
+        # no FLOPs known (an engine that logs no MFU): compute terms cannot be fitted; pin them to the ideal
+        for i, value in ((1, 0.0), (2, 0.0), (5, 1.0)):
+            x0[i], lower[i], upper[i] = value - 5e-7, value - 1e-6, value
+        provenance += "; compute, prefill and overlap not fitted (no FLOPs known for these points): ideal"
+    return factors(least_squares(residuals, x0, bounds=(lower, upper)).x)
+
+
+def geomean_abs_error(pairs: Iterable[tuple[float, float]]) -> float:
+    """Geometric mean of |predicted / measured - 1| (as the analytical-model papers report it)."""
+    errs = [abs(p / m - 1) for p, m in pairs if m > 0]
+    if not errs:
+        return math.nan
+    return math.exp(sum(math.log(max(e, 1e-6)) for e in errs) / len(errs))
+
+
+def load_factors(path: Path = FACTORS_FILE) -> dict[tuple[str, str], EngineFactors]:
+    if not path.is_file():
+        return {}
+    return {(e["engine"], e["device_kind"]): EngineFactors(**e) for e in json.loads(path.read_text())["factors"]}
+
+
+def factors_for(engine: str, device_kind: str, path: Path = FACTORS_FILE) -> EngineFactors:
+    """The fitted factors of `engine` on this kind of device, else the ideal roofline (said in its provenance)."""
+    return load_factors(path).get((engine, device_kind)) or EngineFactors(engine, device_kind)
+
+
+def save_factors(fitted: Sequence[EngineFactors], path: Path = FACTORS_FILE, note: str = "") -> None:
+    known = load_factors(path)
+    known.update({(f.engine, f.device_kind): f for f in fitted})
+    doc = {"note": note or "fitted by benchmarks/predict_error.py --write-factors", "factors": [asdict(f) for f in known.values()]}
+    path.write_text(json.dumps(doc, indent=1) + "\n")

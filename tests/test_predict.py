@@ -1,0 +1,186 @@
+"""`shrinkgate predict`: the hardware table, the formats, the roofline arithmetic, the fit of engine factors
+(recovering known factors, and on points the speed harness really measured), and the command."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from typer.testing import CliRunner
+
+from pipeline.cli import app
+from pipeline.methods.base import registry
+from pipeline.predict import calibration
+from pipeline.predict.calibration import MeasuredPoint, fit, geomean_abs_error, points_from_speed, predicted
+from pipeline.predict.command import model_facts
+from pipeline.predict.formats import FORMATS, weight_format
+from pipeline.predict.hardware import hardware, table
+from pipeline.predict.roofline_model import EngineFactors, predict
+from pipeline.runtime.speed import host
+from pipeline.runtime.speed.roofline import linear_params_per_token
+
+
+@pytest.fixture(autouse=True)
+def _isolated_host_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv(host.CACHE_ENV, str(tmp_path / "host.json"))
+
+
+def test_every_device_names_its_source_and_has_bf16_or_fp32():
+    devices = table()
+    assert {"h100-sxm", "h100-pcie", "h200", "a100-sxm-80gb", "l4", "l40s", "mi300x"} <= set(devices)
+    assert {d.kind for d in devices.values()} == {"gpu", "cpu", "apple"}
+    for d in devices.values():
+        assert d.source and ("bf16" in d.tflops or "fp32" in d.tflops)
+    assert devices["h100-sxm"].bandwidth_gb_s == 3350 and devices["h100-sxm"].tflops["bf16"] == 989.5
+    assert devices["h200"].tflops == devices["h100-sxm"].tflops and devices["h200"].bandwidth_gb_s == 4800
+
+
+def test_every_registered_method_has_a_format():
+    missing = {n for n in registry() if n not in FORMATS and not n.startswith("test-")}
+    assert not missing, f"add these methods to pipeline/predict/formats.py: {sorted(missing)}"
+
+
+def _facts(name="llama-3.1-8b", dtype="bf16"):
+    return model_facts(name, dtype)
+
+
+def test_llama_8b_on_an_h100_is_memory_bound_at_batch_1_and_compute_bound_past_the_ridge():
+    facts, h100, ideal = _facts(), hardware("h100-sxm"), EngineFactors("transformers", "gpu")
+    one = predict(facts, weight_format("none"), h100, ideal, 1, 128, 32)
+    weights = linear_params_per_token(facts.config) * 2
+    assert one.weight_bytes_per_token == weights
+    assert one.decode_tok_s == pytest.approx(3350e9 / (weights + one.kv_bytes_per_seq), rel=1e-9)
+    assert one.bottleneck == "memory (weights)" and 400 < one.compute_bound_batch < 500
+    assert 15 < one.weights_gb < 17  # 8.03 B parameters in bf16
+    big = predict(facts, weight_format("none"), h100, ideal, 1024, 128, 32)
+    assert big.bottleneck == "compute"
+    # int4 weight-only reads ~3.7x fewer bytes: ~3.5x faster at batch 1, no faster once both are compute-bound
+    int4_one = predict(facts, weight_format("int4-weight-only"), h100, ideal, 1, 128, 32)
+    int4_big = predict(facts, weight_format("int4-weight-only"), h100, ideal, 1024, 128, 32)
+    assert 3.0 < int4_one.decode_tok_s / one.decode_tok_s < 3.8
+    assert int4_big.decode_tok_s == pytest.approx(big.decode_tok_s, rel=0.01)
+    # a measured fidelity record's bits override the format's
+    measured = predict(facts, weight_format("int4-weight-only"), h100, ideal, 1, 128, 32, bits_per_weight=4.5, bits_source="measured: x")
+    assert measured.weight_bytes_per_token > int4_one.weight_bytes_per_token and measured.bits_source == "measured: x"
+
+
+def test_long_context_batches_are_bound_by_the_kv_cache_and_gemma_windows_cap_it():
+    facts, l4, ideal = _facts("llama-3.2-1b"), hardware("l4"), EngineFactors("transformers", "gpu")
+    p = predict(facts, weight_format("none"), l4, ideal, 64, 8192, 128)
+    assert p.bottleneck == "memory (KV cache)" and p.kv_gb > p.weights_gb
+    gemma = _facts("gemma-3-270m")
+    short, long = (predict(gemma, weight_format("none"), l4, ideal, 1, n, 32).kv_bytes_per_seq for n in (256, 16384))
+    assert long < 16384 / 256 * short / 2  # 15 of 18 layers keep a 512-token window
+
+
+def test_fit_recovers_known_factors():
+    truth = EngineFactors("e", "cpu", 0.6, 0.3, 0.45, 2.0, 12.0, 0.4, "truth", 1)
+    points = []
+    for gb in (0.5, 2.0, 8.0):
+        for batch in (1, 4, 16, 64):
+            p = MeasuredPoint(f"m{gb}", "e", "cpu", batch, 128, gb * 1e9, gb * 1e9 + batch * 1e6, gb * 1e9, 30e9, 1e12, 1.0, 1.0)
+            tpot, ttft = predicted(p, truth)
+            points.append(MeasuredPoint(**{**p.__dict__, "tpot_s": tpot, "ttft_s": ttft}))
+    got = fit(points, "e", "cpu", "synthetic")
+    for name in ("bandwidth_eff", "compute_eff", "prefill_eff", "step_overhead_ms", "ttft_overhead_ms", "overlap"):
+        assert getattr(got, name) == pytest.approx(getattr(truth, name), rel=0.02), name
+    assert geomean_abs_error((predicted(p, got)[0], p.tpot_s) for p in points) < 1e-3
+
+
+def test_fit_on_points_the_harness_measured_predicts_them(tmp_path):
+    """Real decode of a small published shape at batch 1 and 4: the fitted model is within 25 % of each."""
+    from pipeline.runtime.speed.command import speed_command
+
+    result = speed_command("smollm2-135m", "fp32", "none", [1, 4], 32, 8, "cpu", False, None, warmup=1, repeats=2)
+    points = points_from_speed(result, "transformers")
+    assert [p.batch for p in points] == [1, 4]
+    assert all(p.flops_per_token and p.peak_flops and p.bandwidth > 1e9 for p in points)
+    factors = fit(points, "transformers", "cpu", "test")
+    assert 0.01 <= factors.bandwidth_eff <= 2.0
+    for p in points:
+        assert predicted(p, factors)[0] == pytest.approx(p.tpot_s, rel=0.25)
+    path = tmp_path / "factors.json"
+    calibration.save_factors([factors], path)
+    assert calibration.factors_for("transformers", "cpu", path) == factors
+    assert not calibration.factors_for("llama.cpp", "gpu", path).calibrated
+
+
+def test_shipped_factors_say_where_they_came_from():
+    shipped = calibration.load_factors()
+    assert ("transformers", "cpu") in shipped
+    for f in shipped.values():
+        assert f.calibrated and "fitted" in f.provenance and 0.01 <= f.bandwidth_eff <= 2.0
+
+
+def test_predict_command_for_published_configs():
+    result = CliRunner().invoke(app, ["predict", "--config", "llama-3.1-8b,llama-3.2-3b", "--hardware", "h100-sxm", "--batch-sizes", "1,8,64"])
+    assert result.exit_code == 0, result.output
+    rows = [line for line in result.output.splitlines() if "llama-3." in line and "│" in line]
+    assert len(rows) == 6
+    assert "NVIDIA H100" in result.output and "ideal roofline" in result.output
+
+
+def test_predict_command_for_a_recipe_resolves_bundled_models_and_engine():
+    result = CliRunner().invoke(app, ["predict", "--recipe", "recipes/quickstart.yaml", "--hardware", "l4", "--dtype", "bf16"])
+    assert result.exit_code == 0, result.output
+    assert "(llama.cpp)" in result.output
+    for needle in ("gemma-3-270m", "smollm2-135m-instruct", "gguf-q4_k_m", "gguf-q8_0"):
+        assert needle in result.output
+
+
+def test_predict_command_for_a_model_folder(tmp_path):
+    cfg = model_facts("smollm2-135m", "fp32").config | {"model_type": "llama"}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    result = CliRunner().invoke(app, ["predict", "--model", str(tmp_path), "--hardware", "apple-m4-max", "--batch-sizes", "1"])
+    assert result.exit_code == 0, result.output
+    assert tmp_path.name in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--config", "llama-3.1-8b", "--hardware", "h900"], "--hardware 'h900': unknown; known:"),
+        (["--config", "llama-3.1-8b", "--hardware", "l4", "--method", "int3-magic"], "--method 'int3-magic': no format definition"),
+        (["--config", "llama-9b", "--hardware", "l4"], "model 'llama-9b': no config known offline; give --model DIR"),
+        (["--hardware", "l4"], "give exactly one of --recipe, --config, --model"),
+    ],
+)
+def test_predict_command_refuses_with_one_line(args, message):
+    result = CliRunner().invoke(app, ["predict", *args])
+    assert result.exit_code == 2
+    assert message in result.output and "Traceback" not in result.output
+
+
+def test_this_host_comes_from_the_probes(monkeypatch):
+    from pipeline.predict import hardware as hw_mod
+
+    monkeypatch.setattr(host, "host_bandwidth", lambda device, n: 21.5)
+    monkeypatch.setattr(host, "host_matmul_flops", lambda device, n, dtype: 1.2e11)
+    me = hw_mod.hardware("this-host")
+    assert me.bandwidth_gb_s == 21.5 and me.tflops == {"fp32": 0.12} and me.device_kind == "cpu"
+    assert math.isfinite(me.memory_gb) and "measured on this host" in me.source
+
+
+def test_a_policy_gates_on_predicted_speed_only_when_it_says_so():
+    from pipeline.config.loader import RecipeError
+    from pipeline.config.policy import parse_policy
+    from pipeline.verdict.frontier import axis_by_name
+
+    with pytest.raises(RecipeError, match="predicted_decode_tok_s_bs8 is a prediction, not a measurement -> set use_predicted_axes: true"):
+        parse_policy({"max_mmlu_drop_points": 1, "dominance_axes": ["decode_tok_s", "predicted_decode_tok_s_bs8"]})
+    policy = parse_policy({"max_mmlu_drop_points": 1, "dominance_axes": ["predicted_decode_tok_s_bs8"], "use_predicted_axes": True})
+    axis = axis_by_name(policy.dominance_axes[0])
+    assert axis.metric == "predicted_decode_tok_s_bs8" and axis.higher_is_better and "predicted" in axis.title
+
+
+def test_validate_refuses_an_unknown_target_hardware(tmp_path):
+    import yaml
+
+    doc = yaml.safe_load(open("recipes/quickstart.yaml"))
+    doc["speed"]["target_hardware"] = "h900"
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    result = CliRunner().invoke(app, ["validate", str(path)])
+    assert result.exit_code == 2
+    assert "field speed.target_hardware: 'h900': unknown; known:" in result.output and "Traceback" not in result.output
