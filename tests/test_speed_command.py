@@ -60,8 +60,28 @@ def test_speed_command_refuses_what_it_cannot_do():
         command.speed_command("llama-3.1-70b", "bf16", "none", [1], 8, 4, "cpu", False, 1)
     with pytest.raises(command.SpeedCommandError, match="--config: unknown config 'gpt-9'"):
         command.speed_command("gpt-9", "bf16", "none", [1], 8, 4, "cpu", False, 1)
-    with pytest.raises(command.SpeedCommandError, match="while loading a checkpoint"):
-        command.speed_command("smollm2-135m", "fp32", "bnb-nf4", [1], 8, 4, "cpu", False, 1)
+    with pytest.raises(command.SpeedCommandError, match="while loading a checkpoint"):  # LLM.int8 has no in-memory form here
+        command.speed_command("smollm2-135m", "fp32", "bnb-int8", [1], 8, 4, "cpu", False, 1)
+
+
+def test_bnb_4bit_runs_in_memory_as_the_layers_from_pretrained_builds(monkeypatch):
+    import bitsandbytes as bnb
+
+    from pipeline.build.storage import storage_bytes
+
+    monkeypatch.setitem(shapes.PUBLISHED, "tiny-speed-test", shapes.PublishedShape("test/tiny", "llama", 128, 256, 2, 4, 2, 512, False, 32))
+    dense = command.build_speed_model("tiny-speed-test", "bf16", "none", "cpu")
+    built = command.build_speed_model("tiny-speed-test", "bf16", "bnb-nf4", "cpu")
+    layers = [m for m in built.model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert len(layers) == 2 * 7 and not isinstance(built.model.lm_head, bnb.nn.Linear4bit)  # lm_head stays dense
+    assert all(m.weight.quant_type == "nf4" and m.compute_dtype == torch.bfloat16 for m in layers)  # the model's dtype
+    stored, full = storage_bytes(built.model), storage_bytes(dense.model)
+    assert full.bits_per_weight == 16 and 4 < stored.bits_per_weight < 4.6  # 4-bit values + fp32 absmax per 64
+    assert stored.linear_count == full.linear_count
+    x = torch.randint(3, 512, (1, 8))
+    with torch.no_grad():  # same weights, quantized: the logits move a little, not arbitrarily
+        a, b = dense.model(x).logits.float(), built.model(x).logits.float()
+    assert 0 < (a - b).abs().max() < 0.5 * a.abs().max()
 
 
 def test_speed_command_end_to_end_with_an_in_memory_method(monkeypatch):

@@ -51,6 +51,32 @@ class _Bnb4bit(Method):
             )
         }
 
+    def quantize_loaded(self, model, device: str):
+        """Swap each target linear for bitsandbytes' `Linear4bit` with the loaded weight, quantized by
+        `Params4bit.to(device)`: the layers `from_pretrained(quantization_config=...)` builds, for a model that
+        has no checkpoint (a random-weight shape in `shrinkgate speed`)."""
+        import bitsandbytes as bnb
+        import torch
+
+        from pipeline.methods.targets import target_linears
+
+        compute = getattr(torch, self.compute_dtype)
+        for name, linear in list(target_linears(model)):
+            parent_name, _, leaf = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            layer = bnb.nn.Linear4bit(
+                linear.in_features, linear.out_features, bias=linear.bias is not None, compute_dtype=compute,
+                compress_statistics=self.double_quant, quant_type=self.quant_type, device="meta",
+            )
+            layer.weight = bnb.nn.Params4bit(
+                linear.weight.data, requires_grad=False, compress_statistics=self.double_quant,
+                quant_type=self.quant_type, module=layer,
+            ).to(device)
+            if linear.bias is not None:
+                layer.bias = torch.nn.Parameter(linear.bias.data.to(device), requires_grad=False)
+            setattr(parent, leaf, layer)
+        return model
+
     def _fused_cpu(self) -> bool:
         if self.compute_dtype != "bfloat16":
             return False

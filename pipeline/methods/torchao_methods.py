@@ -1,9 +1,9 @@
 """torchao methods: `quantize_(model, Config, filter_fn)` with lm_head and embeddings left dense.
 
 int4 on CPU runs only through `torchao.prototype.quantization.int4` (Int4OpaqueTensor, the tinygemm CPU
-kernel); on CUDA the standard `Int4WeightOnlyConfig` (Int4Tensor, needs bfloat16). Both kernels need a
-layer's output width N divisible by 16 and the group size to divide its input width; torchao silently
-skips a layer whose shape does not fit, so `check_model` refuses such a model up front instead.
+kernel); on CUDA the standard `Int4WeightOnlyConfig` in tinygemm's tile-packed layout (needs bfloat16).
+Both kernels need a layer's output width N divisible by 16 and the group size to divide its input width;
+torchao silently skips a layer whose shape does not fit, so `check_model` refuses such a model up front instead.
 
 Storage: torchao's weights are torch tensor subclasses, counted through `__tensor_flatten__` generically;
 `TorchaoWeights` dequantizes the one form without a dequantize op (Int4OpaqueTensor).
@@ -75,7 +75,7 @@ class TorchaoInt4WeightOnly(_Torchao):
     name = "int4-weight-only"
     summary = "int4 weights, asymmetric group-wise (tinygemm layout); CPU via torchao.prototype.quantization.int4"
     # on CPU; the CUDA form saves. `serialize` (torchao's flattening) still tries, so a build records the outcome.
-    not_serializable = "CPU form (Int4OpaqueTensor) is not in torchao's safetensors allow-list; the CUDA form (Int4Tensor) saves"
+    not_serializable = "CPU form (Int4OpaqueTensor) is not in torchao's safetensors allow-list; the CUDA form (Int4TilePackedTo4dTensor) saves"
 
     group_size: Literal[32, 64, 128, 256] = Field(128, description="weights per scale/zero-point group (CPU: 32, 64 or 128)")
 
@@ -95,8 +95,10 @@ class TorchaoInt4WeightOnly(_Torchao):
             from torchao.quantization import Int4WeightOnlyConfig
 
             if next(model.parameters()).dtype != torch.bfloat16:
-                raise MethodError("int4-weight-only on CUDA needs the model in bfloat16 (torchao Int4Tensor); set the model's `dtype: bfloat16`")
-            config = Int4WeightOnlyConfig(group_size=self.group_size)
+                raise MethodError("int4-weight-only on CUDA needs the model in bfloat16 (torchao tinygemm int4); set the model's `dtype: bfloat16`")
+            # tinygemm (`aten._weight_int4pack_mm`, in torch itself): the default "plain" packing needs the
+            # separate mslk kernel package, which a bare CUDA torch install lacks
+            config = Int4WeightOnlyConfig(group_size=self.group_size, int4_packing_format="tile_packed_to_4d")
         else:
             from torchao.prototype.quantization.int4 import PrototypeInt4WeightOnlyConfig
 
@@ -108,7 +110,7 @@ class TorchaoInt4WeightOnly(_Torchao):
 
     def kernel(self, device: str, model=None) -> str:
         if device.startswith("cuda"):
-            return "torchao Int4Tensor: int4 weight-only CUDA kernel"
+            return "torchao Int4TilePackedTo4dTensor: int4 weight-only tinygemm CUDA kernel (aten._weight_int4pack_mm)"
         import torch
 
         isa = torch.backends.cpu.get_cpu_capability()

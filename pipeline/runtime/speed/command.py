@@ -2,8 +2,9 @@
 
 Builds the architecture from `shapes.PUBLISHED` with random non-zero weights (meta device ->
 materialized on the target device), applies an in-memory compression method, measures decode and
-prints a rich table. Load-time methods (e.g. bitsandbytes through `from_pretrained`) and methods that
-need calibration text cannot run on a random in-memory model; they are refused with that reason.
+prints a rich table. Load-time methods run through their in-memory form where the library has one
+(bitsandbytes 4-bit: `Linear4bit` over the random weights); the others, and methods that need calibration
+text, cannot run on a random in-memory model and are refused with that reason.
 
     python -m pipeline.runtime.speed.command --config smollm2-135m --dtype fp32 --batch-sizes 1 4
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
@@ -37,7 +39,7 @@ def _device(requested: str) -> str:
 
 def _in_memory_method(name: str, params: dict[str, Any] | None, device: str):
     """The configured method, if it can transform an in-memory model here."""
-    from pipeline.methods import MethodError, make_method
+    from pipeline.methods import Method, MethodError, make_method
 
     try:
         method = make_method(name, params)
@@ -46,7 +48,7 @@ def _in_memory_method(name: str, params: dict[str, Any] | None, device: str):
     kind = "cuda" if device.startswith("cuda") else "cpu"
     if kind not in method.devices:
         raise SpeedCommandError(f"--method {name} runs on {', '.join(method.devices)} only, not {kind}")
-    if method.quantizes_at_load:
+    if method.quantizes_at_load and type(method).quantize_loaded is Method.quantize_loaded:
         raise SpeedCommandError(
             f"--method {name} quantizes while loading a checkpoint (from_pretrained); `speed` builds an in-memory "
             "random model, so only methods that transform a loaded model work here — measure it in a recipe sweep"
@@ -54,6 +56,77 @@ def _in_memory_method(name: str, params: dict[str, Any] | None, device: str):
     if method.needs_calibration:
         raise SpeedCommandError(f"--method {name} needs calibration text from a real tokenizer; measure it in a recipe sweep")
     return method
+
+
+@dataclass
+class SpeedModel:
+    """A published shape with random weights, compressed in memory, ready to time (and what it reads per token)."""
+
+    model: Any
+    config: str
+    method: str
+    device: str
+    weight_bytes_per_token: int
+    kernel: str
+    dense_fallback: bool
+    label: str
+
+
+def build_speed_model(
+    config: str, dtype: str, method: str, device: str, *, method_params: dict[str, Any] | None = None, seed: int = 0
+) -> SpeedModel:
+    """Random weights of a published architecture on `device`, with `method` applied in memory."""
+    from pipeline.build.artifact import apply_steps
+    from pipeline.build.observe import observe_reads
+    from pipeline.methods import BuildContext
+
+    device = _device(device)
+    try:
+        shape = shapes.shape(config)
+    except KeyError as exc:
+        raise SpeedCommandError(f"--config: {exc.args[0]}") from None
+    dt = shapes.torch_dtype(dtype)
+    need = shapes.param_count(config) * torch.empty((), dtype=dt).element_size()
+    free = free_bytes(device)
+    if need > 0.9 * free:
+        raise SpeedCommandError(
+            f"{config} in {dtype} needs {need / 1e9:.1f} GB of weights; {device} has {free / 1e9:.1f} GB free — "
+            "use a smaller config, a lower-precision dtype, or a bigger device"
+        )
+    m = _in_memory_method(method, method_params, device)
+    if "compute_dtype" in type(m).model_fields and "compute_dtype" not in (method_params or {}):
+        m = m.model_copy(update={"compute_dtype": shapes.DTYPES[dtype.lower()]})  # matmuls in the model's dtype
+    model = shapes.random_model(config, dtype, device, seed)
+    if m.quantizes_at_load:
+        model = m.quantize_loaded(model, device)  # the layers from_pretrained would build, on the random weights
+    model = apply_steps(model, [m], BuildContext(tokenizer=None, device=device))
+    reads = observe_reads(model, compressed=m.kind != "none")  # what runs: a dense fallback reads dense bytes
+    return SpeedModel(
+        model=model,
+        config=config,
+        method=method,
+        device=device,
+        weight_bytes_per_token=reads.bytes_per_token,
+        kernel=f"{m.kernel(device, model)}; observed: {reads.observation.summary()}",
+        dense_fallback=reads.observation.dense_fallback,
+        label=f"{config} (random, {shape.hub_id} shape)",
+    )
+
+
+def measure_speed_model(built: SpeedModel, spec: SpeedSpec, seed: int = 0) -> SpeedResult:
+    """Time decode of a built model at every point `spec` asks for (`measure_decode`)."""
+    return measure_decode(
+        built.model,
+        None,
+        spec,
+        weight_bytes_per_token=built.weight_bytes_per_token,
+        device=built.device,
+        kernel=built.kernel,
+        dense_fallback=built.dense_fallback,
+        model_name=built.label,
+        method=built.method,
+        seed=seed,
+    )
 
 
 def speed_command(
@@ -75,27 +148,6 @@ def speed_command(
     seed: int = 0,
 ) -> SpeedResult:
     """Measure decode of a published architecture (random weights) under `method` on `device`."""
-    from pipeline.build.artifact import apply_steps
-    from pipeline.build.observe import observe_reads
-    from pipeline.methods import BuildContext
-
-    device = _device(device)
-    try:
-        shape = shapes.shape(config)
-    except KeyError as exc:
-        raise SpeedCommandError(f"--config: {exc.args[0]}") from None
-    dt = shapes.torch_dtype(dtype)
-    need = shapes.param_count(config) * torch.empty((), dtype=dt).element_size()
-    free = free_bytes(device)
-    if need > 0.9 * free:
-        raise SpeedCommandError(
-            f"{config} in {dtype} needs {need / 1e9:.1f} GB of weights; {device} has {free / 1e9:.1f} GB free — "
-            "use a smaller config, a lower-precision dtype, or a bigger device"
-        )
-    m = _in_memory_method(method, method_params, device)
-    model = shapes.random_model(config, dtype, device, seed)
-    model = apply_steps(model, [m], BuildContext(tokenizer=None, device=device))
-    reads = observe_reads(model, compressed=m.kind != "none")  # what runs: a dense fallback reads dense bytes
     spec = SpeedSpec(
         prompt_tokens=prompt_tokens,
         new_tokens=new_tokens,
@@ -107,20 +159,11 @@ def speed_command(
         prompt_lengths=prompt_lengths,
         compile=compile,
     )
-    result = measure_decode(
-        model,
-        None,
-        spec,
-        weight_bytes_per_token=reads.bytes_per_token,
-        device=device,
-        kernel=f"{m.kernel(device, model)}; observed: {reads.observation.summary()}",
-        dense_fallback=reads.observation.dense_fallback,
-        model_name=f"{config} (random, {shape.hub_id} shape)",
-        method=method,
-        seed=seed,
-    )
-    del model
-    return result
+    built = build_speed_model(config, dtype, method, device, method_params=method_params, seed=seed)
+    try:
+        return measure_speed_model(built, spec, seed)
+    finally:
+        del built.model
 
 
 def _fmt(x: float | None, spec: str = ".1f") -> str:

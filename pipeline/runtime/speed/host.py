@@ -243,11 +243,18 @@ def probe_bandwidth(device: str, threads: int, buffer_bytes: int | None = None, 
 
 
 def bandwidth_probe(
-    device: str = "cpu", threads: int | None = None, *, refresh: bool = False, path: Path | None = None
+    device: str = "cpu",
+    threads: int | None = None,
+    *,
+    refresh: bool = False,
+    path: Path | None = None,
+    buffer_bytes: int | None = None,
 ) -> dict[str, Any]:
-    """The cached bandwidth probe record (GB/s per kernel, buffer size, when, host load at the time)."""
+    """The cached bandwidth probe record (GB/s per kernel, buffer size, when, host load at the time).
+    `buffer_bytes` overrides the planned buffer size of a new probe (a dry run's quick, cache-sized reading)."""
     n = threads or default_threads()
-    return _cached(host_key(device, n), "bandwidth", "bandwidth_gb_s", lambda: probe_bandwidth(device, n), refresh, path)
+    measure = lambda: probe_bandwidth(device, n, buffer_bytes=buffer_bytes)  # noqa: E731
+    return _cached(host_key(device, n), "bandwidth", "bandwidth_gb_s", measure, refresh, path)
 
 
 def host_bandwidth(

@@ -69,6 +69,11 @@ PUBLISHED: dict[str, PublishedShape] = {
 DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16"}
 
 
+def add_shape(name: str, shape: PublishedShape) -> None:
+    """Make another architecture known by name to `speed` and `predict` (a dry run's tiny stand-in)."""
+    PUBLISHED[name.lower()] = shape
+
+
 def shape(name: str) -> PublishedShape:
     try:
         return PUBLISHED[name.lower()]
