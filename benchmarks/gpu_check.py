@@ -24,6 +24,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -247,11 +248,6 @@ def answers(steps: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def predicted_error(step: dict[str, Any]) -> dict[int, float]:
-    measured = {p["batch_size"]: p["decode_tok_s"] for p in step["result"]["points"]}
-    return {p["batch"]: p["decode_tok_s"] / measured[p["batch"]] - 1 for p in step.get("predicted", []) if measured.get(p["batch"])}
-
-
 def _f(x: float | None, spec: str = ".1f") -> str:
     return "—" if x is None else format(x, spec)
 
@@ -272,14 +268,13 @@ def markdown(report: dict[str, Any]) -> str:
     for s in report["steps"]:
         if "result" not in s:
             continue
-        errors = predicted_error(s)
         predicted = {p["batch"]: p["decode_tok_s"] for p in s.get("predicted", [])}
         for p in sorted(s["result"]["points"], key=lambda p: p["batch_size"]):
-            b = p["batch_size"]
+            b, pred = p["batch_size"], predicted.get(p["batch_size"])
+            error = None if pred is None or not p["decode_tok_s"] else (pred / p["decode_tok_s"] - 1) * 100
             lines.append(
                 f"| {s['name']} | {s['status']} ({s['seconds']:.0f} s) | {b} | {p['tpot_ms']:.2f} | {p['decode_tok_s']:.1f} | {_f(p['wall_tok_s'])} | "
-                f"{_f(None if p['mbu'] is None else p['mbu'] * 100, '.0f')}% | {_f(predicted.get(b))} | "
-                f"{_f(None if b not in errors else errors[b] * 100, '+.0f')}% | {p['peak_mem_mb']:.0f} |"
+                f"{_f(None if p['mbu'] is None else p['mbu'] * 100, '.0f')}% | {_f(pred)} | {_f(error, '+.0f')}% | {p['peak_mem_mb']:.0f} |"
             )
     lines.append("")
     for s in report["steps"]:
@@ -337,18 +332,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     steps = [step_named(n.strip()) for n in args.only.split(",") if n.strip()] or list(STEPS)
     args.out.mkdir(parents=True, exist_ok=True)
-    step_dir = Path(os.environ.get("TMPDIR", "/tmp")) / f"gpu-check-{os.getpid()}"
-    step_dir.mkdir(parents=True, exist_ok=True)
+    step_dir = Path(tempfile.mkdtemp(prefix="gpu-check-"))
     # one bandwidth / matmul probe for all steps (each step is a process of its own); the dry run's quick reading
     # never reaches the user's own host cache
     if args.dry_run:
-        os.environ["SHRINKGATE_HOST_CACHE"] = str(step_dir / "host.json")
-    else:
-        os.environ.setdefault("SHRINKGATE_HOST_CACHE", str(step_dir / "host.json"))
-    if args.dry_run:
         from pipeline.runtime.speed.host import bandwidth_probe, default_threads
 
+        os.environ["SHRINKGATE_HOST_CACHE"] = str(step_dir / "host.json")
         bandwidth_probe("cpu", default_threads(), buffer_bytes=32 * 2**20)  # a quick reading, not the DRAM-sized probe
+    else:
+        os.environ.setdefault("SHRINKGATE_HOST_CACHE", str(step_dir / "host.json"))
     report: dict[str, Any] = {"env": environment(args.dry_run), "steps": []}
     start = time.monotonic()
     for step in steps:

@@ -92,10 +92,10 @@ class Method(BaseModel):
         """
         return {}
 
-    def quantize_loaded(self, model: PreTrainedModel, device: str) -> PreTrainedModel | None:
-        """For a `quantizes_at_load` method: the same quantized layers built on an already-loaded model (no
-        checkpoint: `shrinkgate speed`'s random-weight shapes), or None where the library offers no such path."""
-        return None
+    def quantize_loaded(self, model: PreTrainedModel, device: str) -> PreTrainedModel:
+        """For a `quantizes_at_load` method whose library has an in-memory path: the same quantized layers built
+        on an already-loaded model (no checkpoint: `shrinkgate speed`'s random-weight shapes)."""
+        raise NotImplementedError(f"method {self.name!r} quantizes only while loading a checkpoint")
 
     def apply(self, model: PreTrainedModel, ctx: BuildContext) -> PreTrainedModel:
         """Transform the loaded model in place and return it (or return a replacement).

@@ -63,7 +63,6 @@ class SpeedModel:
     """A published shape with random weights, compressed in memory, ready to time (and what it reads per token)."""
 
     model: Any
-    config: str
     method: str
     device: str
     weight_bytes_per_token: int
@@ -103,7 +102,6 @@ def build_speed_model(
     reads = observe_reads(model, compressed=m.kind != "none")  # what runs: a dense fallback reads dense bytes
     return SpeedModel(
         model=model,
-        config=config,
         method=method,
         device=device,
         weight_bytes_per_token=reads.bytes_per_token,
