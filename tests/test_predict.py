@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -19,6 +20,8 @@ from pipeline.predict.hardware import hardware, table
 from pipeline.predict.roofline_model import EngineFactors, predict
 from pipeline.runtime.speed import host
 from pipeline.runtime.speed.roofline import linear_params_per_token
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
@@ -74,18 +77,47 @@ def test_long_context_batches_are_bound_by_the_kv_cache_and_gemma_windows_cap_it
     assert long < 16384 / 256 * short / 2  # 15 of 18 layers keep a 512-token window
 
 
+def test_prefill_runs_the_output_head_once_per_prompt():
+    """Both engines keep only the last position's logits: Gemma 3's 262k-vocabulary head is counted once, not 128 times."""
+    from pipeline.runtime.speed import roofline
+
+    gemma = _facts("gemma-3-270m")
+    per_token = roofline.decode_flops_per_token(gemma.config, 64)
+    head = gemma.head_params
+    assert 2 * head > 0.5 * per_token  # the head is most of a decode token's FLOPs
+    assert roofline.prefill_flops_per_seq(128, per_token, head) == pytest.approx(128 * (per_token - 2 * head) + 2 * head)
+    slow = EngineFactors("transformers", "cpu", compute_eff=0.01, prefill_eff=0.01)  # compute-bound prefill: TTFT follows the FLOPs
+    ttft = predict(gemma, weight_format("none"), hardware("l4"), slow, 1, 128, 32).ttft_ms
+    peak, _ = hardware("l4").peak_flops("bf16")
+    assert ttft == pytest.approx(roofline.prefill_flops_per_seq(128, per_token, head) / (0.01 * peak) * 1e3, rel=0.01)
+
+
 def test_fit_recovers_known_factors():
-    truth = EngineFactors("e", "cpu", 0.6, 0.3, 0.45, 2.0, 12.0, 0.4, "truth", 1)
+    truth = EngineFactors(
+        "e", "cpu", bandwidth_eff=0.6, batched_bandwidth_eff=0.4, compute_eff=0.3, prefill_eff=0.45, step_overhead_ms=2.0,
+        ttft_overhead_ms=12.0, overlap=0.4, layer_overhead_ms=0.25, kernel_speed={"gguf-q4_k_m": 0.5}, provenance="truth", points=1,
+    )
     points = []
-    for gb in (0.5, 2.0, 8.0):
+    for gb, layers in ((0.5, 30), (2.0, 16), (8.0, 24)):
         for batch in (1, 4, 16, 64):
-            p = MeasuredPoint(f"m{gb}", "e", "cpu", batch, 128, gb * 1e9, gb * 1e9 + batch * 1e6, gb * 1e9, 30e9, 1e12, 1.0, 1.0)
-            tpot, ttft = predicted(p, truth)
-            points.append(MeasuredPoint(**{**p.__dict__, "tpot_s": tpot, "ttft_s": ttft}))
+            for method, bytes_scale in (("none", 1.0), ("gguf-q4_k_m", 0.3)):
+                weights = gb * 1e9 * bytes_scale
+                p = MeasuredPoint(f"m{gb}/{method}", "e", "cpu", batch, 128, weights, weights + batch * 1e6, gb * 1e9, 30e9, 1e12, 1.0, 1.0, layers, f"m{gb}", method)
+                tpot, ttft = predicted(p, truth)
+                points.append(MeasuredPoint(**{**p.__dict__, "tpot_s": tpot, "ttft_s": ttft}))
     got = fit(points, "e", "cpu", "synthetic")
-    for name in ("bandwidth_eff", "compute_eff", "prefill_eff", "step_overhead_ms", "ttft_overhead_ms", "overlap"):
+    for name in ("bandwidth_eff", "batched_bandwidth_eff", "compute_eff", "prefill_eff", "step_overhead_ms", "ttft_overhead_ms", "overlap", "layer_overhead_ms"):
         assert getattr(got, name) == pytest.approx(getattr(truth, name), rel=0.02), name
+    assert got.speed_of("gguf-q4_k_m") == pytest.approx(0.5, rel=0.02) and got.speed_of("none") == 1.0
+    assert "relative to none" in got.provenance
     assert geomean_abs_error((predicted(p, got)[0], p.tpot_s) for p in points) < 1e-3
+
+
+def test_batch_one_points_leave_the_batched_bandwidth_unfitted():
+    p = MeasuredPoint("m", "e", "cpu", 1, 128, 1e9, 1e9, 1e9, 30e9, 1e12, 0.05, 0.2, 16)
+    got = fit([p, MeasuredPoint(**{**p.__dict__, "label": "n", "weight_bytes": 2e9, "bytes_per_step": 2e9, "tpot_s": 0.09})], "e", "cpu", "one batch")
+    assert got.batched_bandwidth_eff is None and got.bandwidth_eff_at(8) == got.bandwidth_eff
+    assert "batch 1 only" in got.provenance and not got.kernel_speed
 
 
 def test_fit_on_points_the_harness_measured_predicts_them(tmp_path):
@@ -96,6 +128,7 @@ def test_fit_on_points_the_harness_measured_predicts_them(tmp_path):
     points = points_from_speed(result, "transformers")
     assert [p.batch for p in points] == [1, 4]
     assert all(p.flops_per_token and p.peak_flops and p.bandwidth > 1e9 for p in points)
+    assert all(p.layers == 30 and p.head_params == 576 * 49152 for p in points)  # SmolLM2-135M's, from the speed result
     factors = fit(points, "transformers", "cpu", "test")
     assert 0.01 <= factors.bandwidth_eff <= 2.0
     for p in points:
@@ -184,3 +217,23 @@ def test_validate_refuses_an_unknown_target_hardware(tmp_path):
     result = CliRunner().invoke(app, ["validate", str(path)])
     assert result.exit_code == 2
     assert "field speed.target_hardware: 'h900': unknown; known:" in result.output and "Traceback" not in result.output
+
+
+def test_validation_folds_hold_each_model_out_once_and_never_split_one():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("predict_error", REPO / "benchmarks" / "predict_error.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    base = MeasuredPoint("x", "llama.cpp", "cpu", 1, 128, 1e9, 1e9, 1e9, 30e9, 1e12, 0.05, 0.2, 16)
+    points = [
+        MeasuredPoint(**{**base.__dict__, "label": f"{m} ({t})", "model": m, "method": t, "batch": b})
+        for m in ("a", "b", "c") for t in ("gguf-q4_0", "gguf-q8_0") for b in (1, 4)
+    ]
+    folds = bench.folds(points)
+    assert len(folds) == 2
+    held = []
+    for fit_half, test_half in folds:
+        assert not {p.shape for p in fit_half} & {p.shape for p in test_half}  # both quant types of a model stay together
+        held += sorted({p.shape for p in test_half})
+    assert sorted(held) == ["a", "b", "c"]

@@ -118,11 +118,13 @@ def test_speed_metrics_use_the_shared_names():
     res = SpeedResult(
         points=(_point(1), _point(4), _point(1, 512)), bandwidth_gb_s=20.0, device="cpu", threads=2, timer="t",
         matmul_tflops=0.1, compute_bound_batch=9, kernel="dense", scenario="server", skipped=({"batch_size": 64, "prompt_tokens": 128, "reason": "oom"},),
+        layers=30, head_params=576 * 49152,
     )
     m = res.metrics()
     for name in M.PER_BATCH:
         assert name in m and M.batch_metric(name, 4) in m
     assert m[M.DECODE_TOK_S] == 200 and m["decode_tok_s_bs4"] == 800 and m["decode_tok_s_p512"] == 200
     assert m[M.BANDWIDTH_GB_S] == 20.0 and m[M.COMPUTE_BOUND_BATCH] == 9 and m[M.MFU] == 0.01
+    assert m[M.MODEL_LAYERS] == 30 and m[M.HEAD_PARAMS] == 576 * 49152
     tags = res.tags()
     assert tags[M.TAG_DENSE_FALLBACK] == "false" and tags[M.TAG_SPEED_SKIPPED] == "64@128"

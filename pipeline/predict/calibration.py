@@ -18,6 +18,7 @@ from pipeline import metrics as M
 from pipeline.predict.roofline_model import EngineFactors, step_seconds, ttft_seconds
 from pipeline.records import VariantRecord
 from pipeline.results import SpeedResult
+from pipeline.runtime.speed import roofline
 
 FACTORS_FILE = Path(__file__).with_name("factors.json")
 
@@ -36,9 +37,17 @@ class MeasuredPoint:
     peak_flops: float | None
     tpot_s: float
     ttft_s: float | None
+    layers: int = 0  # decoder layers (0: not known; the per-layer overhead cannot be charged)
+    model: str = ""  # the architecture measured (held-out validation never splits one across halves); "": the label
+    method: str = "none"  # whose kernel ran the matmuls (a method name, as `predict --method` takes it)
+    head_params: int = 0  # output-head weights (prefill runs the head once per sequence); 0: not known, counted per token
+
+    @property
+    def shape(self) -> str:
+        return self.model or self.label
 
 
-def points_from_speed(result: SpeedResult, engine: str, label: str | None = None) -> list[MeasuredPoint]:
+def points_from_speed(result: SpeedResult, engine: str, label: str | None = None, method: str | None = None) -> list[MeasuredPoint]:
     """Every measured batch of a `speed` result (the harness's own accounting of bytes and FLOPs)."""
     kind = "gpu" if result.device.startswith("cuda") else "cpu"
     peak = result.matmul_tflops * 1e12 if result.matmul_tflops else None
@@ -56,6 +65,10 @@ def points_from_speed(result: SpeedResult, engine: str, label: str | None = None
             peak_flops=peak,
             tpot_s=p.tpot_ms / 1e3,
             ttft_s=p.ttft_ms / 1e3,
+            layers=result.layers,
+            model=result.model,
+            method=method or result.method or "none",
+            head_params=result.head_params,
         )
         for p in result.points
         if p.tpot_ms > 0 and p.bytes_per_step > 0
@@ -72,6 +85,9 @@ def points_from_record(record: VariantRecord) -> list[MeasuredPoint]:
     tflops = record.metric(M.HOST_MATMUL_TFLOPS)
     device = record.tags.get(M.TAG_SPEED_DEVICE, "cpu")
     prompt = int(record.params.get("speed.prompt_tokens", "0") or 0)
+    layers = int(record.metric(M.MODEL_LAYERS) or 0)
+    head = int(record.metric(M.HEAD_PARAMS) or 0)
+    method = next((m for m in reversed(record.tags.get("method", "none").split("+")) if m != "none"), "none")
     batches = sorted({1} | {int(k.rsplit("_bs", 1)[1]) for k in record.metrics if k.startswith(M.TPOT_MS + "_bs") and k.rsplit("_bs", 1)[1].isdigit()})
     out = []
     for b in batches:
@@ -87,6 +103,7 @@ def points_from_record(record: VariantRecord) -> list[MeasuredPoint]:
                 label=record.label, engine=record.runtime, device_kind="gpu" if device.startswith("cuda") else "cpu", batch=b,
                 prompt_tokens=prompt, weight_bytes=weights, bytes_per_step=step_bytes, flops_per_token=flops,
                 bandwidth=bandwidth * 1e9, peak_flops=tflops * 1e12 if tflops else None, tpot_s=tpot / 1e3, ttft_s=ttft / 1e3 if ttft else None,
+                layers=layers, model=record.model, method=method, head_params=head,
             )
         )
     return out
@@ -94,9 +111,23 @@ def points_from_record(record: VariantRecord) -> list[MeasuredPoint]:
 
 def predicted(point: MeasuredPoint, f: EngineFactors) -> tuple[float, float | None]:
     """(TPOT s, TTFT s) the model gives for a measured point's bytes and FLOPs under `f`."""
-    tpot, _ = step_seconds(point.bytes_per_step, point.batch, point.flops_per_token, point.bandwidth, point.peak_flops, f)
-    ttft = None if point.ttft_s is None else ttft_seconds(point.weight_bytes, point.batch, point.prompt_tokens, point.flops_per_token, point.bandwidth, point.peak_flops, f)
+    tpot, _ = step_seconds(point.bytes_per_step, point.batch, point.flops_per_token, point.bandwidth, point.peak_flops, f, point.layers, point.method)
+    prefill = roofline.prefill_flops_per_seq(point.prompt_tokens, point.flops_per_token, point.head_params) if point.flops_per_token else None
+    ttft = None if point.ttft_s is None else ttft_seconds(point.weight_bytes, point.batch, prefill, point.bandwidth, point.peak_flops, f, point.method)
     return tpot, ttft
+
+
+# the fitted factors: (name, start, lower, upper, fitted on a log scale)
+FIT_PARAMS = (
+    ("bandwidth_eff", 0.5, 0.01, 2.0, True),
+    ("batched_bandwidth_eff", 0.5, 0.01, 2.0, True),
+    ("compute_eff", 0.5, 0.01, 2.0, True),
+    ("prefill_eff", 0.5, 0.01, 2.0, True),
+    ("step_overhead_ms", 1.0, 0.0, 1e4, False),
+    ("ttft_overhead_ms", 5.0, 0.0, 1e5, False),
+    ("overlap", 0.5, 0.0, 1.0, False),
+    ("layer_overhead_ms", 0.1, 0.0, 1e3, False),
+)
 
 
 def fit(points: Sequence[MeasuredPoint], engine: str, device_kind: str, provenance: str) -> EngineFactors:
@@ -106,9 +137,31 @@ def fit(points: Sequence[MeasuredPoint], engine: str, device_kind: str, provenan
 
     if not points:
         raise ValueError(f"no measured points of {engine} on {device_kind} to fit")
+    pinned: dict[str, float | None] = {}
+    if not any(p.flops_per_token and p.peak_flops for p in points):
+        # no FLOPs known (an engine that logs no MFU): compute terms cannot be fitted; pin them to the ideal
+        pinned.update(compute_eff=1.0, prefill_eff=1.0, overlap=1.0)
+        provenance += "; compute, prefill and overlap not fitted (no FLOPs known for these points): ideal"
+    if not any(p.batch > 1 for p in points):
+        pinned["batched_bandwidth_eff"] = None
+        provenance += "; batch 1 only: the batched kernels' bandwidth is taken as batch 1's"
+    if not any(p.layers for p in points):
+        pinned["layer_overhead_ms"] = 0.0
+        provenance += "; no layer counts known: no per-layer overhead"
+    free = [spec for spec in FIT_PARAMS if spec[0] not in pinned]
+    # each method's kernel its own arithmetic and streaming rates, relative to the reference: "none" where measured, else the first
+    methods = sorted({p.method for p in points}, key=lambda m: (m != "none", m))
+    extra = len(methods) - 1
+    if len(methods) > 1:
+        provenance += f"; kernel speeds relative to {methods[0]}'s"
 
     def factors(x) -> EngineFactors:
-        return EngineFactors(engine, device_kind, *(float(v) for v in np.exp(x[:3])), float(x[3]), float(x[4]), float(x[5]), provenance, len(points))
+        values = {name: float(math.exp(v) if log else v) for (name, _, _, _, log), v in zip(free, x[: len(free)], strict=True)}
+        speeds = {m: float(math.exp(v)) for m, v in zip(methods[1:], x[len(free) : len(free) + extra], strict=True)}
+        streams = {m: float(math.exp(v)) for m, v in zip(methods[1:], x[len(free) + extra :], strict=True)}
+        return EngineFactors(
+            engine, device_kind, **values, **pinned, kernel_speed=speeds, kernel_bandwidth=streams, provenance=provenance, points=len(points)
+        )
 
     def residuals(x):
         f, out = factors(x), []
@@ -119,15 +172,15 @@ def fit(points: Sequence[MeasuredPoint], engine: str, device_kind: str, provenan
                 out.append(math.log(ttft / p.ttft_s))
         return out
 
-    x0 = np.array([math.log(0.5), math.log(0.5), math.log(0.5), 1.0, 5.0, 0.5])
-    lower = [math.log(0.01)] * 3 + [0.0, 0.0, 0.0]
-    upper = [math.log(2.0)] * 3 + [1e4, 1e5, 1.0]
-    if not any(p.flops_per_token and p.peak_flops for p in points):
-        # no FLOPs known (an engine that logs no MFU): compute terms cannot be fitted; pin them to the ideal
-        for i, value in ((1, 0.0), (2, 0.0), (5, 1.0)):
-            x0[i], lower[i], upper[i] = value - 5e-7, value - 1e-6, value
-        provenance += "; compute, prefill and overlap not fitted (no FLOPs known for these points): ideal"
-    return factors(least_squares(residuals, x0, bounds=(lower, upper)).x)
+    def scaled(v: float, log: bool) -> float:
+        return math.log(v) if log else v
+
+    x0 = np.array([scaled(start, log) for _, start, _, _, log in free] + [0.0] * 2 * extra)
+    bounds = (
+        [scaled(lo, log) for _, _, lo, _, log in free] + [math.log(0.05)] * 2 * extra,
+        [scaled(hi, log) for _, _, _, hi, log in free] + [math.log(20.0)] * 2 * extra,
+    )
+    return factors(least_squares(residuals, x0, bounds=bounds).x)
 
 
 def geomean_abs_error(pairs: Iterable[tuple[float, float]]) -> float:

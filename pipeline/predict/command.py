@@ -112,8 +112,14 @@ def print_predictions(predictions: Sequence[Prediction], hw: Hardware, console: 
     f = first.factors
     console.print(
         escape(
-            f"factors ({f.engine} on {f.device_kind}): bandwidth x{f.bandwidth_eff:.2f}, compute x{f.compute_eff:.2f}, prefill x{f.prefill_eff:.2f}, overlap {f.overlap:.2f}, "
-            f"+{f.step_overhead_ms:.2f} ms/step, +{f.ttft_overhead_ms:.1f} ms TTFT; {f.provenance}"
+            f"factors ({f.engine} on {f.device_kind}): bandwidth x{f.bandwidth_eff:.2f} (batch >= 2: x{f.bandwidth_eff_at(2):.2f}), "
+            f"compute x{f.compute_eff:.2f}, prefill x{f.prefill_eff:.2f}, overlap {f.overlap:.2f}, "
+            f"+{f.step_overhead_ms:.2f} ms/step + {f.layer_overhead_ms:.3f} ms/layer, +{f.ttft_overhead_ms:.1f} ms TTFT"
+            + "".join(
+                f", {m} kernel: arithmetic x{f.speed_of(m):.2f}, streaming x{f.kernel_bandwidth.get(m, 1.0):.2f}"
+                for m in sorted({p.method for p in predictions}) if m in f.kernel_speed
+            )
+            + f"; {f.provenance}"
         )
     )
     console.print(

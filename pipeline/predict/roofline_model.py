@@ -1,11 +1,18 @@
 """The prediction: one decode step reads the weights once plus every sequence's KV cache and does the batch's
 FLOPs; its time is the slower of the two at the engine's achieved fraction of peak, plus the part of the faster
 one the engine does not overlap with it (a GPU overlaps them: 1; an eager CPU step barely: near 0), plus a fixed
-per-step overhead (kernel launches, Python, sampling). Prefill is the prompt's FLOPs at the engine's prefill efficiency.
+per-step overhead (sampling, Python) and one per layer (an eager engine dispatches a dozen ops per layer, llama.cpp
+walks a graph node by node: at small sizes that, not bytes, is what separates a 30-layer from a 16-layer model).
+Prefill is the prompt's FLOPs at the engine's prefill efficiency.
 
-    step  = max(memory, compute) + (1 - overlap) * min(memory, compute) + overhead
+    step  = max(memory, compute) + (1 - overlap) * min(memory, compute) + overhead + layers * layer overhead
             memory = bytes / (eta_bw * bandwidth), compute = batch * flops / (eta_compute * peak)
-    TTFT  = max(batch * prompt * flops / (eta_prefill * peak), weight bytes / (eta_bw * bandwidth)) + ttft overhead
+            eta_bw: one sequence streams the weights through a matrix-vector kernel; from batch 2 a matrix-matrix
+            kernel runs instead (a CPU BLAS packs weight panels first: more traffic), with its own eta_bw_batched
+            each method's kernel scales both by its own rates, relative to the reference kernel: streaming (memory; a
+            4-bit block is unpacked per weight, whatever the batch) and arithmetic (compute and prefill)
+    TTFT  = max(batch * prefill flops / (eta_prefill * peak), weight bytes / (eta_bw * bandwidth)) + ttft overhead
+            prefill flops = prompt x (flops - head) + head: the output head runs for the last position only
 
 Pure arithmetic on numbers and transformers-style configs (dicts); `calibration` fits the etas and overheads.
 """
@@ -29,11 +36,17 @@ class EngineFactors:
     engine: str
     device_kind: str  # cpu | gpu
     bandwidth_eff: float = 1.0
+    batched_bandwidth_eff: float | None = None  # from batch 2 (matrix-matrix kernels); None: bandwidth_eff
     compute_eff: float = 1.0
     prefill_eff: float = 1.0
     step_overhead_ms: float = 0.0
     ttft_overhead_ms: float = 0.0
     overlap: float = 1.0  # share of the faster of memory and compute hidden under the slower (1: the roofline's max)
+    layer_overhead_ms: float = 0.0  # per decoder layer per step (op dispatch), on top of step_overhead_ms
+    # each method's kernel relative to the reference one (1.0; methods not listed run at 1.0): its arithmetic speed, and
+    # how fast it streams its weights (unpacking 4-bit blocks costs per weight, whatever the batch)
+    kernel_speed: dict[str, float] = field(default_factory=dict)
+    kernel_bandwidth: dict[str, float] = field(default_factory=dict)
     provenance: str = "ideal roofline: no measurements of this engine on this kind of device were fitted"
     points: int = 0  # measured points the factors were fitted on (0: ideal)
 
@@ -41,20 +54,31 @@ class EngineFactors:
     def calibrated(self) -> bool:
         return self.points > 0
 
+    def bandwidth_eff_at(self, batch: int) -> float:
+        return self.bandwidth_eff if batch == 1 or self.batched_bandwidth_eff is None else self.batched_bandwidth_eff
 
-def step_seconds(bytes_per_step: float, batch: int, flops_per_token: float | None, bandwidth: float, peak: float | None, f: EngineFactors) -> tuple[float, str]:
+    def speed_of(self, method: str) -> float:
+        return self.kernel_speed.get(method, 1.0)
+
+
+def step_seconds(
+    bytes_per_step: float, batch: int, flops_per_token: float | None, bandwidth: float, peak: float | None, f: EngineFactors,
+    layers: int = 0, method: str = "none",
+) -> tuple[float, str]:
     """One decode step's time and what bounds it (memory, compute, overhead)."""
-    memory = bytes_per_step / (f.bandwidth_eff * bandwidth)
-    compute = 0.0 if not flops_per_token or not peak else batch * flops_per_token / (f.compute_eff * peak)
-    overhead = f.step_overhead_ms / 1e3
+    memory = bytes_per_step / (f.bandwidth_eff_at(batch) * f.kernel_bandwidth.get(method, 1.0) * bandwidth)
+    compute = 0.0 if not flops_per_token or not peak else batch * flops_per_token / (f.compute_eff * f.speed_of(method) * peak)
+    overhead = (f.step_overhead_ms + layers * f.layer_overhead_ms) / 1e3
     bound = max((memory, "memory"), (compute, "compute"), (overhead, "overhead"))[1]
     return max(memory, compute) + (1 - f.overlap) * min(memory, compute) + overhead, bound
 
 
-def ttft_seconds(weight_bytes: float, batch: int, prompt_tokens: int, flops_per_token: float | None, bandwidth: float, peak: float | None, f: EngineFactors) -> float:
-    """Prefill of `prompt_tokens` for `batch` sequences: compute-bound unless the prompt is short."""
+def ttft_seconds(
+    weight_bytes: float, batch: int, prefill_flops: float | None, bandwidth: float, peak: float | None, f: EngineFactors, method: str = "none"
+) -> float:
+    """Prefill of `batch` prompts of `prefill_flops` each (`roofline.prefill_flops_per_seq`): compute-bound unless short."""
     memory = weight_bytes / (f.bandwidth_eff * bandwidth)
-    compute = 0.0 if not flops_per_token or not peak else batch * prompt_tokens * flops_per_token / (f.prefill_eff * peak)
+    compute = 0.0 if not prefill_flops or not peak else batch * prefill_flops / (f.prefill_eff * f.speed_of(method) * peak)
     return max(memory, compute) + f.ttft_overhead_ms / 1e3
 
 
@@ -84,6 +108,10 @@ class ModelFacts:
     @property
     def head_params(self) -> int:
         return self.hidden * self.vocab
+
+    @property
+    def layers(self) -> int:
+        return roofline.layer_count(self.config)
 
     @property
     def embedding_params(self) -> int:
@@ -151,11 +179,12 @@ def predict(
     compute_dtype = model.dtype if fmt.compute == "dense" else fmt.compute
     peak, used_dtype = hw.peak_flops(compute_dtype)
     bandwidth = hw.bandwidth_gb_s * 1e9
-    step, bound = step_seconds(weight_bytes + batch * kv_seq, batch, flops, bandwidth, peak, factors)
+    step, bound = step_seconds(weight_bytes + batch * kv_seq, batch, flops, bandwidth, peak, factors, model.layers, fmt.method)
     if bound == "memory":
         bound = "memory (KV cache)" if batch * kv_seq > weight_bytes else "memory (weights)"
-    prefill_flops = roofline.decode_flops_per_token(model.config, prompt_tokens / 2) or 0.0
-    ttft = ttft_seconds(weight_bytes, batch, prompt_tokens, prefill_flops, bandwidth, peak, factors)
+    prompt_flops = roofline.decode_flops_per_token(model.config, prompt_tokens / 2) or 0.0
+    prefill_flops = roofline.prefill_flops_per_seq(prompt_tokens, prompt_flops, model.head_params) if prompt_flops else 0.0
+    ttft = ttft_seconds(weight_bytes, batch, prefill_flops, bandwidth, peak, factors, fmt.method)
     full_kv = batch * roofline.kv_bytes_at_context(model.config, prompt_tokens + new_tokens, kv_bytes)
     inter = int(model.config.get("intermediate_size") or 4 * model.hidden)
     # prefill's largest live set: one layer's hidden states + MLP activations, and the last position's fp32 logits
@@ -181,7 +210,11 @@ def predict(
         kv_gb=full_kv / 1e9,
         activations_gb=activations / 1e9,
         bottleneck=bound,
-        compute_bound_batch=roofline.compute_bound_batch(factors.compute_eff * peak, factors.bandwidth_eff * bandwidth, flops, weight_bytes, kv_seq),
+        compute_bound_batch=roofline.compute_bound_batch(
+            factors.compute_eff * factors.speed_of(fmt.method) * peak,
+            factors.bandwidth_eff_at(2) * factors.kernel_bandwidth.get(fmt.method, 1.0) * bandwidth,
+            flops, weight_bytes, kv_seq,
+        ),
         compute_dtype=used_dtype,
         factors=factors,
         needs_kernel=fmt.needs_kernel,

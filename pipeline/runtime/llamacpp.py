@@ -240,6 +240,8 @@ def measure_gguf_decode(
         model=artifact.model_name,
         method=artifact.method_label,
         skipped=tuple(skipped),
+        layers=shape.n_layer,
+        head_params=roofline.head_params(config),
     )
 
 

@@ -407,6 +407,8 @@ def measure_decode(
             skipped=tuple(skipped),
             kernel_observed=observed.summary() if observed is not None else "",
             kernel_observed_ops=observed.ops_tag() if observed is not None else "",
+            layers=roofline.layer_count(model.config),
+            head_params=roofline.head_params(model.config),
         )
     finally:
         torch.set_num_threads(prev_threads)

@@ -136,6 +136,23 @@ def _get(config: Any, name: str, default: Any = None) -> Any:
     return getattr(config, name, default)
 
 
+def head_params(config: Any) -> int:
+    """Output-head weights (hidden x vocab; 0 when the config does not say)."""
+    cfg = _text_config(config)
+    return int(_get(cfg, "hidden_size", 0) or 0) * int(_get(cfg, "vocab_size", 0) or 0)
+
+
+def prefill_flops_per_seq(prompt_tokens: int, flops_per_token: float, head_params: int) -> float:
+    """A prompt's FLOPs: every position through the decoder, the output head once (both engines keep only the
+    last position's logits); at Gemma 3's 262k vocabulary the head is 60 % of a token's FLOPs."""
+    return prompt_tokens * (flops_per_token - 2.0 * head_params) + 2.0 * head_params
+
+
+def layer_count(config: Any) -> int:
+    """Decoder layers (0 when the config does not say)."""
+    return int(_get(_text_config(config), "num_hidden_layers", 0) or 0)
+
+
 def attention_shape(config: Any) -> tuple[int, int, int, int]:
     """(layers, attention heads, KV heads, head_dim); KV heads default to heads (MHA), GQA otherwise."""
     cfg = _text_config(config)
