@@ -188,8 +188,9 @@ def test_llamacpp_restores_each_subjects_prefix_between_looks(mmlu_dir):
         assert a.lm_eval_results["shrinkgate"]["sample"]["looks"] == [8, 16, 24] and len(kept.prefix_states) == 2
         assert [(q.subject, q.index, q.predicted) for q in a.questions] == [(q.subject, q.index, q.predicted) for q in b.questions]
         # not bit-equal: a subject's first question is one ~600-token evaluation there and 500 restored + 100 here,
-        # and llama.cpp's Q4_1 matmuls round differently by batch shape (measured: max 0.035 nats)
-        assert max(abs(kept_lls[k] - again_lls[k]) for k in again_lls) < 0.1
+        # and llama.cpp's Q4_1 matmuls round differently by batch shape (measured: max 0.035 nats with the AVX2
+        # build, 0.115 with the AVX-512 one)
+        assert max(abs(kept_lls[k] - again_lls[k]) for k in again_lls) < 0.25
         # looks 2 and 3 restore both prefixes (each ~500 tokens) instead of evaluating them again
         assert kept.evaluated_tokens < again.evaluated_tokens - 2 * 400, (kept.evaluated_tokens, again.evaluated_tokens)
     finally:

@@ -89,7 +89,8 @@ class _Bnb4bit(Method):
             return f"bnb Linear4bit ({self.quant_type}): fused 4-bit gemv for decode, dequantize + {self.compute_dtype} matmul for prefill (CUDA)"
         if self._fused_cpu():
             return f"bnb Linear4bit ({self.quant_type}): fused 4-bit CPU gemm (AVX512-BF16)"
-        return f"bnb Linear4bit ({self.quant_type}): dequantize + {self.compute_dtype} matmul (CPU)"
+        # measured: AVX-512 CPUs run bitsandbytes' packed gemv_4bit for one token, AVX2-only ones dequantize first
+        return f"bnb Linear4bit ({self.quant_type}): 4-bit gemv for one token where the CPU has AVX-512, else dequantize + {self.compute_dtype} matmul (CPU)"
 
 
 @register
