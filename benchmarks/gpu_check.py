@@ -155,7 +155,7 @@ def environment(dry_run: bool) -> dict[str, Any]:
 
     import torch
 
-    from pipeline.runtime.speed.host import cpu_model, load_average
+    from pipeline.runtime.speed.host import cpu_flags, cpu_model, load_average
 
     def ver(name: str) -> str:
         try:
@@ -163,13 +163,7 @@ def environment(dry_run: bool) -> dict[str, Any]:
         except PackageNotFoundError:
             return "missing"
 
-    flags: set[str] = set()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
+    flags = cpu_flags()
     env: dict[str, Any] = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "dry_run": dry_run,

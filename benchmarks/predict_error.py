@@ -39,13 +39,9 @@ GGUF_TYPES = ["gguf-f32", "gguf-q8_0", "gguf-q4_0", "gguf-q4_k_m"]
 
 def host_summary() -> str:
     """The CPU the factors were fitted on, with the vector extensions that decide its kernels (hosts here differ)."""
-    from pipeline.runtime.speed.host import cpu_model, default_threads
+    from pipeline.runtime.speed.host import cpu_flags, cpu_model, default_threads
 
-    flags = set()
-    try:
-        flags = set(next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")).split(":", 1)[1].split())
-    except (OSError, StopIteration):
-        pass
+    flags = cpu_flags()
     vector = [name for name, flag in (("AVX2", "avx2"), ("AVX-512", "avx512f"), ("AMX", "amx_tile")) if flag in flags] or ["flags unknown"]
     return f"{cpu_model()} ({' + '.join(vector)}), {default_threads()} threads"
 
@@ -76,7 +72,8 @@ def measure(out_dir: Path, configs: list[str], batches: list[int], dtype: str, p
             }
             path.write_text(json.dumps(record, indent=1))
             print(f"  measured {config}: {record['seconds']:.0f} s, load {load:.2f} -> {record['load_after']:.2f}", flush=True)
-        points += [MeasuredPoint(**{**p, "model": config, "head_params": head_params(config)}) for p in json.loads(path.read_text())["points"]]
+        head = head_params(config)
+        points += [MeasuredPoint(**{**p, "model": config, "head_params": head}) for p in json.loads(path.read_text())["points"]]
     return points
 
 
@@ -145,8 +142,9 @@ def measure_gguf(out_dir: Path, configs: list[str], types: list[str], batches: l
                     }
                     files[t].write_text(json.dumps(record, indent=1))
                     print(f"  measured {label}: {record['seconds']:.0f} s, load {load:.2f} -> {record['load_after']:.2f}", flush=True)
+        head = head_params(config)
         for t, path in files.items():
-            points += [MeasuredPoint(**{**p, "model": config, "method": t, "head_params": head_params(config)}) for p in json.loads(path.read_text())["points"]]
+            points += [MeasuredPoint(**{**p, "model": config, "method": t, "head_params": head}) for p in json.loads(path.read_text())["points"]]
     return points
 
 
@@ -246,7 +244,7 @@ def main() -> int:
             f"\nfitted {f.engine} ({f.device_kind}): bandwidth x{f.bandwidth_eff:.3f} (batched x{f.bandwidth_eff_at(2):.3f}), compute x{f.compute_eff:.3f}, "
             f"prefill x{f.prefill_eff:.3f}, overlap {f.overlap:.2f}, +{f.step_overhead_ms:.2f} ms/step + {f.layer_overhead_ms:.3f} ms/layer, "
             f"+{f.ttft_overhead_ms:.1f} ms TTFT ({f.points} points)"
-            + "".join(f"; {m} kernel: arithmetic x{v:.2f}, streaming x{f.kernel_bandwidth.get(m, 1.0):.2f}" for m, v in sorted(f.kernel_speed.items()))
+            + "".join(f"; {m} kernel: arithmetic x{v:.2f}, streaming x{f.stream_of(m):.2f}" for m, v in sorted(f.kernel_speed.items()))
         )
     if fitted:
         save_factors(fitted)

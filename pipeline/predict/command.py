@@ -116,7 +116,7 @@ def print_predictions(predictions: Sequence[Prediction], hw: Hardware, console: 
             f"compute x{f.compute_eff:.2f}, prefill x{f.prefill_eff:.2f}, overlap {f.overlap:.2f}, "
             f"+{f.step_overhead_ms:.2f} ms/step + {f.layer_overhead_ms:.3f} ms/layer, +{f.ttft_overhead_ms:.1f} ms TTFT"
             + "".join(
-                f", {m} kernel: arithmetic x{f.speed_of(m):.2f}, streaming x{f.kernel_bandwidth.get(m, 1.0):.2f}"
+                f", {m} kernel: arithmetic x{f.speed_of(m):.2f}, streaming x{f.stream_of(m):.2f}"
                 for m in sorted({p.method for p in predictions}) if m in f.kernel_speed
             )
             + f"; {f.provenance}"

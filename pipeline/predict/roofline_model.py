@@ -60,13 +60,16 @@ class EngineFactors:
     def speed_of(self, method: str) -> float:
         return self.kernel_speed.get(method, 1.0)
 
+    def stream_of(self, method: str) -> float:
+        return self.kernel_bandwidth.get(method, 1.0)
+
 
 def step_seconds(
     bytes_per_step: float, batch: int, flops_per_token: float | None, bandwidth: float, peak: float | None, f: EngineFactors,
     layers: int = 0, method: str = "none",
 ) -> tuple[float, str]:
     """One decode step's time and what bounds it (memory, compute, overhead)."""
-    memory = bytes_per_step / (f.bandwidth_eff_at(batch) * f.kernel_bandwidth.get(method, 1.0) * bandwidth)
+    memory = bytes_per_step / (f.bandwidth_eff_at(batch) * f.stream_of(method) * bandwidth)
     compute = 0.0 if not flops_per_token or not peak else batch * flops_per_token / (f.compute_eff * f.speed_of(method) * peak)
     overhead = (f.step_overhead_ms + layers * f.layer_overhead_ms) / 1e3
     bound = max((memory, "memory"), (compute, "compute"), (overhead, "overhead"))[1]
@@ -107,7 +110,7 @@ class ModelFacts:
 
     @property
     def head_params(self) -> int:
-        return self.hidden * self.vocab
+        return roofline.head_params(self.config)
 
     @property
     def layers(self) -> int:
@@ -212,7 +215,7 @@ def predict(
         bottleneck=bound,
         compute_bound_batch=roofline.compute_bound_batch(
             factors.compute_eff * factors.speed_of(fmt.method) * peak,
-            factors.bandwidth_eff_at(2) * factors.kernel_bandwidth.get(fmt.method, 1.0) * bandwidth,
+            factors.bandwidth_eff_at(2) * factors.stream_of(fmt.method) * bandwidth,
             flops, weight_bytes, kv_seq,
         ),
         compute_dtype=used_dtype,
