@@ -5,12 +5,17 @@ runs in its own process with its own time box, most important first, until the d
 or runs out of time is recorded with its reason and the next one starts. Every speed step is `speed_command`
 (what `shrinkgate speed --config` runs): random weights of a published shape, bf16, prompt 128 + 32 new
 tokens, batch 1 / 8 / 64, CUDA-event timing, MBU against the measured device bandwidth. Each speed row is
-also predicted from the hardware table (`pipeline.predict`), so the roofline's error on the GPU comes out of
-the same run. Results: `gpu_check.json` and `gpu_check.md` under --out.
+also predicted from the hardware table (`pipeline.predict`) for the GPU's own row, found by its driver name (an
+unrecognised GPU gets no prediction), so the roofline's error on the GPU comes out of the same run.
 
-    bash benchmarks/gpu_check.sh                                     # on the GPU machine (install + run)
+One device command may run 600 s, the install included. The steps are packed, in order, into calls that fit it
+(`plan_calls`): the default run is the first call (the 8B bf16 eager and compiled rows and the 8B int4 row), and
+the report ends with the command line of each further call. Results: `gpu_check.json` and `gpu_check.md` under
+--out.
+
+    bash benchmarks/gpu_check.sh                                     # on the GPU machine (install + first call)
     python benchmarks/gpu_check.py --dry-run --out /tmp/gc           # any CPU: every step, tiny shapes
-    bash benchmarks/gpu_check.sh --only 3b-bf16-compiled,pytest-gpu  # a rerun of what did not fit
+    bash benchmarks/gpu_check.sh --only 8b-nf4-eager,pytest-gpu --deadline-s 250  # a later call, as the report says
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import platform
 import re
@@ -26,59 +32,28 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]  # `pipeline`, and the plan beside this file (also when loaded by path)
+
+from gpu_plan import (  # noqa: E402 (after the path it needs)
+    CALL_S, DEADLINE_S, INSTALL_S, MARGIN_S, START_S, STEP_SLACK_S, STEPS, Step, call_command, call_seconds, plan_calls,
+    prediction_hardware, step_named,
+)
 
 BATCHES = (1, 64, 8)  # measured in this order: a step cut at its time box still answers batch 1 vs 64
 PROMPT_TOKENS, NEW_TOKENS = 128, 32
 MBU_TARGET = 0.85  # bf16, batch 1, compiled
-DEADLINE_S = 480  # steps stop starting after this; leaves the device's 10-minute command room for the install
+PYTEST_FILES = ("tests/test_speed.py", "tests/test_methods.py")
 # The dry run's stand-ins for the two published shapes: same family (llama), widths that every method's kernel
 # accepts (int4 group 128 divides 128 and 256; every output width a multiple of 16), small enough for CPU.
 DRY_SHAPES = {
     "llama-3.1-8b": ("dry-run-8b", dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, vocab_size=512, tie_word_embeddings=False, head_dim=32)),
     "llama-3.2-3b": ("dry-run-3b", dict(hidden_size=128, intermediate_size=256, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2, vocab_size=512, tie_word_embeddings=True, head_dim=32)),
 }
-
-
-@dataclass(frozen=True)
-class Step:
-    name: str
-    budget_s: int  # time box on the GPU, compile included
-    config: str = ""  # a published shape; "" runs the @pytest.mark.gpu tests instead
-    method: str = "none"
-    params: tuple[tuple[str, Any], ...] = ()
-    compile: bool = False
-
-    @property
-    def is_speed(self) -> bool:
-        return bool(self.config)
-
-
-# Most important first: the bf16 MBU target, then "does int4/int8 beat bf16 at batch 1 and lose at 64?", then the
-# 3B rows, NF4 and the tests. Budgets: compile is most of a compiled step (one graph per batch size).
-STEPS: tuple[Step, ...] = (
-    Step("8b-bf16-eager", 75, "llama-3.1-8b"),
-    Step("8b-bf16-compiled", 180, "llama-3.1-8b", compile=True),
-    Step("8b-int4-compiled", 150, "llama-3.1-8b", "int4-weight-only", (("group_size", 128),), compile=True),
-    Step("8b-int8-compiled", 150, "llama-3.1-8b", "int8-weight-only", compile=True),
-    Step("3b-bf16-eager", 60, "llama-3.2-3b"),
-    Step("3b-bf16-compiled", 150, "llama-3.2-3b", compile=True),
-    Step("8b-nf4-eager", 90, "llama-3.1-8b", "bnb-nf4", (("compute_dtype", "bfloat16"),)),
-    Step("pytest-gpu", 150),
-)
-PYTEST_FILES = ("tests/test_speed.py", "tests/test_methods.py")
-
-
-def step_named(name: str) -> Step:
-    for s in STEPS:
-        if s.name == name:
-            return s
-    raise SystemExit(f"error: --only {name}: no such step; steps: {', '.join(s.name for s in STEPS)}")
 
 
 def add_dry_shapes() -> None:
@@ -93,11 +68,20 @@ def add_dry_shapes() -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def run_speed_step(step: Step, dry_run: bool, hardware_name: str, out: Path) -> None:
-    """Measure one step, one batch size at a time, rewriting `out` after each (a step cut at its time box keeps
-    the batches it finished), with the roofline's prediction of each row."""
-    from pipeline.config.recipe import SpeedSpec
+def predictions_for(step: Step, config: str, hardware_name: str | None, batches: Sequence[int], prompt: int, new: int) -> dict[int, Any]:
+    """The roofline's prediction of each batch of `step` on `hardware_name`, by batch; none without a row."""
     from pipeline.predict.command import Target, model_facts, predict_targets
+
+    if hardware_name is None:
+        return {}
+    target = Target(model_facts(config, "bf16"), step.method, variant=step.name)
+    return {p.batch: p for p in predict_targets([target], hardware_name, "transformers", batches, prompt, new)}
+
+
+def run_speed_step(step: Step, dry_run: bool, hardware_name: str | None, out: Path) -> None:
+    """Measure one step, one batch size at a time, rewriting `out` after each (a step cut at its time box keeps
+    the batches it finished), with the roofline's prediction of each row on `hardware_name` (none when None)."""
+    from pipeline.config.recipe import SpeedSpec
     from pipeline.runtime.speed.command import build_speed_model, measure_speed_model, print_table
 
     config, batches, prompt, new, repeats, compile_ = step.config, list(BATCHES), PROMPT_TOKENS, NEW_TOKENS, 3, step.compile
@@ -110,8 +94,7 @@ def run_speed_step(step: Step, dry_run: bool, hardware_name: str, out: Path) -> 
             first = next(s for s in STEPS if s.compile)
             compile_, batches = step.name == first.name, [1]
     built = build_speed_model(config, "bf16", step.method, "cpu" if dry_run else "cuda", method_params=dict(step.params) or None)
-    target = Target(model_facts(config, "bf16"), step.method, variant=step.name)
-    predictions = {p.batch: p for p in predict_targets([target], hardware_name, "transformers", batches, prompt, new)}
+    predictions = predictions_for(step, config, hardware_name, batches, prompt, new)
     results, points = [], []
     for batch in batches:
         spec = SpeedSpec(prompt_tokens=prompt, new_tokens=new, batch_sizes=[batch], warmup=1, repeats=repeats, compile=compile_)
@@ -192,7 +175,9 @@ def environment(dry_run: bool) -> dict[str, Any]:
 def run_step_process(step: Step, args: argparse.Namespace, timeout_s: float, step_dir: Path) -> dict[str, Any]:
     """Run one step as a child process group (compile workers included), killed whole at its time box."""
     out = step_dir / f"{step.name}.json"
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--step", step.name, "--step-out", str(out), "--hardware", args.hardware]
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--step", step.name, "--step-out", str(out)]
+    if args.row:
+        cmd += ["--hardware", args.row]
     if args.dry_run:
         cmd.append("--dry-run")
     log = (step_dir / f"{step.name}.log").open("w")
@@ -246,6 +231,10 @@ def _f(x: float | None, spec: str = ".1f") -> str:
     return "—" if x is None else format(x, spec)
 
 
+def _s(seconds: float | None) -> str:
+    return "none" if seconds is None else f"{seconds:.0f} s"
+
+
 def markdown(report: dict[str, Any]) -> str:
     env = report["env"]
     gpu = env["gpu"] or {}
@@ -255,6 +244,11 @@ def markdown(report: dict[str, Any]) -> str:
         f"{gpu.get('name', 'no GPU')}; torch {env['packages']['torch']}, transformers {env['packages']['transformers']}, "
         f"torchao {env['packages']['torchao']}, bitsandbytes {env['packages']['bitsandbytes']}; CUDA {env['cuda']}; "
         f"CPU {env['cpu']} ({', '.join(env['cpu_flags']) or 'no AVX flags'}); load {_f(env['load_avg'], '.2f')}; {env['when']}",
+        "",
+        f"Predicted for: {report['hardware']['said']}.",
+        "",
+        f"This call: install {_s(report['install_s'])} (assumed <= {INSTALL_S} s), start {_s(report['start_s'])} "
+        f"(assumed <= {START_S} s), steps {_s(report['seconds'])} (deadline {_s(report['deadline_s'])}).",
         "",
         "| step | status | batch | TPOT ms | decode tok/s | ceiling tok/s | MBU | predicted tok/s | pred. error | peak MB |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -268,7 +262,7 @@ def markdown(report: dict[str, Any]) -> str:
             error = None if pred is None or not p["decode_tok_s"] else (pred / p["decode_tok_s"] - 1) * 100
             lines.append(
                 f"| {s['name']} | {s['status']} ({s['seconds']:.0f} s) | {b} | {p['tpot_ms']:.2f} | {p['decode_tok_s']:.1f} | {_f(p['wall_tok_s'])} | "
-                f"{_f(None if p['mbu'] is None else p['mbu'] * 100, '.0f')}% | {_f(pred)} | {_f(error, '+.0f')}% | {p['peak_mem_mb']:.0f} |"
+                f"{_f(None if p['mbu'] is None else p['mbu'] * 100, '.0f')}% | {_f(pred)} | {'—' if error is None else f'{error:+.0f}%'} | {p['peak_mem_mb']:.0f} |"
             )
     lines.append("")
     for s in report["steps"]:
@@ -296,22 +290,33 @@ def markdown(report: dict[str, Any]) -> str:
         if isinstance(ratios, dict):
             text = ", ".join(f"batch {b}: {r:.2f}x" for b, r in ratios.items()) or "not measured"
             lines.append(f"- decode tok/s, {key}: {text}")
+    lines += ["", "## Next calls", ""]
+    if report["next_calls"]:
+        lines.append(f"Not run in this call: {len(report['next_calls'])} more device call(s), each <= {CALL_S} s with the install "
+                     f"(install {INSTALL_S} s + start {START_S} s + the time boxes + {STEP_SLACK_S} s a step + {MARGIN_S} s margin):")
+        for n, call in enumerate(report["next_calls"], 1):
+            lines.append(f"- next call {n}: {', '.join(call['steps'])} ({call['deadline_s']} s): `{call['command']}`")
+    else:
+        lines.append("None: every step asked for was run or tried in this call.")
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
+    called = time.monotonic()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or "gpu-check-out"))
     ap.add_argument("--dry-run", action="store_true", help="every step on CPU with tiny shapes (no GPU needed)")
-    ap.add_argument("--only", default="", help="comma-separated step names (a rerun of what did not fit)")
-    ap.add_argument("--deadline-s", type=float, default=DEADLINE_S, help="no step starts after this; each is cut at it")
-    ap.add_argument("--hardware", default=None, help="hardware table row for the predictions (default h200; dry run this-host)")
+    ap.add_argument("--only", default="", help="comma-separated step names (a later call, as the report lists it)")
+    ap.add_argument("--deadline-s", type=float, default=None,
+                    help=f"a step starts only while its whole time box fits before this (default {DEADLINE_S}, the first call's; the dry run: none)")
+    ap.add_argument("--hardware", default=None,
+                    help="hardware.yaml row to predict for (default: the GPU's own row by its name, none for an unrecognised GPU; the dry run: this-host)")
+    ap.add_argument("--install-s", type=float, default=None, help="seconds the wheel install took (gpu_check.sh passes it)")
     ap.add_argument("--step", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--step-out", type=Path, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    args.hardware = args.hardware or ("this-host" if args.dry_run else "h200")
 
-    if args.step:  # a child: one step
+    if args.step:  # a child: one step, predicted for the row the driver passed (none without --hardware)
         step = step_named(args.step)
         if step.is_speed:
             run_speed_step(step, args.dry_run, args.hardware, args.step_out)
@@ -319,12 +324,29 @@ def main(argv: list[str] | None = None) -> int:
             run_pytest_step(args.dry_run, args.step_out, timeout_s=step.budget_s)
         return 0
 
+    if args.hardware:
+        from pipeline.predict.hardware import HardwareError, check_name
+
+        try:
+            check_name(args.hardware)
+        except HardwareError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     import torch
 
     if not args.dry_run and not torch.cuda.is_available():
         print("error: no CUDA device here; run with --dry-run to check the script on CPU", file=sys.stderr)
         return 2
-    steps = [step_named(n.strip()) for n in args.only.split(",") if n.strip()] or list(STEPS)
+    # the default GPU run is the first call; the dry run checks the script, so it runs every step
+    later: list[Step] = []
+    if args.only:
+        steps = [step_named(n.strip()) for n in args.only.split(",") if n.strip()]
+    elif args.dry_run:
+        steps = list(STEPS)
+    else:
+        steps, *rest = plan_calls(STEPS)
+        later = [s for call in rest for s in call]
+    deadline = args.deadline_s if args.deadline_s is not None else (None if args.dry_run else DEADLINE_S)
     args.out.mkdir(parents=True, exist_ok=True)
     step_dir = Path(tempfile.mkdtemp(prefix="gpu-check-"))
     # one bandwidth / matmul probe for all steps (each step is a process of its own); the dry run's quick reading
@@ -336,18 +358,31 @@ def main(argv: list[str] | None = None) -> int:
         bandwidth_probe("cpu", default_threads(), buffer_bytes=32 * 2**20)  # a quick reading, not the DRAM-sized probe
     else:
         os.environ.setdefault("SHRINKGATE_HOST_CACHE", str(step_dir / "host.json"))
-    report: dict[str, Any] = {"env": environment(args.dry_run), "steps": []}
+    env = environment(args.dry_run)
+    args.row, said = prediction_hardware((env["gpu"] or {}).get("name"), args.hardware, args.dry_run)
+    report: dict[str, Any] = {"env": env, "hardware": {"row": args.row, "said": said}, "install_s": args.install_s, "deadline_s": deadline, "steps": []}
+    print(f"== predicted for: {said}", flush=True)
+    if later:  # before any step: a call stopped from outside still has the later commands in its log
+        print(f"== this call: {', '.join(s.name for s in steps)}; later: "
+              + "; ".join(f"`{call_command(c, hardware=args.hardware)}`" for c in plan_calls(later)), flush=True)
     start = time.monotonic()
+    report["start_s"] = round(start - called, 1)
     for step in steps:
-        left = args.deadline_s - (time.monotonic() - start)
-        budget = step.budget_s if not args.dry_run else max(step.budget_s, 240)  # CPU compile of a tiny model is slow
-        if left < min(budget, 30):
-            report["steps"].append({"name": step.name, "status": "not run", "reason": f"deadline: {left:.0f} s left of --deadline-s {args.deadline_s:.0f}; rerun with --only {step.name}"})
+        left = math.inf if deadline is None else deadline - (time.monotonic() - start)
+        box = step.budget_s if not args.dry_run else max(step.budget_s, 240)  # CPU compile of a tiny model is slow
+        if box > left:  # a step starts with its whole box or not at all (the plan's slack absorbs slow starts and kills)
+            report["steps"].append({"name": step.name, "status": "not run",
+                                    "reason": f"its {box} s time box does not fit the {max(left, 0):.0f} s left of --deadline-s {deadline:.0f}; see Next calls"})
             continue
-        print(f"== {step.name} (time box {min(budget, left):.0f} s)", flush=True)
-        report["steps"].append(run_step_process(step, args, min(budget, left), step_dir))
+        print(f"== {step.name} (time box {box} s)", flush=True)
+        report["steps"].append(run_step_process(step, args, box, step_dir))
     report["seconds"] = round(time.monotonic() - start, 1)
     report["answers"] = answers(report["steps"])
+    later = [step_named(s["name"]) for s in report["steps"] if s["status"] == "not run"] + later
+    report["next_calls"] = [
+        {"steps": [s.name for s in call], "deadline_s": call_seconds(call), "command": call_command(call, dry_run=args.dry_run, hardware=args.hardware)}
+        for call in plan_calls(later)
+    ]
     (args.out / "gpu_check.json").write_text(json.dumps(report, indent=1, default=str))
     text = markdown(report)
     (args.out / "gpu_check.md").write_text(text)

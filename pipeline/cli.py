@@ -44,6 +44,22 @@ def _split(csv: str | None) -> list[str] | None:
     return [s.strip() for s in csv.split(",") if s.strip()] if csv else None
 
 
+def _batch_sizes(csv: str | None) -> list[int] | None:
+    """The whole numbers >= 1 of a comma-separated --batch-sizes; None when it was not given. Anything else exits 2."""
+    if csv is None:
+        return None
+    sizes = []
+    for item in _split(csv) or [csv]:
+        try:
+            size = int(item)
+        except ValueError:
+            size = 0  # refused below like any size < 1
+        if size < 1:
+            _fail(f"--batch-sizes: {item!r} is not a whole number >= 1; give comma-separated batch sizes, e.g. --batch-sizes 1,8,64")
+        sizes.append(size)
+    return sizes
+
+
 def _load(recipe_path: Path, **overrides):
     from pipeline.build.plan import load_recipe, preflight
     from pipeline.config.recipe import apply_overrides
@@ -100,8 +116,15 @@ def run(
         help="process: each model x variant in a fresh subprocess (a crash fails that run only) | inline: in this process (alias: local) | ray: each a Ray task",
     ),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: start a local Ray)"),
+    policy: Optional[Path] = typer.Option(
+        None, "--policy", help="the policy the closing verdict (and the sweep's verdict tags) use; default: policies/default.yaml's"
+    ),
+    gate: bool = typer.Option(
+        False, "--gate", help="also gate the sweep as `shrinkgate gate` does (report, JUnit, registry) and exit with its code: 0 pass, 1 fail or undecided, 2 error"
+    ),
+    gate_out: Path = typer.Option(Path("gate-report"), "--gate-out", help="with --gate: where the gate's Markdown report and JUnit XML go"),
 ) -> None:
-    """Build every variant, score MMLU through lm-eval, time decode, log to MLflow, print the table."""
+    """Build every variant, score MMLU through lm-eval, time decode, log to MLflow, print the table and the verdict."""
     quiet_libraries()
     from pipeline.build.plan import plan
     from pipeline.sweep.driver import run_sweep
@@ -130,16 +153,28 @@ def run(
                 bar.update(task, description=f"{label}: {stage}")
 
         try:
-            outcome = run_sweep(r, executor=runner, progress=progress, rerun=rerun)
+            outcome = run_sweep(r, executor=runner, progress=progress, rerun=rerun, policy_path=policy)
         except _user_errors() as exc:
             _fail(str(exc))
     _print_outcome(outcome)
     if outcome.interrupted:
         err_console.print("[bold red]interrupted:[/] active run and parent marked KILLED; run again to resume")
         raise typer.Exit(130)
+    if outcome.verdict is not None:
+        from pipeline.verdict.render import print_verdict
+
+        print_verdict(outcome.verdict.variants, outcome.verdict.policy_label, console)
+    else:
+        err_console.print(f"[bold red]no verdict:[/] {outcome.verdict_error}", soft_wrap=True)
     if outcome.failures:
         names = ", ".join(f"{c.item.label} ({c.error})" for c in outcome.failures)
         err_console.print(f"[bold red]{len(outcome.failures)} variant(s) failed:[/] {names}", soft_wrap=True)
+    if gate:
+        from pipeline.verdict import run_gate
+
+        result = run_gate(policy, tracking_uri=outcome.tracking_uri, run_id=outcome.parent_run_id, out_dir=gate_out, console=console, table=False)
+        raise typer.Exit(result.exit_code)
+    if outcome.failures or outcome.verdict is None:
         raise typer.Exit(1)
 
 
@@ -288,9 +323,10 @@ def speed(
     """Decode speed of a published architecture with random weights: size hardware without downloads."""
     from pipeline.runtime.speed.command import print_table, speed_command
 
+    batches = _batch_sizes(batch_sizes)
     try:
         result = speed_command(
-            config=config, dtype=dtype, method=method, batch_sizes=[int(b) for b in _split(batch_sizes) or ["1"]],
+            config=config, dtype=dtype, method=method, batch_sizes=batches,
             prompt_tokens=prompt_tokens, new_tokens=new_tokens, device=device, compile=compile, threads=threads,
         )
     except (*_user_errors(), ValueError) as exc:
@@ -320,6 +356,7 @@ def predict(
 
     if sum(x is not None for x in (recipe, config, model)) != 1:
         _fail("give exactly one of --recipe, --config, --model")
+    given_batches = _batch_sizes(batch_sizes)
     try:
         if recipe is not None:
             doc = _load_recipe_only(recipe)
@@ -328,16 +365,16 @@ def predict(
             if method:
                 targets = [t for t in targets if t.method in _split(method)]
             engine = engine or doc.runtime
-            batches = _split(batch_sizes) or doc.speed.batch_sizes
+            batches = given_batches or doc.speed.batch_sizes
             prompt, new = prompt_tokens or doc.speed.prompt_tokens, new_tokens or doc.speed.new_tokens
         else:
             sources = _split(config) if config else [str(model)]
             facts = [model_facts(src, dtype or "bf16") for src in sources]
             targets = [Target(f, m, m) for f in facts for m in _split(method) or ["none"]]
-            batches = _split(batch_sizes) or [1, 8, 64]
+            batches = given_batches or [1, 8, 64]
             prompt, new = prompt_tokens or 128, new_tokens or 32
         device = hardware_named(hardware)
-        predictions = predict_targets(targets, device, engine or "transformers", [int(b) for b in batches], prompt, new)
+        predictions = predict_targets(targets, device, engine or "transformers", batches, prompt, new)
     except (*_user_errors(), PredictError, HardwareError) as exc:
         _fail(str(exc))
     print_predictions(predictions, device, console)
@@ -386,16 +423,22 @@ def compare(
         run_compare(tracking_uri=tracking_uri, run_id=run_id, experiment=experiment, out_dir=out, policy_path=policy, console=console)
     except _user_errors() as exc:
         _fail(str(exc))
+    except OSError as exc:
+        where = Path(exc.filename) if exc.filename else None
+        if where is None or not (where == out or out in where.parents or where in out.parents):
+            raise  # not the report folder: the store or an artifact, which raise their own errors
+        _fail(f"--out {out}: cannot write the report there ({exc.strerror or exc}: {where}); give --out a folder you can create and write to")
 
 
 @app.command()
 def export(
     run_id: str = typer.Argument(..., help="a variant (child) run id"),
-    out: Path = typer.Option(..., "--out", help="folder to write the GGUF file or checkpoint into"),
+    out: Path = typer.Option(..., "--out", help="a new or empty folder to write the GGUF file or checkpoint into"),
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db)"),
 ) -> None:
-    """A measured variant as files a server loads: its .gguf, or a (compressed-tensors) checkpoint; rebuilt
-    from the sweep's recipe and checked byte for byte against the run."""
+    """A measured variant as files a server loads: its .gguf, or a (compressed-tensors) checkpoint. A FINISHED
+    run only; rebuilt from the sweep's recipe on the device the run used, and refused unless the rebuild's
+    sha256 over its stored tensors (a GGUF: the whole file) and its byte count equal what the run logged."""
     from pipeline.env import tracking_uri as resolve_uri
     from pipeline.methods import NotSerializable
     from pipeline.sweep.export import ExportError, export_run

@@ -32,8 +32,12 @@ HOST_LOAD_AVG = "host_load_avg"
 SPEED_THREADS = "speed_threads"
 COMPUTE_BOUND_BATCH = "compute_bound_batch"  # batch where decode turns compute-bound on this host
 CROSSOVER_BATCH = "crossover_batch"  # roofline, this host: smallest batch where the variant stops beating the unmodified model
+WEIGHT_BYTES_READ_PER_STEP = "weight_bytes_read_per_step"  # weights one decode step of this batch reads (as observed at it, if profiled)
 # More per-batch speed metrics (same `_bs<N>` suffix rule); kept apart so PER_BATCH stays as the spine expects.
-PER_BATCH_EXTRA = (TTFT_P90_MS, TPOT_P90_MS, ITL_P50_MS, ITL_P90_MS, ITL_P99_MS, E2E_MS, MFU, SPEED_CV, BYTES_PER_TOKEN, BYTES_PER_STEP)
+PER_BATCH_EXTRA = (
+    TTFT_P90_MS, TPOT_P90_MS, ITL_P50_MS, ITL_P90_MS, ITL_P99_MS, E2E_MS, MFU, SPEED_CV, BYTES_PER_TOKEN, BYTES_PER_STEP,
+    WEIGHT_BYTES_READ_PER_STEP,
+)
 # A server under load (runtime openai), per level: `_c<N>` (N streams in flight) or `_r<R>` (R requests/s).
 TTFT_P99_MS = "ttft_p99_ms"
 TPOT_P99_MS = "tpot_p99_ms"
@@ -147,8 +151,13 @@ TAG_PLANNED_CHILDREN = "shrinkgate.planned_children"  # on the parent: how many 
 TAG_VERSION = "shrinkgate.version"  # shrinkgate's own version, on every run
 TAG_GIT_DIRTY = "shrinkgate.git_dirty"  # sha256 of `git diff HEAD` over the package, or "false"
 TAG_FRONTIER_POLICY = "frontier.policy"  # on the parent: the dominance rule the frontier.* tags used
+TAG_VERDICT = "verdict"  # each child of a sweep: pass | fail | undecided (gated), base, reference - under the sweep's policy
+TAG_VERDICT_REASONS = "verdict.reasons"  # each gated child: the rules that decided, one line
+TAG_VERDICT_POLICY = "verdict.policy"  # on the parent: the policy the sweep's verdict used (file and key)
+TAG_DESCRIPTION = "mlflow.note.content"  # a run's description, rendered as Markdown by the MLflow UI
 TAG_SERIALIZABLE = "serializable"
 TAG_DENSE_FALLBACK = "kernel_dense_fallback"
+TAG_DENSE_FALLBACK_BATCHES = "kernel_dense_fallback.batches"  # the timed points observed falling back, e.g. "8@128,16@128"
 TAG_KERNEL_OBSERVED = "kernel.observed"  # what the profiler saw the compressed layers' matmuls run as
 TAG_KERNEL_OBSERVED_OPS = "kernel.observed_ops"  # top matmul/dequantize ops under those layers, with input dtypes
 TAG_KERNEL_CENSUS = "kernel.census"  # the compressed layers' module and weight tensor types
@@ -156,13 +165,21 @@ TAG_NM_PATTERN_OK = "nm_pattern_ok"
 TAG_MMLU_ORDER_SEED = "mmlu.order_seed"  # eval.sample auto: the seed of the order the questions were scored in
 TAG_MMLU_POPULATION = "mmlu.population"  # eval.sample auto: the questions the order was drawn from (the test's N)
 TAG_MMLU_STOPPED = "mmlu.stopped"  # eval.sample auto: why scoring stopped (decided, or every question of max)
-TAG_DETERMINISTIC = "deterministic"  # "true" | "false": every step's `Method.deterministic` (see the gate's noise floor)
+TAG_DETERMINISTIC = "deterministic"  # "true" | "false" | "unknown": the methods' claim and a measured scoring path (the gate's noise floor)
+TAG_DETERMINISTIC_BASIS = "deterministic.basis"  # why: which method, engine and device decided it
+TAG_MMLU_DESIGN = "mmlu.design"  # how the questions were chosen: all | first-n | stratified | sequential
+TAG_MMLU_STRATA = "mmlu.strata"  # stratified: JSON {subject: test rows}, the population of each stratum
+TAG_MMLU_LOOKS = "mmlu.looks"  # sequential: questions scored by the end of each finished look, e.g. "100,200"
+TAG_MMLU_RESUMED_FROM = "mmlu.resumed_from"  # sequential: the unfinished run whose finished looks this run took over
+TAG_COPIED_FROM = "shrinkgate.copied_from"  # a resumed sweep's child copied from this earlier FINISHED run (nothing re-run)
 TAG_SERIALIZABLE_REASON = "serializable_reason"
 # FidelityRecord.extra keys written by the build (log them as tags of the same name)
 TAG_CALIBRATION_SOURCE = "calibration.source"
 TAG_CALIBRATION_SHA256 = "calibration.sha256"
 TAG_CALIBRATION_FILE_SHA256 = "calibration.file_sha256"
 TAG_HELDOUT_SHA256 = "heldout.sha256"
+TAG_STORED_SHA256 = "stored.sha256"  # sha256 over the stored tensors (GGUF: the file's tensor data); `export` checks it
+TAG_DEVICE = "device"  # where a sweep built and measured its variants (`export` rebuilds there)
 
 # Artifacts
 ART_LM_EVAL = "lm_eval_results.json"
@@ -172,4 +189,5 @@ ART_RECIPE = "recipe.yaml"
 ART_FIDELITY = "fidelity.json"
 ART_TRACEBACK = "error_traceback.txt"
 ART_CHILD_LOG = "logs/child.log"  # library chatter of one child (warnings, logging, progress bars)
+ART_MMLU_LOOKS = "mmlu_looks.csv"  # sequential: the outcomes of every finished look, in the seeded order (resume reads it)
 ART_MEMBERS = "sweep_members.json"  # on the parent: planned labels and label -> run id (reused runs included)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import json
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -66,6 +67,7 @@ class FidelityRecord:
     kernel_observed: str = ""  # the profiler's summary over one decode step (`pipeline.build.observe`)
     kernel_observed_ops: str = ""  # top ops under the compressed layers, with input dtypes
     kernel_census: str = ""  # the compressed layers' module / weight tensor types
+    stored_sha256: str | None = None  # sha256 over the stored tensors (`export` rebuilds and compares)
 
     def metrics(self) -> dict[str, float]:
         values = {
@@ -96,6 +98,8 @@ class FidelityRecord:
                 tags[M.TAG_SERIALIZABLE_REASON] = self.serializable_reason
         if self.nm_pattern_ok is not None:
             tags[M.TAG_NM_PATTERN_OK] = str(self.nm_pattern_ok).lower()
+        if self.stored_sha256:
+            tags[M.TAG_STORED_SHA256] = self.stored_sha256
         return tags
 
 
@@ -135,6 +139,14 @@ def question_rank(seed: int, subject: str, index: int) -> str:
     return hashlib.sha256(f"{seed}:{subject}:{index}".encode()).hexdigest()
 
 
+# How a run's MMLU questions were chosen (the `mmlu.design` tag); the verdict's bounds depend on it:
+#   all         every test question of the selected subjects
+#   first-n     the first N test rows of each subject (lm-eval's --limit): not a random sample of anything
+#   stratified  a seeded random sample stratified by subject (weights: each subject's share of the test rows)
+#   sequential  one seeded random order across subjects, scored in looks; each prefix is a simple random sample
+DESIGNS = ("all", "first-n", "stratified", "sequential")
+
+
 @dataclass(frozen=True)
 class AccuracyResult:
     acc: float  # question-weighted mean over every scored question (lm-eval's group); with eval.sample the stratified estimate
@@ -148,6 +160,9 @@ class AccuracyResult:
     order_seed: int | None = None  # eval.sample auto: the questions were scored in `question_rank(seed, ...)` order
     population: int | None = None  # eval.sample auto: the questions that order was drawn from
     stopped: str | None = None  # eval.sample auto: why scoring stopped where it did
+    design: str = "all"  # one of DESIGNS: how the questions were chosen
+    strata: dict[str, int] | None = None  # stratified: test rows per subject (each stratum's population)
+    looks: tuple[int, ...] = ()  # sequential: questions scored by the end of each finished look
 
     @property
     def n_questions(self) -> int:
@@ -159,13 +174,19 @@ class AccuracyResult:
         return out
 
     def tags(self) -> dict[str, str]:
-        if self.order_seed is None:
-            return {}
-        return {
-            M.TAG_MMLU_ORDER_SEED: str(self.order_seed),
-            M.TAG_MMLU_POPULATION: str(self.population),
-            M.TAG_MMLU_STOPPED: (self.stopped or "")[:5000],
-        }
+        tags = {M.TAG_MMLU_DESIGN: self.design}
+        if self.strata is not None:
+            tags[M.TAG_MMLU_STRATA] = json.dumps(self.strata, separators=(",", ":"))
+        if self.order_seed is not None:
+            tags.update(
+                {
+                    M.TAG_MMLU_ORDER_SEED: str(self.order_seed),
+                    M.TAG_MMLU_POPULATION: str(self.population),
+                    M.TAG_MMLU_STOPPED: (self.stopped or "")[:5000],
+                    M.TAG_MMLU_LOOKS: ",".join(map(str, self.looks)),
+                }
+            )
+        return tags
 
 
 @dataclass(frozen=True)
@@ -198,6 +219,11 @@ class SpeedPoint:
     context_tokens: float = 0.0  # KV length the byte count assumes (mean decode context; full length for a static cache)
     flops_per_token: float | None = None
     scenario: str = ""  # single-stream | server | offline | "" (batch sizes as listed)
+    weight_bytes_read: float = 0.0  # weights one step of this batch reads (bytes_per_step less the batch's KV); 0: not known
+    # The kernel observed at this batch size (a library may pick its kernel by the number of rows); None / "": not observed
+    dense_fallback: bool | None = None  # a compressed layer's matmul ran dense in this batch's decode step
+    kernel_observed: str = ""  # the profiler's summary of this batch's decode step
+    kernel_observed_ops: str = ""
 
     def metric_values(self) -> dict[str, float | None]:
         """Unsuffixed metric name -> value (None: not measured); `SpeedResult.metrics` adds the suffixes."""
@@ -219,6 +245,7 @@ class SpeedPoint:
             M.SPEED_CV: self.cv,
             M.BYTES_PER_TOKEN: self.bytes_per_token,
             M.BYTES_PER_STEP: self.bytes_per_step,
+            M.WEIGHT_BYTES_READ_PER_STEP: self.weight_bytes_read or None,
         }
 
 
@@ -285,7 +312,9 @@ class SpeedResult:
     load_avg: float | None = None
     warnings: tuple[str, ...] = ()
     kernel: str = ""  # what ran the matmuls (from the method)
-    dense_fallback: bool = False  # True: the compressed form ran as a dense matmul; never report as compressed speed
+    # True: the compressed form ran as a dense matmul (at some timed batch, where observed per batch); never report
+    # as compressed speed
+    dense_fallback: bool = False
     compiled: bool = False  # decode step under torch.compile
     compile_mode: str = ""  # what compile meant on this device (CPU: inductor freezing + max-autotune)
     kv_cache: str = "dynamic"  # dynamic | static
@@ -298,7 +327,7 @@ class SpeedResult:
     model: str = ""
     method: str = ""
     skipped: tuple[dict[str, Any], ...] = ()  # {batch_size, prompt_tokens, reason}: did not fit (OOM) or failed
-    kernel_observed: str = ""  # set when the timed step was profiled itself (compiled): overrides the build's
+    kernel_observed: str = ""  # set when the timed steps were profiled themselves (per batch): overrides the build's
     kernel_observed_ops: str = ""
     load: tuple[LoadLevel, ...] = ()  # a server under load (runtime openai): one entry per concurrency / rate
     layers: int = 0  # decoder layers of what was timed (0: not known, e.g. a server); `predict` charges overhead per layer
@@ -312,8 +341,15 @@ class SpeedResult:
 
     @property
     def speed_kind(self) -> str:
-        """How a report must name these numbers: dense-fallback speed is not compressed-kernel speed."""
-        return "dense-fallback speed" if self.dense_fallback else "kernel speed"
+        """How a report must name these numbers: dense-fallback speed is not compressed-kernel speed, and where
+        only some batch sizes were observed falling back, which ones."""
+        if not self.dense_fallback:
+            return "kernel speed"
+        fell = sorted({p.batch_size for p in self.points if p.dense_fallback})
+        kept = sorted({p.batch_size for p in self.points if p.dense_fallback is False} - set(fell))
+        if fell and kept:
+            return f"dense-fallback speed at batch {', '.join(map(str, fell))}; kernel speed at batch {', '.join(map(str, kept))}"
+        return "dense-fallback speed"
 
     def metrics(self) -> dict[str, float]:
         """Per-point metrics: `name` at batch 1, `name_bs<N>` otherwise (`metrics.batch_metric`); points at
@@ -357,6 +393,9 @@ class SpeedResult:
         }
         if self.kernel:
             tags[M.TAG_KERNEL] = self.kernel
+        fell = [p for p in self.points if p.dense_fallback]
+        if fell:
+            tags[M.TAG_DENSE_FALLBACK_BATCHES] = ",".join(f"{p.batch_size}@{p.prompt_tokens}" for p in fell)
         if self.kernel_observed:
             tags[M.TAG_KERNEL_OBSERVED] = self.kernel_observed
         if self.kernel_observed_ops:

@@ -77,6 +77,8 @@ class Child:
     metrics: dict[str, float] = field(default_factory=dict)
     log_questions: bool = True
     error: str | None = None  # the `error` tag a failed child carries
+    # what every sweep child logs: how its questions were chosen, and whether its answers are reproducible
+    tags: dict[str, str] = field(default_factory=lambda: {M.TAG_MMLU_DESIGN: "all", M.TAG_DETERMINISTIC: "true"})
 
     @property
     def label(self) -> str:
@@ -107,7 +109,7 @@ def write_sweep(
     tr.log_text(parent, f"name: {experiment}\nmodels: []\n", M.ART_RECIPE)
     ids = {}
     for c in children:
-        tags = {M.TAG_MODEL: c.model, M.TAG_VARIANT: c.variant, M.TAG_ROLE: c.role, "method": c.method, "provenance.source": f"hub:{c.model}"}
+        tags = {M.TAG_MODEL: c.model, M.TAG_VARIANT: c.variant, M.TAG_ROLE: c.role, "method": c.method, "provenance.source": f"hub:{c.model}", **c.tags}
         if c.error:
             tags[M.TAG_STATUS_ERROR] = c.error
         run = tr.start_child(parent, c.label, {"variant.name": c.variant}, tags)

@@ -1,10 +1,12 @@
 """A small OpenAI-compatible server for runtime `openai`'s fault tests (stdlib only; the real-server tests use
-llama-cpp-python's). `python tests/fake_openai_server.py --port P [--mode MODE] [--model NAME] [--die-after N]
-[--once FILE] [--checkpoint DIR]`.
+llama-cpp-python's). `python tests/fake_openai_server.py --port P [--host H] [--mode MODE] [--model NAME]
+[--die-after N] [--once FILE] [--checkpoint DIR] [--api-key KEY] [--key-env NAME]`.
 
 Modes: ok (echo log-probabilities, streaming), no-echo (answers without prompt log-probabilities), http500 /
 http429 (every completion fails with that status), slow (completions sleep 30 s). `--die-after N` exits hard on the N-th completion
 request; with `--once FILE` only the first launch does (it creates FILE), so a sweep's next server is healthy.
+Like servers that log their configuration, it prints its arguments (`--api-key` included) and the key it takes
+from `--key-env`'s variable, which every request must then send as `Authorization: Bearer KEY` (else 401).
 """
 
 from __future__ import annotations
@@ -38,7 +40,15 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def _authorized(self) -> bool:
+        if ARGS.key_env and self.headers.get("Authorization") != f"Bearer {os.environ.get(ARGS.key_env)}":
+            self._json(401, {"error": "invalid api key"})
+            return False
+        return True
+
     def do_GET(self) -> None:  # noqa: N802
+        if not self._authorized():
+            return
         if self.path == "/v1/models":
             self._json(200, {"object": "list", "data": [{"id": ARGS.model, "object": "model"}]})
         elif self.path == "/version":
@@ -48,6 +58,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802
         req = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+        if not self._authorized():
+            return
         if self.path != "/v1/completions":
             self._json(404, {"error": "not found"})
             return
@@ -92,12 +104,18 @@ class Handler(BaseHTTPRequestHandler):
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--port", type=int, required=True)
+    p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--mode", default="ok", choices=["ok", "no-echo", "http500", "http429", "slow"])
     p.add_argument("--model", default="fake-model")
     p.add_argument("--die-after", type=int, default=0)
     p.add_argument("--once", default=None)
     p.add_argument("--checkpoint", default=None, help="a folder that must hold config.json and shrinkgate.json")
+    p.add_argument("--api-key", default=None)
+    p.add_argument("--key-env", default=None, help="environment variable holding the key every request must send")
     p.parse_args(namespace=ARGS)
+    if ARGS.api_key or ARGS.key_env:
+        print(f"non-default args: {vars(ARGS)}", flush=True)
+        print(f"api key from ${ARGS.key_env}: {os.environ.get(ARGS.key_env or '', '')}", flush=True)
     if ARGS.checkpoint and not all((Path(ARGS.checkpoint) / f).is_file() for f in ("config.json", "shrinkgate.json")):
         raise SystemExit(4)
     if ARGS.once:
@@ -108,7 +126,7 @@ def main() -> None:
             marker.write_text("launched")
     if ARGS.mode == "slow":  # like uvicorn holding a long request: SIGTERM does not end it
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    ThreadingHTTPServer(("127.0.0.1", ARGS.port), Handler).serve_forever()
+    ThreadingHTTPServer((ARGS.host, ARGS.port), Handler).serve_forever()
 
 
 if __name__ == "__main__":

@@ -203,6 +203,45 @@ def test_missing_recipe_file():
     assert result.exit_code == 2 and "no such recipe file" in result.output
 
 
+def test_recipe_that_is_not_utf8_is_one_line(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("name: demo\nmodels:\n  - {name: café, source: x}\n".encode("latin-1"))
+    result = CliRunner().invoke(app, ["validate", str(path)])
+    message = result.output.strip()
+    assert result.exit_code == 2 and message.startswith("error:") and "\n" not in message, result.output
+    assert f"{path}: line 3, column 15: byte 0xe9 is not UTF-8 -> save the recipe as UTF-8" in re.sub(r"\s+", " ", message)
+
+
+DUPLICATES = [  # (document, line of the second key, key, line of the first)
+    ("name: a\nmodels: []\nname: b\n", 3, "name", 1),
+    ("name: a\nmodels:\n  - name: m\n    source: x\n    source: y\n", 5, "source", 4),
+    ("name: a\neval:\n  sample: {questions: 100, seed: 1, seed: 2}\n", 3, "seed", 3),
+]
+
+
+@pytest.mark.parametrize("text, line, key, first", DUPLICATES, ids=["top", "in-a-list", "flow-mapping"])
+def test_duplicate_recipe_keys_are_refused_not_last_wins(tmp_path, text, line, key, first):
+    path = tmp_path / "dup.yaml"
+    path.write_text(text)
+    result = CliRunner().invoke(app, ["validate", str(path)])
+    message = result.output.strip()
+    assert result.exit_code == 2 and message.startswith("error:") and "\n" not in message, result.output
+    expected = f"{path}: line {line}: key `{key}` is given twice (first on line {first}) -> keep one"
+    assert expected in re.sub(r"\s+", " ", message), message
+
+
+def test_duplicate_policy_keys_are_refused_and_yaml_merge_keys_still_work(tmp_path):
+    from pipeline.config.loader import read_yaml
+    from pipeline.config.policy import load_policy
+
+    path = tmp_path / "policy.yaml"
+    path.write_text("max_mmlu_drop_points: 1.0\nconfidence: 0.95\nmax_mmlu_drop_points: 5.0\n")
+    with pytest.raises(RecipeError, match=r"line 3: key `max_mmlu_drop_points` is given twice \(first on line 1\)"):
+        load_policy(path)
+    path.write_text("base: &b {x: 1, y: 2}\nother:\n  <<: *b\n  x: 3\n")  # overriding a merged key is no duplicate
+    assert read_yaml(path, "policy", "policies/default.yaml") == {"base": {"x": 1, "y": 2}, "other": {"x": 3, "y": 2}}
+
+
 _scalars = st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.floats(allow_nan=True), st.text(max_size=8))
 _docs = st.recursive(
     _scalars,

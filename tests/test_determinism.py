@@ -138,19 +138,29 @@ def test_log_likelihoods_bit_identical_across_processes_and_thread_counts(measur
     assert len(set(a1)) > 1  # real scores, not a constant
 
 
-def test_the_deterministic_tag_comes_from_the_method(tiny_model_dir):
-    from pipeline.build.artifact import build_artifact
+def test_the_deterministic_tag_is_the_methods_claim_and_a_measured_scoring_path():
+    """`true` only where the method is bit-reproducible AND this engine's scoring on this device was measured to be
+    (here, CPU); a server's or CUDA's reproducibility was never measured, so it is `unknown`, not `true`."""
+    from pipeline.build.plan import WorkItem
     from pipeline.config.recipe import ModelSpec, VariantSpec
-    from pipeline.models import resolve_model
+    from pipeline.runtime import RUNTIMES
+    from pipeline.runtime.openai import OpenAIRuntime
+    from pipeline.sweep.child import determinism
 
-    spec = ModelSpec(name="tiny", source=str(tiny_model_dir))
-    resolved = resolve_model(spec)
-    tags = {
-        name: build_artifact(resolved, spec, VariantSpec(name=name, method=name), device="cpu", measure_serialized=False).fidelity.tags()
-        for name in ("none", "bnb-nf4")
-    }
-    assert tags["none"][M.TAG_DETERMINISTIC] == "true"
-    assert tags["bnb-nf4"][M.TAG_DETERMINISTIC] == "false"
+    def tag(method: str, runtime: str, device: str) -> tuple[str, str]:
+        item = WorkItem(ModelSpec(name="m", source="x"), VariantSpec(name=method, method=method), runtime)
+        engine = OpenAIRuntime() if runtime == "openai" else RUNTIMES[runtime]()
+        t = determinism(item, engine, device)
+        return t[M.TAG_DETERMINISTIC], t[M.TAG_DETERMINISTIC_BASIS]
+
+    assert tag("none", "transformers", "cpu")[0] == "true"
+    assert tag("int8-weight-only", "transformers", "cpu")[0] == "true"
+    assert tag("bnb-nf4", "transformers", "cpu") == ("false", "method bnb-nf4 is not bit-reproducible run to run (tests/test_determinism.py)")
+    value, basis = tag("none", "transformers", "cuda")  # batched CUDA scoring: nobody measured it
+    assert value == "unknown" and "cuda" in basis
+    value, basis = tag("none", "openai", "cpu")  # a server (artifact none included)
+    assert value == "unknown" and "server" in basis
+    assert tag("gguf-q4_k_m", "llama.cpp", "cuda")[0] == "true"  # this llama.cpp build scores on the CPU whatever eval.device says
 
 
 # -- the gate: a noise floor from a measured flip rate ---------------------------------------------------
@@ -171,7 +181,7 @@ def _questions(flip: int = 0) -> tuple[QuestionOutcome, ...]:
 
 
 def _rec(variant: str, method: str, questions, deterministic: str | None = None) -> VariantRecord:
-    tags = {"method": method, M.TAG_MODEL: "m", M.TAG_VARIANT: variant}
+    tags = {"method": method, M.TAG_MODEL: "m", M.TAG_VARIANT: variant, M.TAG_MMLU_DESIGN: "all"}
     if deterministic is not None:
         tags[M.TAG_DETERMINISTIC] = deterministic
     params = {"variant.name": variant, "variant.method": method}

@@ -201,7 +201,10 @@ def test_sigterm_ends_the_child_process_marks_killed_and_rerun_resumes(tmp_path,
     _, runs, _, _ = _runs(doc["tracking"]["uri"])
     slow = [r for r in runs if r.data.tags.get(M.TAG_VARIANT) == "slow"]
     assert sorted(r.info.status for r in slow) == ["FINISHED", "KILLED"]
-    assert len([r for r in runs if r.data.tags.get(M.TAG_VARIANT) == "none"]) == 1  # resumed, not re-measured
+    nones = [r for r in runs if r.data.tags.get(M.TAG_VARIANT) == "none"]
+    measured = [r for r in nones if M.TAG_COPIED_FROM not in r.data.tags]
+    # resumed: copied into the new sweep (its own child, pointing at the run it came from), not re-measured
+    assert len(measured) == 1 and [r.data.tags[M.TAG_COPIED_FROM] for r in nones if r not in measured] == [measured[0].info.run_id]
 
 
 def test_child_ends_itself_when_the_driver_is_killed(tmp_path, tiny_model_dir):

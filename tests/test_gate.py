@@ -56,6 +56,12 @@ def store(tmp_path_factory):
     return uri, sweeps
 
 
+def key_of(policy_path: Path) -> str:
+    from pipeline.config.policy import policy_key
+
+    return policy_key(load_policy(policy_path))
+
+
 def policy(tmp_path: Path, **over) -> Path:
     doc = {
         "max_mmlu_drop_points": 2.0,
@@ -94,7 +100,8 @@ def test_gate_passes_registers_and_tags(store, tmp_path):
     uri, sweeps = store
     parent, ids = sweeps["good"]
     out = tmp_path / "out"
-    result = run_gate(policy(tmp_path), tracking_uri=uri, run_id=parent, out_dir=out)
+    pol = policy(tmp_path)
+    result = run_gate(pol, tracking_uri=uri, run_id=parent, out_dir=out)
     assert isinstance(result, GateResult)
     assert result.exit_code == 0 and result.passed, result.error
     [g] = result.variants
@@ -104,13 +111,22 @@ def test_gate_passes_registers_and_tags(store, tmp_path):
     bundle = read_run_text(uri, ids["m/int8"], "shrinkgate_model/shrinkgate_variant.json")
     assert bundle and '"provenance.source": "hub:m"' in bundle
     assert read_run_text(uri, ids["m/int8"], f"shrinkgate_model/{M.ART_RECIPE}").startswith("name: good")
+    key = key_of(pol)
     tags = tags_of(uri, ids["m/int8"])
-    assert tags["gate.verdict"] == "pass" and tags["gate.reasons"] == "all checks passed"
+    assert tags[f"gate.{key}.verdict"] == "pass" and tags[f"gate.{key}.reasons"] == "all checks passed"
     cases = junit(out / "gate_junit.xml")
     assert list(cases) == ["m/int8"] and cases["m/int8"].find("failure") is None
     md = (out / "gate_report.md").read_text()
     assert md.startswith("# shrinkgate gate: PASS") and "m/int8" in md
-    assert read_run_text(uri, parent, "gate/gate_junit.xml") is not None  # on the parent run too
+    assert read_run_text(uri, parent, f"gate/{key}/gate_junit.xml") is not None  # on the parent run too
+    parent_tags = load_sweep_tags(uri, parent)
+    assert parent_tags[f"gate.{key}.verdict"] == "pass" and parent_tags[f"gate.{key}.registered"] == "m/int8 -> good.m.int8 v1 @gate-passed"
+
+
+def load_sweep_tags(uri: str, parent: str) -> dict[str, str]:
+    from pipeline.tracking import load_sweep
+
+    return load_sweep(uri, run_id=parent, with_questions=False).tags
 
 
 def test_gate_fails_closed(store, tmp_path):
@@ -119,7 +135,8 @@ def test_gate_fails_closed(store, tmp_path):
     uri, sweeps = store
     parent, ids = sweeps["mixed"]
     out = tmp_path / "out"
-    result = run_gate(policy(tmp_path), tracking_uri=uri, experiment="mixed", out_dir=out)
+    pol = policy(tmp_path)
+    result = run_gate(pol, tracking_uri=uri, experiment="mixed", out_dir=out)
     assert result.exit_code == 1 and result.parent_run_id == parent
     by = {g.label: g for g in result.variants}
     assert {k: g.verdict for k, g in by.items()} == {
@@ -139,8 +156,9 @@ def test_gate_fails_closed(store, tmp_path):
     for name in ("nf4", "prune", "slow", "noq"):
         assert alias_run_id(uri, f"mixed.m.{name}", "gate-passed") is None
     # tags on every child, reasons included
-    assert tags_of(uri, ids["m/nf4"])["gate.verdict"] == "fail"
-    assert "missing metric decode_tok_s" in tags_of(uri, ids["m/prune"])["gate.reasons"]
+    key = key_of(pol)
+    assert tags_of(uri, ids["m/nf4"])[f"gate.{key}.verdict"] == "fail"
+    assert "missing metric decode_tok_s" in tags_of(uri, ids["m/prune"])[f"gate.{key}.reasons"]
     # JUnit: one testcase per gated variant, failure message = reasons
     root = ET.parse(out / "gate_junit.xml").getroot()
     suite = root.find("testsuite")
@@ -169,12 +187,13 @@ def test_gate_undecided_is_not_a_pass(store, tmp_path):
 
     uri, sweeps = store
     parent, ids = sweeps["small"]
-    result = run_gate(policy(tmp_path), tracking_uri=uri, run_id=parent, out_dir=tmp_path / "o")
+    pol = policy(tmp_path)
+    result = run_gate(pol, tracking_uri=uri, run_id=parent, out_dir=tmp_path / "o")
     assert result.exit_code == 1
     [g] = result.variants
-    assert g.verdict == "undecided" and g.mmlu.n == 20 and "a pass needs about" in g.reasons[0]
+    assert g.verdict == "undecided" and g.mmlu.n == 20 and f"a decision needs about {g.mmlu.more_questions:,} more questions" in g.reasons[0]
     assert alias_run_id(uri, "small.m.int8", "gate-passed") is None
-    assert tags_of(uri, ids["m/int8"])["gate.verdict"] == "undecided"
+    assert tags_of(uri, ids["m/int8"])[f"gate.{key_of(pol)}.verdict"] == "undecided"
     assert junit(tmp_path / "o" / "gate_junit.xml")["m/int8"].find("failure").get("type") == "undecided"
 
 
@@ -234,3 +253,25 @@ def test_policy_errors_are_one_line(tmp_path):
     with pytest.raises(RecipeError, match="not valid YAML"):
         load_policy(p)
     assert load_policy(Path(__file__).resolve().parents[1] / "policies" / "default.yaml").max_mmlu_drop_points == 1.0
+
+
+def test_gates_with_other_policies_keep_their_own_records(store, tmp_path):
+    """A verdict belongs to one (sweep, policy): gating the same sweep with a second policy adds its own record
+    under its key and rewrites nothing the first one (or the sweep itself) shows (6b837af overwrote `gate.verdict`)."""
+    from pipeline.tracking import read_run_text
+
+    uri, sweeps = store
+    parent, ids = sweeps["good"]
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    lenient, strict = policy(tmp_path / "a", register_model=False), policy(tmp_path / "b", register_model=False, min_decode_tok_s=1000)
+    assert run_gate(lenient, tracking_uri=uri, run_id=parent, out_dir=tmp_path / "ga").exit_code == 0
+    first = dict(tags_of(uri, ids["m/int8"]))
+    assert run_gate(strict, tracking_uri=uri, run_id=parent, out_dir=tmp_path / "gb").exit_code == 1
+    child, sweep = tags_of(uri, ids["m/int8"]), load_sweep_tags(uri, parent)
+    ka, kb = key_of(lenient), key_of(strict)
+    assert ka != kb and child[f"gate.{ka}.verdict"] == "pass" and child[f"gate.{kb}.verdict"] == "fail"
+    assert {k: v for k, v in child.items() if k.startswith(f"gate.{ka}.")} == {k: v for k, v in first.items() if k.startswith(f"gate.{ka}.")}
+    assert sweep[f"gate.{ka}.verdict"] == "pass" and sweep[f"gate.{kb}.verdict"] == "fail"
+    assert str(lenient) in sweep[f"gate.{ka}.policy"] and "gate.verdict" not in child and "gate.verdict" not in sweep
+    assert "min_decode_tok_s" in read_run_text(uri, parent, f"gate/{kb}/gate_report.md")
+    assert read_run_text(uri, parent, f"gate/{ka}/gate_report.md").startswith("# shrinkgate gate: PASS")

@@ -30,7 +30,7 @@ def test_allocation_is_proportional_with_one_per_subject(data):
     assert sum(sizes.values()) == 14042
     counts = allocate(1000, sizes)
     assert sum(counts.values()) == 1000 and min(counts.values()) >= 1
-    for s, n in counts.items():  # largest remainder: within one question of the proportional share of the rest
+    for s, n in counts.items():  # Sainte-Lague: here within one question of the proportional share of the rest
         share = 1 + (1000 - len(sizes)) * (sizes[s] - 1) / (14042 - len(sizes))
         assert abs(n - share) < 1, s
     assert allocate(20_000, sizes) == sizes  # more than there is: every question
@@ -47,6 +47,23 @@ def test_same_seed_same_questions_and_samples_nest(data):
     assert all(rows == tuple(sorted(set(rows))) and rows[-1] < data.test_rows[s] for s, rows in a.items())
     # not lm-eval's first N: a sample of 57 (one per subject) is not all row 0
     assert sum(rows == (0,) for rows in sample_questions(data, 57, seed=0).values()) < 10
+
+
+def test_every_larger_sample_contains_the_smaller_one(data):
+    """N -> N + 1 adds one question to one subject and takes none away, for every N up to 2,000 on the real
+    subject sizes (largest remainder broke this at 132 of these N, first at 78 -> 79)."""
+    sizes = data.test_rows
+    before = allocate(57, sizes)
+    for n in range(58, 2001):
+        after = allocate(n, sizes)
+        grown = {s: after[s] - before[s] for s in sizes if after[s] != before[s]}
+        assert list(grown.values()) == [1] and all(after[s] <= sizes[s] for s in sizes), (n, grown)
+        before = after
+    for n in (57, 78, 125, 1000, 1968, 2000):  # the question sets themselves nest (78, 125, 1968 broke)
+        small, large = sample_questions(data, n, seed=3), sample_questions(data, n + 1, seed=3)
+        assert all(set(small[s]) <= set(large[s]) for s in data.subjects), n
+    subject = max(sizes, key=sizes.get)
+    assert allocate(sum(sizes.values()) - 1, sizes) == {**sizes, subject: sizes[subject] - 1}  # the cap holds to the end
 
 
 def test_stratified_estimate_is_unbiased_with_a_true_stderr(data):

@@ -68,8 +68,9 @@ def test_unmodified_model_never_falls_back(build):
 
 
 def _bnb_gemv(f) -> bool:
-    """bitsandbytes runs a packed 4-bit gemv for one token on CPUs with AVX-512 (seen on the Intel hosts); on AVX2-only
-    hosts it dequantizes to fp32 and runs a dense matmul. The observation must say which one ran."""
+    """bitsandbytes 0.50 on a CPU with AVX512-BF16 repacks the 4-bit weights at the first eval forward and runs its
+    packed gemv_4bit (for any number of rows: seen at batch 1 to 16 on an AMD EPYC); elsewhere it dequantizes to
+    fp32 and runs a dense matmul. The observation must say which one ran."""
     return "bitsandbytes::gemv_4bit" in f.kernel_observed_ops
 
 
@@ -118,13 +119,9 @@ def test_observation_follows_the_ops_that_ran_not_the_layer_type(zeroed_tiny, fu
     from transformers import AutoModelForCausalLM
 
     from pipeline.build.observe import observe_kernel
-    from pipeline.methods.targets import target_linears
 
     resolved, _ = zeroed_tiny
-    model = AutoModelForCausalLM.from_pretrained(resolved.dense_dir).eval()
-    for name, module in list(target_linears(model)):
-        parent, _, leaf = name.rpartition(".")
-        setattr(model.get_submodule(parent), leaf, _Int8Linear(module, fused))
+    model = _swap_linears(AutoModelForCausalLM.from_pretrained(resolved.dense_dir).eval(), lambda m: _Int8Linear(m, fused))
     obs = observe_kernel(model, compressed=True)
     assert obs.census == {"_Int8Linear[Parameter int8]": 14}
     if fused:
@@ -134,6 +131,24 @@ def test_observation_follows_the_ops_that_ran_not_the_layer_type(zeroed_tiny, fu
     else:
         assert obs.dense_fallback is True and set(obs.calls.values()) == {"dense"} and obs.dequantized
         assert set(obs.dense_width.values()) == {4}
+
+
+class _RowsInt8Linear(_Int8Linear):
+    """Picks its kernel by the number of rows it multiplies, as bitsandbytes' CUDA gemm_4bit does (fp32: its 4-bit
+    kernel below 8 rows, dequantize + F.linear from 8): the fused int8 kernel for a few, a dense fp32 matmul for more."""
+
+    def forward(self, x):
+        self.fused = x.numel() // x.shape[-1] < 8
+        return super().forward(x)
+
+
+def _swap_linears(model, make):
+    from pipeline.methods.targets import target_linears
+
+    for name, module in list(target_linears(model)):
+        parent, _, leaf = name.rpartition(".")
+        setattr(model.get_submodule(parent), leaf, make(module))
+    return model
 
 
 def test_a_composite_op_with_low_precision_inputs_is_not_the_kernel_when_a_dense_mm_ran_inside():
@@ -226,6 +241,74 @@ def test_a_compiled_step_that_folded_the_dequantize_reads_dense_bytes(build, mon
     assert p.bytes_per_token == read and p.bytes_per_step == read
     assert p.mbu == pytest.approx(p.decode_tok_s * read / 10e9)
     assert res.tags()["kernel.observed"].endswith("compiled step") and res.tags()["kernel_dense_fallback"] == "true"
+
+
+def test_each_batch_size_is_observed_and_its_points_read_what_ran_there(zeroed_tiny, monkeypatch):
+    """A kernel picked by the number of rows: the build observes one token (the int8 kernel: stored bytes); timed at
+    batch 1 and 8, batch 8's step dequantizes and runs a dense fp32 matmul, so its ceiling and MBU count the dense
+    bytes (issue 27, item 9: batch 8 used to reuse batch 1's observation). One profiled step per batch size."""
+    from transformers import AutoModelForCausalLM
+
+    from pipeline.build.observe import observe_reads
+    from pipeline.build.storage import storage_bytes
+    from pipeline.methods.targets import target_linears
+    from pipeline.runtime.speed import measure as measure_mod
+
+    resolved, _ = zeroed_tiny
+    model = _swap_linears(AutoModelForCausalLM.from_pretrained(resolved.dense_dir).eval(), lambda m: _RowsInt8Linear(m, True))
+    built = observe_reads(model, compressed=True)
+    assert not built.observation.dense_fallback and built.bytes_per_token == built.stored_bytes_per_token
+    dense = storage_bytes(model, dense={name: 4 for name, _ in target_linears(model)}).bytes_read_per_token
+    assert dense > 2 * built.bytes_per_token  # int8 values read as fp32
+
+    _fixed_host(monkeypatch, bw_gb_s=10.0)
+    profiled: list[int] = []
+    observe = measure_mod.observe_kernel
+    monkeypatch.setattr(measure_mod, "observe_kernel", lambda *a, **k: profiled.append(1) or observe(*a, **k))
+    spec = SpeedSpec(prompt_tokens=8, new_tokens=3, batch_sizes=[1, 8], warmup=0, repeats=2, threads=1)
+    res = measure_mod.measure_decode(
+        model, None, spec, weight_bytes_per_token=built.bytes_per_token, device="cpu", kernel="int8 by rows",
+        dense_fallback=built.observation.dense_fallback,
+    )
+    one, eight = res.points
+    assert len(profiled) == 2  # per batch size, not per repeat
+    assert one.dense_fallback is False and one.kernel_observed == "14/14 layer matmuls quantized"
+    assert eight.dense_fallback is True and eight.kernel_observed == "14/14 layer matmuls dense (fp32), dequantize ran per call"
+    assert "aten::_weight_int8pack_mm" in one.kernel_observed_ops and "aten::mm(float,float)" in eight.kernel_observed_ops
+    for p, weights in ((one, built.bytes_per_token), (eight, dense)):
+        assert p.weight_bytes_read == weights
+        assert p.bytes_per_step == pytest.approx(weights + p.batch_size * _kv(model, p))
+        assert p.wall_tok_s == pytest.approx(10e9 / p.bytes_per_step * p.batch_size)
+        assert p.mbu == pytest.approx(p.decode_tok_s / p.batch_size * p.bytes_per_step / 10e9)
+    m, tags = res.metrics(), res.tags()
+    assert m["weight_bytes_read_per_step"] == built.bytes_per_token and m["weight_bytes_read_per_step_bs8"] == dense
+    assert res.dense_fallback and tags["kernel_dense_fallback"] == "true" and tags["kernel_dense_fallback.batches"] == "8@8"
+    assert res.speed_kind == "dense-fallback speed at batch 8; kernel speed at batch 1"
+    assert tags["kernel.observed"] == f"batch 1: {one.kernel_observed} | batch 8: {eight.kernel_observed}"
+    assert res.weight_bytes_per_token == built.bytes_per_token
+    assert any(w.startswith("kernel falls back to dense at batch 8 (int8 by rows)") for w in res.warnings), res.warnings
+
+
+def test_bnb_nf4_is_observed_at_each_batch_size_it_is_timed_at(build, monkeypatch):
+    """bitsandbytes 0.50 on CPU does not pick its 4-bit kernel by the number of rows (on CUDA it does: the test
+    above stands in for that): batch 8 runs what batch 1 runs on this CPU, and each point's bytes follow what it ran."""
+    from pipeline.runtime.transformers import TransformersRuntime
+
+    dense = build("none", ("none", {})).fidelity
+    art = build("nf4", ("bnb-nf4", {}))
+    f = art.fidelity
+    _fixed_host(monkeypatch, bw_gb_s=10.0)
+    spec = SpeedSpec(prompt_tokens=8, new_tokens=3, batch_sizes=[1, 8], warmup=0, repeats=1, threads=1)
+    res = TransformersRuntime().decode(art, spec)
+    assert [p.batch_size for p in res.points] == [1, 8] and res.points[0].kernel_observed == f.kernel_observed
+    packed = _bnb_gemv(f)
+    for p in res.points:
+        assert ("bitsandbytes::gemv_4bit" in p.kernel_observed_ops) is packed and p.dense_fallback is not packed
+        weights = f.stored_bytes_per_token if packed else dense.bytes_read_per_token
+        assert p.weight_bytes_read == weights and p.bytes_per_step == pytest.approx(weights + p.batch_size * _kv(art.model, p))
+        assert p.mbu == pytest.approx(p.decode_tok_s / p.batch_size * p.bytes_per_step / 10e9)
+    assert res.dense_fallback is not packed and res.speed_kind == ("kernel speed" if packed else "dense-fallback speed")
+    assert res.tags().get("kernel_dense_fallback.batches") == (None if packed else "1@8,8@8")
 
 
 # -- item 7: sparsity is the pruners' mask; zero_fraction is every zero ------------------------------

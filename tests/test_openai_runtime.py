@@ -29,7 +29,7 @@ LLAMA_SERVER = [
 
 
 def _fake(*args: str) -> list[str]:
-    return ["{python}", str(HERE / "fake_openai_server.py"), "--port", "{port}", *args]
+    return ["{python}", str(HERE / "fake_openai_server.py"), "--host", "{host}", "--port", "{port}", *args]
 
 
 def _write(tmp: Path, name: str, serve: dict, models: list[dict], *, speed: dict | None = None, variants=None) -> Path:
@@ -165,8 +165,8 @@ def test_fake_server_passes_end_to_end(tmp_path, tiny_model_dir):
 @pytest.mark.parametrize(
     ("case", "serve", "message"),
     [
-        ("never-healthy", {"launch": ["{python}", "-c", "import time; time.sleep(60)"], "health_timeout_s": 2}, "server not healthy at http://127.0.0.1:"),
-        ("exits", {"launch": ["{python}", "-c", "raise SystemExit(3)"]}, "server exited with code 3 before it answered"),
+        ("never-healthy", {"launch": ["{python}", "-c", "import time; time.sleep(60)", "{host}"], "health_timeout_s": 2}, "server not healthy at http://127.0.0.1:"),
+        ("exits", {"launch": ["{python}", "-c", "raise SystemExit(3)", "{host}"]}, "server exited with code 3 before it answered"),
         ("wrong-model", {"launch": _fake(), "model": "wrong"}, "serve.model: 'wrong' is not what"),
         ("http500", {"launch": _fake("--mode", "http500")}, "HTTP 500 while scoring MMLU"),
         ("http429", {"launch": _fake("--mode", "http429")}, "HTTP 429 while scoring MMLU"),
@@ -224,6 +224,7 @@ def test_ctrl_c_leaves_no_server_behind(tmp_path, tiny_model_dir):
     ("serve", "variants", "message"),
     [
         ({"launch": ["{python}", "-m", "llama_cpp.server"]}, None, "serve.launch: no {artifact} in the command"),
+        ({"launch": [a for a in LLAMA_SERVER if a not in ("--host", "{host}")]}, None, "serve.launch: no {host} in the command, so the server would bind wherever its default is"),
         ({"launch": ["no-such-engine-binary", "{artifact}"]}, None, "serve.launch[0]: 'no-such-engine-binary' is not a program on PATH"),
         ({"launch": LLAMA_SERVER, "api_key_env": "SHRINKGATE_TEST_UNSET_KEY"}, None, "serve.api_key_env: $SHRINKGATE_TEST_UNSET_KEY is not set"),
         ({"artifact": "none", "base_url": "http://127.0.0.1:9/v1"}, [{"name": "q", "method": "gguf-q4_0"}], "serve.artifact: none"),
@@ -237,6 +238,20 @@ def test_validate_refuses_a_serve_section_that_cannot_work(tmp_path, serve, vari
     assert result.exit_code != 0
     assert message in result.output, result.output
     assert "Traceback" not in result.output
+
+
+def test_shipped_serve_recipes_pass_host_to_the_server():
+    """Every shipped serve recipe clears `check_serve` (an engine not installed here stops it only at the PATH check)."""
+    from pipeline.config.recipe import load_recipe
+    from pipeline.runtime.openai import check_serve
+
+    paths = sorted((HERE.parent / "recipes").glob("serve-*.yaml"))
+    assert len(paths) == 3
+    for path in paths:
+        recipe = load_recipe(path)
+        problem = check_serve(recipe)
+        assert problem is None or "is not a program on PATH" in problem, (path.name, problem)
+        assert any("{host}" in a for a in recipe.serve.launch), path.name
 
 
 def test_runtime_openai_needs_a_serve_section(tmp_path):
@@ -274,6 +289,75 @@ def test_checkpoint_artifact_reaches_the_launched_server(tmp_path, tiny_model_di
     run = _runs(tmp_path, "ckpt")["tiny/rtn"]
     assert run.info.status == "FINISHED", (run.data.tags.get(M.TAG_STATUS_ERROR), result.output)
     assert "--checkpoint /" in run.data.tags["serve.launch"] and run.data.metrics[M.BITS_PER_WEIGHT] < 5
+
+
+def test_secrets_reach_no_store_log_or_artifact(tmp_path, tiny_model_dir, monkeypatch):
+    """A key on the launch line and a key in `serve.api_key_env`'s variable, both printed by the server into its
+    log: after the sweep (every child its own process), an export and a gate, neither is in any byte of the
+    store or of any file shrinkgate wrote; REDACTED stands where they were."""
+    import uuid
+
+    launch_key, env_key = f"sk-launch-{uuid.uuid4().hex}", f"sk-env-{uuid.uuid4().hex}"
+    monkeypatch.setenv("SHRINKGATE_TEST_API_KEY", env_key)
+    store = tmp_path / "store"
+    store.mkdir()
+    models = [{"name": "tiny", "source": str(tiny_model_dir), "role": "candidate"}]
+    serve = {
+        "model": "fake-model",
+        "artifact": "checkpoint",
+        "api_key_env": "SHRINKGATE_TEST_API_KEY",  # the fake server answers 401 unless this key comes as Bearer
+        "launch": _fake("--checkpoint", "{artifact}", "--api-key", launch_key, "--key-env", "SHRINKGATE_TEST_API_KEY"),
+        "concurrency": [1],
+        "requests_per_level": 2,
+    }
+    variants = [{"name": "rtn", "method": "rtn", "params": {"bits": 4, "group_size": 64}}]
+    recipe = _write(store, "secrets", serve, models, variants=variants)
+    recipe = recipe.rename(tmp_path / recipe.name)  # the user's own file holds the key: keep it out of the search
+    uri = f"sqlite:///{store}/mlflow.db"
+    result = CliRunner().invoke(app, ["run", str(recipe)])
+    runs = _runs(store, "secrets")
+    run = runs["tiny/rtn"]
+    assert run.info.status == "FINISHED", (run.data.tags.get(M.TAG_STATUS_ERROR), result.output)
+    assert "--api-key REDACTED" in run.data.tags["serve.launch"]
+    exported = CliRunner().invoke(app, ["export", run.info.run_id, "--out", str(store / "export"), "--tracking-uri", uri])
+    assert exported.exit_code == 0, exported.output
+    policy = HERE.parent / "policies" / "default.yaml"
+    gate = CliRunner().invoke(app, ["gate", "--policy", str(policy), "--experiment", "secrets", "--out", str(store / "gate"), "--tracking-uri", uri])
+    assert gate.exit_code in (0, 1), gate.output
+
+    files = [p for p in store.rglob("*") if p.is_file()]
+    assert any(p.name == "mlflow.db" for p in files) and any(p.name == "server.log" for p in files)
+    assert any(p.name == "shrinkgate.json" for p in files) and any(p.name == "recipe.yaml" for p in files)
+    for path in files:
+        data = path.read_bytes()
+        for key in (launch_key, env_key):
+            assert key.encode() not in data, f"{key} in {path.relative_to(store)}"
+    for out in (result.output, exported.output, gate.output):
+        assert launch_key not in out and env_key not in out
+    log = next(p for p in files if p.name == "server.log").read_text()
+    assert "'api_key': 'REDACTED'" in log and "api key from $SHRINKGATE_TEST_API_KEY: REDACTED" in log
+
+
+def test_redaction_finds_keys_in_every_form_a_command_line_is_written(monkeypatch):
+    """The launch line as argv, as a string, as a JSON param and in recipe.yaml: the key goes, the options that
+    only look alike (--max-tokens, --tokenizer, a flag with no value) stay, and the YAML still parses."""
+    import json
+
+    from pipeline.redact import REDACTED, protect_env, redact, redact_argv
+
+    argv = ["vllm", "serve", "m", "--api-key", "sk-one-1111", "--hf_token=hf-two-2222", "--max-tokens", "6",
+            "--tokenizer", "/tok", "--use-auth-token", "--port", "8000"]  # fmt: skip
+    expected = [*argv[:4], REDACTED, f"--hf_token={REDACTED}", *argv[6:]]
+    assert redact_argv(argv) == expected
+    assert redact(" ".join(argv)) == " ".join(expected)
+    assert json.loads(redact(json.dumps(argv))) == expected
+    assert yaml.safe_load(redact(yaml.safe_dump({"launch": argv}))) == {"launch": expected}
+    header = "Authorization: Bearer sk-three-3333 | https://u:pw-4444@host/v1?token=tok-5555&n=1"
+    assert redact(header) == f"Authorization: {REDACTED} | https://u:{REDACTED}@host/v1?token={REDACTED}&n=1"
+    monkeypatch.setenv("SHRINKGATE_TEST_REDACT_KEY", "env-six-6666")
+    protect_env("SHRINKGATE_TEST_REDACT_KEY")
+    assert redact("'api_key': ['env-six-6666']") == f"'api_key': ['{REDACTED}']"
+    assert redact("Bearer bonds pay the bearer") == "Bearer bonds pay the bearer"  # an MMLU question, not a header
 
 
 def test_export_writes_what_was_measured(tmp_path, tiny_model_dir, served):
@@ -322,7 +406,7 @@ def test_export_writes_what_was_measured(tmp_path, tiny_model_dir, served):
     assert result.exit_code == 0, result.output
     published = BUNDLED["smollm2-135m-instruct"].locate(cache_root())
     digest = [hashlib.sha256(p.read_bytes()).hexdigest() for p in (gguf_out / "smollm2-none.gguf", published)]
-    assert digest[0] == digest[1]
+    assert digest[0] == digest[1] == sruns["smollm2/none"].data.tags[M.TAG_STORED_SHA256]
 
     parent = run.data.tags["mlflow.parentRunId"]
     result = CliRunner().invoke(app, ["export", parent, "--out", str(tmp_path / "x"), "--tracking-uri", uri])

@@ -260,3 +260,28 @@ def test_task_options_and_store_checks(tmp_path, monkeypatch):
     with pytest.raises(RayExecutorError, match="loopback"):
         check_store_reachable_from_cluster("http://127.0.0.1:5000", client_mode=False, nodes=3)
     check_store_reachable_from_cluster("http://mlflow.internal:5000", client_mode=True, nodes=3)
+
+
+def test_ray_runs_a_sequential_sample_look_by_look(tmp_path, tiny_model_dir, local_ray, mmlu_dir):
+    """Ray tasks wait on the lock-step board between looks (6b837af submitted every task at once, so no variant
+    could see its base and all scored `max`): the variant stops at its decisive look and the base with it."""
+    from pipeline.build.plan import parse_recipe
+
+    doc = {
+        "name": "ray-lockstep",
+        "models": [{"name": "tiny", "source": str(tiny_model_dir), "role": "candidate"}],
+        "variants": SAME,
+        "eval": {"num_fewshot": 0, "subjects": SUBJECTS, "data_dir": str(mmlu_dir),
+                 "sample": {"questions": "auto", "max": 80, "step": 10, "delta_points": 60}},
+        "speed": {"enabled": False},
+        "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db", "experiment": "ray-lockstep"},
+        "resources": {"num_cpus": 1, "memory_gb": 0.5},
+    }
+    stages: list[tuple[str, str]] = []
+    outcome = run_sweep(parse_recipe(doc), executor=RayExecutor(), progress=lambda label, stage: stages.append((label, stage)))
+    base, pruned = outcome.children
+    assert base.status == pruned.status == "FINISHED", (base.error, pruned.error)
+    assert pruned.accuracy.n_questions < 80 and pruned.accuracy.stopped.startswith(("pass vs tiny/none", "fail vs tiny/none"))
+    assert base.accuracy.n_questions == pruned.accuracy.n_questions
+    looks = [(label, stage) for label, stage in stages if stage.startswith("scored ")]
+    assert looks[:2] == [("tiny/none", "scored 10 questions"), ("tiny/pruned", "scored 10 questions")]

@@ -128,7 +128,7 @@ def test_log_sweep_report_tolerates_missing_speed(store):
 
     uri, sweeps = store
     parent, ids = sweeps["nospeed"]
-    logged = log_sweep_report(uri, parent)
+    logged = log_sweep_report(uri, parent).artifacts
     assert "report/compare.md" in logged and "report/compare.csv" in logged
     assert "report/pareto_weight_bytes.png" in logged and "report/subject_delta_m.png" in logged
     assert not any("decode_tok_s" in p for p in logged)
@@ -147,5 +147,5 @@ def test_log_sweep_report_with_no_metrics_at_all(store):
 
     uri, sweeps = store
     parent, _ = sweeps["bare"]
-    logged = log_sweep_report(uri, parent)
+    logged = log_sweep_report(uri, parent).artifacts
     assert logged == ["report/compare.csv", "report/compare.md"]

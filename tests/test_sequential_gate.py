@@ -69,7 +69,10 @@ def test_score_sequential_stops_when_told_and_reuses_prefixes_across_looks(tiny_
     whole = score_mmlu(lm, spec)  # no stop rule: all of max, in looks of 15, 30, 60
     assert whole.n_questions == 60 and {(q.subject, q.index) for q in whole.questions} == set(order[:60])
     assert whole.lm_eval_results["shrinkgate"]["sample"]["looks"] == [15, 30, 60] and whole.stopped.startswith("scored all 60")
-    assert whole.tags() == {M.TAG_MMLU_ORDER_SEED: "1", M.TAG_MMLU_POPULATION: "301", M.TAG_MMLU_STOPPED: whole.stopped}
+    assert whole.tags() == {
+        M.TAG_MMLU_DESIGN: "sequential", M.TAG_MMLU_ORDER_SEED: "1", M.TAG_MMLU_POPULATION: "301", M.TAG_MMLU_STOPPED: whole.stopped,
+        M.TAG_MMLU_LOOKS: "15,30,60",
+    }
     seen = []
 
     def stop(scored, population):
@@ -91,8 +94,9 @@ def test_score_sequential_stops_when_told_and_reuses_prefixes_across_looks(tiny_
 
 def _record(variant: str, method: str, questions, seed: str | None = "0", population: str = "2000") -> VariantRecord:
     tags = {"method": method, M.TAG_MODEL: "m", M.TAG_VARIANT: variant, M.TAG_DETERMINISTIC: "true"}
+    tags[M.TAG_MMLU_DESIGN] = "all"
     if seed is not None:
-        tags.update({M.TAG_MMLU_ORDER_SEED: seed, M.TAG_MMLU_POPULATION: population})
+        tags.update({M.TAG_MMLU_DESIGN: "sequential", M.TAG_MMLU_ORDER_SEED: seed, M.TAG_MMLU_POPULATION: population})
     metrics = {M.MMLU_ACC: sum(q.correct for q in questions) / len(questions)}
     return VariantRecord(f"id-{variant}", "m", variant, "candidate", "FINISHED", metrics, tags, {}, tuple(questions))
 
@@ -140,11 +144,8 @@ def test_gate_fails_closed_on_a_sequential_sample_it_cannot_pair():
     assert check.outcome == "fail" and M.TAG_MMLU_POPULATION in check.detail
 
 
-def test_a_variant_stops_inside_the_sweep_and_the_base_scores_all(tmp_path, tiny_model_dir, mmlu_dir):
-    from pipeline.sweep.driver import run_sweep
-    from pipeline.tracking.read import load_sweep
-
-    doc = {
+def _lockstep_doc(tmp_path, tiny_model_dir, mmlu_dir) -> dict:
+    return {
         "name": "sequential",
         "models": [{"name": "tiny", "source": str(tiny_model_dir), "role": "candidate"}],
         "variants": [{"name": "none", "method": "none"}, {"name": "pruned", "method": "magnitude-prune", "params": {"amount": 0.05}}],
@@ -153,19 +154,71 @@ def test_a_variant_stops_inside_the_sweep_and_the_base_scores_all(tmp_path, tiny
         "speed": {"enabled": False},
         "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db", "experiment": "sequential"},
     }
-    outcome = run_sweep(parse_recipe(doc), executor="process")
+
+
+def test_base_and_variant_advance_look_by_look_and_the_base_stops_with_its_variant(tmp_path, tiny_model_dir, mmlu_dir):
+    """The process executor runs base and variant in lock-step: the variant stops at the first look its test
+    decides, and the base, whose only variant that was, stops there too (6b837af scored the base's whole max)."""
+    from pipeline.sweep.driver import run_sweep
+    from pipeline.tracking.read import load_sweep
+
+    doc = _lockstep_doc(tmp_path, tiny_model_dir, mmlu_dir)
+    stages: list[tuple[str, str]] = []
+    outcome = run_sweep(parse_recipe(doc), executor="process", progress=lambda label, stage: stages.append((label, stage)))
     base, pruned = outcome.children
     assert base.status == pruned.status == "FINISHED"
-    assert base.accuracy.n_questions == 160 and base.accuracy.stopped.startswith("scored all 160")
     assert pruned.accuracy.n_questions < 160 and pruned.accuracy.stopped.startswith("pass vs tiny/none")
+    assert base.accuracy.n_questions == pruned.accuracy.n_questions  # not one look further than its variant needed
+    assert base.accuracy.stopped.startswith("every variant of tiny was decided by question")
+    # one look at a time, the base first in each
+    looks = [(label, stage) for label, stage in stages if stage.startswith("scored ")]
+    assert looks[0] == ("tiny/none", "scored 20 questions") and looks[1] == ("tiny/pruned", "scored 20 questions")
     sweep = load_sweep(doc["tracking"]["uri"], run_id=outcome.parent_run_id)
     logged = {r.variant: r for r in sweep.children}
     assert logged["pruned"].tags[M.TAG_MMLU_STOPPED] == pruned.accuracy.stopped
-    assert logged["pruned"].metric(M.MMLU_N_QUESTIONS) == pruned.accuracy.n_questions
+    assert logged["pruned"].tags[M.TAG_MMLU_LOOKS] == ",".join(str(n) for n in look_sizes(20, 160) if n <= pruned.accuracy.n_questions)
     policy = Policy(max_mmlu_drop_points=30, must_not_be_dominated=False, variants=["pruned"], register_model=False, bootstrap_samples=1000)
     (g,) = evaluate(sweep, policy)
     check = next(c for c in g.checks if c.name == "mmlu_drop")
     assert check.outcome == "pass" and "scoring stopped: pass vs tiny/none" in check.detail
+    assert outcome.verdict is not None and [v.label for v in outcome.verdict.variants] == ["tiny/pruned"]
+
+
+def test_the_inline_executor_refuses_a_sequential_sample_before_the_sweep_starts(tmp_path, tiny_model_dir, mmlu_dir):
+    from pipeline.sweep.driver import run_sweep
+    from pipeline.sweep.executors import ExecutorError
+
+    doc = _lockstep_doc(tmp_path, tiny_model_dir, mmlu_dir)
+    with pytest.raises(ExecutorError, match=r"--executor inline runs each child to its end.*use --executor process"):
+        run_sweep(parse_recipe(doc), executor="inline")
+    assert not (tmp_path / "mlflow.db").exists()  # refused before the store was touched: no parent left RUNNING
+
+
+def test_an_interrupted_sequential_sweep_resumes_at_its_last_finished_look(tmp_path, tiny_model_dir, mmlu_dir):
+    """Ctrl-C after the base's second look: the runs end KILLED with their finished looks logged; the rerun takes
+    those looks over (nothing scored twice) and goes on from there."""
+    from pipeline.sweep.driver import run_sweep
+    from pipeline.tracking.read import load_sweep
+
+    doc = _lockstep_doc(tmp_path, tiny_model_dir, mmlu_dir)
+    doc["eval"]["sample"]["delta_points"] = 0.5  # a margin the tiny model cannot decide quickly: every look is needed
+
+    def interrupt(label: str, stage: str) -> None:
+        if (label, stage) == ("tiny/pruned", "scored 40 questions"):
+            raise KeyboardInterrupt
+
+    first = run_sweep(parse_recipe(doc), executor="process", progress=interrupt)
+    assert first.interrupted and {c.status for c in first.children} == {"KILLED"}
+    second = run_sweep(parse_recipe(doc), executor="process")
+    assert {c.status for c in second.children} == {"FINISHED"}
+    sweep = load_sweep(doc["tracking"]["uri"], run_id=second.parent_run_id)
+    for r in sweep.children:
+        assert r.tags[M.TAG_MMLU_RESUMED_FROM].startswith(f"{ {c.item.label: c.run_id for c in first.children}[r.label]} (40 questions in 2 looks)")
+    resumed = {c.item.label: c.accuracy.lm_eval_results["shrinkgate"] for c in second.children}
+    assert all(x["resumed_questions"] == 40 for x in resumed.values())
+    # the rerun's answers to the first 40 are the ones the interrupted runs gave (taken over, not scored again)
+    base = next(c for c in second.children if c.item.label == "tiny/none")
+    assert base.accuracy.lm_eval_results["shrinkgate"]["sample"]["looks"][:2] == [20, 40]
 
 
 def test_llamacpp_restores_each_subjects_prefix_between_looks(mmlu_dir):

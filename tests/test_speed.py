@@ -198,6 +198,8 @@ def test_measure_decode_tiny_model_returns_sane_fields(tiny):
         inputs = next(s["inputs"] for s in p.samples if "inputs" in s)
         assert inputs["distinct_prompt_ids"] > 4 and any(inputs["prompt_ids_row0_head"])
         assert len(inputs["generated_ids_row0"]) == 6
+        # an unmodified model is not profiled per batch: its points read the bytes given
+        assert p.dense_fallback is None and p.kernel_observed == "" and p.weight_bytes_read == res.weight_bytes_per_token
     assert res.at_batch(3) is res.points[1]
 
 
@@ -232,6 +234,38 @@ def test_dense_fallback_is_carried_and_flagged(tiny):
     )
     assert res.dense_fallback and res.speed_kind == "dense-fallback speed"
     assert any("falls back to dense" in w for w in res.warnings)
+
+
+def test_a_fallback_at_some_batch_sizes_is_reported_at_those_batch_sizes():
+    """Kernels observed per batch (bnb on CUDA: its 4-bit kernel for a few rows, dequantize + matmul from 8): the run
+    falls back, its label, tags and table rows say at which batches; points not observed follow the run's flag."""
+    from rich.console import Console
+
+    from pipeline import metrics as M
+    from pipeline.results import SpeedPoint, SpeedResult
+    from pipeline.runtime.speed.command import print_table
+
+    def point(batch: int, fell: bool | None) -> SpeedPoint:
+        return SpeedPoint(
+            batch_size=batch, prompt_tokens=16, new_tokens=4, ttft_ms=1, ttft_p90_ms=1, tpot_ms=1, tpot_p90_ms=1, itl_p99_ms=1,
+            e2e_ms=4, decode_tok_s=1000.0 * batch, prefill_tok_s=1, peak_mem_mb=1, bytes_per_token=1, wall_tok_s=1, mbu=0.5, cv=0,
+            weight_bytes_read=4e6 if fell else 1e6, dense_fallback=fell,
+        )
+
+    res = SpeedResult(
+        points=(point(1, False), point(4, False), point(8, True)), bandwidth_gb_s=10, device="cuda", threads=1, timer="t",
+        dense_fallback=True, method="bnb-nf4",
+    )
+    assert res.speed_kind == "dense-fallback speed at batch 8; kernel speed at batch 1, 4"
+    assert res.tags()[M.TAG_DENSE_FALLBACK] == "true" and res.tags()[M.TAG_DENSE_FALLBACK_BATCHES] == "8@16"
+    m = res.metrics()
+    assert m[M.WEIGHT_BYTES_READ_PER_STEP] == 1e6 and m[M.batch_metric(M.WEIGHT_BYTES_READ_PER_STEP, 8)] == 4e6
+    console = Console(record=True, width=220)
+    print_table(res, console=console)
+    rows = [line for line in console.export_text().splitlines() if "│" in line and "bnb-nf4" in line]
+    assert len(rows) == 3 and [("(dense fallback)" in r) for r in rows] == [False, False, True], rows
+    unobserved = SpeedResult(points=(point(1, None),), bandwidth_gb_s=10, device="cpu", threads=1, timer="t", dense_fallback=True)
+    assert unobserved.speed_kind == "dense-fallback speed" and M.TAG_DENSE_FALLBACK_BATCHES not in unobserved.tags()
 
 
 def test_a_batch_that_does_not_fit_is_reported_not_raised(tiny, monkeypatch):

@@ -19,6 +19,7 @@ from pipeline.verdict.stats import (
     pair,
     paired_bootstrap,
     paired_bootstrap_counts,
+    questions_for_fail,
     questions_for_pass,
     questions_needed,
 )
@@ -61,7 +62,14 @@ def test_compare_paired_counts_and_pvalue():
     assert cmp.mcnemar_p == pytest.approx(0.0386, abs=5e-5)
     assert cmp.flip_rate == pytest.approx(0.12)  # only the discordant ones changed letter here
     lo, hi = cmp.ci_points
-    assert lo < 8.0 < hi and lo > 0  # 10 vs 2 discordant: a is better
+    # the interval is the wider of the paired bootstrap's and the exact one on each side (the one rule): with 12
+    # discordant questions the bootstrap alone would call a better (its lower bound > 0), the exact bound does not
+    boot = paired_bootstrap_counts(100, 10, 2, confidence=0.95)
+    ex_lo, ex_hi = exact_diff_bounds(100, 10, 2, 0.975)
+    assert boot.low > 0 and lo == pytest.approx(100 * min(boot.low, ex_lo)) and hi == pytest.approx(100 * max(boot.high, ex_hi))
+    assert lo < 0 < 8.0 < hi
+    stronger = compare_paired(*outcomes(60, 25, 2, 13))  # 25 vs 2: shown by every bound
+    assert stronger.ci_points[0] > 0
 
 
 def test_pairing_matches_by_subject_and_index_not_order():
@@ -137,7 +145,8 @@ def test_non_inferiority_undecided_with_too_few_questions():
     ni = non_inferiority(variant, base, 2.0)
     assert ni.drop_points == 0.0 and ni.bootstrap_upper_points == 0.0
     assert ni.decision == "undecided"  # never a pass on 20 questions
-    assert ni.questions_needed > 20 and f"a pass needs about {ni.questions_needed:,} questions" in ni.reason
+    assert ni.questions_needed > 20 and ni.more_questions == ni.questions_needed - 20
+    assert f"a decision needs about {ni.more_questions:,} more questions ({ni.questions_needed:,} in all)" in ni.reason
     # ... and that many identical answers are indeed enough, one fewer is not
     same = outcomes(ni.questions_needed, 0, 0, 0)[0]
     assert non_inferiority(same, same, 2.0).decision == "pass"
@@ -146,7 +155,14 @@ def test_non_inferiority_undecided_with_too_few_questions():
     base, variant = outcomes(96, 4, 0, 100)  # 200 questions, drop exactly 2 points
     ni = non_inferiority(variant, base, 2.0)
     assert ni.decision == "undecided" and ni.questions_needed is None  # drop == delta: more questions cannot help
-    assert "cannot make it pass" in ni.reason
+    assert "no number of questions decides it" in ni.reason
+    # above the margin: how many questions a fail would take at these shares, and that many do fail
+    base, variant = outcomes(90, 10, 2, 98)  # 200 questions, drop 4 points against 2
+    ni = non_inferiority(variant, base, 2.0)
+    assert ni.decision == "undecided" and ni.questions_needed == questions_for_fail(200, 10, 2, 2.0) > 200
+    k = ni.questions_needed // 200 + 1
+    big_base, big_variant = outcomes(90 * k, 10 * k, 2 * k, 98 * k)
+    assert non_inferiority(big_variant, big_base, 2.0).decision == "fail"
 
 
 def test_non_inferiority_direction():

@@ -233,7 +233,11 @@ def test_first_load_of_the_printed_link_shows_the_verdict(sweep, ui_server, page
                 assert float(_cell(rows[name], metric)) == pytest.approx(run.data.metrics[metric], rel=1e-6), (name, metric)
             for tag in ("frontier.decode_tok_s", "frontier.weight_bytes"):
                 assert _cell(rows[name], tag) == run.data.tags[tag], (name, tag)
-        assert _cell(rows[parent.info.run_name], "Description").startswith("**shrinkgate verdict** · frontier on")
+        # the parent's description opens with the decision in one sentence; each child's is its own verdict line
+        assert _cell(rows[parent.info.run_name], "Description").startswith("**Verdict** under the default policy")
+        for name, run in children.items():
+            assert _cell(rows[name], "Description").startswith(run.data.tags[M.TAG_DESCRIPTION][:20]), name
+            assert _cell(rows[name], M.TAG_VERDICT) == run.data.tags[M.TAG_VERDICT] != "", name
 
         fresh.goto(f"{link.split('#')[0]}#/experiments/{exp_id}/runs/{parent.info.run_id}?workflowType=machine_learning", wait_until="domcontentloaded")
         fresh.get_by_text("shrinkgate verdict", exact=True).first.wait_for()

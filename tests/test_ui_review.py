@@ -48,8 +48,9 @@ def reported(tmp_path_factory):
 def test_parent_description_holds_the_verdict_table_and_pareto_plot(reported):
     uri, client, parent, ids = reported
     note = client.get_run(parent).data.tags[NOTE_TAG]
-    # the runs table's Description column shows the first line: the frontier itself
-    assert note.startswith("**shrinkgate verdict** · frontier on decode tok/s (batch 1): ref/none"), note[:200]
+    # the runs table's Description column shows the first line: the decision in one sentence, then the frontier
+    assert note.startswith("**Verdict** under the default policy (policies/default.yaml): 0 of 1 gated variant(s) pass (fail: m/int8)."), note[:200]
+    assert "**shrinkgate verdict** · frontier on decode tok/s (batch 1): ref/none" in note
     lines = note.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("| model/variant |"))
     table = {line.split(" | ")[0].strip("| "): line for line in lines[header + 2 :] if line.startswith("|")}

@@ -288,3 +288,42 @@ def test_run_console_shows_our_progress_only_and_the_run_keeps_the_log(tmp_path,
     log = Path(client.download_artifacts(child.info.run_id, M.ART_CHILD_LOG, str(tmp_path / "dl"))).read_text()
     for chatter in ("Scoring inputs (shared prefixes)", *_noisy_methods.NOISE):  # our CPU LM's progress
         assert chatter in log, (chatter, log)
+
+
+# -- issue 27, item 11: --batch-sizes and an unwritable compare --out --------------------------------------------
+@pytest.mark.parametrize("given, bad", [("1,x", "x"), ("-4", "-4"), ("0", "0"), ("2.5", "2.5"), (",", ",")])
+@pytest.mark.parametrize("command", ["predict", "speed"])
+def test_batch_sizes_that_are_not_whole_numbers_from_one_are_one_line(monkeypatch, command, given, bad):
+    import pipeline.runtime.speed.command as speed
+
+    def boom(**kw):
+        raise AssertionError("speed ran")
+
+    monkeypatch.setattr(speed, "speed_command", boom)
+    args = ["--hardware", "h100-sxm"] if command == "predict" else []
+    result = CliRunner().invoke(app, [command, *args, "--config", "llama-3.2-1b", f"--batch-sizes={given}"])
+    message = _one_line_error(result)
+    assert f"--batch-sizes: {bad!r} is not a whole number >= 1" in message and "e.g. --batch-sizes 1,8,64" in message
+
+
+def test_predict_still_takes_spaced_batch_sizes():
+    """The counterpart of the refusals above: what was valid stays valid (a row per given batch, no default 64)."""
+    result = CliRunner().invoke(app, ["predict", "--hardware", "h100-sxm", "--config", "llama-3.2-1b", "--batch-sizes", "1, 8"])
+    assert result.exit_code == 0, result.output
+    batches = [int(line.split("│")[4]) for line in result.output.splitlines() if line.startswith("│ llama-3.2-1b")]
+    assert batches == [1, 8], result.output
+
+
+def test_compare_out_that_cannot_be_written_is_one_line(tmp_path_factory, tmp_path):
+    from _stores import Child, fresh_store, write_sweep
+
+    uri = fresh_store(tmp_path_factory, "compare-out")
+    parent, _ = write_sweep(uri, "cmp", [Child("m", "none", None), Child("ref", "none", None, role="reference")], end_parent=False)
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    taken = tmp_path / "taken"
+    (taken / "compare.md").mkdir(parents=True)  # the report's own file name is a folder
+    for out, where in ((a_file, a_file), (a_file / "sub", a_file / "sub"), (taken, taken / "compare.md")):
+        result = CliRunner().invoke(app, ["compare", "--run", parent, "--tracking-uri", uri, "--out", str(out)])
+        message = _one_line_error(result)
+        assert f"--out {out}: cannot write the report there (" in message and f": {where}); give --out a folder you can create" in message

@@ -82,8 +82,12 @@ def test_rerun_keeps_reused_children_in_the_sweep_and_the_gate_sees_them(tmp_pat
     assert status == {"tiny/none": "SKIPPED", "tiny/heavy": "FINISHED", "ref/none": "SKIPPED"}
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     sweep = load_sweep(uri, run_id=second.parent_run_id)
-    members = {r.label: r.run_id for r in sweep.children}
-    assert members["ref/none"] == ids["ref/none"] and members["tiny/none"] == ids["tiny/none"]
+    members = {r.label: r for r in sweep.children}
+    # reused runs are copied into the new sweep: its own children, pointing at the runs they came from
+    for label in ("ref/none", "tiny/none"):
+        assert members[label].run_id != ids[label] and members[label].tags[M.TAG_COPIED_FROM] == ids[label]
+        assert members[label].tags["mlflow.parentRunId"] == second.parent_run_id
+        assert members[label].metric(M.MMLU_ACC) is not None and members[label].questions
     assert set(members) == {"tiny/none", "tiny/heavy", "ref/none"} and sweep.missing == () and sweep.completeness_problem() is None
 
     # the gate holds the new variant against the reused reference: same predictions, fewer bytes -> dominated
@@ -106,12 +110,31 @@ def test_rerun_keeps_reused_children_in_the_sweep_and_the_gate_sees_them(tmp_pat
     # a member that is gone makes the sweep incomplete: gate exit 2, compare refuses
     from mlflow.tracking import MlflowClient
 
-    MlflowClient(uri).delete_run(ids["ref/none"])
+    MlflowClient(uri).delete_run(members["ref/none"].run_id)
     assert load_sweep(uri, run_id=second.parent_run_id).missing == ("ref/none",)
     refused = run_gate(policy, tracking_uri=uri, run_id=second.parent_run_id, out_dir=tmp_path / "gate2")
     assert refused.exit_code == 2 and "planned children missing: ref/none" in refused.error and "\n" not in refused.error
     with pytest.raises(TrackingError, match="planned children missing: ref/none"):
         run_compare(tracking_uri=uri, run_id=second.parent_run_id, out_dir=tmp_path / "cmp")
+
+
+def test_a_later_sweep_never_rewrites_what_an_earlier_one_shows(tmp_path, tiny_model_dir):
+    """The base is reused by a second sweep in which a smaller variant dominates it: the second sweep's verdict
+    lands on its own copy of the base; the first sweep's run keeps what the first sweep showed."""
+    from pipeline.tracking import load_sweep
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    first = run_sweep(parse_recipe(_recipe(tmp_path, tiny_model_dir, 1024, candidate=True)), executor="inline")
+    base_id = next(c.run_id for c in first.children if c.item.label == "tiny/none")
+    before = next(r.tags for r in load_sweep(uri, run_id=first.parent_run_id, with_questions=False).children if r.run_id == base_id)
+    doc = _recipe(tmp_path, tiny_model_dir, 1024)
+    doc["variants"] = [{"name": "none", "method": "none"}, {"name": "int8", "method": "int8-weight-only"}]
+    second = run_sweep(parse_recipe(doc), executor="inline")
+    after = {r.run_id: r.tags for r in load_sweep(uri, run_id=first.parent_run_id, with_questions=False).children}
+    assert after[base_id] == before  # 6b837af rewrote the reused base's frontier.* tags with the second sweep's
+    copy = next(r for r in load_sweep(uri, run_id=second.parent_run_id, with_questions=False).children if r.label == "tiny/none")
+    assert copy.tags[M.TAG_COPIED_FROM] == base_id and copy.tags["frontier.weight_bytes"].startswith("dominated by tiny/int8")
+    assert before["frontier.weight_bytes"] == "frontier"
 
 
 N = 400

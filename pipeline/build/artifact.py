@@ -10,11 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from pipeline import metrics as M
 from pipeline.build.plan import check_variant_fits, needs_model_check
 from pipeline.build.reference import BaseReference, compute_base_reference, distance_to_base
 from pipeline.build.observe import observe_reads
-from pipeline.build.storage import check_nm_pattern, dir_bytes, pruned_summary, sparsity_summary, storage_bytes, zero_positions
+from pipeline.build.storage import check_nm_pattern, dir_bytes, pruned_summary, sparsity_summary, storage_bytes, stored_sha256, zero_positions
 from pipeline.methods import BuildContext, Method, MethodError, NotSerializable, make_method, validate_steps
 from pipeline.models import ResolvedModel, load_model
 from pipeline.config.recipe import ModelSpec, VariantSpec
@@ -235,11 +234,11 @@ def build_artifact(
     runtime = reads.held
     with storer.stored_form(model):
         stored = storage_bytes(model)
+        digest = stored_sha256(model)
         serialized_bytes, serializable, reason = _serialized(storer, model, measure=measure_serialized)
     nm = next((m.nm_pattern() for m in steps if m.nm_pattern()), None)
     distance = distance_to_base(model, base)
     extra = dict(ctx.notes)
-    extra[M.TAG_DETERMINISTIC] = str(all(m.deterministic for m in steps)).lower()
     if nm:
         extra["nm_pattern"] = f"{nm[0]}:{nm[1]}"
     if base is not None:
@@ -270,6 +269,7 @@ def build_artifact(
         kernel_observed=observed.summary(),
         kernel_observed_ops=observed.ops_tag(),
         kernel_census=observed.census_tag(),
+        stored_sha256=digest,
         extra=extra,
     )
     return Artifact(

@@ -7,6 +7,7 @@ would deploy), or the f32 export of a safetensors model.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import tempfile
 import time
@@ -95,12 +96,13 @@ def build_gguf_artifact(
                 f32.unlink()
     build_seconds = time.perf_counter() - started
     census = tensor_census(path)
+    with open(path, "rb") as f:  # the whole file: tensors and the header a server reads them with
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
     features = " ".join(cpu_features())
     kl = top1 = None
     if base is not None:
         kl, top1 = gguf_kl_and_agreement(path, base, threads=threads)
         notes["heldout.sha256"] = base.texts_sha256
-    notes[M.TAG_DETERMINISTIC] = "true"
     notes[M.TAG_ENGINE_CPU_FEATURES] = features
     notes["engine.system_info"] = system_info()
     notes["gguf.file_type"] = census.file_type
@@ -128,6 +130,7 @@ def build_gguf_artifact(
         stored_bytes_per_token=census.bytes_read_per_token,
         kernel_observed=f"{loaded} ({features})",
         kernel_census=census.summary(),
+        stored_sha256=digest,
         extra=notes,
     )
     return GGUFArtifact(

@@ -12,6 +12,10 @@ ops recorded under it (with `record_shapes`, so their input dtypes) classify tha
 
 Composite ops do not count as the kernel when a matmul ran inside them: bitsandbytes' `gemm_4bit` on CPU
 takes uint8 inputs but calls `dequantize_4bit` and then a dense `aten::mm`.
+
+What runs can depend on the number of rows a step multiplies: bitsandbytes' CUDA `gemm_4bit` runs its 4-bit
+kernel for a few rows and dequantizes + `F.linear` past a per-GPU threshold (fp32: from 8 rows). The build
+observes one token (batch 1); the speed harness observes each batch size it times (`reads_of` its bytes).
 """
 
 from __future__ import annotations
@@ -292,10 +296,15 @@ class ObservedReads:
 
 
 def observe_reads(model: nn.Module, *, compressed: bool) -> ObservedReads:
-    """One profiled decode step, and the weight bytes a step reads given what ran."""
+    """One profiled decode step (one token), and the weight bytes a step reads given what ran."""
+    return reads_of(model, observe_kernel(model, compressed=compressed))
+
+
+def reads_of(model: nn.Module, observation: KernelObservation) -> ObservedReads:
+    """The weight bytes a step of `model` reads given what `observation` saw run: each layer that ran a dense
+    matmul on dequantized weights reads its dense bytes at that matmul's width, the others their held bytes."""
     from pipeline.build.storage import storage_bytes
 
-    obs = observe_kernel(model, compressed=compressed)
     held = storage_bytes(model)
-    read = storage_bytes(model, dense=obs.dense_width) if obs.dense_width else held
-    return ObservedReads(obs, held, read.bytes_read_per_token)
+    read = storage_bytes(model, dense=observation.dense_width) if observation.dense_width else held
+    return ObservedReads(observation, held, read.bytes_read_per_token)

@@ -88,6 +88,10 @@ def content_key(recipe: Recipe, item: WorkItem, source: str, inputs: KeyInputs) 
         "code": inputs.code,
         "data": inputs.data,
     }
+    if recipe.eval.sample is not None and recipe.eval.sample.sequential:
+        # look by look, how far a base scores depends on its variants and where a variant stops on its base (and
+        # the references follow the bases): a run is the same result only within the same set of runs
+        doc["lockstep"] = sorted(f"{i.label}@{i.runtime}={json.dumps(i.variant.model_dump(), sort_keys=True, default=str)}" for i in plan(recipe))
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 

@@ -1,4 +1,4 @@
-"""What a built variant really stores: bytes counted from the tensors, zeros from the dense view.
+"""What a built variant really stores: bytes counted from the tensors, a sha256 over them, zeros from the dense view.
 
 `get_memory_footprint()` counts a torchao or quanto tensor subclass at its logical dtype and misses state a
 library keeps beside its parameters (bnb quant states, hqq's scale dict), so it is wrong for most methods.
@@ -148,6 +148,40 @@ def storage_bytes(model: nn.Module, dense: Mapping[str, int] | None = None) -> S
     rest = sum(_module_bytes(m, seen) for m in model.modules())
     weight_bytes = linear_bytes + rest
     return StorageBytes(weight_bytes, linear_bytes, linear_count, weight_bytes - _input_embedding_bytes(model))
+
+
+def _hash_tensor(h: Any, name: str, t: torch.Tensor) -> None:
+    """Name, dtype, shape and bytes of `t` into `h`; a tensor subclass as its inner tensors (recursively)."""
+    if not _is_plain(t) and hasattr(t, "__tensor_flatten__"):
+        inner_names, meta = t.__tensor_flatten__()
+        h.update(f"{name}\0{type(t).__name__}\0{meta!r}\0".encode())
+        for n in inner_names:
+            inner = getattr(t, n, None)
+            if isinstance(inner, torch.Tensor):
+                _hash_tensor(h, f"{name}.{n}", inner)
+        return
+    t = t.data if isinstance(t, torch.nn.Parameter) else t  # bnb's Params4bit / Int8Params hold plain data
+    plain = t.detach().contiguous().reshape(-1)
+    if plain.is_quantized:
+        plain = plain.int_repr()
+    raw = plain.view(torch.uint8).cpu().numpy()
+    h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0{raw.size}\0".encode())
+    h.update(raw)
+
+
+def stored_sha256(model: nn.Module) -> str:
+    """sha256 over what the model stores (call inside `Method.stored_form`, like `storage_bytes`): every entry
+    of its state dict - what `save_pretrained` writes, library state such as bnb quant states included - by
+    name, dtype, shape and bytes, in name order. Two builds with the same hash store the same weights."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, value in sorted(model.state_dict().items()):
+        if isinstance(value, torch.Tensor):
+            _hash_tensor(h, name, value)
+        else:  # hqq keeps its packing metadata (shape, nbits, ...) as plain values
+            h.update(f"{name}\0{value!r}\0".encode())
+    return h.hexdigest()
 
 
 def dir_bytes(path: str | os.PathLike) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -90,6 +92,13 @@ def load_policy(path: str | Path) -> Policy:
 # The policy `compare` and the sweep's `frontier.*` tags use when none is given: the field defaults, with the
 # MMLU drop of policies/default.yaml (tests check that file equals it), so every verdict shown uses one rule.
 DEFAULT_POLICY = Policy(max_mmlu_drop_points=1.0)
+
+
+def policy_key(policy: Policy) -> str:
+    """A short hash of everything a policy decides with: a gate writes its verdict under `gate.<key>.*`, so gates
+    with other policies never overwrite one another (policies/default.yaml and DEFAULT_POLICY share one key)."""
+    doc = json.dumps(policy.model_dump(mode="json"), sort_keys=True)
+    return hashlib.sha256(doc.encode()).hexdigest()[:8]
 
 
 def dominance_rule(policy: Policy) -> str:

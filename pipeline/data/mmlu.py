@@ -19,6 +19,7 @@ from __future__ import annotations
 import difflib
 import gzip
 import hashlib
+import heapq
 import json
 import math
 import zlib
@@ -337,7 +338,13 @@ def resolve_data(spec: EvalSpec) -> MMLUData:
 
 # -- random samples ------------------------------------------------------------------------------------
 def allocate(questions: int, sizes: dict[str, int]) -> dict[str, int]:
-    """Questions per subject: >= 1 each, the rest in proportion to size (largest remainder), capped at size."""
+    """Questions per subject: >= 1 each, the rest in proportion to size, capped at size.
+
+    The rest are handed out one at a time (Sainte-Lague, a divisor method): the next goes to the subject with
+    the most `(size - 1) / (extra + 0.5)`, ties to the first by name. So allocate(N + 1) is allocate(N) plus one
+    question (house-monotone) and a larger sample contains a smaller one; largest remainder is not: N -> N + 1
+    can take a question from a subject.
+    """
     total = sum(sizes.values())
     if questions >= total:
         return dict(sizes)
@@ -346,14 +353,17 @@ def allocate(questions: int, sizes: dict[str, int]) -> dict[str, int]:
             f"eval.sample.questions: {questions} is fewer than the {len(sizes)} selected subjects; sample at least "
             f"{len(sizes)} questions or select fewer eval.subjects"
         )
-    spare = questions - len(sizes)
-    rest = {s: n - 1 for s, n in sizes.items()}
-    rest_total = sum(rest.values())
-    quotas = {s: spare * r / rest_total for s, r in rest.items()}
-    out = {s: 1 + int(q) for s, q in quotas.items()}
-    left = questions - sum(out.values())
-    for s in sorted(quotas, key=lambda s: (-(quotas[s] - int(quotas[s])), s))[:left]:
+    out = dict.fromkeys(sizes, 1)
+    # Priorities are ratios of small ints: equal ratios give equal floats, distinct ones distinct floats.
+    heap = [(-(n - 1) / 0.5, s) for s, n in sizes.items() if n > 1]
+    heapq.heapify(heap)
+    for _ in range(questions - len(sizes)):
+        s = heap[0][1]
         out[s] += 1
+        if out[s] < sizes[s]:
+            heapq.heapreplace(heap, (-(sizes[s] - 1) / (out[s] - 0.5), s))
+        else:
+            heapq.heappop(heap)  # capped: every question of the subject is in
     return out
 
 

@@ -23,6 +23,7 @@ class Hardware(BaseModel):
     tflops: dict[str, float]  # dense matrix throughput per dtype (fp32, tf32, bf16, fp16, fp8, int8)
     source: str
     compute_source: str = ""  # where a compute figure is derived, not printed
+    device_names: tuple[str, ...] = ()  # what the driver calls this device (`torch.cuda.get_device_name()`)
 
     @property
     def device_kind(self) -> str:
@@ -48,7 +49,29 @@ class HardwareError(ValueError):
 @cache
 def table(path: Path = TABLE) -> dict[str, Hardware]:
     raw = yaml.safe_load(path.read_text())
-    return {name: Hardware(name=name, **entry) for name, entry in raw.items()}
+    rows = {name: Hardware(name=name, **entry) for name, entry in raw.items()}
+    seen: dict[str, str] = {}
+    for name, row in rows.items():
+        for device in map(_device_key, row.device_names):
+            if device in seen:
+                raise HardwareError(f"{path}: device name {device!r} is listed by both {seen[device]} and {name}; keep it in one row")
+            seen[device] = name
+    return rows
+
+
+def _device_key(device_name: str) -> str:
+    return " ".join(device_name.split()).lower()
+
+
+def row_for_device(device_name: str) -> str | None:
+    """The table row of the device the driver names `device_name` (`torch.cuda.get_device_name()`), or None.
+
+    Matched whole, case and spacing aside, never by a part of the name: "NVIDIA H200 NVL", an H100's MIG slice or
+    a 40 GB A100 would otherwise take a row with other figures, and a prediction from the wrong row is worse than
+    none.
+    """
+    key = _device_key(device_name)
+    return next((name for name, row in table().items() if key in map(_device_key, row.device_names)), None)
 
 
 def hardware(name: str, *, threads: int | None = None) -> Hardware:

@@ -62,6 +62,14 @@ class Runtime(ABC):
         """`check` on the recipe's speed section; runtimes configured elsewhere in the recipe check that too."""
         return cls.check(recipe.speed)
 
+    def unmeasured_reproducibility(self, device: str) -> str | None:
+        """Why this engine's MMLU answers on `device` are not known to be bit-reproducible run to run, or None
+        where tests/test_determinism.py measured them so (the same artifact gives the same answers at 1 and 2
+        threads, in two processes). What is not measured is unknown, never assumed."""
+        if device == "cpu":
+            return None
+        return f"{self.name} scoring on {device} is not measured run to run (tests/test_determinism.py covers CPU only)"
+
     def session(self, artifact: Any, model_dir: Path | None = None) -> Session:
         """What `score_mmlu` and `decode` run on for one child (see `Session`); `model_dir` is the model's
         dense copy (its tokenizer and config)."""

@@ -107,6 +107,9 @@ class LlamaCppRuntime(Runtime):
             return str(exc)
         return check_speed(speed) if speed.enabled else None
 
+    def unmeasured_reproducibility(self, device: str) -> str | None:  # noqa: ARG002 - llama.cpp runs on the CPU here
+        return None  # whatever eval.device says: this build offloads nothing (tests/test_determinism.py measures it)
+
     def score_mmlu(self, artifact: GGUFArtifact, spec: EvalSpec, stop=None) -> AccuracyResult:  # type: ignore[override]
         from pipeline.runtime.llamacpp_lm import LlamaCppLM
         from pipeline.runtime.mmlu import score_mmlu

@@ -13,6 +13,7 @@ import math
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,9 +39,19 @@ if TYPE_CHECKING:
     from lm_eval.api.model import LM
 
 # Called after each look of a sequential sample with the outcomes so far, in the seeded order, and the number of
-# questions they are drawn from: a reason to stop scoring, or None to go on (`pipeline.sweep.child` builds it
-# from the base's outcomes).
+# questions they are drawn from: a reason to stop scoring, or None to go on.
 StopRule = Callable[[tuple[QuestionOutcome, ...], int], "str | None"]
+
+
+@dataclass(frozen=True)
+class Looks:
+    """How a sweep drives a sequential sample look by look (`pipeline.sweep.child` builds it): `after_look` is the
+    stop rule; `prior` are the outcomes of the looks an earlier, unfinished run of the same content finished (a
+    resumed run scores only the looks after them); `stopped`: end before scoring more (already decided)."""
+
+    after_look: StopRule | None = None
+    prior: tuple[QuestionOutcome, ...] = ()
+    stopped: str | None = None
 # Inputs sharing at least this many leading tokens (a subject's few-shot prefix) share its KV cache.
 MIN_SHARED_PREFIX = 16
 
@@ -152,14 +163,15 @@ def _evaluate(lm: LM, data: MMLUData, spec: EvalSpec, rows: dict[str, tuple[int,
     return results
 
 
-def score_mmlu(lm: LM, spec: EvalSpec, stop: StopRule | None = None) -> AccuracyResult:
+def score_mmlu(lm: LM, spec: EvalSpec, stop: StopRule | Looks | None = None) -> AccuracyResult:
     """Score MMLU on `lm` (any lm_eval LM, e.g. HFLM on an in-memory model) with lm-eval's own machinery.
 
     `acc`/`acc_stderr` are lm-eval's `shrinkgate_mmlu` group values (question-weighted mean, pooled
     stderr); `limit_per_subject=N` scores the first N test rows of every selected subject. With `sample`,
     lm-eval scores the seeded stratified sample (its `samples=` argument) and `acc`/`acc_stderr` are the
     stratified estimate of full-MMLU accuracy (`pipeline.data.mmlu.stratified_estimate`). With
-    `sample.questions: auto`, see `score_sequential`.
+    `sample.questions: auto`, see `score_sequential`. The result records how the questions were chosen
+    (`design`: all, first-n, stratified or sequential), which decides what a bound over them can claim.
     """
     data = resolve_data(spec)
     if spec.sample and spec.sample.sequential:
@@ -191,6 +203,7 @@ def score_mmlu(lm: LM, spec: EvalSpec, stop: StopRule | None = None) -> Accuracy
     safe_results["shrinkgate"] = {"acc_stderr_source": stderr_source}
     if chosen:
         safe_results["shrinkgate"]["sample"] = {"questions": len(questions), "seed": spec.sample.seed, "rows": chosen}
+    design = "first-n" if spec.limit_per_subject is not None else "stratified" if chosen else "all"
     return AccuracyResult(
         acc=acc,
         acc_stderr=acc_stderr,
@@ -200,25 +213,39 @@ def score_mmlu(lm: LM, spec: EvalSpec, stop: StopRule | None = None) -> Accuracy
         limit_per_subject=spec.limit_per_subject,
         lm_eval_results=safe_results,
         seconds=seconds,
+        design=design,
+        strata={s: data.test_rows[s] for s in data.subjects} if chosen else None,
     )
 
 
-def score_sequential(lm: LM, spec: EvalSpec, data: MMLUData, stop: StopRule | None) -> AccuracyResult:
+def score_sequential(lm: LM, spec: EvalSpec, data: MMLUData, stop: StopRule | Looks | None) -> AccuracyResult:
     """`sample.questions: auto`: every selected question in one seeded random order (the same for every run,
     so runs pair question by question), scored in looks of step, 2 step, ... up to `sample.max`; after each
-    look `stop` sees the outcomes so far (and the population) and may end the scoring. Without `stop` (the base, a reference) all
-    `max` are scored. `acc` is the sample mean, its stderr finite-population corrected (`srs_estimate`)."""
+    look `stop` sees the outcomes so far (and the population) and may end the scoring. Without `stop` (a run
+    scored alone) all `max` are scored. With `Looks`, the prior looks' outcomes are taken as scored (they must be
+    the order's first questions, whole looks) and only later looks are scored. `acc` is the sample mean, its
+    stderr finite-population corrected (`srs_estimate`)."""
     sample = spec.sample
+    looks = stop if isinstance(stop, Looks) else Looks(after_look=stop)
     if hasattr(lm, "keep_prefixes"):  # our transformers LM: keep each subject's 5-shot prefix cache between looks
         lm.keep_prefixes = True
     order = sequential_order(data, sample.seed)
     pool = order[: sample.max]
+    sizes = look_sizes(sample.step, len(pool))
+    prior = {(q.subject, q.index): q for q in looks.prior}
+    if len(prior) != len(looks.prior) or set(prior) != set(pool[: len(prior)]) or (prior and len(prior) not in sizes):
+        raise RuntimeError(
+            f"the {len(looks.prior)} resumed outcomes are not the first whole looks of seeded order {sample.seed} "
+            f"(looks {sizes}): rerun with --rerun"
+        )
     start = time.perf_counter()
-    scored: list[QuestionOutcome] = []
-    looks: list[dict[str, Any]] = []
-    reason = f"scored all {len(pool)} questions (sample.max {sample.max}, population {len(order)})"
-    ends: list[int] = []
-    for end in look_sizes(sample.step, len(pool)):
+    scored: list[QuestionOutcome] = [prior[q] for q in pool[: len(prior)]]
+    looks_json: list[dict[str, Any]] = []
+    ends = [end for end in sizes if end <= len(scored)]
+    reason = looks.stopped or f"scored all {len(pool)} questions (sample.max {sample.max}, population {len(order)})"
+    for end in sizes if looks.stopped is None else ():
+        if end <= len(scored):
+            continue
         rows: dict[str, list[int]] = {}
         for subject, row in pool[len(scored) : end]:
             rows.setdefault(subject, []).append(row)
@@ -227,12 +254,14 @@ def score_sequential(lm: LM, spec: EvalSpec, data: MMLUData, stop: StopRule | No
         results = _evaluate(lm, look_data, spec, chosen)
         got = {(q.subject, q.index): q for s in look_data.subjects for q in _outcomes(s, results["samples"][TASK_PREFIX + s], chosen[s])}
         scored.extend(got[q] for q in pool[len(scored) : end])
-        looks.append(_json_safe(results))
+        looks_json.append(_json_safe(results))
         ends.append(end)
-        if stop is not None and (why := stop(tuple(scored), len(order))):
+        if looks.after_look is not None and (why := looks.after_look(tuple(scored), len(order))):
             reason = why
             break
     seconds = time.perf_counter() - start
+    if not scored:
+        raise RuntimeError(f"sequential sample stopped before any question was scored: {reason}")
     estimate = srs_estimate([q.correct for q in scored], len(order))
     by_subject: dict[str, list[bool]] = {}
     for q in scored:
@@ -246,15 +275,18 @@ def score_sequential(lm: LM, spec: EvalSpec, data: MMLUData, stop: StopRule | No
         num_fewshot=spec.num_fewshot,
         limit_per_subject=None,
         lm_eval_results={
-            "looks": looks,
+            "looks": looks_json,
             "shrinkgate": {
                 "acc_stderr_source": estimate.stderr_source,
                 "sample": {"questions": len(scored), "seed": sample.seed, "max": sample.max, "population": len(order), "looks": ends},
                 "stopped": reason,
+                "resumed_questions": len(prior),
             },
         },
         seconds=seconds,
         order_seed=sample.seed,
         population=len(order),
         stopped=reason,
+        design="sequential",
+        looks=tuple(ends),
     )

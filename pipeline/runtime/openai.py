@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from pipeline import metrics as M
+from pipeline.redact import protect_argv, protect_env, redact, redact_argv
 from pipeline.runtime.base import Runtime, Session
 from pipeline.runtime.serve.server import Server, ServerError, free_port, http_json, python_executable
 
@@ -93,6 +94,9 @@ class ServerSession(Session):
         if serve.api_key_env:
             headers["Authorization"] = f"Bearer {os.environ.get(serve.api_key_env, '')}"
         argv = [_substitute(a, values) for a in serve.launch] if serve.launch else None
+        # the key and the launch line's key/token values never reach a tag, a log or an error (pipeline.redact)
+        protect_env(serve.api_key_env)
+        protect_argv(argv)
         self.server = Server(
             base_url=base_url,
             health_url=health,
@@ -119,7 +123,7 @@ class ServerSession(Session):
             if version:
                 self.tags[M.TAG_SERVE_VERSION] = version
             if argv is not None:
-                self.tags["serve.launch"] = " ".join(argv)[:5000]
+                self.tags["serve.launch"] = " ".join(redact_argv(argv))[:5000]
                 self.tags["serve.started_s"] = f"{self.server.started_s:.1f}"
         except BaseException:
             self.server.stop()
@@ -136,7 +140,7 @@ class ServerSession(Session):
         try:
             if path.is_file():
                 text = path.read_text(encoding="utf-8", errors="replace")
-                return {M.ART_SERVER_LOG: text[-_LOG_MAX_CHARS:]}
+                return {M.ART_SERVER_LOG: redact(text)[-_LOG_MAX_CHARS:]}
             return {}
         finally:
             shutil.rmtree(self.workdir, ignore_errors=True)
@@ -187,6 +191,11 @@ def check_serve(recipe: Recipe) -> str | None:
             f"serve.launch: no {{artifact}} in the command, so the server would not serve the {serve.artifact} "
             "shrinkgate built; pass it (e.g. --model {artifact}) or set artifact: none"
         )
+    if not any("{host}" in a for a in serve.launch):
+        return (
+            "serve.launch: no {host} in the command, so the server would bind wherever its default is (some bind "
+            "every interface); pass it (e.g. --host {host}) so it binds serve.host, loopback unless you change it"
+        )
     return None
 
 
@@ -215,6 +224,9 @@ class OpenAIRuntime(Runtime):
     @classmethod
     def check_recipe(cls, recipe: Recipe) -> str | None:
         return check_serve(recipe)
+
+    def unmeasured_reproducibility(self, device: str) -> str | None:  # noqa: ARG002 - the server picks its own device
+        return "scored by a server over HTTP (runtime openai): its batching and kernels are its own, not measured run to run"
 
     def session(self, artifact: Any, model_dir: Path | None = None) -> ServerSession:
         if self.serve is None:

@@ -10,7 +10,9 @@ Library chatter (warnings, library logging, tqdm bars) goes to a log file attach
 `python -m pipeline.sweep.child PAYLOAD RESULT EVENTS_FD [LOG]` is the process executor's child: it reads the
 work from PAYLOAD (written by `write_payload`), runs `execute_child`, writes its ChildOutcome to RESULT (read
 back with `read_result`) and reports stages on the pipe EVENTS_FD, one line each; its output (file
-descriptors 1 and 2) goes to LOG while the child works. Before it unpickles the work it
+descriptors 1 and 2) goes to LOG while the child works. In a lock-step sweep (a sequential sample) PAYLOAD
+names a second pipe on which the driver's word comes (`PipeLookChannel`): "go" or "stop REASON", one line
+each; the child reports each finished look on EVENTS_FD as "look N". Before it unpickles the work it
 imports plugin modules, so methods registered outside `pipeline` exist here too:
   - `$SHRINKGATE_PLUGINS="mod1,mod2"`: modules to import (e.g. in-house or test-only methods);
   - the modules that registered this child's methods in the driver (passed in PAYLOAD).
@@ -35,6 +37,7 @@ from pathlib import Path
 
 from pipeline import metrics as M
 from pipeline.build.plan import WorkItem
+from pipeline.sweep.lockstep import LookChannel
 from pipeline.sweep.outcome import ChildOutcome, ProgressFn, SweepContext, SweepInterrupted, no_progress
 
 PLUGINS_ENV = "SHRINKGATE_PLUGINS"
@@ -50,13 +53,17 @@ def execute_child(
     *,
     log_path: str | Path | None = None,
     own_process: bool = False,
+    looks: LookChannel | None = None,
 ) -> ChildOutcome:
     """Resolve, build, measure and record one child run, ending it FINISHED or FAILED. Self-contained: it
     opens its own tracking client, so it runs the same in the driver, a subprocess or a Ray task. Reports
     the stages resolve, build, mmlu, speed; the driver reports how the child ended.
 
     Library chatter goes to `log_path` (a temporary file by default), attached as `logs/child.log` before the
-    run ends; `own_process=True` (a process that runs only this child) captures its file descriptors too."""
+    run ends; `own_process=True` (a process that runs only this child) captures its file descriptors too.
+    `looks`: a lock-step sweep's channel (`pipeline.sweep.lockstep`): the child waits for its first turn before
+    it does anything, and for the driver's word after each look of its sequential sample."""
+    first = looks.wait() if looks is not None else None  # before any work: one child works at a time
     import torch
 
     from pipeline.env import library_output
@@ -79,7 +86,8 @@ def execute_child(
                 resolved = resolve_model(item.model)
                 tracker.set_tags(run_id, resolved.provenance.tags())
                 torch.manual_seed(recipe.eval.seed)
-                _measure(item, resolved, recipe, ctx.device, get_runtime(item.runtime, recipe), tracker, run_id, child, notify, ctx.parent_id)
+                control = _looks_control(tracker, run_id, looks, first) if looks is not None else None
+                _measure(item, resolved, recipe, ctx.device, get_runtime(item.runtime, recipe), tracker, run_id, child, notify, control)
             except (KeyboardInterrupt, SweepInterrupted):
                 raise
             except BaseException as exc:  # noqa: BLE001 - any failure of one variant (OOM included) is recorded; the sweep goes on
@@ -111,7 +119,50 @@ def _attach_log(tracker, run_id: str, log: Path) -> None:
         pass
 
 
-def _measure(item, resolved, recipe, device, runtime, tracker, run_id, child: ChildOutcome, notify, parent_id: str) -> None:
+def _looks_control(tracker, run_id: str, looks: LookChannel, first: str | None):
+    """The sequential sample's `Looks` in a lock-step sweep: the looks this run took over from an unfinished twin
+    (copied to it by the driver), the driver's first word, and after each look: log its outcomes (what a rerun
+    resumes from), report it, wait for the driver's word."""
+    from pipeline.results import parse_questions_csv, questions_csv
+    from pipeline.runtime.mmlu import Looks
+    from pipeline.tracking import read_run_text
+
+    prior_text = read_run_text(tracker.uri, run_id, M.ART_MMLU_LOOKS)
+    prior = parse_questions_csv(prior_text) if prior_text else ()
+    done: list[int] = [int(n) for n in tracker.client.get_run(run_id).data.tags.get(M.TAG_MMLU_LOOKS, "").split(",") if n]
+
+    def after_look(scored, population: int) -> str | None:  # noqa: ARG001 - the driver decides, knowing the population
+        done.append(len(scored))
+        tracker.log_text(run_id, questions_csv(scored), M.ART_MMLU_LOOKS)
+        tracker.set_tags(run_id, {M.TAG_MMLU_LOOKS: ",".join(map(str, done))})
+        looks.report(len(scored))
+        return looks.wait()
+
+    return Looks(after_look=after_look, prior=tuple(prior), stopped=first)
+
+
+def determinism(item: WorkItem, runtime, device: str) -> dict[str, str]:
+    """The `deterministic` tag and its basis: "true" only when every step's method is bit-reproducible AND this
+    engine's scoring on this device was measured to be (tests/test_determinism.py); "false" for a method that is
+    not; "unknown" where nobody measured it (a server, CUDA). The gate treats anything but "true" as an unknown
+    noise floor: a measured repeat of the variant, or the MMLU rule stays undecided."""
+    from pipeline.methods import registry
+
+    methods = [s.method for s in item.variant.pipeline_steps]
+    known = registry()
+    noisy = [m for m in methods if m in known and not known[m].deterministic]
+    if noisy:
+        return {M.TAG_DETERMINISTIC: "false", M.TAG_DETERMINISTIC_BASIS: f"method {', '.join(noisy)} is not bit-reproducible run to run (tests/test_determinism.py)"}
+    why = runtime.unmeasured_reproducibility(device)
+    if why:
+        return {M.TAG_DETERMINISTIC: "unknown", M.TAG_DETERMINISTIC_BASIS: why}
+    return {
+        M.TAG_DETERMINISTIC: "true",
+        M.TAG_DETERMINISTIC_BASIS: f"{'+'.join(methods)} scored on {runtime.name} ({device}): bit-identical at 1 and 2 threads (tests/test_determinism.py)",
+    }
+
+
+def _measure(item, resolved, recipe, device, runtime, tracker, run_id, child: ChildOutcome, notify, control) -> None:
     from pipeline.build.artifact import base_reference_for, build_artifact
 
     notify(item.label, "build")
@@ -147,8 +198,9 @@ def _measure(item, resolved, recipe, device, runtime, tracker, run_id, child: Ch
             tracker.set_tags(run_id, session.tags)
             if runtime.scores_mmlu:
                 notify(item.label, "mmlu")
-                child.accuracy = runtime.score_mmlu(target, recipe.eval, stop_rule(recipe, item, tracker.uri, parent_id))
+                child.accuracy = runtime.score_mmlu(target, recipe.eval, control)
                 tracker.log_accuracy(run_id, child.accuracy)
+                tracker.set_tags(run_id, determinism(item, runtime, device))
             if recipe.speed.enabled:
                 notify(item.label, "speed")
                 child.speed = runtime.decode(target, recipe.speed)
@@ -165,33 +217,6 @@ def _measure(item, resolved, recipe, device, runtime, tracker, run_id, child: Ch
         if close is not None:
             close()  # a GGUF build's temporary files
         del artifact
-
-
-def stop_rule(recipe, item: WorkItem, uri: str, parent_id: str):
-    """`eval.sample.questions: auto`: stop a variant's scoring once the anytime-valid paired test against its
-    unmodified base (same model and engine, FINISHED in this sweep, scored in the same order) decides
-    `sample.delta_points` at `sample.confidence`. None - score all `max` - for the base itself, a reference,
-    or when no finished base is there to pair with (a parallel executor may not have finished it yet)."""
-    sample = recipe.eval.sample
-    if sample is None or not sample.sequential or item.model.role != "candidate" or item.variant.method == "none":
-        return None
-    from pipeline.tracking.read import load_sweep
-    from pipeline.verdict.analysis import finished_base
-    from pipeline.verdict.sequential import sequential_non_inferiority
-
-    base = finished_base(load_sweep(uri, run_id=parent_id, with_questions=True).children, item.runtime, item.model.name)
-    if base is None or not base.questions:
-        return None
-    base_right = {(q.subject, q.index): q.correct for q in base.questions}
-
-    def stop(scored, population: int) -> str | None:
-        if any((q.subject, q.index) not in base_right for q in scored):
-            return None  # the base scored fewer (an earlier, smaller max): no pairing past its end
-        d = [int(q.correct) - int(base_right[(q.subject, q.index)]) for q in scored]
-        result = sequential_non_inferiority(d, sample.delta_points, sample.confidence, population=population)
-        return None if result.decision == "undecided" else f"{result.decision} vs {base.label}: {result.reason}"
-
-    return stop
 
 
 def log_predictions(recipe, item: WorkItem, resolved, fidelity, tracker, run_id: str) -> dict[str, str]:
@@ -282,10 +307,32 @@ def mark_killed(tracker, run_id: str, reason: str) -> str:
 
 
 # -- the process executor's child -------------------------------------------------------------------------------
-def write_payload(path: str | Path, ctx: SweepContext, item: WorkItem, run_id: str, plugins: list[str]) -> None:
-    """The work of one child; the work is pickled apart so plugins are imported before it is unpickled."""
+def write_payload(path: str | Path, ctx: SweepContext, item: WorkItem, run_id: str, plugins: list[str], commands_fd: int | None = None) -> None:
+    """The work of one child; the work is pickled apart so plugins are imported before it is unpickled.
+    `commands_fd`: the pipe the driver's word comes on in a lock-step sweep (None: the child runs on its own)."""
     work = pickle.dumps((ctx, item, run_id))
-    Path(path).write_bytes(pickle.dumps({"plugins": list(plugins), "work": work}))
+    Path(path).write_bytes(pickle.dumps({"plugins": list(plugins), "work": work, "commands_fd": commands_fd}))
+
+
+class PipeLookChannel(LookChannel):
+    """The process executor's child end of a lock-step sweep: the driver's word arrives as lines on a pipe ("go",
+    "stop REASON"); finished looks go back as "look N" on the events pipe. A driver that is gone (end of file)
+    ends the child like an interrupt."""
+
+    def __init__(self, commands_fd: int, events) -> None:
+        self._commands = os.fdopen(commands_fd, "r", encoding="utf-8", errors="replace")
+        self._events = events
+
+    def wait(self) -> str | None:
+        line = self._commands.readline()
+        if not line:
+            raise SweepInterrupted("the driver closed the lock-step pipe")
+        word, _, reason = line.rstrip("\n").partition(" ")
+        return None if word == "go" else reason or "stopped by the driver"
+
+    def report(self, scored: int) -> None:
+        self._events.write(f"look {scored}\n")
+        self._events.flush()
 
 
 def read_result(path: str | Path) -> ChildOutcome | None:
@@ -346,7 +393,9 @@ def main(argv: list[str] | None = None) -> int:
         except OSError:
             pass
 
-    outcome = execute_child(ctx, item, run_id, notify, log_path=log_path, own_process=log_path is not None)
+    commands_fd = boot.get("commands_fd")
+    looks = PipeLookChannel(commands_fd, events) if commands_fd is not None else None
+    outcome = execute_child(ctx, item, run_id, notify, log_path=log_path, own_process=log_path is not None, looks=looks)
     tmp = Path(str(result_path) + ".tmp")
     tmp.write_bytes(pickle.dumps(outcome))
     os.replace(tmp, result_path)  # whole or absent: a child killed mid-write leaves no half result

@@ -16,15 +16,19 @@ import time
 import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import yaml
 
 from pipeline import metrics as M
-from pipeline.build.plan import KeyInputs, WorkItem, content_key, data_fingerprint, plan, source_fingerprint
+from pipeline.build.plan import KeyInputs, WorkItem, content_key, data_fingerprint, is_unmodified, plan, source_fingerprint
 from pipeline.config.recipe import Recipe, VariantSpec
+from pipeline.results import parse_questions_csv
 from pipeline.sweep.child import mark_failed, mark_killed
-from pipeline.sweep.executors import DEFAULT_EXECUTOR, Done, Executor, get_executor
+from pipeline.sweep.executors import DEFAULT_EXECUTOR, Done, Executor, ExecutorError, get_executor
+from pipeline.sweep.lockstep import LockStep, Member
 from pipeline.sweep.outcome import ChildOutcome, ProgressFn, SweepContext, SweepInterrupted, SweepOutcome, no_progress
 from pipeline.verdict import log_sweep_report
 
@@ -37,9 +41,11 @@ def run_sweep(
     executor: str | Executor = DEFAULT_EXECUTOR,
     progress: ProgressFn | None = None,
     rerun: bool = False,
+    policy_path: str | Path | None = None,
 ) -> SweepOutcome:
     """Run every planned model x variant of `recipe` through `executor` (a name - inline, process, ray, or
-    the alias local - or an Executor instance, e.g. `RayExecutor(address=...)`) and close the sweep.
+    the alias local - or an Executor instance, e.g. `RayExecutor(address=...)`) and close the sweep with its
+    verdict under `policy_path` (None: the default policy) in `outcome.verdict`.
 
     `rerun`: measure again even when a FINISHED run with the same content key exists. Returns the outcome
     with children in plan order; `interrupted` when Ctrl-C / SIGTERM ended it (parent KILLED, no report)."""
@@ -47,19 +53,30 @@ def run_sweep(
     ex = get_executor(executor) if isinstance(executor, str) else executor
     try:
         recipe = ex.prepare(recipe)
+        sample = recipe.eval.sample
+        if sample is not None and sample.sequential and not ex.lockstep:
+            raise ExecutorError(
+                f"--executor {ex.name} runs each child to its end, and a sequential sample (eval.sample.questions: auto) runs "
+                "base and variants look by look together: use --executor process (the default) or ray"
+            )
+        if policy_path is not None:
+            from pipeline.config.policy import load_policy
+
+            load_policy(policy_path)  # a bad policy fails before any model loads
         ctx, tracker = start_sweep(recipe, {"executor": ex.name, **ex.parent_tags()})
         outcome = SweepOutcome(ctx.parent_id, recipe.experiment, recipe.tracking.uri, [], executor=ex.name)
         started = time.perf_counter()
         try:
             with _sigterm_as_interrupt():
-                _drive(ex, ctx, tracker, outcome, notify, rerun=rerun)
+                drive = _drive_lockstep if sample is not None and sample.sequential else _drive
+                drive(ex, ctx, tracker, outcome, notify, rerun=rerun)
         except (KeyboardInterrupt, SweepInterrupted) as exc:
             with _shielded():
                 _interrupt(ex, tracker, outcome, notify, f"interrupted ({type(exc).__name__})")
             outcome.seconds = time.perf_counter() - started
             return outcome
         outcome.seconds = time.perf_counter() - started
-        finish_sweep(tracker, outcome)
+        finish_sweep(tracker, outcome, policy_path)
         return outcome
     finally:
         ex.close()
@@ -99,6 +116,82 @@ def _drive(ex: Executor, ctx: SweepContext, tracker, outcome: SweepOutcome, noti
             continue
         notify(item.label, "queued")
     tracker.record_members(ctx.parent_id, planned, members)
+    while out:
+        collect(ex.wait(POLL_S))
+
+
+def _drive_lockstep(ex: Executor, ctx: SweepContext, tracker, outcome: SweepOutcome, notify: ProgressFn, *, rerun: bool) -> None:
+    """A sequential sample: every child submitted at once, waiting for its word; `LockStep` says who scores its
+    next look and who stops, one child working at a time (see `pipeline.sweep.lockstep`)."""
+    from pipeline.data.mmlu import look_sizes, resolve_data, sequential_order
+
+    recipe, sample = ctx.recipe, ctx.recipe.eval.sample
+    items = plan(recipe)
+    planned, members = [item.label for item in items], {}
+    tracker.record_members(ctx.parent_id, planned, members)
+    inputs, sources = key_inputs(ctx), {}
+    out: dict[str, int] = {}  # run id -> index in outcome.children, for children submitted and not back
+    lock: list[Member] = []
+    for item in items:
+        if item.model.name not in sources:
+            sources[item.model.name] = source_fingerprint(item.model)
+        slot = open_child(ctx, tracker, item, rerun=rerun, inputs=inputs, source=sources[item.model.name])
+        members[item.label] = slot.run_id
+        role = "reference" if item.model.role == "reference" else "base" if is_unmodified(item.variant) else "variant"
+        member = Member(slot.run_id, item.label, item.model.name, item.runtime, role, scored=slot.prior)
+        lock.append(member)
+        if slot.resumed:
+            notify(item.label, "skipped")
+            outcome.children.append(ChildOutcome(item, slot.run_id, "SKIPPED"))
+            member.done, member.stopped = True, f"reused from run {slot.source}"
+            continue
+        outcome.children.append(ChildOutcome(item, slot.run_id, "RUNNING"))
+        out[slot.run_id] = len(outcome.children) - 1
+        try:
+            ex.submit(ctx, item, slot.run_id, notify, lockstep=True)
+        except Exception as exc:  # noqa: BLE001 - a child that cannot even start fails alone
+            message = f"{type(exc).__name__}: {exc}".splitlines()[0][:1000]
+            _settle(tracker, outcome, out.pop(slot.run_id), Done(slot.run_id, None, f"could not start: {message}", "".join(traceback.format_exception(exc))), notify)
+            member.done, member.failed, member.stopped = True, True, "could not start"
+    tracker.record_members(ctx.parent_id, planned, members)
+    order = sequential_order(resolve_data(recipe.eval), sample.seed)
+    cache: dict[tuple[str, int], dict] = {}
+
+    def correct(run_id: str, keys) -> np.ndarray:
+        """What the run answered right, as its looks so far logged it (read once per finished look)."""
+        m = next(x for x in lock if x.run_id == run_id)
+        if (run_id, m.scored) not in cache:
+            text = outcomes_text(tracker.uri, run_id) or ""
+            cache[(run_id, m.scored)] = {(q.subject, q.index): q.correct for q in parse_questions_csv(text)}
+        right = cache[(run_id, m.scored)]
+        return np.array([right[k] for k in keys], dtype=bool)
+
+    pool = order[: sample.max]
+    step = LockStep(lock, pool, look_sizes(sample.step, len(pool)), sample.delta_points, sample.confidence, len(order), correct)
+    told_stop: set[str] = set()
+    labels = {m.run_id: m.label for m in lock}
+
+    def collect(done: list[Done]) -> None:
+        for d in done:
+            _settle(tracker, outcome, out.pop(d.run_id), d, notify)
+            step.ended(d.run_id, told=d.run_id in told_stop)
+
+    while (action := step.next_action()) is not None:
+        kind, run_id, reason = action
+        if run_id not in out:  # it ended on its own meanwhile
+            step.ended(run_id, told=False)
+            continue
+        if kind == "stop":
+            told_stop.add(run_id)
+            notify(labels[run_id], f"stop: {reason}"[:200])
+        ex.tell(run_id, reason)
+        looked = False
+        while run_id in out and not looked:
+            collect(ex.wait(POLL_S))
+            for rid, scored in ex.looks():
+                step.scored(rid, scored)
+                notify(labels[rid], f"scored {scored} questions")
+                looked = looked or (rid == run_id and kind == "go")
     while out:
         collect(ex.wait(POLL_S))
 
@@ -194,7 +287,9 @@ def start_sweep(recipe: Recipe, tags: dict[str, str] | None = None) -> tuple[Swe
 class ChildSlot:
     key: str
     run_id: str
-    resumed: bool  # True: run_id is an earlier FINISHED run with the same content key
+    resumed: bool  # True: run_id is this sweep's copy of an earlier FINISHED run with the same content key
+    source: str | None = None  # the earlier run it was copied from, or whose finished looks it took over
+    prior: int = 0  # a sequential sample's questions taken over from an unfinished earlier run (its finished looks)
 
 
 def key_inputs(ctx: SweepContext) -> KeyInputs:
@@ -209,17 +304,21 @@ def key_inputs(ctx: SweepContext) -> KeyInputs:
 
 
 def open_child(ctx: SweepContext, tracker, item: WorkItem, *, rerun: bool, inputs: KeyInputs, source: str | None) -> ChildSlot:
-    """Reuse an earlier FINISHED twin (resume), or create the child run. `inputs` is `key_inputs(ctx)` and
-    `source` is `source_fingerprint(item.model)`: a hub source whose commit cannot be resolved (None) is never
-    reused."""
-    from pipeline.tracking import find_finished_child, flatten
+    """The child run of `item` in this sweep: a copy of an earlier FINISHED twin (resume: nothing is measured
+    again, and the copy, not the earlier run, carries this sweep's verdict), or a new run, which in a sequential
+    sample starts from the finished looks of an unfinished twin. `inputs` is `key_inputs(ctx)` and `source` is
+    `source_fingerprint(item.model)`: a hub source whose commit cannot be resolved (None) is never reused."""
+    from pipeline.tracking import copy_run, find_finished_child, flatten, resumable_looks
 
     recipe = ctx.recipe
     key = content_key(recipe, item, source or f"unresolved:{item.model.source}", inputs)
     if not rerun and source is not None:
         earlier = find_finished_child(recipe.tracking.uri, recipe.experiment, key)
         if earlier:
-            return ChildSlot(key, earlier, resumed=True)
+            copy = copy_run(recipe.tracking.uri, earlier, ctx.parent_id)
+            sequential = recipe.eval.sample is not None and recipe.eval.sample.sequential
+            text = outcomes_text(recipe.tracking.uri, copy) if sequential else None  # how far it scored, for the lock-step
+            return ChildSlot(key, copy, resumed=True, source=earlier, prior=len(parse_questions_csv(text)) if text else 0)
     tags = {
         **ctx.base_tags,
         M.TAG_MODEL: item.model.name,
@@ -237,12 +336,30 @@ def open_child(ctx: SweepContext, tracker, item: WorkItem, *, rerun: bool, input
         **flatten("eval", recipe.eval.model_dump(mode="json")),
         **flatten("speed", recipe.speed.model_dump(mode="json")),
     }
-    return ChildSlot(key, tracker.start_child(ctx.parent_id, item.label, params, tags), resumed=False)
+    run_id = tracker.start_child(ctx.parent_id, item.label, params, tags)
+    sample = recipe.eval.sample
+    unfinished = resumable_looks(recipe.tracking.uri, recipe.experiment, key) if sample and sample.sequential and not rerun and source else None
+    if unfinished is None:
+        return ChildSlot(key, run_id, resumed=False)
+    earlier, text = unfinished
+    looks = parse_questions_csv(text)
+    done = [n for n in tracker.client.get_run(earlier).data.tags.get(M.TAG_MMLU_LOOKS, "").split(",") if n and int(n) <= len(looks)]
+    tracker.log_text(run_id, text, M.ART_MMLU_LOOKS)
+    tracker.set_tags(run_id, {M.TAG_MMLU_LOOKS: ",".join(done), M.TAG_MMLU_RESUMED_FROM: f"{earlier} ({len(looks)} questions in {len(done)} looks)"})
+    return ChildSlot(key, run_id, resumed=False, source=earlier, prior=len(looks))
 
 
-def finish_sweep(tracker, outcome: SweepOutcome) -> None:
-    """Summary tags and metrics, the verdict's report (a report problem is tagged, never loses the
-    measurements), then the parent FINISHED, or FAILED when any child failed."""
+def outcomes_text(uri: str, run_id: str) -> str | None:
+    """A reused run's outcomes: its finished looks (a sequential sample), else its per-question table."""
+    from pipeline.tracking import read_run_text
+
+    return read_run_text(uri, run_id, M.ART_MMLU_LOOKS) or read_run_text(uri, run_id, M.ART_QUESTIONS)
+
+
+def finish_sweep(tracker, outcome: SweepOutcome, policy_path: str | Path | None = None) -> None:
+    """Summary tags and metrics, the verdict under `policy_path` (None: the default policy) and its report (a
+    report problem is tagged and kept in `outcome.verdict_error`, never loses the measurements), then the parent
+    FINISHED, or FAILED when any child failed."""
     parent_id = outcome.parent_run_id
     failed = [c.item.label for c in outcome.failures]
     tracker.set_tags(
@@ -251,7 +368,8 @@ def finish_sweep(tracker, outcome: SweepOutcome) -> None:
     )
     tracker.log_metrics(parent_id, {"sweep_wall_seconds": outcome.seconds, "failed_children": float(len(failed))})
     try:
-        log_sweep_report(outcome.tracking_uri, parent_id)
+        outcome.verdict = log_sweep_report(outcome.tracking_uri, parent_id, policy_path)
     except Exception as exc:  # noqa: BLE001 - a report problem must not lose the measurements
-        tracker.set_tags(parent_id, {"report_error": f"{type(exc).__name__}: {exc}"[:500]})
+        outcome.verdict_error = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
+        tracker.set_tags(parent_id, {"report_error": outcome.verdict_error})
     tracker.end(parent_id, "FAILED" if failed else "FINISHED")

@@ -4,7 +4,7 @@ what the sweep returns (`SweepOutcome`). Picklable, so it crosses into a subproc
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 from pipeline.build.plan import WorkItem
 from pipeline.config.recipe import Recipe
@@ -54,6 +54,8 @@ class SweepOutcome:
     interrupted: bool = False
     seconds: float = 0.0
     executor: str = ""
+    verdict: Any = None  # the sweep's verdict under its policy (`pipeline.verdict.commands.SweepVerdict`)
+    verdict_error: str | None = None  # why there is none (an incomplete sweep, a store problem)
 
     @property
     def failures(self) -> list[ChildOutcome]:

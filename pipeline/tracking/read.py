@@ -127,22 +127,39 @@ def _active_run(mlflow_client: Any, run_id: str) -> Any | None:
     return None if run.info.lifecycle_stage == "deleted" else run
 
 
-def find_finished_child(uri: str, experiment: str, content_key: str) -> str | None:
-    """A FINISHED child run with this content key, for resume."""
+def runs_with_content_key(uri: str, experiment: str, content_key: str, *, finished: bool, max_results: int = 1) -> list[Any]:
+    """Runs of `experiment` with this content key, newest first: the FINISHED ones, or (`finished=False`) the others."""
     c = client(uri)
     exp = c.get_experiment_by_name(experiment)
     if exp is None:
-        return None
-    runs = c.search_runs(
+        return []
+    return c.search_runs(
         [exp.experiment_id],
-        filter_string=f"tags.`{M.TAG_CONTENT_KEY}` = '{content_key}' and attributes.status = 'FINISHED'",
-        max_results=1,
+        filter_string=f"tags.`{M.TAG_CONTENT_KEY}` = '{content_key}' and attributes.status {'=' if finished else '!='} 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=max_results,
     )
+
+
+def find_finished_child(uri: str, experiment: str, content_key: str) -> str | None:
+    """A FINISHED child run with this content key, for resume."""
+    runs = runs_with_content_key(uri, experiment, content_key, finished=True)
     return runs[0].info.run_id if runs else None
 
 
 def run_metrics(uri: str, run_id: str) -> dict[str, float]:
     return dict(client(uri).get_run(run_id).data.metrics)
+
+
+def run_record(uri: str, run_id: str) -> VariantRecord:
+    """One run as logged (status, metrics, tags, params; no per-question data); TrackingError names the run when
+    the store does not know it."""
+    c = client(uri)
+    try:
+        run = c.get_run(run_id)
+    except Exception as exc:  # noqa: BLE001 - mlflow raises its own error types per store
+        raise TrackingError(f"run {run_id}: not found in {uri} ({type(exc).__name__})") from None
+    return _record(c, run, with_questions=False)
 
 
 def run_tags(uri: str, run_id: str) -> dict[str, str]:

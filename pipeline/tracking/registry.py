@@ -7,8 +7,10 @@ from pathlib import Path
 
 from pipeline import metrics as M
 from pipeline.records import VariantRecord
+from pipeline.redact import redact
 from pipeline.tracking.connect import TAG_VALUE_MAX, client
 from pipeline.tracking.read import read_run_text
+from pipeline.tracking.write import redacted_tags
 
 MODEL_BUNDLE_DIR = "shrinkgate_model"  # what a passing variant registers: recipe + provenance (weights are not serialized)
 
@@ -37,7 +39,7 @@ def register_passing(
             bundle[M.ART_RECIPE] = recipe
     with tempfile.TemporaryDirectory() as d:
         for fname, text in bundle.items():
-            (Path(d) / fname).write_text(text, encoding="utf-8")
+            (Path(d) / fname).write_text(redact(text), encoding="utf-8")
         c.log_artifacts(record.run_id, d, MODEL_BUNDLE_DIR)
     try:
         c.create_registered_model(name, description="shrinkgate: compressed variants that passed the gate (recipe + provenance)")
@@ -48,7 +50,7 @@ def register_passing(
         name,
         f"runs:/{record.run_id}/{MODEL_BUNDLE_DIR}",
         run_id=record.run_id,
-        tags={k: str(v)[:TAG_VALUE_MAX] for k, v in (tags or {}).items()},
+        tags={k: v[:TAG_VALUE_MAX] for k, v in redacted_tags(tags or {}).items()},
         description=f"{record.label} passed the shrinkgate gate",
     )
     c.set_registered_model_alias(name, alias, version.version)

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from urllib.parse import quote, urlencode
 
 from pipeline import metrics as M
+from pipeline.redact import redact
 from pipeline.tracking.connect import client
 
-NOTE_TAG = "mlflow.note.content"  # the run's description, rendered as Markdown by the UI
+NOTE_TAG = M.TAG_DESCRIPTION
 NOTE_MAX = 8000  # MLflow's limit on a run tag value
 SHARED_VIEW_PREFIX = "mlflow.sharedViewState."
 SHARED_VIEW_MAX = 20000  # MLflow's limit on an experiment tag value
@@ -65,6 +66,7 @@ def runs_link(base_url: str, experiment_id: str, share_key: str | None = SHARE_K
 def publish_review(uri: str, parent_run_id: str, description: str, view: ReviewView) -> str:
     """The parent's description and the experiment's shared view (replacing the previous sweep's);
     returns the experiment id. A description over MLflow's limit is an error: the caller sizes it."""
+    description = redact(description)
     if len(description) > NOTE_MAX:
         raise ValueError(f"run description of {len(description)} characters exceeds MLflow's {NOTE_MAX}")
     c = client(uri)

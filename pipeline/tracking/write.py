@@ -1,7 +1,9 @@
 """Writing a sweep: a parent run, one child run per model x variant, their params, tags, metrics and artifacts.
 
 Results arrive typed (`FidelityRecord`, `AccuracyResult`, `SpeedResult`) and name their own metrics and tags;
-this module only logs them.
+this module only logs them. Every string it writes - params, tags, run names, text artifacts, uploaded text
+files - goes through `pipeline.redact` first, so a key on a launch line or in a server's log never reaches the
+store.
 """
 
 from __future__ import annotations
@@ -10,8 +12,10 @@ import functools
 import hashlib
 import json
 import platform
+import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -19,6 +23,7 @@ from typing import Any
 
 from pipeline import metrics as M
 from pipeline.env import compute_threads, gpu_name
+from pipeline.redact import redact, redact_data
 from pipeline.results import AccuracyResult, FidelityRecord, SpeedResult, questions_csv
 from pipeline.tracking.connect import BATCH, TrackingError, artifact_root_for, client, log_tags, prepare_local_store
 
@@ -42,6 +47,26 @@ def flatten(prefix: str, value: Any) -> dict[str, str]:
     else:
         out[prefix] = json.dumps(value) if isinstance(value, (list, tuple)) else str(value)
     return out
+
+
+def redacted_tags(tags: dict[str, object]) -> dict[str, str]:
+    """Tag values as strings, secrets redacted (`pipeline.redact`)."""
+    return {k: redact(str(v)) for k, v in tags.items()}
+
+
+def redacted_copy(src: Path, dst: Path) -> None:
+    """`src` (a file or a folder) copied to `dst` with every UTF-8 text file redacted; other files as they are."""
+    files = [src] if src.is_file() else [p for p in sorted(src.rglob("*")) if p.is_file()]
+    for path in files:
+        target = dst if src.is_file() else dst / path.relative_to(src)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        data = path.read_bytes()
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:  # binary (a plot): copied as is
+            shutil.copyfile(path, target)
+            continue
+        target.write_text(redact(text), encoding="utf-8")
 
 
 def host_tags(threads: int | None = None) -> dict[str, str]:
@@ -134,15 +159,15 @@ class Tracker:
 
     # -- runs -------------------------------------------------------------------------------------
     def start_parent(self, run_name: str, params: dict[str, str], tags: dict[str, str]) -> str:
-        run = self.client.create_run(self.experiment_id, run_name=run_name, tags={**tags, M.TAG_KIND: "sweep"})
+        run = self.client.create_run(self.experiment_id, run_name=redact(run_name), tags=redacted_tags({**tags, M.TAG_KIND: "sweep"}))
         self._log_params(run.info.run_id, params)
         return run.info.run_id
 
     def start_child(self, parent_id: str, run_name: str, params: dict[str, str], tags: dict[str, str]) -> str:
         run = self.client.create_run(
             self.experiment_id,
-            run_name=run_name,
-            tags={**tags, M.TAG_KIND: "variant", "mlflow.parentRunId": parent_id},
+            run_name=redact(run_name),
+            tags=redacted_tags({**tags, M.TAG_KIND: "variant", "mlflow.parentRunId": parent_id}),
         )
         self._log_params(run.info.run_id, params)
         return run.info.run_id
@@ -150,7 +175,7 @@ class Tracker:
     def _log_params(self, run_id: str, params: dict[str, str]) -> None:
         from mlflow.entities import Param
 
-        items = [Param(k, v[:_PARAM_VALUE_MAX]) for k, v in params.items()]
+        items = [Param(k, redact(v)[:_PARAM_VALUE_MAX]) for k, v in params.items()]
         for i in range(0, len(items), BATCH):
             self.client.log_batch(run_id, params=items[i : i + BATCH])
 
@@ -161,7 +186,7 @@ class Tracker:
         self.set_tags(parent_id, {M.TAG_PLANNED_CHILDREN: str(len(planned))})
 
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
-        log_tags(self.client, run_id, tags)
+        log_tags(self.client, run_id, redacted_tags(tags))
 
     def log_metrics(self, run_id: str, values: dict[str, float]) -> None:
         from mlflow.entities import Metric
@@ -172,13 +197,17 @@ class Tracker:
             self.client.log_batch(run_id, metrics=items[i : i + _METRIC_BATCH])
 
     def log_text(self, run_id: str, text: str, name: str) -> None:
-        self.client.log_text(run_id, text, name)
+        self.client.log_text(run_id, redact(text), name)
 
     def log_json(self, run_id: str, data: Any, name: str) -> None:
-        self.client.log_text(run_id, json.dumps(data, indent=2, default=str), name)
+        # strings redacted in place first: a command line as a JSON list keeps its option and value apart
+        self.log_text(run_id, json.dumps(redact_data(json.loads(json.dumps(data, default=str))), indent=2), name)
 
     def log_file(self, run_id: str, path: str | Path, artifact_dir: str | None = None) -> None:
-        self.client.log_artifact(run_id, str(path), artifact_dir)
+        with tempfile.TemporaryDirectory() as d:
+            copy = Path(d) / Path(path).name
+            redacted_copy(Path(path), copy)
+            self.client.log_artifact(run_id, str(copy), artifact_dir)
 
     def end(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)
@@ -208,9 +237,11 @@ def set_run_tags(uri: str, tags_by_run: dict[str, dict[str, str]]) -> None:
     """Tags on several runs (e.g. `gate.verdict` / `gate.reasons` on each child)."""
     c = client(uri)
     for run_id, tags in tags_by_run.items():
-        log_tags(c, run_id, tags)
+        log_tags(c, run_id, redacted_tags(tags))
 
 
 def log_run_artifacts(uri: str, run_id: str, local_dir: str | Path, artifact_path: str | None = None) -> None:
-    """Every file under `local_dir` as artifacts of `run_id` (under `artifact_path`)."""
-    client(uri).log_artifacts(run_id, str(local_dir), artifact_path)
+    """Every file under `local_dir` as artifacts of `run_id` (under `artifact_path`), text files redacted."""
+    with tempfile.TemporaryDirectory() as d:
+        redacted_copy(Path(local_dir), Path(d))
+        client(uri).log_artifacts(run_id, d, artifact_path)

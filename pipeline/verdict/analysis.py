@@ -14,7 +14,8 @@ from pipeline import metrics as M
 from pipeline.config.policy import DEFAULT_POLICY, Policy, dominance_rule
 from pipeline.records import SweepRecord, VariantRecord
 from pipeline.verdict.frontier import Axis, LadderRung, Verdict, axes_for, baseline_ladder, frontier_verdicts, roofline_tok_s
-from pipeline.verdict.stats import PairedComparison, PairingError, compare_paired, paired_margin, two_sided_z
+from pipeline.verdict.paired import compare_records, paired_margin
+from pipeline.verdict.stats import PairedComparison, PairingError, two_sided_z
 
 
 @dataclass
@@ -70,14 +71,15 @@ def _paired(a: VariantRecord, b: VariantRecord, confidence: float, n_boot: int, 
         who = a.label if not a.questions else b.label
         return None, f"no per-question outcomes for {who}"
     try:
-        return compare_paired(a.questions, b.questions, a_label=a.label, b_label=b.label, confidence=confidence, n_boot=n_boot, seed=seed), None
+        return compare_records(a, b, confidence=confidence, n_boot=n_boot, seed=seed), None
     except PairingError as exc:
         return None, f"{a.label} vs {b.label}: {exc}"
 
 
 def dominance(records: Sequence[VariantRecord], policy: Policy, axes: Sequence[Axis]) -> dict[str, dict[str, Verdict]]:
-    """The one definition of dominance, used by the gate, `compare` and the sweep's `frontier.*` tags alike:
-    the policy's paired margin (confidence, bootstrap, seed), speed tolerance and dominators."""
+    """The one definition of dominance, used by the gate, `compare`, the plots and the sweep's `frontier.*` tags
+    alike: the policy's paired margin (confidence, bootstrap, seed; the bound each pair's sampling design allows,
+    the wider of bootstrap and exact), speed tolerance and dominators."""
     margin = paired_margin(policy.confidence, n_boot=min(policy.bootstrap_samples, 2_000), seed=policy.seed)
     dominators = (lambda r: r.role == "reference") if policy.dominated_by == "references" else None
     return {ax.metric: frontier_verdicts(records, ax, margin=margin, tolerance=policy.speed_tolerance, dominators=dominators) for ax in axes}

@@ -22,11 +22,13 @@ from typing import Literal
 from pipeline import metrics as M
 from pipeline.config.policy import Policy
 from pipeline.records import SweepRecord, VariantRecord
-from pipeline.verdict.analysis import base_for, dominance
-from pipeline.verdict.frontier import axis_by_name
 from pipeline.results import question_rank
-from pipeline.verdict.sequential import sequential_non_inferiority
-from pipeline.verdict.stats import NonInferiority, PairingError, flip_rate, non_inferiority, pair
+from pipeline.verdict.analysis import base_for, dominance
+from pipeline.verdict.design import design_of
+from pipeline.verdict.frontier import axis_by_name
+from pipeline.verdict.paired import bounds_between
+from pipeline.verdict.sequential import drop_bounds, questions_to_decide, sequential_non_inferiority
+from pipeline.verdict.stats import NonInferiority, PairingError, decide_drop, flip_rate, pair
 from pipeline.verdict.units import fmt
 
 Outcome = Literal["pass", "fail", "undecided"]
@@ -65,6 +67,29 @@ class VariantGate:
         if not self.checks:
             return ["no check could run"]
         return [f"{c.name}: {c.detail}" for c in self.checks if c.outcome != "pass"]
+
+    @property
+    def deciding(self) -> list[Check]:
+        """The checks that decided the verdict: the failed ones, else the undecided ones, else none (a pass)."""
+        for outcome in ("fail", "undecided"):
+            found = [c for c in self.checks if c.outcome == outcome]
+            if found:
+                return found
+        return []
+
+    def line(self) -> str:
+        """The verdict in one line: pass / fail / undecided, the rule(s) that decided, what they found (for an
+        undecided MMLU rule: how many more questions a decision would take); then what else did not pass."""
+        if not self.checks:
+            return "fail: no check could run"
+        deciding = self.deciding
+        if not deciding:
+            return "pass: every rule passed (" + ", ".join(c.name for c in self.checks) + ")"
+        text = f"{self.verdict} by {', '.join(c.name for c in deciding)}: " + "; ".join(c.detail for c in deciding)
+        rest = [c for c in self.checks if c.outcome == "undecided" and c not in deciding]
+        if rest:
+            text += " | also undecided: " + "; ".join(f"{c.name}: {c.detail}" for c in rest)
+        return text
 
 
 @dataclass
@@ -140,16 +165,34 @@ def _repeats(r: VariantRecord, records: list[VariantRecord]) -> list[VariantReco
 
 
 def _noise_floor(r: VariantRecord, records: list[VariantRecord]) -> tuple[float | None, str]:
-    """Run-to-run noise of r's MMLU answers, in points: the largest flip rate vs a repeat of it in the sweep
-    (measured beats declared); else 0 for a deterministic method; None (unknown) for a tagged
-    `deterministic=false` one."""
+    """Run-to-run noise of r's MMLU answers in points, and where it comes from: the largest flip rate vs a repeat
+    of it in the sweep (measured beats declared); else 0 when the run is tagged `deterministic=true` (its methods
+    and its scoring path measured bit-reproducible); else None (unknown: `false`, `unknown` or no tag) with why."""
     reps = _repeats(r, records)
     if reps:
         flips = max(flip_rate(r.questions or (), x.questions or ()) for x in reps)
         return flips * 100.0, "flip rate vs " + ", ".join(x.label for x in reps)
-    if r.tags.get(M.TAG_DETERMINISTIC) == "false":
-        return None, ""
-    return 0.0, ""
+    value = r.tags.get(M.TAG_DETERMINISTIC)
+    if value == "true":
+        return 0.0, ""
+    why = f"{r.label} is tagged {M.TAG_DETERMINISTIC}={value}" if value else f"{r.label} has no {M.TAG_DETERMINISTIC} tag, so its run-to-run noise is unknown"
+    basis = r.tags.get(M.TAG_DETERMINISTIC_BASIS)
+    return None, why + (f" ({basis})" if basis else "")
+
+
+_NO_REPEAT = "and the sweep has no repeat of it to measure its run-to-run flip rate: add the same variant again under another name (same method and params)"
+
+
+def _pair_noise(r: VariantRecord, base: VariantRecord, records: list[VariantRecord]) -> tuple[float | None, str]:
+    """The noise floor of a drop: the variant's and the base's own (either can move by a rerun); None when either
+    is unknown, with why."""
+    noise, source = _noise_floor(r, records)
+    if r is base or noise is None:
+        return noise, source
+    base_noise, base_source = _noise_floor(base, records)
+    if base_noise is None:
+        return None, base_source
+    return noise + base_noise, "; ".join(x for x in (source, base_source) if x)
 
 
 def _mmlu_check(r: VariantRecord, base: VariantRecord | None, policy: Policy, records: list[VariantRecord]) -> tuple[Check, NonInferiority | None]:
@@ -160,25 +203,42 @@ def _mmlu_check(r: VariantRecord, base: VariantRecord | None, policy: Policy, re
         return Check(name, "fail", f"no per-question outcomes ({M.ART_QUESTIONS}) for {r.label}"), None
     if not base.questions:
         return Check(name, "fail", f"no per-question outcomes ({M.ART_QUESTIONS}) for {base.label}"), None
-    if r is not base and r.tags.get(M.TAG_MMLU_ORDER_SEED):
+    design, base_design = design_of(r), design_of(base)
+    unknown = next((x for x, d in ((r, design), (base, base_design)) if d.kind == "unknown"), None)
+    if unknown is not None:
+        return Check(
+            name, "undecided",
+            f"{unknown.label} records no sampling design ({M.TAG_MMLU_DESIGN}; an older shrinkgate wrote it), so no bound can say "
+            "what it holds for: rerun the recipe",
+        ), None
+    if r is not base and "sequential" in (design.kind, base_design.kind):
         return _sequential_check(r, base, policy, records)
+    if design.kind != base_design.kind:
+        return Check(
+            name, "fail",
+            f"{r.label} ({design.label()}) and {base.label} ({base_design.label()}) were scored with different sampling designs: score both with one eval section",
+        ), None
+    if design.kind == "stratified" and not design.strata:
+        return Check(name, "undecided", f"{r.label}: a stratified sample without its stratum sizes ({M.TAG_MMLU_STRATA}; an older shrinkgate wrote it): rerun the recipe"), None
     try:
         p = pair(r.questions, base.questions)
         if not p.complete:
             return Check(name, "fail", f"question sets differ from {base.label}: {p.only_a} only here, {p.only_b} only in base"), None
-        noise, source = _noise_floor(r, records)
-        ni = non_inferiority(
-            r.questions, base.questions, policy.max_mmlu_drop_points, confidence=policy.confidence,
-            n_boot=policy.bootstrap_samples, seed=policy.seed, noise_points=noise or 0.0,
-        )
+        noise, source = _pair_noise(r, base, records)
+        bounds = bounds_between(base, r, confidence=policy.confidence, n_boot=policy.bootstrap_samples, seed=policy.seed, design=design)
     except PairingError as exc:
         return Check(name, "fail", str(exc)), None
-    if noise is None and ni.decision == "pass":  # fails closed: a rerun could move it by an unknown amount
+    if design.kind == "first-n":
+        # lm-eval's --limit rows are a fixed slice of each subject: a bound over them is about those rows, not MMLU
+        ni = decide_drop(bounds, policy.max_mmlu_drop_points, noise_points=noise or 0.0, bound=f"first {design.first_n or 'N'} rows per subject only, not a sample of MMLU")
         return Check(
             name, "undecided",
-            f"{ni.reason}, but {r.label} is tagged {M.TAG_DETERMINISTIC}=false and the sweep has no repeat of it to measure "
-            "its run-to-run flip rate: add the same variant again under another name (same method and params)",
-        ), ni
+            f"{ni.reason}; the first {design.first_n or 'N'} test rows of each subject (eval.limit_per_subject) are not a random "
+            "sample, so these bounds hold for those rows only, not for MMLU: score a seeded sample (eval.sample, or run --sample N) to decide",
+        ), replace(ni, decision="undecided")
+    ni = decide_drop(bounds, policy.max_mmlu_drop_points, noise_points=noise or 0.0)
+    if noise is None and ni.decision == "pass":  # fails closed: a rerun could move it by an unknown amount
+        return Check(name, "undecided", f"{ni.reason}, but {source} {_NO_REPEAT}"), replace(ni, decision="undecided")
     return Check(name, ni.decision, ni.reason + (f"; noise floor {noise:.2f} pts ({source})" if noise else "")), ni
 
 
@@ -186,11 +246,15 @@ def _sequential_check(r: VariantRecord, base: VariantRecord, policy: Policy, rec
     """A variant scored as a sequential sample (`eval.sample.questions: auto`; it may have stopped early): the
     anytime-valid paired test walks its questions in the seeded order against the same questions of the base,
     at the policy's margin (less the noise floor) and confidence. Fixed-sample bounds after optional stopping
-    would not hold, so the decision is the sequential test's; the fixed figures are shown for the drop only."""
+    would not hold, so the decision and the bounds shown are the sequential test's (its confidence sequence)."""
     name = "mmlu_drop"
-    seed = r.tags[M.TAG_MMLU_ORDER_SEED]
-    if base.tags.get(M.TAG_MMLU_ORDER_SEED) != seed:
-        return Check(name, "fail", f"{r.label} was scored in the seeded order {seed} and {base.label} was not: score both with the same eval.sample"), None
+    seed = r.tags.get(M.TAG_MMLU_ORDER_SEED)
+    if seed is None or base.tags.get(M.TAG_MMLU_ORDER_SEED) != seed:
+        who, other = (r, base) if seed is not None else (base, r)
+        return Check(
+            name, "fail",
+            f"{who.label} was scored in the seeded order {who.tags.get(M.TAG_MMLU_ORDER_SEED)} and {other.label} was not: score both with the same eval.sample",
+        ), None
     base_right = {(q.subject, q.index): q.correct for q in base.questions or ()}
     missing = [q for q in r.questions or () if (q.subject, q.index) not in base_right]
     if missing:
@@ -199,30 +263,47 @@ def _sequential_check(r: VariantRecord, base: VariantRecord, policy: Policy, rec
         population, seed_value = int(r.tags.get(M.TAG_MMLU_POPULATION, "")), int(seed)
     except ValueError:
         return Check(name, "fail", f"{r.label}: tags {M.TAG_MMLU_POPULATION} / {M.TAG_MMLU_ORDER_SEED} missing or not numbers"), None
-    noise, source = _noise_floor(r, records)
+    noise, source = _pair_noise(r, base, records)
     if noise is None:
-        return Check(
-            name, "undecided",
-            f"{r.label} is tagged {M.TAG_DETERMINISTIC}=false and the sweep has no repeat of it to measure its run-to-run flip rate",
-        ), None
+        return Check(name, "undecided", f"{source} {_NO_REPEAT}"), None
     order = sorted(r.questions or (), key=lambda q: question_rank(seed_value, q.subject, q.index))
     d = [int(q.correct) - int(base_right[(q.subject, q.index)]) for q in order]
     margin = policy.max_mmlu_drop_points - noise  # a rerun can move the variant by up to the noise floor
     if margin < 0:
         return Check(name, "fail", f"noise floor {noise:.2f} pts ({source}) exceeds the {policy.max_mmlu_drop_points:g}-point margin"), None
     seq = sequential_non_inferiority(d, margin, policy.confidence, population=population)
-    asked = {(q.subject, q.index) for q in order}
-    ni = non_inferiority(
-        r.questions, [q for q in base.questions or () if (q.subject, q.index) in asked],
-        policy.max_mmlu_drop_points, confidence=policy.confidence, n_boot=policy.bootstrap_samples, seed=policy.seed,
-    )
+    lower, upper = drop_bounds(d, policy.confidence, population)
+    losses, gains = sum(x < 0 for x in d), sum(x > 0 for x in d)
+    needed = questions_to_decide(losses, gains, len(d), margin, policy.confidence, population) if seq.decision == "undecided" else None
     detail = f"sequential (anytime-valid) over {len(d)} questions of the seeded order: {seq.reason}"
+    if seq.decision == "undecided":
+        detail += (
+            f"; a decision needs about {max(needed - len(d), 1):,} more questions ({needed:,} in all) at this discordance"
+            if needed is not None
+            else f"; no number of questions up to the {population:,} in the population decides it at this drop"
+        )
     if noise:
         detail += f"; margin less noise floor {noise:.2f} pts ({source})"
     stopped = r.tags.get(M.TAG_MMLU_STOPPED)
     if stopped:
         detail += f"; scoring stopped: {stopped}"
-    return Check(name, seq.decision, detail), replace(ni, decision=seq.decision, reason=detail)
+    ni = NonInferiority(
+        decision=seq.decision,
+        delta_points=policy.max_mmlu_drop_points,
+        confidence=policy.confidence,
+        n=len(d),
+        drop_points=-100.0 * sum(d) / len(d) if d else 0.0,
+        drop_upper_points=upper + noise,
+        drop_lower_points=lower - noise,
+        bootstrap_upper_points=None,
+        exact_upper_points=None,
+        questions_needed=needed,
+        reason=detail,
+        noise_points=noise,
+        bound="anytime-valid (betting confidence sequence)",
+        anytime_valid=True,
+    )
+    return Check(name, seq.decision, detail), ni
 
 
 def evaluate(sweep: SweepRecord, policy: Policy) -> list[VariantGate]:
@@ -272,21 +353,28 @@ def evaluate(sweep: SweepRecord, policy: Policy) -> list[VariantGate]:
 # -- what the verdicts write (pure; `commands.run_gate` does the writing) -----------------------------
 
 
-def child_tags(variants: list[VariantGate], policy_path: str | Path, stamp: str) -> dict[str, dict[str, str]]:
-    """run id -> `gate.verdict`, `gate.reasons`, `gate.policy`, `gate.time` for each gated child run."""
+def child_tags(variants: list[VariantGate], key: str) -> dict[str, dict[str, str]]:
+    """run id -> `gate.<key>.verdict` and `gate.<key>.reasons` for each gated child: namespaced by the policy's
+    key, so a gate with another policy never rewrites what this one shows (nor the sweep's own `verdict`)."""
     return {
-        g.run_id: {"gate.verdict": g.verdict, "gate.reasons": "; ".join(g.reasons) or "all checks passed", "gate.policy": str(policy_path), "gate.time": stamp}
+        g.run_id: {f"gate.{key}.verdict": g.verdict, f"gate.{key}.reasons": "; ".join(g.reasons) or "all checks passed"}
         for g in variants
         if g.run_id
     }
 
 
-def parent_tags(result: GateResult, stamp: str) -> dict[str, str]:
-    return {
-        "gate.verdict": {0: "pass", 1: "fail"}[result.exit_code],
-        "gate.summary": ", ".join(f"{g.label}={g.verdict}" for g in result.variants)[:5000],
-        "gate.time": stamp,
+def parent_tags(result: GateResult, key: str, policy_label: str, stamp: str) -> dict[str, str]:
+    """The gate's own record on the sweep's parent, under `gate.<key>.*` (see `child_tags`)."""
+    tags = {
+        f"gate.{key}.verdict": {0: "pass", 1: "fail"}[result.exit_code],
+        f"gate.{key}.summary": ", ".join(f"{g.label}={g.verdict}" for g in result.variants)[:5000],
+        f"gate.{key}.policy": policy_label,
+        f"gate.{key}.time": stamp,
     }
+    registered = [f"{g.label} -> {g.registered}" for g in result.variants if g.registered]
+    if registered:
+        tags[f"gate.{key}.registered"] = ", ".join(registered)
+    return tags
 
 
 def registry_name(policy: Policy, sweep: SweepRecord, r: VariantRecord) -> str:

@@ -272,16 +272,19 @@ def write_junit(path: Path, result: GateResult, seconds: float = 0.0) -> Path:
     return path
 
 
-def gate_markdown(result: GateResult, policy_path: str | Path) -> str:
+def gate_markdown(result: GateResult, policy_label: str | Path) -> str:
     pol = result.policy
     verdict = {0: "PASS", 1: "FAIL", 2: "ERROR"}[result.exit_code]
     lines = [f"# shrinkgate gate: {verdict}", ""]
-    lines.append(f"Policy `{policy_path}` · experiment `{result.experiment or '?'}` · sweep run `{result.parent_run_id or '?'}`")
+    lines.append(f"Policy `{policy_label}` · experiment `{result.experiment or '?'}` · sweep run `{result.parent_run_id or '?'}`")
     lines.append("")
     if result.error:
         lines += [f"**Error:** {result.error}", ""]
     if pol is not None:
-        rules = [f"MMLU drop ≤ {pol.max_mmlu_drop_points:g} points (one-sided {pol.confidence:.0%} upper bound, paired)"]
+        rules = [
+            f"MMLU drop ≤ {pol.max_mmlu_drop_points:g} points (one-sided {pol.confidence:.0%} upper bound, paired; the bound the "
+            "sampling design allows: anytime-valid for a sequential sample, none that passes for the first N rows per subject)"
+        ]
         if pol.must_not_be_dominated:
             rules.append(f"not dominated on {', '.join(pol.dominance_axes)} (by {pol.dominated_by})")
         if pol.min_decode_tok_s is not None:
@@ -292,12 +295,12 @@ def gate_markdown(result: GateResult, policy_path: str | Path) -> str:
             rules.append(f"kl_vs_base ≤ {pol.max_kl_vs_base:g}")
         lines += ["Rules: " + "; ".join(rules) + ".", ""]
     if result.variants:
-        lines += ["| variant | verdict | MMLU drop [bounds] pts | reasons | registered |", "|---|---|---|---|---|"]
+        lines += ["| variant | verdict | MMLU drop [bounds] pts | bounds are | reasons | registered |", "|---|---|---|---|---|---|"]
         for g in result.variants:
             ni = g.mmlu
             drop = "-" if ni is None else f"{ni.drop_points:+.2f} [{ni.drop_lower_points:.2f}, {ni.drop_upper_points:.2f}]"
             reasons = "; ".join(g.reasons).replace("|", "\\|") or "-"
-            lines.append(f"| {g.label} | **{g.verdict}** | {drop} | {reasons} | {g.registered or '-'} |")
+            lines.append(f"| {g.label} | **{g.verdict}** | {drop} | {'-' if ni is None else ni.bound} | {reasons} | {g.registered or '-'} |")
         lines += ["", "## Checks", ""]
         for g in result.variants:
             lines.append(f"### {g.label}: {g.verdict}")
@@ -314,12 +317,12 @@ def gate_markdown(result: GateResult, policy_path: str | Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def print_gate(result: GateResult, console) -> None:
+def print_gate(result: GateResult, console, *, table: bool = True) -> None:
     from rich.table import Table
 
     if result.error:
         console.print(f"[red]gate error:[/red] {escape(str(result.error))}")
-    if result.variants:
+    if result.variants and table:
         t = Table(title=f"shrinkgate gate ({result.experiment})")
         for col in ("variant", "verdict", "reasons", "registered"):
             t.add_column(col, overflow="fold")
@@ -331,3 +334,53 @@ def print_gate(result: GateResult, console) -> None:
     if result.report_path:
         console.print(f"wrote {result.report_path} and {result.junit_path}")
     console.print(f"exit {result.exit_code}")
+
+
+# -- the sweep's own verdict (what `shrinkgate run` ends with) ------------------------------------------------
+
+_COLORS = {"pass": "green", "fail": "red", "undecided": "yellow"}
+
+
+def verdict_sentence(variants: Sequence[VariantGate], policy_label: str) -> str:
+    """The decision in one sentence (the parent run's description opens with it)."""
+    if not variants:
+        return f"**Verdict** under the {policy_label}: nothing to gate (no candidate variant besides the unmodified model)."
+    by = {k: [g.label for g in variants if g.verdict == k] for k in ("pass", "fail", "undecided")}
+    head = f"**Verdict** under the {policy_label}: {len(by['pass'])} of {len(variants)} gated variant(s) pass"
+    parts = [f"{k}: {', '.join(v)}" for k, v in by.items() if v and k != "pass"]
+    if by["pass"]:
+        parts.insert(0, f"pass: {', '.join(by['pass'])}")
+    return head + (" (" + "; ".join(parts) + ")." if parts else ".")
+
+
+def sweep_verdict_tags(sweep, variants: Sequence[VariantGate], policy_label: str, key: str) -> dict[str, dict[str, str]]:
+    """run id -> the sweep's verdict on each of its children (`verdict`, `verdict.reasons` and a one-line
+    description) and on the parent (`verdict`, `verdict.policy`)."""
+    gated = {g.run_id: g for g in variants if g.run_id}
+    tags: dict[str, dict[str, str]] = {}
+    for r in sweep.children:
+        g = gated.get(r.run_id)
+        if g is not None:
+            line = g.line()
+            tags[r.run_id] = {M.TAG_VERDICT: g.verdict, M.TAG_VERDICT_REASONS: line[:5000], M.TAG_DESCRIPTION: f"**{g.verdict}** ({policy_label}): {line}"[:8000]}
+            continue
+        what = "reference" if r.role == "reference" else "base" if r.is_base else "not gated"
+        note = {
+            "reference": "reference: a published model as published, what the variants are held against",
+            "base": f"base: the unmodified {r.model} that each of its variants is compared with",
+            "not gated": f"not gated: the policy's `variants` leave {r.label} out",
+        }[what]
+        if r.status != "FINISHED":
+            note += f" ({r.status}: {r.tags.get(M.TAG_STATUS_ERROR, 'no error recorded')})"
+        tags[r.run_id] = {M.TAG_VERDICT: what, M.TAG_DESCRIPTION: note[:8000]}
+    overall = "none gated" if not variants else "pass" if all(g.verdict == "pass" for g in variants) else "fail"
+    tags[sweep.parent_run_id] = {M.TAG_VERDICT: overall, M.TAG_VERDICT_POLICY: f"{policy_label} [key {key}]"}
+    return tags
+
+
+def print_verdict(variants: Sequence[VariantGate], policy_label: str, console) -> None:
+    """What `shrinkgate run` ends with: one line per gated variant."""
+    console.print(f"Verdict under the {escape(policy_label)}:" if variants else f"Verdict under the {escape(policy_label)}: nothing to gate")
+    for g in variants:
+        rest = g.line()[len(g.verdict) :].lstrip(": ")  # the line starts with the verdict word
+        console.print(f"  {escape(g.label)}: [{_COLORS[g.verdict]}]{g.verdict}[/] {escape(rest)}", soft_wrap=True)

@@ -49,8 +49,8 @@ def log_capitals(
     """
     if not 0.5 <= confidence < 1.0:
         raise ValueError("confidence must be in [0.5, 1)")
-    if not 0.0 <= delta_points < 100.0:
-        raise ValueError("delta_points must be in [0, 100)")
+    if not -100.0 < delta_points < 100.0:
+        raise ValueError("delta_points must be in (-100, 100)")
     y = (np.asarray(differences, dtype=float) + 1.0) / 2.0
     n = y.shape[-1]
     m = (1.0 - delta_points / 100.0) / 2.0
@@ -58,7 +58,8 @@ def log_capitals(
         if population < n:
             raise ValueError(f"population {population} is smaller than the {n} questions seen")
         seen = np.concatenate([np.zeros(y.shape[:-1] + (1,)), np.cumsum(y, axis=-1)[..., :-1]], axis=-1)
-        m = (population * m - seen) / (population - np.arange(n, dtype=float))
+        # a null mean the questions seen already rule out leaves the next one's outside [0, 1]: clip (it then bets its cap)
+        m = np.clip((population * m - seen) / (population - np.arange(n, dtype=float)), 0.0, 1.0)
     mean, var = _running_moments(y)
     out = []
     for sign, room in ((1.0, np.maximum(m, 1e-9)), (-1.0, np.maximum(1.0 - m, 1e-9))):
@@ -114,3 +115,64 @@ def sequential_non_inferiority(
     else:
         reason = f"not decided after all {n} questions: drop {drop:+.2f} pts vs {delta_points:g} at {conf}; raise the maximum"
     return SequentialResult(decision, used, n, drop, float(delta_points), confidence, reason)
+
+
+def _crosses(d: np.ndarray, delta_points: float, confidence: float, population: int | None, side: int) -> bool:
+    """Did the pass (side 0) or fail (side 1) capital at `delta_points` reach 1/alpha at some question of `d`?"""
+    return bool(log_capitals(d, delta_points, confidence, population)[side].max() >= math.log(1.0 / (1.0 - confidence)))
+
+
+def drop_bounds(differences, confidence: float = 0.95, population: int | None = None, *, tol: float = 1e-3) -> tuple[float, float]:
+    """Anytime-valid (lower, upper) bounds of the drop in points after the questions in `differences`, each
+    one-sided at `confidence`: the drops the two capitals have rejected by now. Upper: the smallest margin the
+    test has passed at some question so far; lower: the largest it has failed. They hold however the sample was
+    stopped (the confidence sequence of the betting test, intersected over time); (-100, 100) when nothing is
+    rejected yet. Bisection to `tol` points (the pass and fail capitals are monotone in the margin)."""
+    d = np.asarray(differences, dtype=float)
+    edge = 100.0 - 1e-6
+    if d.size == 0:
+        return -100.0, 100.0
+
+    def search(side: int) -> float:
+        # side 0: smallest delta that passed; side 1: largest delta that failed
+        lo, hi = -edge, edge
+        if side == 0 and not _crosses(d, hi, confidence, population, 0):
+            return 100.0
+        if side == 1 and not _crosses(d, lo, confidence, population, 1):
+            return -100.0
+        while hi - lo > tol:
+            mid = (lo + hi) / 2
+            hit = _crosses(d, mid, confidence, population, side)
+            if side == 0:
+                hi, lo = (mid, lo) if hit else (hi, mid)
+            else:
+                lo, hi = (mid, hi) if hit else (lo, mid)
+        return hi if side == 0 else lo
+
+    return search(1), search(0)
+
+
+def questions_to_decide(losses: int, gains: int, n: int, delta_points: float, confidence: float = 0.95, population: int | None = None) -> int | None:
+    """About how many questions in all the sequential test would take to decide at the observed loss and gain
+    shares: run it on a sequence that spreads losses and gains evenly at those shares, doubling its length until
+    it decides. None when no length up to `population` (or 10^6) would."""
+    if n <= 0:
+        return None
+    p_loss, p_gain = losses / n, gains / n
+    cap = population or 1_000_000
+
+    def sequence(m: int) -> np.ndarray:
+        i = np.arange(1, m + 1)
+        lost = np.floor(i * p_loss) - np.floor((i - 1) * p_loss)
+        won = np.floor(i * p_gain + 0.5) - np.floor((i - 1) * p_gain + 0.5)
+        return np.clip(won - lost, -1, 1)
+
+    m = max(n, 16)
+    while True:
+        m = min(m, cap)
+        result = sequential_non_inferiority(sequence(m), delta_points, confidence, population=population)
+        if result.decision != "undecided":
+            return result.questions_used
+        if m >= cap:
+            return None
+        m *= 2

@@ -9,12 +9,16 @@ separate standard errors:
   replacement only changes how many of them are "a right, b wrong" (+1), "a wrong, b right" (-1) or
   concordant (0), and those three counts are Multinomial(n, observed shares): drawing the counts directly
   is the same paired bootstrap distribution, exactly, at O(n_boot) instead of O(n * n_boot).
-* `non_inferiority`: "the drop is at most delta points" passes only when the one-sided upper confidence
-  bound of the drop is <= delta; fails when the lower bound is > delta; otherwise `undecided`. The bound
-  is the more conservative of the bootstrap bound and an exact (Clopper-Pearson, Bonferroni-split) bound
-  on the discordant shares: the bootstrap alone is anti-conservative with few discordant pairs (no changed
-  answer among 10 questions would give a zero-width interval and a false "pass"). A variant that is not
-  bit-reproducible widens both bounds by its run-to-run flip rate (`noise_points`, from the gate).
+* `PairedBounds` / `srs_bounds`: one-sided bounds of a paired difference, and the ONE rule for every bound the
+  verdict prints or uses (non-inferiority, dominance margins, compare's intervals): the wider of the paired
+  bootstrap bound and an exact (Clopper-Pearson, Bonferroni-split) bound on the discordant shares. The
+  bootstrap alone is anti-conservative with few discordant pairs (4 gains and no loss in 2,000 questions is
+  not evidence at 95 %: exact one-sided p 0.0625). Stratified samples: `pipeline.verdict.stratified`;
+  sequential ones: `pipeline.verdict.sequential`.
+* `non_inferiority` / `decide_drop`: "the drop is at most delta points" passes only when the one-sided upper
+  bound of the drop is <= delta; fails when the lower bound is > delta; otherwise `undecided`, with how many
+  questions a decision would take at the observed shares. A variant that is not bit-reproducible widens both
+  bounds by its run-to-run flip rate (`noise_points`, from the gate).
 
 Units: accuracies are fractions (0..1, like the `mmlu_acc` metric); differences and deltas named
 `*_points` are percentage points (100 x fraction).
@@ -196,8 +200,61 @@ def exact_diff_bounds(n: int, a_only_right: int, b_only_right: int, confidence: 
 
 
 @dataclass(frozen=True)
+class PairedBounds:
+    """acc(a) - acc(b) on paired questions (fractions) with one-sided lower and upper bounds, each holding at
+    `confidence` for how the questions were chosen; `method` says how. The wider of bootstrap and exact is the
+    one rule every verdict uses; `shares` are the (design-weighted) discordant shares the point estimate rests on."""
+
+    diff: float
+    lower: float
+    upper: float
+    confidence: float
+    n: int
+    a_only_right: int  # questions a got right and b wrong (unweighted count)
+    b_only_right: int
+    method: str
+    share_a_only: float  # design-weighted share of questions only a got right
+    share_b_only: float
+    boot_lower: float | None = None
+    boot_upper: float | None = None
+    exact_lower: float | None = None
+    exact_upper: float | None = None
+    design_effect: float = 1.0  # variance of this design / a simple random sample's of the same size
+    anytime_valid: bool = False  # holds however the sample was stopped (a confidence sequence)
+
+
+def srs_bounds(n: int, a_only_right: int, b_only_right: int, *, confidence: float = 0.95, n_boot: int = 10_000, seed: int = 0) -> PairedBounds:
+    """Bounds for questions that are exchangeable draws (every question, or a simple random sample): the wider of
+    the paired bootstrap's and the exact (Clopper-Pearson, Bonferroni-split) bound, on each side."""
+    boot = paired_bootstrap_counts(n, a_only_right, b_only_right, confidence=confidence, n_boot=n_boot, seed=seed)
+    ex_lo, ex_hi = exact_diff_bounds(n, a_only_right, b_only_right, confidence)
+    return PairedBounds(
+        diff=boot.diff,
+        lower=min(boot.lower_one_sided, ex_lo),
+        upper=max(boot.upper_one_sided, ex_hi),
+        confidence=confidence,
+        n=n,
+        a_only_right=int(a_only_right),
+        b_only_right=int(b_only_right),
+        method="wider of paired bootstrap and exact",
+        share_a_only=a_only_right / n,
+        share_b_only=b_only_right / n,
+        boot_lower=boot.lower_one_sided,
+        boot_upper=boot.upper_one_sided,
+        exact_lower=ex_lo,
+        exact_upper=ex_hi,
+    )
+
+
+def two_sided(confidence: float) -> float:
+    """The one-sided level whose lower and upper bounds together make a two-sided interval at `confidence`."""
+    return 1.0 - (1.0 - confidence) / 2.0
+
+
+@dataclass(frozen=True)
 class PairedComparison:
-    """`a` against `b` on their common questions; `diff` = acc(a) - acc(b)."""
+    """`a` against `b` on their common questions; `diff` = acc(a) - acc(b). `bounds` is the two-sided interval
+    at `confidence` (each side at `two_sided(confidence)`), by the same rule as every verdict."""
 
     a: str
     b: str
@@ -210,34 +267,24 @@ class PairedComparison:
     b_only_right: int  # a wrong, b right
     mcnemar_p: float
     flip_rate: float
-    ci: BootstrapCI
+    bounds: PairedBounds
+    confidence: float = 0.95
 
     @property
     def diff_points(self) -> float:
-        return 100.0 * self.ci.diff
+        return 100.0 * self.bounds.diff
 
     @property
     def ci_points(self) -> tuple[float, float]:
-        return 100.0 * self.ci.low, 100.0 * self.ci.high
+        return 100.0 * self.bounds.lower, 100.0 * self.bounds.upper
 
     @property
     def complete(self) -> bool:
         return self.only_a == 0 and self.only_b == 0
 
 
-def compare_paired(
-    a: Sequence[QuestionOutcome],
-    b: Sequence[QuestionOutcome],
-    *,
-    a_label: str = "a",
-    b_label: str = "b",
-    confidence: float = 0.95,
-    n_boot: int = 10_000,
-    seed: int = 0,
-) -> PairedComparison:
-    p = pair(a, b)
-    if p.n == 0:
-        raise PairingError(f"{a_label} and {b_label} share no question (matched by subject, index)")
+def comparison(p: Pairing, bounds: PairedBounds, *, a_label: str, b_label: str, confidence: float) -> PairedComparison:
+    """A `PairedComparison` of a pairing with its (two-sided) bounds."""
     n10 = int((p.a_correct & ~p.b_correct).sum())
     n01 = int((~p.a_correct & p.b_correct).sum())
     return PairedComparison(
@@ -252,8 +299,30 @@ def compare_paired(
         b_only_right=n01,
         mcnemar_p=mcnemar_exact(n10, n01),
         flip_rate=float(1.0 - p.same_prediction.mean()),
-        ci=paired_bootstrap_counts(p.n, n10, n01, confidence=confidence, n_boot=n_boot, seed=seed),
+        bounds=bounds,
+        confidence=confidence,
     )
+
+
+def compare_paired(
+    a: Sequence[QuestionOutcome],
+    b: Sequence[QuestionOutcome],
+    *,
+    a_label: str = "a",
+    b_label: str = "b",
+    confidence: float = 0.95,
+    n_boot: int = 10_000,
+    seed: int = 0,
+) -> PairedComparison:
+    """`a` vs `b` treating the common questions as exchangeable draws (`pipeline.verdict.paired` picks the bound
+    for a run's sampling design)."""
+    p = pair(a, b)
+    if p.n == 0:
+        raise PairingError(f"{a_label} and {b_label} share no question (matched by subject, index)")
+    n10 = int((p.a_correct & ~p.b_correct).sum())
+    n01 = int((~p.a_correct & p.b_correct).sum())
+    bounds = srs_bounds(p.n, n10, n01, confidence=two_sided(confidence), n_boot=n_boot, seed=seed)
+    return comparison(p, bounds, a_label=a_label, b_label=b_label, confidence=confidence)
 
 
 def two_sided_z(confidence: float) -> float:
@@ -297,13 +366,68 @@ class NonInferiority:
     confidence: float
     n: int
     drop_points: float
-    drop_upper_points: float  # one-sided upper confidence bound used for the decision
+    drop_upper_points: float  # one-sided upper confidence bound used for the decision (noise floor included)
     drop_lower_points: float  # one-sided lower confidence bound used for "fail"
-    bootstrap_upper_points: float
-    exact_upper_points: float
-    questions_needed: int | None  # for a pass if the observed shares held (None: the observed drop is >= delta)
+    bootstrap_upper_points: float | None
+    exact_upper_points: float | None
+    questions_needed: int | None  # questions in all a decision would take if the observed shares held (None: never)
     reason: str
     noise_points: float = 0.0  # run-to-run noise floor added to the upper and taken off the lower bound
+    bound: str = "wider of paired bootstrap and exact"  # what the bounds are and what they hold for
+    anytime_valid: bool = False
+
+    @property
+    def more_questions(self) -> int | None:
+        """How many questions beyond those scored a decision would take (None: no number would)."""
+        return None if self.questions_needed is None else max(self.questions_needed - self.n, 0)
+
+
+def decide_drop(
+    bounds: PairedBounds, delta_points: float, *, noise_points: float = 0.0, needed: int | None = None, bound: str | None = None
+) -> NonInferiority:
+    """pass: upper bound of the drop (+ noise) <= delta; fail: lower bound (- noise) > delta; else undecided.
+    `bounds` are of acc(base) - acc(variant). `needed`: questions in all a decision would take (default: the
+    fixed-sample estimate of `questions_for_decision`)."""
+    if delta_points < 0 or noise_points < 0:
+        raise ValueError("delta_points and noise_points must be >= 0")
+    upper = bounds.upper * 100.0 + noise_points
+    lower = bounds.lower * 100.0 - noise_points
+    drop = bounds.diff * 100.0
+    if needed is None and not bounds.anytime_valid:
+        needed = questions_for_decision(bounds, delta_points, noise_points)
+    bound = bound or bounds.method
+    conf_s = f"{bounds.confidence:.0%}" + (f" (+ {noise_points:.2f} pts run-to-run noise)" if noise_points else "")
+    over = f"over {bounds.n} questions ({bound})"
+    if upper <= delta_points + 1e-12:
+        decision: Decision = "pass"
+        reason = f"drop {drop:+.2f} pts, {conf_s} upper bound {upper:.2f} <= {delta_points:g} {over}"
+    elif lower > delta_points:
+        decision = "fail"
+        reason = f"drop {drop:+.2f} pts, {conf_s} lower bound {lower:.2f} > {delta_points:g} {over}"
+    else:
+        decision = "undecided"
+        discord = bounds.share_a_only + bounds.share_b_only
+        if needed is None:
+            tail = f"at this drop no number of questions decides it ({discord:.1%} of answers differ)"
+        else:
+            tail = f"a decision needs about {max(needed - bounds.n, 1):,} more questions ({needed:,} in all) at this discordance ({discord:.1%} of answers differ)"
+        reason = f"drop {drop:+.2f} pts, {conf_s} bounds [{lower:.2f}, {upper:.2f}] straddle {delta_points:g} {over}; {tail}"
+    return NonInferiority(
+        decision=decision,
+        delta_points=float(delta_points),
+        confidence=bounds.confidence,
+        n=bounds.n,
+        drop_points=drop,
+        drop_upper_points=upper,
+        drop_lower_points=lower,
+        bootstrap_upper_points=None if bounds.boot_upper is None else bounds.boot_upper * 100.0,
+        exact_upper_points=None if bounds.exact_upper is None else bounds.exact_upper * 100.0,
+        questions_needed=needed,
+        reason=reason,
+        noise_points=float(noise_points),
+        bound=bound,
+        anytime_valid=bounds.anytime_valid,
+    )
 
 
 def non_inferiority(
@@ -316,7 +440,7 @@ def non_inferiority(
     seed: int = 0,
     noise_points: float = 0.0,
 ) -> NonInferiority:
-    """pass: upper bound of the drop <= delta; fail: lower bound of the drop > delta; else undecided.
+    """`decide_drop` on questions that are exchangeable draws (every question or a simple random sample).
 
     `noise_points`: the variant's own run-to-run flip rate (points) when it is not bit-reproducible. A rerun
     can move its accuracy by at most that much, so both bounds widen by it: a pass must hold on any rerun.
@@ -329,45 +453,36 @@ def non_inferiority(
     p = pair(base, variant)
     if p.n == 0:
         raise PairingError("variant and base share no question (matched by subject, index)")
-    gains = int((~p.a_correct & p.b_correct).sum())  # base wrong, variant right
     losses = int((p.a_correct & ~p.b_correct).sum())  # base right, variant wrong
-    boot = paired_bootstrap_counts(p.n, losses, gains, confidence=confidence, n_boot=n_boot, seed=seed)  # of the drop
-    ex_lo, ex_hi = exact_diff_bounds(p.n, losses, gains, confidence)
-    upper = max(boot.upper_one_sided, ex_hi) * 100.0 + noise_points
-    lower = min(boot.lower_one_sided, ex_lo) * 100.0 - noise_points
-    drop = boot.diff * 100.0
-    needed = questions_for_pass(p.n, losses, gains, delta_points - noise_points, confidence) if delta_points > noise_points else None
-    conf_s = f"{confidence:.0%}" + (f" (+ {noise_points:.2f} pts run-to-run noise)" if noise_points else "")
-    if upper <= delta_points + 1e-12:
-        decision: Decision = "pass"
-        reason = f"drop {drop:+.2f} pts, {conf_s} upper bound {upper:.2f} <= {delta_points:g} over {p.n} questions"
-    elif lower > delta_points:
-        decision = "fail"
-        reason = f"drop {drop:+.2f} pts, {conf_s} lower bound {lower:.2f} > {delta_points:g} over {p.n} questions"
-    else:
-        decision = "undecided"
-        reason = (
-            f"drop {drop:+.2f} pts, {conf_s} bounds [{lower:.2f}, {upper:.2f}] straddle {delta_points:g} over {p.n} questions"
-            + (
-                f" (a pass needs about {needed:,} questions at this discordance)"
-                if needed is not None
-                else " (the observed drop is not below delta: more questions cannot make it pass)"
-            )
-        )
-    return NonInferiority(
-        decision=decision,
-        delta_points=float(delta_points),
-        confidence=confidence,
-        n=p.n,
-        drop_points=drop,
-        drop_upper_points=upper,
-        drop_lower_points=lower,
-        bootstrap_upper_points=boot.upper_one_sided * 100.0,
-        exact_upper_points=ex_hi * 100.0,
-        questions_needed=needed,
-        reason=reason,
-        noise_points=float(noise_points),
-    )
+    gains = int((~p.a_correct & p.b_correct).sum())  # base wrong, variant right
+    bounds = srs_bounds(p.n, losses, gains, confidence=confidence, n_boot=n_boot, seed=seed)
+    return decide_drop(bounds, delta_points, noise_points=noise_points)
+
+
+def _decision_bound(m: int, p_loss: float, p_gain: float, confidence: float, side: str) -> float:
+    """The decision bound of the drop (a fraction) over `m` questions if the observed shares held exactly: the
+    exact one and a normal approximation of the bootstrap's, the wider."""
+    exact = exact_diff_bounds(m, round(p_loss * m), round(p_gain * m), confidence)
+    z = float(_st.norm.ppf(confidence))
+    half = z * math.sqrt(max(p_loss + p_gain - (p_loss - p_gain) ** 2, 0.0) / m)
+    return max(exact[1], p_loss - p_gain + half) if side == "upper" else min(exact[0], p_loss - p_gain - half)
+
+
+def _fewest(ok: Callable[[int], bool], start: int, cap: int) -> int | None:
+    """Smallest m >= 1 with ok(m) (monotone up to count rounding), searching from `start`; None beyond `cap`."""
+    hi = max(start, 1)
+    while not ok(hi):
+        hi *= 2
+        if hi > cap:
+            return None
+    lo = 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if ok(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
 
 
 def questions_for_pass(n: int, losses: int, gains: int, delta_points: float, confidence: float = 0.95, cap: int = 10_000_000) -> int | None:
@@ -376,64 +491,34 @@ def questions_for_pass(n: int, losses: int, gains: int, delta_points: float, con
     bootstrap's) falls to `delta_points`. None when the observed drop is already >= delta (or beyond `cap`)."""
     if n <= 0:
         raise PairingError("no paired questions")
-    p_loss, p_gain = losses / n, gains / n
-    delta = delta_points / 100.0
+    p_loss, p_gain, delta = losses / n, gains / n, delta_points / 100.0
     if p_loss - p_gain >= delta:
         return None
-    z = float(_st.norm.ppf(confidence))
-
-    def upper(m: int) -> float:
-        lo_c, ga_c = round(p_loss * m), round(p_gain * m)
-        exact = exact_diff_bounds(m, lo_c, ga_c, confidence)[1]
-        var = p_loss + p_gain - (p_loss - p_gain) ** 2
-        return max(exact, (p_loss - p_gain) + z * math.sqrt(max(var, 0.0) / m))
-
-    hi = max(n, 1)
-    while upper(hi) > delta:
-        hi *= 2
-        if hi > cap:
-            return None
-    lo = 1
-    while lo < hi:  # smallest m with upper(m) <= delta (monotone up to count rounding)
-        mid = (lo + hi) // 2
-        if upper(mid) <= delta:
-            hi = mid
-        else:
-            lo = mid + 1
-    return lo
+    return _fewest(lambda m: _decision_bound(m, p_loss, p_gain, confidence, "upper") <= delta, n, cap)
 
 
-# -- margins for dominance (see pipeline.verdict.frontier) ----------------------------------------------------
+def questions_for_fail(n: int, losses: int, gains: int, delta_points: float, confidence: float = 0.95, cap: int = 10_000_000) -> int | None:
+    """Fewest questions for which the lower bound of the drop would exceed `delta_points` if the observed shares
+    held (a fail). None when the observed drop is not above delta (or beyond `cap`)."""
+    if n <= 0:
+        raise PairingError("no paired questions")
+    p_loss, p_gain, delta = losses / n, gains / n, delta_points / 100.0
+    if p_loss - p_gain <= delta:
+        return None
+    return _fewest(lambda m: _decision_bound(m, p_loss, p_gain, confidence, "lower") > delta, n, cap)
 
 
-def paired_margin(
-    confidence: float = 0.95, *, n_boot: int = 2_000, seed: int = 0, fallback: Callable | None = None
-) -> Callable:
-    """A `frontier` margin: how far b's accuracy may sit below a's while b still counts as "at least as accurate".
-
-    margin(a, b) = diff - one-sided lower bound of acc(a) - acc(b), so `acc_b >= acc_a - margin` exactly when
-    a is not significantly more accurate than b (paired bootstrap on common questions). Records without
-    per-question data use `fallback` (default: the unpaired stderr margin).
-    """
-    from pipeline.verdict.frontier import stderr_margin
-
-    fb = fallback or stderr_margin(confidence)
-    cache: dict[tuple[str, str], float] = {}
-
-    def margin(a, b) -> float:
-        key = (a.run_id, b.run_id)
-        if key not in cache:
-            if not a.questions or not b.questions:
-                cache[key] = float(fb(a, b))
-            else:
-                try:
-                    ci = paired_bootstrap(a.questions, b.questions, confidence=confidence, n_boot=n_boot, seed=seed)
-                    cache[key] = max(0.0, ci.diff - ci.lower_one_sided)
-                except PairingError:
-                    cache[key] = float(fb(a, b))
-        return cache[key]
-
-    return margin
+def questions_for_decision(bounds: PairedBounds, delta_points: float, noise_points: float = 0.0) -> int | None:
+    """Questions in all a pass or a fail would take at the observed (design-weighted) discordant shares of
+    `bounds` (of base - variant), scaled by the design effect; None when the observed drop sits where neither
+    can be decided."""
+    n, conf, deff = bounds.n, bounds.confidence, bounds.design_effect
+    losses, gains = bounds.share_a_only * n, bounds.share_b_only * n
+    if delta_points - noise_points > 0 and bounds.diff * 100.0 < delta_points - noise_points:
+        m = questions_for_pass(n, losses, gains, delta_points - noise_points, conf)
+    else:
+        m = questions_for_fail(n, losses, gains, delta_points + noise_points, conf)
+    return None if m is None else int(math.ceil(m * deff))
 
 
 def _check_conf(confidence: float) -> None:

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.redact import redact
+
 STOP_GRACE_S = 10.0  # SIGTERM -> SIGKILL
 HEALTH_POLL_S = 0.5
 _PR_SET_PDEATHSIG = 1
@@ -157,7 +159,7 @@ class Server:
         if self.log_path is None or not self.log_path.is_file():
             return ""
         text = self.log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()
-        return " | ".join(line.strip() for line in text[-lines:])
+        return redact(" | ".join(line.strip() for line in text[-lines:]))
 
     def served_models(self) -> list[str]:
         """The model ids `GET {base_url}/models` lists."""

@@ -192,8 +192,10 @@ def print_table(results: SpeedResult | Sequence[SpeedResult], console: Any = Non
         label = r.model or "model"
         method = r.method + (" (dense fallback)" if r.dense_fallback else "")
         for p in r.points:
+            fell = r.dense_fallback if p.dense_fallback is None else p.dense_fallback  # observed at this batch
             table.add_row(
-                label, method, str(p.batch_size), str(p.prompt_tokens), _fmt(p.ttft_ms), _fmt(p.tpot_ms, ".2f"),
+                label, r.method + (" (dense fallback)" if fell else ""), str(p.batch_size), str(p.prompt_tokens),
+                _fmt(p.ttft_ms), _fmt(p.tpot_ms, ".2f"),
                 _fmt(p.itl_p99_ms, ".2f"), _fmt(p.decode_tok_s), _fmt(p.wall_tok_s), _fmt(p.mbu * 100, ".0f") + "%",
                 "—" if p.mfu is None else f"{p.mfu * 100:.2f}%", _fmt(p.peak_mem_mb, ".0f"), f"{p.cv:.0%}",
             )
@@ -207,6 +209,7 @@ def print_table(results: SpeedResult | Sequence[SpeedResult], console: Any = Non
             f"matmul {_fmt(r.matmul_tflops, '.3f')} TFLOP/s, compute-bound from batch ~{r.compute_bound_batch}; "
             f"weights read/token {r.weight_bytes_per_token / 1e6:.1f} MB; load avg {_fmt(r.load_avg, '.2f')}; "
             f"kernel: {r.kernel or 'n/a'} ({r.speed_kind})"
+            + (f"; timed steps observed: {r.kernel_observed}" if r.kernel_observed and r.kernel_observed not in r.kernel else "")
         )
         console.print(f"[dim]{escape(facts)}[/dim]")
         for w in r.warnings:

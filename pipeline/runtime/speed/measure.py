@@ -18,8 +18,7 @@ from typing import Any, Callable
 import psutil
 import torch
 
-from pipeline.build.observe import KernelObservation, holds_compressed_layers, observe_compiled
-from pipeline.build.storage import storage_bytes
+from pipeline.build.observe import ObservedReads, holds_compressed_layers, observe_compiled, observe_kernel, reads_of
 from pipeline.config.recipe import SpeedSpec
 from pipeline.results import SpeedPoint, SpeedResult
 from pipeline.runtime.speed import roofline
@@ -323,9 +322,10 @@ class _Setup:
     bw: float  # bytes/s
     peak_flops: float
     seed: int
-    # the compiled step's observation (profiled once, after the first point's timing): a frozen graph may
-    # have folded a dequantize into dense constants, or kept a low-precision kernel the eager path lacked
-    compiled_seen: list[KernelObservation] = field(default_factory=list)
+    observe: bool = False  # the variant is compressed: profile one timed step per batch size
+    # batch size -> what its decode step ran and the weight bytes that reads (a library may pick its kernel by
+    # the number of rows; compiled: a frozen graph may have folded a dequantize into dense constants)
+    observed: dict[int, ObservedReads] = field(default_factory=dict)
 
     @property
     def is_cuda(self) -> bool:
@@ -353,8 +353,10 @@ def measure_decode(
     `weight_bytes_per_token` is what a decode step reads of the weights as observed: stored bytes (packed
     values + scales), dense bytes for layers that run a dense matmul on dequantized weights
     (`pipeline.build.observe.observe_reads`). `kernel`/`dense_fallback` come from that observation so a dense
-    fallback is never reported as compressed-kernel speed; with `compile` the compiled step is profiled
-    again and its observation replaces both (freezing may fold a dequantize into dense constants). `clock`,
+    fallback is never reported as compressed-kernel speed. A compressed variant's (`dense_fallback` or
+    compressed layers) timed step is profiled once more at every batch size, eager or compiled: that batch's
+    observation replaces both for its points (a kernel may be picked by the number of rows; freezing may fold
+    a dequantize into dense constants), and the result falls back if any batch did. `clock`,
     `bandwidth_gb_s` and `matmul_flops` are injectable (tests); by default the host's measured,
     cached peaks are used. A point that does not fit in memory is reported in `skipped`, not raised.
     """
@@ -365,22 +367,23 @@ def measure_decode(
         model.eval()
         load_before = load_average()
         warns: list[str] = []
-        setup = _setup(model, tokenizer, spec, device, threads, weight_bytes_per_token, clock, bandwidth_gb_s, matmul_flops, seed, warns)
+        observe = dense_fallback or holds_compressed_layers(model)
+        setup = _setup(model, tokenizer, spec, device, threads, weight_bytes_per_token, observe, clock, bandwidth_gb_s, matmul_flops, seed, warns)
         _warn_if_busy(load_before, warns)
         points, skipped = _run_points(setup, warns)
-        observed = setup.compiled_seen[0] if setup.compiled_seen else None
-        if observed is not None and (dense_fallback or holds_compressed_layers(model)):
-            # the compiled step is what was timed: its observation decides fallback and bytes read
-            dense_fallback = observed.dense_fallback
-            held = storage_bytes(model)
-            read = storage_bytes(model, dense=observed.dense_width) if dense_fallback else held
-            weight_bytes_per_token = read.bytes_read_per_token
-            if weight_bytes_per_token != setup.weight_bytes:
-                setup = replace(setup, weight_bytes=int(weight_bytes_per_token))
-                points = [_rebyte(setup, p) for p in points]
+        observed = [p for p in points if p.dense_fallback is not None]
+        if observed:  # the timed steps themselves were profiled: they decide fallback and bytes read
+            dense_fallback = any(p.dense_fallback for p in observed)
+            weight_bytes_per_token = int(points[0].weight_bytes_read)
         for s in skipped:
             warns.append(f"batch {s['batch_size']}, prompt {s['prompt_tokens']} skipped: {s['reason']}")
-        if dense_fallback:
+        fell = sorted({p.batch_size for p in observed if p.dense_fallback})
+        if fell and len(fell) < len({p.batch_size for p in observed}):
+            warns.append(
+                f"kernel falls back to dense at batch {', '.join(map(str, fell))} ({kernel or 'dense matmul'}): those points are "
+                "dense speeds, not compressed-kernel speeds"
+            )
+        elif dense_fallback:
             warns.append(f"kernel falls back to dense ({kernel or 'dense matmul'}): these are dense speeds, not compressed-kernel speeds")
         loads = [x for x in (load_before, load_average()) if x is not None]
         return SpeedResult(
@@ -405,8 +408,8 @@ def measure_decode(
             model=model_name,
             method=method,
             skipped=tuple(skipped),
-            kernel_observed=observed.summary() if observed is not None else "",
-            kernel_observed_ops=observed.ops_tag() if observed is not None else "",
+            kernel_observed=_by_batch(observed, "kernel_observed"),
+            kernel_observed_ops=_by_batch(observed, "kernel_observed_ops"),
             layers=roofline.layer_count(model.config),
             head_params=roofline.head_params(model.config),
         )
@@ -414,8 +417,20 @@ def measure_decode(
         torch.set_num_threads(prev_threads)
 
 
+def _by_batch(points: list[SpeedPoint], attr: str) -> str:
+    """One text when every observed batch size saw the same, else each text after the batch sizes that saw it."""
+    groups: dict[str, list[int]] = {}
+    for p in points:
+        sizes = groups.setdefault(getattr(p, attr), [])
+        if p.batch_size not in sizes:
+            sizes.append(p.batch_size)
+    if len(groups) <= 1:
+        return next(iter(groups), "")
+    return " | ".join(f"batch {', '.join(map(str, sizes))}: {text}" for text, sizes in groups.items())
+
+
 def _setup(
-    model: Any, tokenizer: Any, spec: SpeedSpec, device: str, threads: int, weight_bytes: int, clock: Clock | None,
+    model: Any, tokenizer: Any, spec: SpeedSpec, device: str, threads: int, weight_bytes: int, observe: bool, clock: Clock | None,
     bandwidth_gb_s: float | None, matmul_flops: float | None, seed: int, warns: list[str],
 ) -> _Setup:
     kv_dtype = _kv_dtype(model)
@@ -447,6 +462,7 @@ def _setup(
         bw=bandwidth_gb_s * 1e9,
         peak_flops=peak_flops,
         seed=seed,
+        observe=observe,
     )
 
 
@@ -506,7 +522,7 @@ def _compute_bound_batch(setup: _Setup, points: list[SpeedPoint]) -> int | None:
     if first is None or not first.flops_per_token:
         return None
     kv_seq = roofline.kv_bytes_at_context(setup.model.config, first.context_tokens, setup.dtype_bytes)
-    return roofline.compute_bound_batch(setup.peak_flops, setup.bw, first.flops_per_token, setup.weight_bytes, kv_seq)
+    return roofline.compute_bound_batch(setup.peak_flops, setup.bw, first.flops_per_token, first.weight_bytes_read, kv_seq)
 
 
 def _crossover_batch(setup: _Setup, points: list[SpeedPoint]) -> int | None:
@@ -517,7 +533,7 @@ def _crossover_batch(setup: _Setup, points: list[SpeedPoint]) -> int | None:
         return None
     kv_seq = roofline.kv_bytes_at_context(setup.model.config, first.context_tokens, setup.dtype_bytes)
     return roofline.roofline_crossover_batch(
-        setup.peak_flops, setup.bw, first.flops_per_token, setup.weight_bytes, dense_params * setup.dtype_bytes, kv_seq
+        setup.peak_flops, setup.bw, first.flops_per_token, first.weight_bytes_read, dense_params * setup.dtype_bytes, kv_seq
     )
 
 
@@ -537,13 +553,10 @@ def _measure_point(setup: _Setup, batch: int, prompt: int) -> SpeedPoint:
     with torch.no_grad(), _warnings.catch_warnings():  # not inference_mode: quanto qint4 fails under it
         _warnings.simplefilter("ignore")
         timelines, peak_mb, generated = _time_point(runner, spec.new_tokens, setup.warmup, spec.repeats, setup.timer, setup.device)
-        if spec.compile and not setup.compiled_seen:
-            runner.reset()
-            token = runner.prefill()
-            setup.compiled_seen.append(
-                observe_compiled(lambda: runner.step(token), setup.model, compressed=True, dense_width=setup.dtype_bytes)
-            )
+        if setup.observe and batch not in setup.observed:
+            setup.observed[batch] = _observe_step(setup, runner)
     del runner
+    seen = setup.observed.get(batch)
     # Decode step i (1..N-1) attends over prompt + i tokens: mean prompt + N/2. A static cache's
     # attention reads the whole preallocated buffer every step, so it is charged the full length.
     context = float(prompt + spec.new_tokens) if setup.static else prompt + spec.new_tokens / 2.0
@@ -553,13 +566,13 @@ def _measure_point(setup: _Setup, batch: int, prompt: int) -> SpeedPoint:
         "generated_ids_row0": generated,
         "kv_cache": "static" if setup.static else "dynamic",
     }
-    return timed_point(
+    point = timed_point(
         timelines,
         spec,
         batch=batch,
         prompt=prompt,
         peak_mem_mb=peak_mb,
-        weight_bytes=setup.weight_bytes,
+        weight_bytes=seen.bytes_per_token if seen is not None else setup.weight_bytes,
         kv_seq=roofline.kv_bytes_at_context(setup.model.config, context, setup.dtype_bytes),
         kv_tok=setup.kv_tok,
         context=context,
@@ -568,6 +581,23 @@ def _measure_point(setup: _Setup, batch: int, prompt: int) -> SpeedPoint:
         peak_flops=setup.peak_flops,
         inputs=inputs,
     )
+    if seen is None:
+        return point
+    obs = seen.observation
+    return replace(point, dense_fallback=obs.dense_fallback, kernel_observed=obs.summary(), kernel_observed_ops=obs.ops_tag())
+
+
+def _observe_step(setup: _Setup, runner: _Runner) -> ObservedReads:
+    """One more decode step at the runner's batch size, profiled (once per batch size, not per repeat): what ran
+    in the compressed layers and the weight bytes that reads."""
+    runner.reset()
+    token = runner.prefill()
+    step = lambda: runner.step(token)  # noqa: E731
+    if setup.spec.compile:
+        obs = observe_compiled(step, setup.model, compressed=True, dense_width=setup.dtype_bytes)
+    else:
+        obs = observe_kernel(setup.model, compressed=True, step=step)
+    return reads_of(setup.model, obs)
 
 
 def timed_point(
@@ -618,19 +648,7 @@ def timed_point(
         context_tokens=context,
         flops_per_token=flops,
         scenario=spec.scenario or "",
-    )
-
-
-def _rebyte(setup: _Setup, p: SpeedPoint) -> SpeedPoint:
-    """The point's byte-derived figures recomputed for `setup.weight_bytes` (timings unchanged)."""
-    kv_seq = roofline.kv_bytes_at_context(setup.model.config, p.context_tokens, setup.dtype_bytes)
-    step_bytes = roofline.bytes_per_step(setup.weight_bytes, kv_seq, p.batch_size)
-    return replace(
-        p,
-        bytes_per_token=float(setup.weight_bytes + kv_seq),
-        bytes_per_step=step_bytes,
-        wall_tok_s=roofline.ceiling_tok_s(setup.bw, step_bytes, p.batch_size),
-        mbu=roofline.mbu(p.decode_tok_s, step_bytes, p.batch_size, setup.bw),
+        weight_bytes_read=float(weight_bytes),
     )
 
 

@@ -8,6 +8,11 @@ Lifecycle, as the driver calls it:
     executor.wait(timeout) -> [Done, ...]      # repeatedly, until every submitted child came back
     executor.cancel()                          # on Ctrl-C / SIGTERM only
     executor.close()                           # always, last
+
+A lock-step sweep (a sequential sample, `pipeline.sweep.lockstep`) submits every child at once with
+`lockstep=True`; each waits for the driver's word, given with `tell`, and the looks they finish come back
+through `looks`. For an executor that cannot keep children waiting (`lockstep = False`) the driver refuses such a
+recipe before the sweep starts.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ class Done:
 class Executor(ABC):
     name: ClassVar[str]
     slots: int | None = 1  # children in flight at once; None: no limit (the executor queues them)
+    lockstep: ClassVar[bool] = False  # can run a sequential sample's children look by look together
 
     def prepare(self, recipe: Recipe) -> Recipe:
         """Connect and check before the parent run is created; raise ExecutorError for a problem the user
@@ -52,9 +58,18 @@ class Executor(ABC):
         return {}
 
     @abstractmethod
-    def submit(self, ctx: SweepContext, item: WorkItem, run_id: str, notify: ProgressFn) -> None:
+    def submit(self, ctx: SweepContext, item: WorkItem, run_id: str, notify: ProgressFn, *, lockstep: bool = False) -> None:
         """Start (or queue) one child whose run `run_id` is open. The child calls `execute_child`; stage
-        reports reach `notify` where the executor can relay them, always from the driver's thread."""
+        reports reach `notify` where the executor can relay them, always from the driver's thread. `lockstep`:
+        the child waits for `tell` before it starts and after each look of its sequential sample."""
+
+    def tell(self, run_id: str, reason: str | None) -> None:
+        """The driver's word to a waiting lock-step child: None, score your next look (or start); else stop, why."""
+        raise NotImplementedError(f"executor {self.name} cannot run children look by look")
+
+    def looks(self) -> list[tuple[str, int]]:
+        """(run id, questions scored) of each look lock-step children finished since the last call."""
+        raise NotImplementedError(f"executor {self.name} cannot run children look by look")
 
     @abstractmethod
     def wait(self, timeout: float) -> list[Done]:

@@ -19,7 +19,7 @@ class InlineExecutor(Executor):
     def __init__(self) -> None:
         self._queue: deque[tuple[SweepContext, WorkItem, str, ProgressFn]] = deque()
 
-    def submit(self, ctx: SweepContext, item: WorkItem, run_id: str, notify: ProgressFn) -> None:
+    def submit(self, ctx: SweepContext, item: WorkItem, run_id: str, notify: ProgressFn, *, lockstep: bool = False) -> None:  # noqa: ARG002 - not lock-step: the driver refuses a sequential sample
         self._queue.append((ctx, item, run_id, notify))
 
     def wait(self, timeout: float) -> list[Done]:  # noqa: ARG002 - a child runs to its end here

@@ -60,6 +60,7 @@ class _Child:
     tail: deque = field(default_factory=lambda: deque(maxlen=TAIL_LINES))
     shown: dict = field(default_factory=lambda: {"out": 0, "err": 0})
     readers: list = field(default_factory=list)
+    commands: IO[str] | None = None  # lock-step: where the driver's word goes ("go" / "stop REASON")
 
     @property
     def result_path(self) -> Path:
@@ -134,17 +135,21 @@ def describe_exit(returncode: int) -> str:
 class ProcessExecutor(Executor):
     name = "process"
     slots = 1  # one child at a time: timings and peak memory are not shared with a sibling
+    lockstep = True  # children wait on a pipe for the driver's word; only the one told "go" works
 
     def __init__(self, *, grace_s: float = GRACE_S) -> None:
         self.grace_s = grace_s
         self._running: list[_Child] = []
+        self._looks: list[tuple[str, int]] = []
 
     # -- submit -------------------------------------------------------------------------------------------
-    def submit(self, ctx: SweepContext, item: WorkItem, run_id: str, notify: ProgressFn) -> None:
+    def submit(self, ctx: SweepContext, item: WorkItem, run_id: str, notify: ProgressFn, *, lockstep: bool = False) -> None:
         plugins, roots = plugin_modules(item)
         workdir = Path(tempfile.mkdtemp(prefix="shrinkgate-child-"))
-        write_payload(workdir / "work.pkl", ctx, item, run_id, plugins)
         events_r, events_w = os.pipe()
+        commands_r, commands_w = os.pipe() if lockstep else (None, None)
+        write_payload(workdir / "work.pkl", ctx, item, run_id, plugins, commands_fd=commands_r)
+        passed = (events_w,) if commands_r is None else (events_w, commands_r)
         try:
             proc = subprocess.Popen(
                 [
@@ -157,16 +162,21 @@ class ProcessExecutor(Executor):
                 stderr=subprocess.PIPE,
                 text=True,
                 errors="replace",
-                pass_fds=(events_w,),
+                pass_fds=passed,
                 start_new_session=True,  # its own process group: we end it whole; Ctrl-C reaches only us
             )
         except BaseException:
             os.close(events_r)
+            if commands_w is not None:
+                os.close(commands_w)
             shutil.rmtree(workdir, ignore_errors=True)
             raise
         finally:
-            os.close(events_w)  # the child holds its copy; EOF comes when it exits
+            for fd in passed:
+                os.close(fd)  # the child holds its copies; EOF comes when it exits
         child = _Child(proc, item.label, run_id, notify, workdir)
+        if commands_w is not None:
+            child.commands = os.fdopen(commands_w, "w", encoding="utf-8", buffering=1)
         streams = ((proc.stdout, "out"), (proc.stderr, "err"), (os.fdopen(events_r, "r", errors="replace"), "stage"))
         for stream, kind in streams:
             t = threading.Thread(target=_read_lines, args=(stream, kind, child.lines), name=f"child-{kind}", daemon=True)
@@ -193,7 +203,10 @@ class ProcessExecutor(Executor):
             except queue.Empty:
                 return
             if kind == "stage":
-                child.notify(child.label, text)
+                if text.startswith("look "):  # a lock-step child finished a look
+                    self._looks.append((child.run_id, int(text.split()[1])))
+                else:
+                    child.notify(child.label, text)
                 continue
             if kind == "err":
                 child.tail.append(text)
@@ -221,8 +234,29 @@ class ProcessExecutor(Executor):
             detail += f"\n\n--- child.log, last {len(log_tail)} lines ---\n" + "\n".join(log_tail)
         return Done(child.run_id, None, message, detail)
 
+    # -- lock-step ------------------------------------------------------------------------------------------
+    def tell(self, run_id: str, reason: str | None) -> None:
+        child = next((c for c in self._running if c.run_id == run_id), None)
+        if child is None or child.commands is None:
+            return  # it already ended: wait() reports it
+        try:
+            child.commands.write("go\n" if reason is None else "stop " + " ".join(reason.split()) + "\n")
+        except (BrokenPipeError, ValueError):
+            pass  # it died meanwhile: wait() reports it
+
+    def looks(self) -> list[tuple[str, int]]:
+        for child in self._running:
+            self._relay(child)
+        out, self._looks = self._looks, []
+        return out
+
     def _reap(self, child: _Child) -> None:
         """After the child's exit: end what it left in its group, drain its pipes, forget it."""
+        if child.commands is not None:
+            try:
+                child.commands.close()
+            except OSError:
+                pass
         _signal_group(child.proc.pid, signal.SIGKILL)
         for t in child.readers:
             t.join(timeout=5)

@@ -25,6 +25,7 @@ from pipeline.build.plan import WorkItem
 from pipeline.config.recipe import Recipe, apply_overrides
 from pipeline.sweep.child import execute_child
 from pipeline.sweep.executors.base import Done, Executor, ExecutorError
+from pipeline.sweep.lockstep import LookChannel
 from pipeline.sweep.outcome import ChildOutcome, ProgressFn, SweepContext
 
 log = logging.getLogger("shrinkgate.ray")
@@ -103,9 +104,58 @@ def _worker_tags(ctx: SweepContext, device: str) -> dict[str, str]:
     return tags
 
 
-def _child_task(ctx: SweepContext, item: WorkItem, run_id: str) -> ChildOutcome:
+class LookBoard:
+    """The driver's side of a lock-step sweep on Ray, as an async actor: children `wait` for their word (an
+    awaitable per run, so a waiting task's `ray.get` frees its CPU for the others) and `report` finished looks;
+    the driver `tell`s and `collect`s."""
+
+    def __init__(self) -> None:
+        import asyncio
+
+        self._asyncio = asyncio
+        self._words: dict[str, Any] = {}
+        self._looks: list[tuple[str, int]] = []
+
+    def _queue(self, run_id: str):
+        if run_id not in self._words:
+            self._words[run_id] = self._asyncio.Queue()
+        return self._words[run_id]
+
+    async def wait(self, run_id: str) -> tuple[str | None]:
+        return await self._queue(run_id).get()
+
+    async def tell(self, run_id: str, reason: str | None) -> None:
+        await self._queue(run_id).put((reason,))
+
+    async def report(self, run_id: str, scored: int) -> None:
+        self._looks.append((run_id, scored))
+
+    async def collect(self) -> list[tuple[str, int]]:
+        out, self._looks = self._looks, []
+        return out
+
+
+class RayLookChannel(LookChannel):
+    """A Ray task's end of a lock-step sweep: the `LookBoard` actor."""
+
+    def __init__(self, board: Any, run_id: str) -> None:
+        self.board, self.run_id = board, run_id
+
+    def wait(self) -> str | None:
+        import ray
+
+        return ray.get(self.board.wait.remote(self.run_id))[0]
+
+    def report(self, scored: int) -> None:
+        import ray
+
+        ray.get(self.board.report.remote(self.run_id, scored))
+
+
+def _child_task(ctx: SweepContext, item: WorkItem, run_id: str, board: Any = None) -> ChildOutcome:
     """One child in a Ray worker: the device is picked on this node (the driver may have no GPU), host tags
-    are rewritten to this node's, then the same `execute_child` as every executor."""
+    are rewritten to this node's, then the same `execute_child` as every executor (with the lock-step board's
+    channel in a sequential sweep)."""
     _quiet_worker()
     _import_plugins()
     from pipeline.env import pick_device
@@ -114,7 +164,7 @@ def _child_task(ctx: SweepContext, item: WorkItem, run_id: str) -> ChildOutcome:
     device = pick_device(ctx.recipe.eval.device)
     ctx = dataclasses.replace(ctx, device=device)
     Tracker(ctx.recipe.tracking.uri, ctx.recipe.experiment).set_tags(run_id, _worker_tags(ctx, device))
-    return execute_child(ctx, item, run_id)
+    return execute_child(ctx, item, run_id, looks=RayLookChannel(board, run_id) if board is not None else None)
 
 
 # -- checks and options (driver side) ------------------------------------------------------------------------
@@ -185,6 +235,21 @@ def check_feasible(ray, recipe: Recipe, *, strict: bool) -> None:
     log.warning("%s; tasks wait until the cluster grows", msg)
 
 
+def check_lockstep_fits(ray, recipe: Recipe) -> None:
+    """A lock-step sweep keeps every child's task alive while it waits for its turn. A waiting task frees its
+    CPUs (it blocks in ray.get) but not its GPUs, so all children must fit the cluster's GPUs at once."""
+    from pipeline.build.plan import plan
+
+    need = recipe.resources.num_gpus * len(plan(recipe))
+    have = sum(n.get("Resources", {}).get("GPU", 0) for n in ray.nodes() if n.get("Alive"))
+    if need > have:
+        raise RayExecutorError(
+            f"resources.num_gpus {recipe.resources.num_gpus:g} x {len(plan(recipe))} runs: a sequential sample keeps every run "
+            f"waiting between looks, which needs {need:g} GPUs at once and the cluster has {have:g}; lower resources.num_gpus "
+            f"(e.g. {have / len(plan(recipe)):.2g}) or use --executor process"
+        )
+
+
 def _connect(ray, address: str | None) -> bool:
     """Attach to `address`, to an already initialised Ray, or start a local one; True when we started it."""
     if ray.is_initialized():
@@ -223,6 +288,7 @@ class RayExecutor(Executor):
 
     name = "ray"
     slots = None
+    lockstep = True  # children wait on a `LookBoard` actor (a task blocked in ray.get frees its CPU)
 
     def __init__(self, *, address: str | None = None, runtime_env: dict[str, Any] | None = None) -> None:
         self.address, self.runtime_env = address, runtime_env
@@ -232,6 +298,7 @@ class RayExecutor(Executor):
         self._remote = None
         self._ctx_ref = None
         self._pending: dict[Any, str] = {}  # object ref -> run id
+        self._board = None  # the LookBoard actor of a lock-step sweep
 
     def prepare(self, recipe: Recipe) -> Recipe:
         ray = self._ray = _import_ray()
@@ -241,6 +308,8 @@ class RayExecutor(Executor):
         nodes = [n for n in ray.nodes() if n.get("Alive")]
         check_store_reachable_from_cluster(recipe.tracking.uri, client_mode=client_mode, nodes=len(nodes))
         check_feasible(ray, recipe, strict=self.address is None and self._started)
+        if recipe.eval.sample is not None and recipe.eval.sample.sequential:
+            check_lockstep_fits(ray, recipe)
         self._recipe = recipe
         self._remote = ray.remote(_child_task)
         return recipe
@@ -248,16 +317,24 @@ class RayExecutor(Executor):
     def parent_tags(self) -> dict[str, str]:
         return {"ray.address": self.address or "local", "ray.version": self._ray.__version__ if self._ray else ""}
 
-    def submit(self, ctx: SweepContext, item: WorkItem, run_id: str, notify: ProgressFn) -> None:  # noqa: ARG002 - no stages from workers
+    def submit(self, ctx: SweepContext, item: WorkItem, run_id: str, notify: ProgressFn, *, lockstep: bool = False) -> None:  # noqa: ARG002 - no stages from workers
         ray = self._ray
         if self._ctx_ref is None:
             self._ctx_ref = ray.put(ctx)
+        if lockstep and self._board is None:
+            self._board = ray.remote(num_cpus=0)(LookBoard).remote()
         # A cluster's workers do not share our environment; a Ray started here (or by our caller) does.
         opts = task_options(ctx.recipe, item.label, forward_env=self.address is not None)
         if self.runtime_env:
             env_vars = {**opts.get("runtime_env", {}).get("env_vars", {}), **self.runtime_env.get("env_vars", {})}
             opts["runtime_env"] = {**self.runtime_env, "env_vars": env_vars}
-        self._pending[self._remote.options(**opts).remote(self._ctx_ref, item, run_id)] = run_id
+        self._pending[self._remote.options(**opts).remote(self._ctx_ref, item, run_id, self._board if lockstep else None)] = run_id
+
+    def tell(self, run_id: str, reason: str | None) -> None:
+        self._board.tell.remote(run_id, reason)  # calls from this driver reach the actor in order
+
+    def looks(self) -> list[tuple[str, int]]:
+        return self._ray.get(self._board.collect.remote()) if self._board is not None else []
 
     def wait(self, timeout: float) -> list[Done]:
         if not self._pending:
@@ -275,6 +352,12 @@ class RayExecutor(Executor):
 
     def cancel(self) -> None:
         pending, self._pending = list(self._pending), {}
+        if self._board is not None:
+            try:  # waiting children get their last word: stop
+                self._ray.kill(self._board)
+            except Exception:  # noqa: BLE001
+                pass
+            self._board = None
         if not pending:
             return
         for ref in pending:
