@@ -242,3 +242,22 @@ def test_anytime_bounds_hold_at_every_look():
         lower, upper = drop_bounds(d, 0.95)
         misses += upper < true_drop
     assert misses / reps <= 0.05
+
+
+def test_compare_shows_no_fixed_n_interval_for_a_stopped_sample():
+    """compare's accuracy interval and Δ interval for a sequential sample: none, and the anytime-valid one."""
+    from pipeline.verdict import analyze
+    from pipeline.verdict.analysis import rows
+
+    base, variant = _ordered(1200, 50)
+    seq = {M.TAG_MMLU_ORDER_SEED: "0", M.TAG_MMLU_POPULATION: "14042"}
+    records = (
+        _record("none", base, design="sequential", extra_tags=seq, **{M.MMLU_ACC_STDERR: 0.01}),
+        _record("q", variant[:600], design="sequential", extra_tags=seq, **{M.MMLU_ACC_STDERR: 0.01}),
+    )
+    analysis = analyze(SweepRecord("p", "e", records, planned=("m/none", "m/q")), DEFAULT_POLICY)
+    row = next(r for r in rows(analysis) if r["label"] == "m/q")
+    assert row["mmlu_ci_low_pct"] is None and row["mmlu_acc_pct"] is not None  # 6b837af: acc +- z * stderr
+    d = [int(v.correct) - int(b.correct) for v, b in zip(variant[:600], base[:600])]
+    lower, upper = drop_bounds(d, 0.975, 14042)  # two-sided 95 %: each side at 97.5 %
+    assert (row["delta_ci_low_pts"], row["delta_ci_high_pts"]) == pytest.approx((-upper, -lower))

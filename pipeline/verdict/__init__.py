@@ -1,6 +1,10 @@
 """The verdict side: works only on what `pipeline.tracking` wrote, so it runs on any past sweep.
 
-    stats      paired statistics on per-question outcomes (McNemar, bootstrap, non-inferiority)
+    stats      paired statistics on per-question outcomes (McNemar, bootstrap, the one bound rule, non-inferiority)
+    design     how a run's questions were chosen (all, first-n, stratified, sequential), read back from its tags
+    stratified bounds for a sample stratified by subject (weighted; Korn-Graubard exact side)
+    sequential the anytime-valid paired test and its bounds
+    paired     a pair of runs compared by the rule their design allows (gate, dominance margins, compare)
     frontier   dominance verdicts on speed and size axes, the baseline ladder
     analysis   a sweep's bases, paired comparisons, verdicts, table rows, per-subject deltas (pure)
     gate       a policy checked against a sweep: `evaluate(sweep, policy)` (pure)

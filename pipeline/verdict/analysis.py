@@ -13,6 +13,7 @@ from typing import Any, Sequence
 from pipeline import metrics as M
 from pipeline.config.policy import DEFAULT_POLICY, Policy, dominance_rule
 from pipeline.records import SweepRecord, VariantRecord
+from pipeline.verdict.design import design_of
 from pipeline.verdict.frontier import Axis, LadderRung, Verdict, axes_for, baseline_ladder, frontier_verdicts, roofline_tok_s
 from pipeline.verdict.paired import compare_records, paired_margin
 from pipeline.verdict.stats import PairedComparison, PairingError, two_sided_z
@@ -152,6 +153,8 @@ def rows(analysis: SweepAnalysis) -> list[dict[str, Any]]:
     for r in ordered(analysis.records):
         st = analysis.stats[r.run_id]
         acc, se = r.metric(M.MMLU_ACC), r.metric(M.MMLU_ACC_STDERR)
+        if design_of(r).kind == "sequential":
+            se = None  # a fixed-n interval does not hold for a sample that may have stopped early: none shown
         row: dict[str, Any] = {
             "label": r.label,
             "model": r.model,

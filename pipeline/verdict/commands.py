@@ -134,7 +134,7 @@ def load_policy_or_default(policy_path: str | Path | None) -> tuple[Policy, str]
     if policy_path is None:
         return DEFAULT_POLICY, DEFAULT_POLICY_LABEL
     policy = load_policy(policy_path)
-    return policy, f"{policy_path} (key {policy_key(policy)})"
+    return policy, f"policy {policy_path}"
 
 
 def log_sweep_report(tracking_uri: str, parent_run_id: str, policy_path: str | Path | None = None) -> SweepVerdict:
@@ -206,7 +206,7 @@ def run_gate(
     result = GateResult(exit_code=2)
     policy_label = str(policy_path) if policy_path is not None else DEFAULT_POLICY_LABEL
     try:
-        result.policy, policy_label = load_policy_or_default(policy_path)
+        result.policy = load_policy_or_default(policy_path)[0]
         uri = resolve_tracking_uri(tracking_uri)
         sweep = load_sweep(uri, run_id=run_id, experiment=experiment)
         result.parent_run_id, result.experiment = sweep.parent_run_id, sweep.experiment

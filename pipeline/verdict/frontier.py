@@ -33,6 +33,7 @@ from typing import Callable, Iterable, Literal, Sequence
 
 from pipeline import metrics as M
 from pipeline.records import VariantRecord
+from pipeline.verdict.design import design_of
 
 # (a, b) -> accuracy slack as a fraction (0.01 = one point): how far below a's accuracy b may sit and still count
 # as "at least as accurate". Functions that take `margin` also accept a plain fraction.
@@ -293,7 +294,7 @@ def baseline_ladder(records: Sequence[VariantRecord], batch_size: int = 1) -> li
             label=r.label,
             status=r.status,
             mmlu_acc=r.metric(M.MMLU_ACC),
-            mmlu_stderr=r.metric(M.MMLU_ACC_STDERR),
+            mmlu_stderr=None if design_of(r).kind == "sequential" else r.metric(M.MMLU_ACC_STDERR),  # no fixed-n interval after stopping
             weight_bytes=r.metric(M.WEIGHT_BYTES),
             decode_tok_s=r.metric(M.batch_metric(M.DECODE_TOK_S, batch_size)),
             wall_tok_s=roofline_tok_s(r, batch_size),
