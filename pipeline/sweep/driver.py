@@ -106,15 +106,7 @@ def _drive(ex: Executor, ctx: SweepContext, tracker, outcome: SweepOutcome, noti
             continue
         while ex.slots is not None and len(out) >= ex.slots:
             collect(ex.wait(POLL_S))
-        outcome.children.append(ChildOutcome(item, slot.run_id, "RUNNING"))
-        out[slot.run_id] = len(outcome.children) - 1
-        try:
-            ex.submit(ctx, item, slot.run_id, notify)
-        except Exception as exc:  # noqa: BLE001 - a child that cannot even start fails alone
-            message = f"{type(exc).__name__}: {exc}".splitlines()[0][:1000]
-            collect([Done(slot.run_id, None, f"could not start: {message}", "".join(traceback.format_exception(exc)))])
-            continue
-        notify(item.label, "queued")
+        _submit(ex, ctx, tracker, outcome, out, item, slot.run_id, notify, lockstep=False)
     tracker.record_members(ctx.parent_id, planned, members)
     while out:
         collect(ex.wait(POLL_S))
@@ -145,13 +137,7 @@ def _drive_lockstep(ex: Executor, ctx: SweepContext, tracker, outcome: SweepOutc
             outcome.children.append(ChildOutcome(item, slot.run_id, "SKIPPED"))
             member.done, member.stopped = True, f"reused from run {slot.source}"
             continue
-        outcome.children.append(ChildOutcome(item, slot.run_id, "RUNNING"))
-        out[slot.run_id] = len(outcome.children) - 1
-        try:
-            ex.submit(ctx, item, slot.run_id, notify, lockstep=True)
-        except Exception as exc:  # noqa: BLE001 - a child that cannot even start fails alone
-            message = f"{type(exc).__name__}: {exc}".splitlines()[0][:1000]
-            _settle(tracker, outcome, out.pop(slot.run_id), Done(slot.run_id, None, f"could not start: {message}", "".join(traceback.format_exception(exc))), notify)
+        if not _submit(ex, ctx, tracker, outcome, out, item, slot.run_id, notify, lockstep=True):
             member.done, member.failed, member.stopped = True, True, "could not start"
     tracker.record_members(ctx.parent_id, planned, members)
     order = sequential_order(resolve_data(recipe.eval), sample.seed)
@@ -194,6 +180,21 @@ def _drive_lockstep(ex: Executor, ctx: SweepContext, tracker, outcome: SweepOutc
                 looked = looked or (rid == run_id and kind == "go")
     while out:
         collect(ex.wait(POLL_S))
+
+
+def _submit(ex: Executor, ctx: SweepContext, tracker, outcome: SweepOutcome, out: dict[str, int], item: WorkItem, run_id: str, notify: ProgressFn, *, lockstep: bool) -> bool:
+    """Hand one child to the executor (its outcome RUNNING, its index in `out`); False when it could not even
+    start: then its run is FAILED with why, alone, and the sweep goes on."""
+    outcome.children.append(ChildOutcome(item, run_id, "RUNNING"))
+    out[run_id] = len(outcome.children) - 1
+    try:
+        ex.submit(ctx, item, run_id, notify, lockstep=lockstep)
+    except Exception as exc:  # noqa: BLE001 - a child that cannot even start fails alone
+        message = f"{type(exc).__name__}: {exc}".splitlines()[0][:1000]
+        _settle(tracker, outcome, out.pop(run_id), Done(run_id, None, f"could not start: {message}", "".join(traceback.format_exception(exc))), notify)
+        return False
+    notify(item.label, "queued")
+    return True
 
 
 def _settle(tracker, outcome: SweepOutcome, index: int, done: Done, notify: ProgressFn) -> None:

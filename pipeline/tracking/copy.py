@@ -16,7 +16,7 @@ from pipeline.tracking.connect import BATCH, client, log_tags
 from pipeline.tracking.read import read_run_text, runs_with_content_key
 
 # Tags that belong to the sweep a run was a child of (its verdicts, its place), not to the measurement.
-_SWEEP_OWNED = ("frontier.", "gate.", "verdict", "mmlu_delta_vs_base", M.TAG_DESCRIPTION, "mlflow.parentRunId", M.TAG_COPIED_FROM)
+_SWEEP_OWNED = ("frontier.", "gate.", M.TAG_VERDICT, "mmlu_delta_vs_base", M.TAG_DESCRIPTION, "mlflow.parentRunId", M.TAG_COPIED_FROM)
 _METRIC_BATCH = 500
 
 

@@ -29,9 +29,10 @@ from pipeline.tracking import TrackingError, load_sweep, log_run_artifacts, regi
 from pipeline.verdict.analysis import SweepAnalysis, analyze, rows, verdict_tags
 from pipeline.verdict.frontier import Verdict
 from pipeline.verdict.gate import GateError, GateResult, VariantGate, child_tags, evaluate, exit_code, parent_tags, registry_bundle, registry_name
+from pipeline.verdict.gate import sweep_verdict_tags
 from pipeline.verdict.plots import write_plots
 from pipeline.verdict.render import compare_markdown, gate_markdown, print_compare, print_gate, write_csv, write_junit
-from pipeline.verdict.render import review_markdown, sweep_verdict_tags, verdict_sentence
+from pipeline.verdict.render import review_markdown, verdict_sentence
 from pipeline.tracking.ui import NOTE_MAX, ReviewView, artifact_url, publish_review
 
 DEFAULT_POLICY_LABEL = "default policy (policies/default.yaml)"

@@ -26,9 +26,9 @@ from pipeline.results import question_rank
 from pipeline.verdict.analysis import base_for, dominance
 from pipeline.verdict.design import design_of
 from pipeline.verdict.frontier import axis_by_name
-from pipeline.verdict.paired import bounds_between
+from pipeline.verdict.paired import bounds_of, pairing_of
 from pipeline.verdict.sequential import drop_bounds, questions_to_decide, sequential_non_inferiority
-from pipeline.verdict.stats import NonInferiority, PairingError, decide_drop, flip_rate, pair
+from pipeline.verdict.stats import NonInferiority, PairingError, decide_drop, flip_rate
 from pipeline.verdict.units import fmt
 
 Outcome = Literal["pass", "fail", "undecided"]
@@ -221,11 +221,11 @@ def _mmlu_check(r: VariantRecord, base: VariantRecord | None, policy: Policy, re
     if design.kind == "stratified" and not design.strata:
         return Check(name, "undecided", f"{r.label}: a stratified sample without its stratum sizes ({M.TAG_MMLU_STRATA}; an older shrinkgate wrote it): rerun the recipe"), None
     try:
-        p = pair(r.questions, base.questions)
+        p = pairing_of(base, r)  # of the drop: base - variant
         if not p.complete:
-            return Check(name, "fail", f"question sets differ from {base.label}: {p.only_a} only here, {p.only_b} only in base"), None
+            return Check(name, "fail", f"question sets differ from {base.label}: {p.only_b} only here, {p.only_a} only in base"), None
         noise, source = _pair_noise(r, base, records)
-        bounds = bounds_between(base, r, confidence=policy.confidence, n_boot=policy.bootstrap_samples, seed=policy.seed, design=design)
+        bounds = bounds_of(p, design, confidence=policy.confidence, n_boot=policy.bootstrap_samples, seed=policy.seed)
     except PairingError as exc:
         return Check(name, "fail", str(exc)), None
     if design.kind == "first-n":
@@ -374,6 +374,31 @@ def parent_tags(result: GateResult, key: str, policy_label: str, stamp: str) -> 
     registered = [f"{g.label} -> {g.registered}" for g in result.variants if g.registered]
     if registered:
         tags[f"gate.{key}.registered"] = ", ".join(registered)
+    return tags
+
+
+def sweep_verdict_tags(sweep: SweepRecord, variants: list[VariantGate], policy_label: str, key: str) -> dict[str, dict[str, str]]:
+    """run id -> the sweep's verdict on each of its children (`verdict`, `verdict.reasons` and a one-line
+    description) and on the parent (`verdict`, `verdict.policy`)."""
+    gated = {g.run_id: g for g in variants if g.run_id}
+    tags: dict[str, dict[str, str]] = {}
+    for r in sweep.children:
+        g = gated.get(r.run_id)
+        if g is not None:
+            line = g.line()
+            tags[r.run_id] = {M.TAG_VERDICT: g.verdict, M.TAG_VERDICT_REASONS: line[:5000], M.TAG_DESCRIPTION: f"**{g.verdict}** ({policy_label}): {line}"[:8000]}
+            continue
+        what = "reference" if r.role == "reference" else "base" if r.is_base else "not gated"
+        note = {
+            "reference": "reference: a published model as published, what the variants are held against",
+            "base": f"base: the unmodified {r.model} that each of its variants is compared with",
+            "not gated": f"not gated: the policy's `variants` leave {r.label} out",
+        }[what]
+        if r.status != "FINISHED":
+            note += f" ({r.status}: {r.tags.get(M.TAG_STATUS_ERROR, 'no error recorded')})"
+        tags[r.run_id] = {M.TAG_VERDICT: what, M.TAG_DESCRIPTION: note[:8000]}
+    overall = "none gated" if not variants else "pass" if all(g.verdict == "pass" for g in variants) else "fail"
+    tags[sweep.parent_run_id] = {M.TAG_VERDICT: overall, M.TAG_VERDICT_POLICY: f"{policy_label} [key {key}]"}
     return tags
 
 

@@ -18,7 +18,7 @@ from pipeline.records import VariantRecord
 from pipeline.results import question_rank
 from pipeline.verdict.design import Design, design_of
 from pipeline.verdict.sequential import drop_bounds
-from pipeline.verdict.stats import PairedBounds, PairedComparison, PairingError, comparison, pair, srs_bounds, two_sided
+from pipeline.verdict.stats import PairedBounds, PairedComparison, Pairing, PairingError, comparison, pair, srs_bounds, two_sided
 from pipeline.verdict.stratified import stratified_bounds
 
 
@@ -55,33 +55,41 @@ def sequential_bounds(d: np.ndarray, design: Design, confidence: float) -> Paire
     )
 
 
-def bounds_between(a: VariantRecord, b: VariantRecord, *, confidence: float, n_boot: int, seed: int, design: Design | None = None) -> PairedBounds:
-    """One-sided bounds of acc(a) - acc(b) on their common questions, each at `confidence`, for the runs'
-    sampling design. Raises PairingError when they cannot be paired."""
+def pairing_of(a: VariantRecord, b: VariantRecord) -> Pairing:
+    """The two runs' outcomes on their common questions; PairingError when there are none to pair."""
     if not a.questions or not b.questions:
         raise PairingError(f"no per-question outcomes for {a.label if not a.questions else b.label}")
     p = pair(a.questions, b.questions)
     if p.n == 0:
         raise PairingError(f"{a.label} and {b.label} share no question (matched by subject, index)")
-    design = design or joint_design(a, b)
+    return p
+
+
+def bounds_of(p: Pairing, design: Design, *, confidence: float, n_boot: int, seed: int) -> PairedBounds:
+    """One-sided bounds of acc(a) - acc(b) over pairing `p`, each at `confidence`, by the rule `design` allows."""
     if design.kind == "sequential":
         if design.order_seed is None:
-            raise PairingError(f"{a.label} / {b.label}: sequential sample without its order seed")
+            raise PairingError("a sequential sample without its order seed")
         rank = {k: question_rank(design.order_seed, *k) for k in p.keys}
         order = sorted(range(p.n), key=lambda i: rank[p.keys[i]])
         d = p.a_correct[order].astype(int) - p.b_correct[order].astype(int)
         return sequential_bounds(d, design, confidence)
     if design.kind == "stratified" and design.strata:
         return stratified_bounds(p, design.strata, confidence=confidence, n_boot=n_boot, seed=seed)
-    n10 = int((p.a_correct & ~p.b_correct).sum())
-    n01 = int((~p.a_correct & p.b_correct).sum())
-    return srs_bounds(p.n, n10, n01, confidence=confidence, n_boot=n_boot, seed=seed)
+    return srs_bounds(p.n, *p.discordant, confidence=confidence, n_boot=n_boot, seed=seed)
+
+
+def bounds_between(a: VariantRecord, b: VariantRecord, *, confidence: float, n_boot: int, seed: int) -> PairedBounds:
+    """One-sided bounds of acc(a) - acc(b) on their common questions, each at `confidence`, for the runs'
+    sampling design. Raises PairingError when they cannot be paired."""
+    return bounds_of(pairing_of(a, b), joint_design(a, b), confidence=confidence, n_boot=n_boot, seed=seed)
 
 
 def compare_records(a: VariantRecord, b: VariantRecord, *, confidence: float, n_boot: int, seed: int) -> PairedComparison:
     """`a` vs `b` with a two-sided interval at `confidence` by the rule of their design (compare's table)."""
-    bounds = bounds_between(a, b, confidence=two_sided(confidence), n_boot=n_boot, seed=seed)
-    return comparison(pair(a.questions or (), b.questions or ()), bounds, a_label=a.label, b_label=b.label, confidence=confidence)
+    p = pairing_of(a, b)
+    bounds = bounds_of(p, joint_design(a, b), confidence=two_sided(confidence), n_boot=n_boot, seed=seed)
+    return comparison(p, bounds, a_label=a.label, b_label=b.label, confidence=confidence)
 
 
 def paired_margin(confidence: float = 0.95, *, n_boot: int = 2_000, seed: int = 0, fallback: Callable | None = None) -> Callable:

@@ -353,31 +353,6 @@ def verdict_sentence(variants: Sequence[VariantGate], policy_label: str) -> str:
     return head + (" (" + "; ".join(parts) + ")." if parts else ".")
 
 
-def sweep_verdict_tags(sweep, variants: Sequence[VariantGate], policy_label: str, key: str) -> dict[str, dict[str, str]]:
-    """run id -> the sweep's verdict on each of its children (`verdict`, `verdict.reasons` and a one-line
-    description) and on the parent (`verdict`, `verdict.policy`)."""
-    gated = {g.run_id: g for g in variants if g.run_id}
-    tags: dict[str, dict[str, str]] = {}
-    for r in sweep.children:
-        g = gated.get(r.run_id)
-        if g is not None:
-            line = g.line()
-            tags[r.run_id] = {M.TAG_VERDICT: g.verdict, M.TAG_VERDICT_REASONS: line[:5000], M.TAG_DESCRIPTION: f"**{g.verdict}** ({policy_label}): {line}"[:8000]}
-            continue
-        what = "reference" if r.role == "reference" else "base" if r.is_base else "not gated"
-        note = {
-            "reference": "reference: a published model as published, what the variants are held against",
-            "base": f"base: the unmodified {r.model} that each of its variants is compared with",
-            "not gated": f"not gated: the policy's `variants` leave {r.label} out",
-        }[what]
-        if r.status != "FINISHED":
-            note += f" ({r.status}: {r.tags.get(M.TAG_STATUS_ERROR, 'no error recorded')})"
-        tags[r.run_id] = {M.TAG_VERDICT: what, M.TAG_DESCRIPTION: note[:8000]}
-    overall = "none gated" if not variants else "pass" if all(g.verdict == "pass" for g in variants) else "fail"
-    tags[sweep.parent_run_id] = {M.TAG_VERDICT: overall, M.TAG_VERDICT_POLICY: f"{policy_label} [key {key}]"}
-    return tags
-
-
 def print_verdict(variants: Sequence[VariantGate], policy_label: str, console) -> None:
     """What `shrinkgate run` ends with: one line per gated variant."""
     console.print(f"Verdict under the {escape(policy_label)}:" if variants else f"Verdict under the {escape(policy_label)}: nothing to gate")

@@ -74,6 +74,11 @@ class Pairing:
         """Both answered exactly the same question set."""
         return self.only_a == 0 and self.only_b == 0
 
+    @property
+    def discordant(self) -> tuple[int, int]:
+        """(questions only a got right, questions only b got right)."""
+        return int((self.a_correct & ~self.b_correct).sum()), int((~self.a_correct & self.b_correct).sum())
+
 
 @dataclass(frozen=True)
 class _Indexed:
@@ -181,9 +186,7 @@ def paired_bootstrap(
     a: Sequence[QuestionOutcome], b: Sequence[QuestionOutcome], *, confidence: float = 0.95, n_boot: int = 10_000, seed: int = 0
 ) -> BootstrapCI:
     p = pair(a, b)
-    n10 = int((p.a_correct & ~p.b_correct).sum())
-    n01 = int((~p.a_correct & p.b_correct).sum())
-    return paired_bootstrap_counts(p.n, n10, n01, confidence=confidence, n_boot=n_boot, seed=seed)
+    return paired_bootstrap_counts(p.n, *p.discordant, confidence=confidence, n_boot=n_boot, seed=seed)
 
 
 def exact_diff_bounds(n: int, a_only_right: int, b_only_right: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -285,8 +288,7 @@ class PairedComparison:
 
 def comparison(p: Pairing, bounds: PairedBounds, *, a_label: str, b_label: str, confidence: float) -> PairedComparison:
     """A `PairedComparison` of a pairing with its (two-sided) bounds."""
-    n10 = int((p.a_correct & ~p.b_correct).sum())
-    n01 = int((~p.a_correct & p.b_correct).sum())
+    n10, n01 = p.discordant
     return PairedComparison(
         a=a_label,
         b=b_label,
@@ -319,9 +321,7 @@ def compare_paired(
     p = pair(a, b)
     if p.n == 0:
         raise PairingError(f"{a_label} and {b_label} share no question (matched by subject, index)")
-    n10 = int((p.a_correct & ~p.b_correct).sum())
-    n01 = int((~p.a_correct & p.b_correct).sum())
-    bounds = srs_bounds(p.n, n10, n01, confidence=two_sided(confidence), n_boot=n_boot, seed=seed)
+    bounds = srs_bounds(p.n, *p.discordant, confidence=two_sided(confidence), n_boot=n_boot, seed=seed)
     return comparison(p, bounds, a_label=a_label, b_label=b_label, confidence=confidence)
 
 
@@ -453,8 +453,7 @@ def non_inferiority(
     p = pair(base, variant)
     if p.n == 0:
         raise PairingError("variant and base share no question (matched by subject, index)")
-    losses = int((p.a_correct & ~p.b_correct).sum())  # base right, variant wrong
-    gains = int((~p.a_correct & p.b_correct).sum())  # base wrong, variant right
+    losses, gains = p.discordant  # base right and variant wrong; base wrong and variant right
     bounds = srs_bounds(p.n, losses, gains, confidence=confidence, n_boot=n_boot, seed=seed)
     return decide_drop(bounds, delta_points, noise_points=noise_points)
 
