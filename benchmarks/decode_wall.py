@@ -27,14 +27,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.build.observe import observe_reads  # noqa: E402
 from pipeline.config.recipe import SpeedSpec  # noqa: E402
 from pipeline.env import pick_device  # noqa: E402
+from pipeline.host import default_threads, host_bandwidth, host_matmul_flops  # noqa: E402
+from pipeline.models import shapes  # noqa: E402
+from pipeline.predict import roofline  # noqa: E402
 from pipeline.results import SpeedResult  # noqa: E402
-from pipeline.runtime.speed import measure_decode, roofline, shapes  # noqa: E402
-from pipeline.runtime.speed.host import default_threads, host_bandwidth, host_matmul_flops  # noqa: E402
-from pipeline.runtime.speed.measure import decode_once, prompt_ids  # noqa: E402
+from pipeline.runtime.speed import measure_decode  # noqa: E402
+from pipeline.runtime.speed.plan import prompt_ids  # noqa: E402
 from pipeline.runtime.speed.timing import ClockTimer, CudaEventTimer  # noqa: E402
+from pipeline.runtime.speed.torch_adapter import decode_once  # noqa: E402
+from pipeline.variants.observe import observe_reads  # noqa: E402
 
 TARGETS = {
     ("cpu", "smollm2"): ("fp32 SmolLM2-135M, batch 1, CPU", 0.60),
@@ -52,10 +55,12 @@ def load(args: argparse.Namespace, device: str) -> tuple[Any, Any, str]:
         return model, AutoTokenizer.from_pretrained(args.model_dir), Path(args.model_dir).name
     if args.config == "smollm2-135m" and not args.random:
         try:
-            from pipeline.models import load_model, resolve_model
             from pipeline.config.recipe import ModelSpec
+            from pipeline.models import load_model, resolve_model
 
-            spec = ModelSpec(name="smollm2-135m-instruct", source="smollm2-135m-instruct", dtype=str(dtype).removeprefix("torch."))
+            spec = ModelSpec(
+                name="smollm2-135m-instruct", source="smollm2-135m-instruct", dtype=str(dtype).removeprefix("torch.")
+            )
             loaded = load_model(resolve_model(spec), spec, device=device)
             return loaded.model, loaded.tokenizer, "smollm2-135m-instruct (bundled)"
         except Exception as exc:  # noqa: BLE001 - fall back to the config-table shape, and say so
@@ -65,10 +70,9 @@ def load(args: argparse.Namespace, device: str) -> tuple[Any, Any, str]:
 
 
 def _apply(model: Any, method: str, device: str, tokenizer: Any) -> tuple[Any, str, bool]:
-    from pipeline.build.artifact import apply_steps
     from pipeline.methods import BuildContext, make_method
-
-    from pipeline.build.observe import observe_kernel
+    from pipeline.variants.artifact import apply_steps
+    from pipeline.variants.observe import observe_kernel
 
     m = make_method(method)
     model = apply_steps(model, [m], BuildContext(tokenizer=tokenizer, device=device))
@@ -76,7 +80,9 @@ def _apply(model: Any, method: str, device: str, tokenizer: Any) -> tuple[Any, s
     return model, f"{m.kernel(device, model)}; observed: {observed.summary()}", observed.dense_fallback
 
 
-def harness_vs_generate(model: Any, tokenizer: Any, device: str, prompt: int, new_tokens: int, pairs: int) -> dict[str, Any]:
+def harness_vs_generate(
+    model: Any, tokenizer: Any, device: str, prompt: int, new_tokens: int, pairs: int
+) -> dict[str, Any]:
     """Interleaved pairs of (harness decode, plain generate()) of the same prompt at batch 1.
 
     Ratio = median generate wall / median harness e2e (prefill + every token): >= 1 means the
@@ -106,7 +112,7 @@ def harness_vs_generate(model: Any, tokenizer: Any, device: str, prompt: int, ne
             continue
         ours.append(tl.e2e_ns)
         theirs.append(wall)
-        same = same and torch.equal(out[:, ids.shape[1]:].cpu(), toks.cpu())
+        same = same and torch.equal(out[:, ids.shape[1] :].cpu(), toks.cpu())
     h, g = statistics.median(ours), statistics.median(theirs)
     return {
         "harness_tok_s": new_tokens / (h * 1e-9),
@@ -120,8 +126,12 @@ def harness_vs_generate(model: Any, tokenizer: Any, device: str, prompt: int, ne
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model-dir", default=None)
-    ap.add_argument("--config", default="smollm2-135m", help=f"shape from the table: {', '.join(sorted(shapes.PUBLISHED))}")
-    ap.add_argument("--random", action="store_true", help="use the config-table shape even when the bundled model exists")
+    ap.add_argument(
+        "--config", default="smollm2-135m", help=f"shape from the table: {', '.join(sorted(shapes.PUBLISHED))}"
+    )
+    ap.add_argument(
+        "--random", action="store_true", help="use the config-table shape even when the bundled model exists"
+    )
     ap.add_argument("--dtype", default="fp32")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--methods", nargs="+", default=["none", "int8-weight-only"])
@@ -132,13 +142,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--pairs", type=int, default=5, help="harness/generate() pairs for the overhead ratio")
-    ap.add_argument("--attn", default=None, help="attention implementation to set (e.g. eager, sdpa); default: as loaded")
     ap.add_argument(
-        "--modes", nargs="+", choices=["eager", "compiled"], default=["eager", "compiled"],
+        "--attn", default=None, help="attention implementation to set (e.g. eager, sdpa); default: as loaded"
+    )
+    ap.add_argument(
+        "--modes",
+        nargs="+",
+        choices=["eager", "compiled"],
+        default=["eager", "compiled"],
         help="decode-step modes, side by side (compiled: static KV cache + torch.compile; on CPU with frozen weights and max-autotune GEMM)",
     )
     ap.add_argument("--compile", action="store_true", help="same as --modes compiled")
-    ap.add_argument("--refresh-host", action="store_true", help="re-probe bandwidth/matmul peaks (the cache keeps the best)")
+    ap.add_argument(
+        "--refresh-host", action="store_true", help="re-probe bandwidth/matmul peaks (the cache keeps the best)"
+    )
     args = ap.parse_args(argv)
 
     device = pick_device(args.device)
@@ -165,16 +182,30 @@ def main(argv: list[str] | None = None) -> int:
             continue
         for mode in args.modes:
             spec = SpeedSpec(
-                prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens, batch_sizes=args.batch_sizes,
-                warmup=args.warmup, repeats=args.repeats, threads=threads, compile=mode == "compiled",
+                prompt_tokens=args.prompt_tokens,
+                new_tokens=args.new_tokens,
+                batch_sizes=args.batch_sizes,
+                warmup=args.warmup,
+                repeats=args.repeats,
+                threads=threads,
+                compile=mode == "compiled",
             )
             try:
                 res = measure_decode(
-                    model, tokenizer, spec, weight_bytes_per_token=observe_reads(model, compressed=method != "none").bytes_per_token, device=device,
-                    kernel=kernel, dense_fallback=fallback, model_name=label, method=method,
+                    model,
+                    tokenizer,
+                    spec,
+                    weight_bytes_per_token=observe_reads(model, compressed=method != "none").bytes_per_token,
+                    device=device,
+                    kernel=kernel,
+                    dense_fallback=fallback,
+                    model_name=label,
+                    method=method,
                 )
             except Exception as exc:  # noqa: BLE001 - e.g. a quantized tensor subclass that inductor cannot freeze
-                print(f"[method {method} ({mode}) skipped: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}]")
+                print(
+                    f"[method {method} ({mode}) skipped: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}]"
+                )
                 continue
             results.append(res)
         if method == "none":
@@ -199,7 +230,9 @@ def _mode(r: SpeedResult) -> str:
     return f"compiled, {r.kv_cache} KV" if r.compiled else f"eager, {r.kv_cache} KV"
 
 
-def print_report(results: list[SpeedResult], ratio: dict[str, Any] | None, args: argparse.Namespace, device: str) -> None:
+def print_report(
+    results: list[SpeedResult], ratio: dict[str, Any] | None, args: argparse.Namespace, device: str
+) -> None:
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
@@ -208,19 +241,42 @@ def print_report(results: list[SpeedResult], ratio: dict[str, Any] | None, args:
     if not console.is_terminal:
         console = Console(width=170)
     table = Table(title="decode_wall: tok/s against the memory wall (measured bandwidth)")
-    for col in ("model", "method", "mode", "kernel", "batch", "TPOT ms", "tok/s", "ceiling", "MBU", "MFU", "CV", "target MBU"):
+    for col in (
+        "model",
+        "method",
+        "mode",
+        "kernel",
+        "batch",
+        "TPOT ms",
+        "tok/s",
+        "ceiling",
+        "MBU",
+        "MFU",
+        "CV",
+        "target MBU",
+    ):
         table.add_column(col, justify="left" if col in ("model", "method", "kernel") else "right")
     for r in results:
         for p in r.points:
             tgt = _target(device, r.model, p.batch_size, r.compiled) if r.method == "none" else None
             table.add_row(
-                r.model, r.method + (" (dense fallback)" if r.dense_fallback else ""), _mode(r), r.kernel, str(p.batch_size),
-                f"{p.tpot_ms:.1f}", f"{p.decode_tok_s:.1f}", f"{p.wall_tok_s:.1f}", f"{p.mbu:.0%}",
-                "—" if p.mfu is None else f"{p.mfu:.1%}", f"{p.cv:.0%}",
+                r.model,
+                r.method + (" (dense fallback)" if r.dense_fallback else ""),
+                _mode(r),
+                r.kernel,
+                str(p.batch_size),
+                f"{p.tpot_ms:.1f}",
+                f"{p.decode_tok_s:.1f}",
+                f"{p.wall_tok_s:.1f}",
+                f"{p.mbu:.0%}",
+                "—" if p.mfu is None else f"{p.mfu:.1%}",
+                f"{p.cv:.0%}",
                 f">= {tgt[1]:.0%} ({tgt[0]})" if tgt else "",
             )
         for s in r.skipped:
-            table.add_row(r.model, r.method, _mode(r), r.kernel, str(s["batch_size"]), "—", "—", "—", "—", "—", "—", s["reason"])
+            table.add_row(
+                r.model, r.method, _mode(r), r.kernel, str(s["batch_size"]), "—", "—", "—", "—", "—", "—", s["reason"]
+            )
     console.print(table)
     if results:
         r0 = results[0]
@@ -237,7 +293,12 @@ def print_report(results: list[SpeedResult], ratio: dict[str, Any] | None, args:
             if base is not None and r is not base:
                 cb = roofline.crossover_batch(base.points, r.points)
                 console.print(
-                    f"crossover {r.method} vs none ({_mode(r)}): " + (f"stops beating the unmodified model at batch {cb}" if cb else "beats it at every measured batch")
+                    f"crossover {r.method} vs none ({_mode(r)}): "
+                    + (
+                        f"stops beating the unmodified model at batch {cb}"
+                        if cb
+                        else "beats it at every measured batch"
+                    )
                 )
         for r in results:
             for w in r.warnings:
@@ -249,7 +310,9 @@ def print_report(results: list[SpeedResult], ratio: dict[str, Any] | None, args:
             f"generate {ratio['generate_tok_s']:.1f} tok/s, ratio {ratio['ratio']:.3f} (target >= 1.0: {verdict}); "
             f"same tokens: {'yes' if ratio['same_tokens'] else 'NO'}"
         )
-    console.print("targets: fp32 SmolLM2-135M batch 1 on CPU >= 60% MBU; bf16 8B-shaped Llama batch 1 on H100 >= 85% MBU with --compile")
+    console.print(
+        "targets: fp32 SmolLM2-135M batch 1 on CPU >= 60% MBU; bf16 8B-shaped Llama batch 1 on H100 >= 85% MBU with --compile"
+    )
 
 
 if __name__ == "__main__":

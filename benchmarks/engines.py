@@ -23,17 +23,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.build.artifact import GGUFArtifact  # noqa: E402
-from pipeline.build.gguf_export import export_gguf  # noqa: E402
-from pipeline.build.observe import observe_reads  # noqa: E402
+from pipeline.bindings.llamacpp import cpu_features  # noqa: E402
 from pipeline.config.recipe import ModelSpec, SpeedSpec  # noqa: E402
+from pipeline.host import default_threads, host_bandwidth, load_average  # noqa: E402
 from pipeline.methods import make_method  # noqa: E402
 from pipeline.models import load_model, resolve_model  # noqa: E402
-from pipeline.models.gguf_engine import cpu_features, tensor_census  # noqa: E402
+from pipeline.models.gguf_facts import tensor_census  # noqa: E402
 from pipeline.results import FidelityRecord, SpeedResult  # noqa: E402
 from pipeline.runtime.llamacpp import LlamaCppRuntime  # noqa: E402
 from pipeline.runtime.speed import measure_decode  # noqa: E402
-from pipeline.runtime.speed.host import default_threads, host_bandwidth, load_average  # noqa: E402
+from pipeline.variants.artifact import GGUFArtifact  # noqa: E402
+from pipeline.variants.gguf_export import export_gguf  # noqa: E402
+from pipeline.variants.observe import observe_reads  # noqa: E402
 
 GGUF_TYPES = ("gguf-f32", "gguf-q8_0", "gguf-q4_k_m", "gguf-q4_0")
 TARGETS = (
@@ -64,10 +65,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--new", type=int, default=64)
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 4])
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--no-compile", action="store_true", help="skip transformers compiled (its autotuning takes minutes)")
+    ap.add_argument(
+        "--no-compile", action="store_true", help="skip transformers compiled (its autotuning takes minutes)"
+    )
     args = ap.parse_args(argv)
     threads = args.threads or default_threads()
-    spec = dict(prompt_tokens=args.prompt, new_tokens=args.new, batch_sizes=args.batches, warmup=1, repeats=args.repeats, threads=threads)
+    spec = dict(
+        prompt_tokens=args.prompt,
+        new_tokens=args.new,
+        batch_sizes=args.batches,
+        warmup=1,
+        repeats=args.repeats,
+        threads=threads,
+    )
     import torch
 
     torch.set_num_threads(threads)
@@ -80,13 +90,24 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[tuple[str, str, SpeedResult]] = []
     for mode in ("eager",) + (() if args.no_compile else ("compiled",)):
         res = measure_decode(
-            loaded.model, loaded.tokenizer, SpeedSpec(**spec, compile=mode == "compiled"), weight_bytes_per_token=weight_bytes, device="cpu",
+            loaded.model,
+            loaded.tokenizer,
+            SpeedSpec(**spec, compile=mode == "compiled"),
+            weight_bytes_per_token=weight_bytes,
+            device="cpu",
             bandwidth_gb_s=bandwidth,
         )
         rows.append(("transformers", f"fp32 {mode}", res))
     runtime = LlamaCppRuntime()
     with tempfile.TemporaryDirectory(prefix="shrinkgate-engines-") as tmp:
-        f32 = export_gguf(loaded.model, loaded.tokenizer, Path(tmp) / "f32.gguf", source_gguf=resolved.gguf_path, model_name=model_spec.name, workdir=Path(tmp))
+        f32 = export_gguf(
+            loaded.model,
+            loaded.tokenizer,
+            Path(tmp) / "f32.gguf",
+            source_gguf=resolved.gguf_path,
+            model_name=model_spec.name,
+            workdir=Path(tmp),
+        )
         del loaded
         files = {"gguf-f32": f32}
         for name in GGUF_TYPES[1:]:
@@ -100,13 +121,31 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def print_table(rows: list[tuple[str, str, SpeedResult]], batches: list[int], bandwidth: float, threads: int, load_before: float | None) -> None:
+def print_table(
+    rows: list[tuple[str, str, SpeedResult]],
+    batches: list[int],
+    bandwidth: float,
+    threads: int,
+    load_before: float | None,
+) -> None:
     from rich.console import Console
     from rich.table import Table
 
     eager = {b: rows[0][2].at_batch(b) for b in batches}
     table = Table(title="SmolLM2-135M decode: transformers vs llama.cpp (one run, same prompts and timer)")
-    for col in ("engine", "weights", "batch", "decode tok/s", "x eager", "MBU", "ceiling tok/s", "MB read/token", "TTFT ms", "prefill tok/s", "cv"):
+    for col in (
+        "engine",
+        "weights",
+        "batch",
+        "decode tok/s",
+        "x eager",
+        "MBU",
+        "ceiling tok/s",
+        "MB read/token",
+        "TTFT ms",
+        "prefill tok/s",
+        "cv",
+    ):
         table.add_column(col, justify="left" if col in ("engine", "weights") else "right")
     for engine, label, res in rows:
         for b in batches:
@@ -117,8 +156,17 @@ def print_table(rows: list[tuple[str, str, SpeedResult]], batches: list[int], ba
             base = eager.get(b)
             ratio = f"{p.decode_tok_s / base.decode_tok_s:.2f}x" if base and base.decode_tok_s else ""
             table.add_row(
-                engine, label, str(b), f"{p.decode_tok_s:.1f}", ratio, f"{p.mbu:.0%}", f"{p.wall_tok_s:.1f}",
-                f"{p.bytes_per_token / 1e6:.1f}", f"{p.ttft_ms:.0f}", f"{p.prefill_tok_s:.0f}", f"{p.cv:.2f}",
+                engine,
+                label,
+                str(b),
+                f"{p.decode_tok_s:.1f}",
+                ratio,
+                f"{p.mbu:.0%}",
+                f"{p.wall_tok_s:.1f}",
+                f"{p.bytes_per_token / 1e6:.1f}",
+                f"{p.ttft_ms:.0f}",
+                f"{p.prefill_tok_s:.0f}",
+                f"{p.cv:.2f}",
             )
     console = Console(width=160)
     console.print(table)
@@ -130,7 +178,11 @@ def print_table(rows: list[tuple[str, str, SpeedResult]], batches: list[int], ba
     by = {(e, lbl): r.at_batch(1) for e, lbl, r in rows}
     base = by.get(("transformers", "fp32 eager"))
     if base:
-        four_bit = {lbl: p.decode_tok_s / base.decode_tok_s for (e, lbl), p in by.items() if e == "llama.cpp" and p and lbl in ("q4_k_m", "q4_0")}
+        four_bit = {
+            lbl: p.decode_tok_s / base.decode_tok_s
+            for (e, lbl), p in by.items()
+            if e == "llama.cpp" and p and lbl in ("q4_k_m", "q4_0")
+        }
         best = max(four_bit.items(), key=lambda kv: kv[1]) if four_bit else None
         f32 = by.get(("llama.cpp", "f32"))
         measured = (

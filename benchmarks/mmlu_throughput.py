@@ -29,13 +29,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from pipeline.bindings.llamacpp import cpu_features, require_llama_cpp  # noqa: E402
 from pipeline.config.recipe import EvalSpec, ModelSpec  # noqa: E402
-from pipeline.models import load_model, resolve_model  # noqa: E402
 from pipeline.data.mmlu import CATEGORIES, SUBJECTS  # noqa: E402
+from pipeline.host import default_threads, load_average  # noqa: E402
+from pipeline.models import load_model, resolve_model  # noqa: E402
 from pipeline.models.bundled import BUNDLED, cache_root  # noqa: E402
-from pipeline.models.gguf_engine import cpu_features, require_llama_cpp  # noqa: E402
 from pipeline.runtime.mmlu import score_mmlu  # noqa: E402
-from pipeline.runtime.speed.host import default_threads, load_average  # noqa: E402
 from pipeline.runtime.transformers import TAIL_BATCH  # noqa: E402
 
 PATHS = ("plain", "reuse", "llama-f32", "llama-q4_1")
@@ -96,9 +96,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--skip-plain", action="store_true", help="skip plain HFLM (the slowest path)")
     ap.add_argument("--paths", default=",".join(PATHS), help=f"comma-separated subset of {','.join(PATHS)}")
-    ap.add_argument("--full", action="store_true", help="then score all 14,042 questions on the fastest path and print lm-eval's table")
+    ap.add_argument(
+        "--full",
+        action="store_true",
+        help="then score all 14,042 questions on the fastest path and print lm-eval's table",
+    )
     ap.add_argument("--full-only", action="store_true", help="with --full and one path: skip the side-by-side sample")
-    ap.add_argument("--full-dir", type=Path, default=None, help="where the full run keeps each subject's result (resumes from it)")
+    ap.add_argument(
+        "--full-dir", type=Path, default=None, help="where the full run keeps each subject's result (resumes from it)"
+    )
     args = ap.parse_args(argv)
     chosen = [p.strip() for p in args.paths.split(",") if p.strip()]
     if unknown := sorted(set(chosen) - set(PATHS)):
@@ -129,8 +135,11 @@ def main(argv: list[str] | None = None) -> int:
             reference = reference or predicted
             same = sum(a == b for a, b in zip(predicted, reference))
             rows.append((label, result, same, getattr(lm, "forwarded_tokens", None)))
-            print(f"  {label}: {result.n_questions} questions in {result.seconds:.1f} s, acc {result.acc:.3f}, "
-                  f"{same}/{result.n_questions} answers as the first path", flush=True)
+            print(
+                f"  {label}: {result.n_questions} questions in {result.seconds:.1f} s, acc {result.acc:.3f}, "
+                f"{same}/{result.n_questions} answers as the first path",
+                flush=True,
+            )
 
         full = None
         if args.full:
@@ -144,10 +153,14 @@ def main(argv: list[str] | None = None) -> int:
     load_after = load_average()
 
     print(f"\nMMLU 5-shot throughput, SmolLM2-135M, {args.questions}-question stratified sample (seed {args.seed})")
-    print(f"host: {platform.processor() or platform.machine()}, {threads} threads, llama.cpp features: {' '.join(cpu_features())}")
+    print(
+        f"host: {platform.processor() or platform.machine()}, {threads} threads, llama.cpp features: {' '.join(cpu_features())}"
+    )
     print(f"load average before {_fmt(load_before)}, after {_fmt(load_after)}")
     base_rate = next((r[1].n_questions / r[1].seconds for r in rows if "plain" in r[0]), None)
-    print("\n| path | questions | seconds | questions/s | x plain HFLM | 14,042 questions at this rate | acc | same answer as first row |")
+    print(
+        "\n| path | questions | seconds | questions/s | x plain HFLM | 14,042 questions at this rate | acc | same answer as first row |"
+    )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for label, result, same, _tokens in rows:
         rate = result.n_questions / result.seconds
@@ -174,7 +187,12 @@ def _full_mmlu(factory, full_dir: Path) -> dict[str, dict]:
             path = full_dir / f"{subject}.json"
             if not path.is_file():
                 r = score_mmlu(lm, EvalSpec(num_fewshot=5, subjects=[subject]))
-                record = {"n": r.n_questions, "correct": sum(q.correct for q in r.questions), "seconds": r.seconds, "load": load_average()}
+                record = {
+                    "n": r.n_questions,
+                    "correct": sum(q.correct for q in r.questions),
+                    "seconds": r.seconds,
+                    "load": load_average(),
+                }
                 path.write_text(json.dumps(record))
                 print(f"  {subject}: {record['correct']}/{record['n']} in {r.seconds:.0f} s", flush=True)
             done[subject] = json.loads(path.read_text())
@@ -198,7 +216,9 @@ def _category_table(subjects: dict[str, dict]) -> str:
         lines.append(row(f" - {category}", [s for s in subjects if CATEGORIES[s] == category]))
     seconds = sum(r["seconds"] for r in subjects.values())
     loads = [r["load"] for r in subjects.values() if r.get("load") is not None]
-    lines.append(f"\nscoring time, sum over subjects: {seconds / 60:.1f} min; load average per subject {min(loads, default=math.nan):.2f}-{max(loads, default=math.nan):.2f}")
+    lines.append(
+        f"\nscoring time, sum over subjects: {seconds / 60:.1f} min; load average per subject {min(loads, default=math.nan):.2f}-{max(loads, default=math.nan):.2f}"
+    )
     return "\n".join(lines)
 
 

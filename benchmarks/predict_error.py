@@ -28,8 +28,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.predict.calibration import MeasuredPoint, fit, geomean_abs_error, points_from_record, points_from_speed, predicted, save_factors  # noqa: E402
-from pipeline.predict.roofline_model import EngineFactors  # noqa: E402
+from pipeline.predict.fit import (
+    MeasuredPoint,
+    fit,
+    geomean_abs_error,
+    point_from_dict,
+    points_from_record,
+    points_from_speed,
+    predicted,
+    save_factors,
+)  # noqa: E402
+from pipeline.predict.roofline import RuntimeFactors  # noqa: E402
 
 GOAL = 0.10
 CONFIGS = ["smollm2-135m", "smollm2-360m", "qwen2.5-0.5b", "llama-3.2-1b", "gemma-3-270m", "smollm2-1.7b"]
@@ -39,23 +48,27 @@ GGUF_TYPES = ["gguf-f32", "gguf-q8_0", "gguf-q4_0", "gguf-q4_k_m"]
 
 def host_summary() -> str:
     """The CPU the factors were fitted on, with the vector extensions that decide its kernels (hosts here differ)."""
-    from pipeline.runtime.speed.host import cpu_flags, cpu_model, default_threads
+    from pipeline.host import cpu_flags, cpu_model, default_threads
 
     flags = cpu_flags()
-    vector = [name for name, flag in (("AVX2", "avx2"), ("AVX-512", "avx512f"), ("AMX", "amx_tile")) if flag in flags] or ["flags unknown"]
+    vector = [
+        name for name, flag in (("AVX2", "avx2"), ("AVX-512", "avx512f"), ("AMX", "amx_tile")) if flag in flags
+    ] or ["flags unknown"]
     return f"{cpu_model()} ({' + '.join(vector)}), {default_threads()} threads"
 
 
 def head_params(config: str) -> int:
-    from pipeline.runtime.speed import roofline, shapes
+    from pipeline.models import shapes
 
-    return roofline.head_params(shapes.published_config(config, "fp32"))
+    return shapes.head_params(shapes.published_config(config, "fp32"))
 
 
-def measure(out_dir: Path, configs: list[str], batches: list[int], dtype: str, prompt: int, new: int) -> list[MeasuredPoint]:
+def measure(
+    out_dir: Path, configs: list[str], batches: list[int], dtype: str, prompt: int, new: int
+) -> list[MeasuredPoint]:
     """Each shape's decode at every batch (random weights, transformers, eager); a shape already in `out_dir` is read back."""
+    from pipeline.host import cpu_model, load_average
     from pipeline.runtime.speed.command import speed_command
-    from pipeline.runtime.speed.host import cpu_model, load_average
 
     out_dir.mkdir(parents=True, exist_ok=True)
     points = []
@@ -67,13 +80,23 @@ def measure(out_dir: Path, configs: list[str], batches: list[int], dtype: str, p
             result = speed_command(config, dtype, "none", batches, prompt, new, "auto", False, None)
             record = {
                 "points": [asdict(p) for p in points_from_speed(result, "transformers", f"{config} ({dtype})")],
-                "cpu": cpu_model(), "machine": platform.machine(), "load_before": load, "load_after": load_average(),
-                "seconds": time.perf_counter() - started, "device": result.device, "threads": result.threads,
+                "cpu": cpu_model(),
+                "machine": platform.machine(),
+                "load_before": load,
+                "load_after": load_average(),
+                "seconds": time.perf_counter() - started,
+                "device": result.device,
+                "threads": result.threads,
             }
             path.write_text(json.dumps(record, indent=1))
-            print(f"  measured {config}: {record['seconds']:.0f} s, load {load:.2f} -> {record['load_after']:.2f}", flush=True)
+            print(
+                f"  measured {config}: {record['seconds']:.0f} s, load {load:.2f} -> {record['load_after']:.2f}",
+                flush=True,
+            )
         head = head_params(config)
-        points += [MeasuredPoint(**{**p, "model": config, "head_params": head}) for p in json.loads(path.read_text())["points"]]
+        points += [
+            point_from_dict({**p, "model": config, "head_params": head}) for p in json.loads(path.read_text())["points"]
+        ]
     return points
 
 
@@ -88,27 +111,34 @@ def donor_tokenizer():
 
 
 def gguf_artifact(path: Path, model: str, label: str):
-    from pipeline.build.artifact import GGUFArtifact
-    from pipeline.models.gguf_engine import tensor_census
+    from pipeline.models.gguf_facts import tensor_census
     from pipeline.results import FidelityRecord
+    from pipeline.variants.artifact import GGUFArtifact
 
     census = tensor_census(path)
     fidelity = FidelityRecord(
-        weight_bytes=census.weight_bytes, linear_weight_bytes=census.linear_weight_bytes, linear_weight_count=census.linear_weight_count,
-        bits_per_weight=census.bits_per_weight, bytes_read_per_token=census.bytes_read_per_token, sparsity=0.0, kernel=census.summary(),
+        weight_bytes=census.weight_bytes,
+        linear_weight_bytes=census.linear_weight_bytes,
+        linear_weight_count=census.linear_weight_count,
+        bits_per_weight=census.bits_per_weight,
+        bytes_read_per_token=census.bytes_read_per_token,
+        sparsity=0.0,
+        kernel=census.summary(),
     )
     return GGUFArtifact(model, label, "candidate", path, None, fidelity, (label,))  # type: ignore[arg-type]
 
 
-def measure_gguf(out_dir: Path, configs: list[str], types: list[str], batches: list[int], prompt: int, new: int) -> list[MeasuredPoint]:
+def measure_gguf(
+    out_dir: Path, configs: list[str], types: list[str], batches: list[int], prompt: int, new: int
+) -> list[MeasuredPoint]:
     """Each shape on llama.cpp: random weights exported to an f32 GGUF by llama.cpp's converter, then each of `types`
     by llama.cpp's quantizer, timed by the sweep's own `measure_gguf_decode`; a file already in `out_dir` is read back."""
-    from pipeline.build.gguf_export import export_gguf
     from pipeline.config.recipe import SpeedSpec
+    from pipeline.host import cpu_model, default_threads, load_average
     from pipeline.methods import make_method
+    from pipeline.models import shapes
     from pipeline.runtime.llamacpp import measure_gguf_decode
-    from pipeline.runtime.speed import shapes
-    from pipeline.runtime.speed.host import cpu_model, default_threads, load_average
+    from pipeline.variants.gguf_export import export_gguf
 
     out_dir.mkdir(parents=True, exist_ok=True)
     threads = default_threads()
@@ -122,7 +152,9 @@ def measure_gguf(out_dir: Path, configs: list[str], types: list[str], batches: l
             with tempfile.TemporaryDirectory(prefix="predict-gguf-", dir=out_dir) as tmp:
                 started = time.perf_counter()
                 model = shapes.random_model(config, "fp32")
-                f32 = export_gguf(model, tokenizer, Path(tmp) / "f32.gguf", source_gguf=None, model_name=config, workdir=Path(tmp))
+                f32 = export_gguf(
+                    model, tokenizer, Path(tmp) / "f32.gguf", source_gguf=None, model_name=config, workdir=Path(tmp)
+                )
                 del model
                 print(f"  exported {config} to f32 GGUF: {time.perf_counter() - started:.0f} s", flush=True)
                 for t in todo:
@@ -136,15 +168,27 @@ def measure_gguf(out_dir: Path, configs: list[str], types: list[str], batches: l
                     label = f"{config} ({t.removeprefix('gguf-')})"
                     record = {
                         "points": [asdict(p) for p in points_from_speed(result, "llama.cpp", label, t)],
-                        "cpu": cpu_model(), "machine": platform.machine(), "load_before": load, "load_after": load_average(),
-                        "seconds": time.perf_counter() - started, "device": result.device, "threads": result.threads,
-                        "kernel": result.kernel, "warnings": list(result.warnings),
+                        "cpu": cpu_model(),
+                        "machine": platform.machine(),
+                        "load_before": load,
+                        "load_after": load_average(),
+                        "seconds": time.perf_counter() - started,
+                        "device": result.device,
+                        "threads": result.threads,
+                        "kernel": result.kernel,
+                        "warnings": list(result.warnings),
                     }
                     files[t].write_text(json.dumps(record, indent=1))
-                    print(f"  measured {label}: {record['seconds']:.0f} s, load {load:.2f} -> {record['load_after']:.2f}", flush=True)
+                    print(
+                        f"  measured {label}: {record['seconds']:.0f} s, load {load:.2f} -> {record['load_after']:.2f}",
+                        flush=True,
+                    )
         head = head_params(config)
         for t, path in files.items():
-            points += [MeasuredPoint(**{**p, "model": config, "method": t, "head_params": head}) for p in json.loads(path.read_text())["points"]]
+            points += [
+                point_from_dict({**p, "model": config, "method": t, "head_params": head})
+                for p in json.loads(path.read_text())["points"]
+            ]
     return points
 
 
@@ -175,21 +219,44 @@ def main() -> int:
     ap.add_argument("--dtype", default="fp32")
     ap.add_argument("--prompt-tokens", type=int, default=128)
     ap.add_argument("--new-tokens", type=int, default=32)
-    ap.add_argument("--measure-gguf", type=Path, default=None, help="measure the same shapes on llama.cpp here (resumes)")
+    ap.add_argument(
+        "--measure-gguf", type=Path, default=None, help="measure the same shapes on llama.cpp here (resumes)"
+    )
     ap.add_argument("--gguf-configs", default=",".join(GGUF_CONFIGS))
     ap.add_argument("--gguf-types", default=",".join(GGUF_TYPES))
     ap.add_argument("--gguf-batch-sizes", default="1,4")
-    ap.add_argument("--store", action="append", default=[], metavar="URI", help="an MLflow store: every measured child of every sweep in it")
-    ap.add_argument("--write-factors", action="store_true", help="fit every engine on all its points and write pipeline/predict/factors.json")
+    ap.add_argument(
+        "--store",
+        action="append",
+        default=[],
+        metavar="URI",
+        help="an MLflow store: every measured child of every sweep in it",
+    )
+    ap.add_argument(
+        "--write-factors",
+        action="store_true",
+        help="fit every engine on all its points and write pipeline/predict/factors.json",
+    )
     args = ap.parse_args()
 
     points: list[MeasuredPoint] = []
     if args.measure:
-        points += measure(args.measure.expanduser(), args.configs.split(","), [int(b) for b in args.batch_sizes.split(",")], args.dtype, args.prompt_tokens, args.new_tokens)
+        points += measure(
+            args.measure.expanduser(),
+            args.configs.split(","),
+            [int(b) for b in args.batch_sizes.split(",")],
+            args.dtype,
+            args.prompt_tokens,
+            args.new_tokens,
+        )
     if args.measure_gguf:
         points += measure_gguf(
-            args.measure_gguf.expanduser(), args.gguf_configs.split(","), args.gguf_types.split(","),
-            [int(b) for b in args.gguf_batch_sizes.split(",")], args.prompt_tokens, args.new_tokens,
+            args.measure_gguf.expanduser(),
+            args.gguf_configs.split(","),
+            args.gguf_types.split(","),
+            [int(b) for b in args.gguf_batch_sizes.split(",")],
+            args.prompt_tokens,
+            args.new_tokens,
         )
     for uri in args.store:
         points += from_store(uri)
@@ -199,8 +266,10 @@ def main() -> int:
 
     groups: dict[tuple[str, str], list[MeasuredPoint]] = defaultdict(list)
     for p in points:
-        groups[(p.engine, p.device_kind)].append(p)
-    print("\n| engine | model (held out) | batch | measured tok/s | predicted | error | measured TTFT ms | predicted | error | ideal roofline tok/s |")
+        groups[(p.runtime, p.device_kind)].append(p)
+    print(
+        "\n| engine | model (held out) | batch | measured tok/s | predicted | error | measured TTFT ms | predicted | error | ideal roofline tok/s |"
+    )
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     summary = []
     fitted = []
@@ -209,7 +278,7 @@ def main() -> int:
         if not splits:
             print(f"| {engine} ({kind}) | only {len({p.shape for p in group})} model(s): no held-out half |")
             continue
-        ideal = EngineFactors(engine, kind)
+        ideal = RuntimeFactors(engine, kind)
         rows = []
         for fit_half, test_half in splits:
             factors = fit(fit_half, engine, kind, "held-out validation")
@@ -218,15 +287,33 @@ def main() -> int:
         for p, tpot, ttft, ideal_tpot in sorted(rows, key=lambda r: (r[0].label, r[0].batch)):
             by_batch[p.batch].append((p, tpot, ttft, ideal_tpot))
             tok, ptok = p.batch / p.tpot_s, p.batch / tpot
-            ttft_cells = "| — | — | —" if ttft is None or not p.ttft_s else f"| {p.ttft_s * 1e3:.1f} | {ttft * 1e3:.1f} | {ttft / p.ttft_s - 1:+.0%}"
-            print(f"| {engine} ({kind}) | {p.label} | {p.batch} | {tok:.1f} | {ptok:.1f} | {ptok / tok - 1:+.0%} {ttft_cells} | {p.batch / ideal_tpot:.1f} |")
+            ttft_cells = (
+                "| — | — | —"
+                if ttft is None or not p.ttft_s
+                else f"| {p.ttft_s * 1e3:.1f} | {ttft * 1e3:.1f} | {ttft / p.ttft_s - 1:+.0%}"
+            )
+            print(
+                f"| {engine} ({kind}) | {p.label} | {p.batch} | {tok:.1f} | {ptok:.1f} | {ptok / tok - 1:+.0%} {ttft_cells} | {p.batch / ideal_tpot:.1f} |"
+            )
         for b, batch_rows in sorted(by_batch.items()):
             tok_err = geomean_abs_error((p.batch / t, p.batch / p.tpot_s) for p, t, _, _ in batch_rows)
             ttft_err = geomean_abs_error((t, p.ttft_s) for p, _, t, _ in batch_rows if t is not None and p.ttft_s)
             ideal_err = geomean_abs_error((p.batch / i, p.batch / p.tpot_s) for p, _, _, i in batch_rows)
             # the geomean is the papers' figure; the mean and the worst point say what one prediction may miss by
             abs_errs = [abs(p.tpot_s / t - 1) for p, t, _, _ in batch_rows]
-            summary.append((engine, kind, b, len(batch_rows), tok_err, sum(abs_errs) / len(abs_errs), max(abs_errs), ttft_err, ideal_err))
+            summary.append(
+                (
+                    engine,
+                    kind,
+                    b,
+                    len(batch_rows),
+                    tok_err,
+                    sum(abs_errs) / len(abs_errs),
+                    max(abs_errs),
+                    ttft_err,
+                    ideal_err,
+                )
+            )
         if args.write_factors:
             models = sorted({p.shape for p in group})
             methods = sorted({p.method for p in group})
@@ -235,16 +322,23 @@ def main() -> int:
                 f"({', '.join(methods)}), batch {'/'.join(str(b) for b in sorted({p.batch for p in group}))}; {host_summary()}, {time.strftime('%Y-%m-%d')}"
             )
             fitted.append(fit(group, engine, kind, provenance))
-    print("\n| engine | batch | held-out points | decode tok/s geomean error | mean | worst | TTFT geomean error | ideal roofline tok/s error | goal |")
+    print(
+        "\n| engine | batch | held-out points | decode tok/s geomean error | mean | worst | TTFT geomean error | ideal roofline tok/s error | goal |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
     for engine, kind, b, n, tok_err, mean_err, worst, ttft_err, ideal_err in summary:
-        print(f"| {engine} ({kind}) | {b} | {n} | {tok_err:.1%} | {mean_err:.1%} | {worst:.0%} | {ttft_err:.1%} | {ideal_err:.1%} | <= {GOAL:.0%} geomean decode |")
+        print(
+            f"| {engine} ({kind}) | {b} | {n} | {tok_err:.1%} | {mean_err:.1%} | {worst:.0%} | {ttft_err:.1%} | {ideal_err:.1%} | <= {GOAL:.0%} geomean decode |"
+        )
     for f in fitted:
         print(
-            f"\nfitted {f.engine} ({f.device_kind}): bandwidth x{f.bandwidth_eff:.3f} (batched x{f.bandwidth_eff_at(2):.3f}), compute x{f.compute_eff:.3f}, "
+            f"\nfitted {f.runtime} ({f.device_kind}): bandwidth x{f.bandwidth_eff:.3f} (batched x{f.bandwidth_eff_at(2):.3f}), compute x{f.compute_eff:.3f}, "
             f"prefill x{f.prefill_eff:.3f}, overlap {f.overlap:.2f}, +{f.step_overhead_ms:.2f} ms/step + {f.layer_overhead_ms:.3f} ms/layer, "
             f"+{f.ttft_overhead_ms:.1f} ms TTFT ({f.points} points)"
-            + "".join(f"; {m} kernel: arithmetic x{v:.2f}, streaming x{f.stream_of(m):.2f}" for m, v in sorted(f.kernel_speed.items()))
+            + "".join(
+                f"; {m} kernel: arithmetic x{v:.2f}, streaming x{f.stream_of(m):.2f}"
+                for m, v in sorted(f.kernel_speed.items())
+            )
         )
     if fitted:
         save_factors(fitted)

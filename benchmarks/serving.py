@@ -34,7 +34,7 @@ def main() -> int:
 
     from pipeline import metrics as M
     from pipeline.cli import app
-    from pipeline.runtime.speed.host import load_average
+    from pipeline.host import load_average
 
     tmp = Path(tempfile.mkdtemp(prefix="shrinkgate-bench-serving-"))
     launch = [
@@ -51,8 +51,20 @@ def main() -> int:
             {"name": "q4_k_m-in-process", "method": "gguf-q4_k_m", "runtime": "llama.cpp"},
         ],
         "eval": {"num_fewshot": 0, "subjects": ["abstract_algebra"], "limit_per_subject": 1},
-        "speed": {"prompt_tokens": 128, "new_tokens": 32, "batch_sizes": [1, 4], "warmup": 1, "repeats": 4, "threads": args.threads},
-        "serve": {"model": "served", "launch": launch, "concurrency": list(LEVELS), "requests_per_level": args.requests},
+        "speed": {
+            "prompt_tokens": 128,
+            "new_tokens": 32,
+            "batch_sizes": [1, 4],
+            "warmup": 1,
+            "repeats": 4,
+            "threads": args.threads,
+        },
+        "serve": {
+            "model": "served",
+            "launch": launch,
+            "concurrency": list(LEVELS),
+            "requests_per_level": args.requests,
+        },
         "tracking": {"uri": f"sqlite:///{tmp}/mlflow.db", "experiment": "bench-serving"},
     }
     recipe = tmp / "recipe.yaml"
@@ -68,8 +80,12 @@ def main() -> int:
     runs = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get(M.TAG_KIND) == "variant"]
     by_name = {(r.data.tags[M.TAG_VARIANT], r.data.tags[M.TAG_RUNTIME]): r.data.metrics for r in runs}
     base = by_name[("q4_k_m-in-process", "llama.cpp")]
-    print(f"host load average {load_before} before, {load_after} after; {os.cpu_count()} CPUs; {args.requests} requests per level")
-    print("| engine | variant | in flight | per-stream decode tok/s | output tok/s (all streams) | req/s | TTFT p50 / p90 ms | TPOT p50 / p90 ms | ITL p99 ms | tokens/request |")
+    print(
+        f"host load average {load_before} before, {load_after} after; {os.cpu_count()} CPUs; {args.requests} requests per level"
+    )
+    print(
+        "| engine | variant | in flight | per-stream decode tok/s | output tok/s (all streams) | req/s | TTFT p50 / p90 ms | TPOT p50 / p90 ms | ITL p99 ms | tokens/request |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for batch in (1, 4):
         m = base

@@ -11,9 +11,9 @@ import os
 import socket
 import sys
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 MMLU_DIR_ENV = "SHRINKGATE_MMLU_DIR"
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
@@ -109,7 +109,18 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
-    for name in ("lm_eval", "lm-eval", "datasets", "transformers", "mlflow", "alembic", "torchao", "accelerate", "httpx", "bitsandbytes"):
+    for name in (
+        "lm_eval",
+        "lm-eval",
+        "datasets",
+        "transformers",
+        "mlflow",
+        "alembic",
+        "torchao",
+        "accelerate",
+        "httpx",
+        "bitsandbytes",
+    ):
         logging.getLogger(name).setLevel(logging.ERROR)
     try:
         import datasets
@@ -122,8 +133,19 @@ def quiet_libraries() -> None:
 
 # Loggers whose warnings belong in a child's log (quiet_libraries holds them at ERROR elsewhere).
 CHATTY_LOGGERS = (
-    "lm_eval", "lm-eval", "datasets", "transformers", "torch", "torchao", "accelerate", "bitsandbytes",
-    "llmcompressor", "compressed_tensors", "hqq", "optimum", "huggingface_hub",
+    "lm_eval",
+    "lm-eval",
+    "datasets",
+    "transformers",
+    "torch",
+    "torchao",
+    "accelerate",
+    "bitsandbytes",
+    "llmcompressor",
+    "compressed_tensors",
+    "hqq",
+    "optimum",
+    "huggingface_hub",
 )
 
 
@@ -157,7 +179,9 @@ def library_output(path: str | Path, *, whole_process: bool = False) -> Iterator
         os.dup2(log.fileno(), 2)
     # Libraries' console handlers hold the stream object they were made with; point them at the file.
     handlers = [
-        h for lg in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()] if isinstance(lg, logging.Logger)
+        h
+        for lg in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+        if isinstance(lg, logging.Logger)
         for h in lg.handlers
         if type(h) is logging.StreamHandler and h.stream is not log
     ]

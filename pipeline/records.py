@@ -28,13 +28,13 @@ class VariantRecord:
 
     @property
     def runtime(self) -> str:
-        """The engine it was measured on; verdicts compare records of one engine only."""
+        """The runtime it was measured on; verdicts compare records of one runtime only."""
         return self.tags.get(M.TAG_RUNTIME, M.DEFAULT_RUNTIME)
 
     @property
     def is_base(self) -> bool:
         """The unmodified candidate (method `none`), what variants are compared against."""
-        return self.role == "candidate" and self.tags.get("method") == "none"
+        return self.role == "candidate" and self.tags.get(M.TAG_METHOD) == "none"
 
     def metric(self, name: str) -> float | None:
         v = self.metrics.get(name)

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 REDACTED = "REDACTED"
 _MIN_SECRET = 4

@@ -14,19 +14,23 @@ import json
 import sys
 import warnings
 
-SPEC = {"subjects": ["abstract_algebra", "marketing"], "limit_per_subject": 1, "num_fewshot": 5}  # 5-shot: the quickstart's prompt lengths
+SPEC = {
+    "subjects": ["abstract_algebra", "marketing"],
+    "limit_per_subject": 1,
+    "num_fewshot": 5,
+}  # 5-shot: the quickstart's prompt lengths
 
 
 def main(model_dir: str, threads: list[int], variants: dict[str, list], out_path: str) -> None:
     import torch
 
     torch.set_num_threads(threads[0])  # what the child does with speed.threads, before anything runs
-    from pipeline.build.artifact import apply_steps
     from pipeline.config.recipe import EvalSpec, ModelSpec
     from pipeline.methods import BuildContext, make_method
     from pipeline.models import load_model, resolve_model
     from pipeline.runtime.mmlu import score_mmlu
     from pipeline.runtime.transformers import _hflm_class
+    from pipeline.variants.artifact import apply_steps
 
     spec = ModelSpec(name="tiny", source=model_dir)
     resolved = resolve_model(spec)

@@ -9,6 +9,7 @@ import os
 import signal
 
 from _methods import register_once
+
 from pipeline.methods import Method
 
 

@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 
-from pipeline.build.reference import BaseReference
-from pipeline.build.storage import dense_weight
 from pipeline.methods.targets import target_linears
+from pipeline.variants.reference import BaseReference
+from pipeline.variants.storage import dense_weight
 
 
-def capture_layer_inputs(model: torch.nn.Module, batches: Iterable[dict[str, torch.Tensor]], max_rows: int = 4096) -> dict[str, torch.Tensor]:
+def capture_layer_inputs(
+    model: torch.nn.Module, batches: Iterable[dict[str, torch.Tensor]], max_rows: int = 4096
+) -> dict[str, torch.Tensor]:
     """Inputs X (rows = tokens) reaching every compressed linear layer of `model` on `batches`."""
     captured: dict[str, list[torch.Tensor]] = {}
     hooks = []
     for name, module in target_linears(model):
+
         def hook(_m, args, _out, name=name):
             x = args[0].detach().reshape(-1, args[0].shape[-1]).float().cpu()
             captured.setdefault(name, []).append(x)

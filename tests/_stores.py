@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import random
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 from pipeline import metrics as M
 from pipeline.results import QuestionOutcome, questions_csv
@@ -109,7 +109,14 @@ def write_sweep(
     tr.log_text(parent, f"name: {experiment}\nmodels: []\n", M.ART_RECIPE)
     ids = {}
     for c in children:
-        tags = {M.TAG_MODEL: c.model, M.TAG_VARIANT: c.variant, M.TAG_ROLE: c.role, "method": c.method, "provenance.source": f"hub:{c.model}", **c.tags}
+        tags = {
+            M.TAG_MODEL: c.model,
+            M.TAG_VARIANT: c.variant,
+            M.TAG_ROLE: c.role,
+            "method": c.method,
+            "provenance.source": f"hub:{c.model}",
+            **c.tags,
+        }
         if c.error:
             tags[M.TAG_STATUS_ERROR] = c.error
         run = tr.start_child(parent, c.label, {"variant.name": c.variant}, tags)

@@ -97,7 +97,9 @@ class Handler(BaseHTTPRequestHandler):
                 continue
             lps = [None] + [_logprob(w) for w in words[1:]]
             tops = [None] + [{w: lp} for w, lp in zip(words[1:], lps[1:])]
-            choices.append({"index": i, "text": "x", "logprobs": {"tokens": words, "token_logprobs": lps, "top_logprobs": tops}})
+            choices.append(
+                {"index": i, "text": "x", "logprobs": {"tokens": words, "token_logprobs": lps, "top_logprobs": tops}}
+            )
         self._json(200, {"object": "text_completion", "model": ARGS.model, "choices": choices})
 
 

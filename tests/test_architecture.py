@@ -37,7 +37,12 @@ def test_every_top_level_module_is_in_a_layer():
 def _private_imports(source: str, module: str) -> list[str]:
     found = []
     for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("pipeline") and node.module != module:
+        if (
+            isinstance(node, ast.ImportFrom)
+            and node.module
+            and node.module.startswith("pipeline")
+            and node.module != module
+        ):
             for alias in node.names:
                 if alias.name.startswith("_") and not alias.name.startswith("__"):
                     found.append(f"{module}: from {node.module} import {alias.name} (line {node.lineno})")

@@ -15,8 +15,15 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.build.plan import parse_recipe
 from pipeline.config.recipe import Recipe, RecipeError
+from pipeline.config.recipe import parse_recipe as parse_schema
+from pipeline.runtime import check_runtime_names
+from pipeline.variants.plan import check_recipe
+
+
+def checked(doc, path="<recipe>"):
+    """A recipe as `shrinkgate validate` checks it before the host: schema, methods, runtimes and formats."""
+    return check_runtime_names(check_recipe(parse_schema(doc, path), path), str(path))
 
 
 def _base(model_dir: str, data_dir: str) -> dict:
@@ -63,40 +70,125 @@ def _unsupported_gguf(path: Path) -> Path:
 # (case id, mutation of (doc, tmp dir, paths), extra CLI args, expected message fragment)
 CASES = [
     ("unknown-top-key", lambda d, t: d.update(colour="red"), "field `colour` (got 'red'): remove it (unknown key"),
-    ("unknown-model-key", lambda d, t: d["models"][0].update(size="big"), "field `models[0].size` (got 'big'): remove it"),
+    (
+        "unknown-model-key",
+        lambda d, t: d["models"][0].update(size="big"),
+        "field `models[0].size` (got 'big'): remove it",
+    ),
     ("unknown-eval-key", lambda d, t: d["eval"].update(shots=5), "field `eval.shots` (got 5): remove it"),
     ("unknown-speed-key", lambda d, t: d["speed"].update(tokens=5), "field `speed.tokens` (got 5): remove it"),
-    ("wrong-type-batch", lambda d, t: d["eval"].update(batch_size="eight"), "field `eval.batch_size` (got 'eight'): Input should be a valid integer"),
-    ("wrong-type-models", lambda d, t: d.update(models="tiny"), "field `models` (got 'tiny'): Input should be a valid list"),
+    (
+        "wrong-type-batch",
+        lambda d, t: d["eval"].update(batch_size="eight"),
+        "field `eval.batch_size` (got 'eight'): Input should be a valid integer",
+    ),
+    (
+        "wrong-type-models",
+        lambda d, t: d.update(models="tiny"),
+        "field `models` (got 'tiny'): Input should be a valid list",
+    ),
     ("missing-name", lambda d, t: d.pop("name"), "field `name`: add it"),
     ("missing-source", lambda d, t: d["models"][0].pop("source"), "field `models[0].source`: add it"),
-    ("bad-role", lambda d, t: d["models"][0].update(role="teacher"), "field `models[0].role` (got 'teacher'): use one of: 'candidate' or 'reference'"),
-    ("bad-dtype", lambda d, t: d["models"][0].update(dtype="int3"), "field `models[0].dtype` (got 'int3'): use one of:"),
-    ("bad-fewshot", lambda d, t: d["eval"].update(num_fewshot=3), "field `eval.num_fewshot` (got 3): use one of: 0 or 5"),
-    ("limit-zero", lambda d, t: d["eval"].update(limit_per_subject=0), "field `eval.limit_per_subject` (got 0): must be >= 1"),
-    ("batch-sizes-empty", lambda d, t: d["speed"].update(batch_sizes=[]), "field `speed.batch_sizes`: list at least one batch size"),
-    ("batch-sizes-negative", lambda d, t: d["speed"].update(batch_sizes=[1, -4]), "field `speed.batch_sizes`: list at least one batch size, each >= 1"),
-    ("new-tokens-one", lambda d, t: d["speed"].update(new_tokens=1), "field `speed.new_tokens` (got 1): Input should be greater than or equal to 2"),
-    ("duplicate-variants", lambda d, t: d["variants"].append({"name": "none", "method": "none"}), "variants names must be unique; repeated: none"),
-    ("unknown-method", lambda d, t: d["variants"].append({"name": "x", "method": "zip-it"}), "field `variants[1]` (x): unknown method 'zip-it'; use one of:"),
-    ("unknown-param", lambda d, t: d["variants"].append({"name": "x", "method": "magnitude-prune", "params": {"amout": 0.3}}),
-     "method 'magnitude-prune' has no param `amout`; its params are: amount, scope"),
-    ("param-out-of-range", lambda d, t: d["variants"].append({"name": "x", "method": "magnitude-prune", "params": {"amount": 1.5}}),
-     "method 'magnitude-prune' param `amount`: Input should be less than 1"),
-    ("param-bad-choice", lambda d, t: d["variants"].append({"name": "x", "method": "magnitude-prune", "params": {"scope": "row"}}),
-     "method 'magnitude-prune' param `scope`: Input should be 'per-layer' or 'global'"),
-    ("method-and-steps", lambda d, t: d["variants"].append({"name": "x", "method": "none", "steps": [{"method": "none"}]}), "give either `method`"),
+    (
+        "bad-role",
+        lambda d, t: d["models"][0].update(role="teacher"),
+        "field `models[0].role` (got 'teacher'): use one of: 'candidate' or 'reference'",
+    ),
+    (
+        "bad-dtype",
+        lambda d, t: d["models"][0].update(dtype="int3"),
+        "field `models[0].dtype` (got 'int3'): use one of:",
+    ),
+    (
+        "bad-fewshot",
+        lambda d, t: d["eval"].update(num_fewshot=3),
+        "field `eval.num_fewshot` (got 3): use one of: 0 or 5",
+    ),
+    (
+        "limit-zero",
+        lambda d, t: d["eval"].update(limit_per_subject=0),
+        "field `eval.limit_per_subject` (got 0): must be >= 1",
+    ),
+    (
+        "batch-sizes-empty",
+        lambda d, t: d["speed"].update(batch_sizes=[]),
+        "field `speed.batch_sizes`: list at least one batch size",
+    ),
+    (
+        "batch-sizes-negative",
+        lambda d, t: d["speed"].update(batch_sizes=[1, -4]),
+        "field `speed.batch_sizes`: list at least one batch size, each >= 1",
+    ),
+    (
+        "new-tokens-one",
+        lambda d, t: d["speed"].update(new_tokens=1),
+        "field `speed.new_tokens` (got 1): Input should be greater than or equal to 2",
+    ),
+    (
+        "duplicate-variants",
+        lambda d, t: d["variants"].append({"name": "none", "method": "none"}),
+        "variants names must be unique; repeated: none",
+    ),
+    (
+        "unknown-method",
+        lambda d, t: d["variants"].append({"name": "x", "method": "zip-it"}),
+        "field `variants[1]` (x): unknown method 'zip-it'; use one of:",
+    ),
+    (
+        "unknown-param",
+        lambda d, t: d["variants"].append({"name": "x", "method": "magnitude-prune", "params": {"amout": 0.3}}),
+        "method 'magnitude-prune' has no param `amout`; its params are: amount, scope",
+    ),
+    (
+        "param-out-of-range",
+        lambda d, t: d["variants"].append({"name": "x", "method": "magnitude-prune", "params": {"amount": 1.5}}),
+        "method 'magnitude-prune' param `amount`: Input should be less than 1",
+    ),
+    (
+        "param-bad-choice",
+        lambda d, t: d["variants"].append({"name": "x", "method": "magnitude-prune", "params": {"scope": "row"}}),
+        "method 'magnitude-prune' param `scope`: Input should be 'per-layer' or 'global'",
+    ),
+    (
+        "method-and-steps",
+        lambda d, t: d["variants"].append({"name": "x", "method": "none", "steps": [{"method": "none"}]}),
+        "give either `method`",
+    ),
     ("empty-steps", lambda d, t: d["variants"].append({"name": "x", "steps": []}), "`steps` is empty"),
-    ("quantize-then-prune", lambda d, t: d["variants"].append({"name": "x", "steps": [{"method": "int8-weight-only"}, {"method": "magnitude-prune"}]}),
-     "field `variants[1].steps` (x): step 1 (int8-weight-only) quantizes the weights, so step 2 (magnitude-prune) would get no dense weights"),
-    ("group-size-vs-model", lambda d, t: d["variants"].append({"name": "x", "method": "gptq", "params": {"group_size": 128}}),
-     "does not divide model.layers.0.self_attn.q_proj's input width 64; use a group_size that divides it"),
-    ("remote-code-unpinned", lambda d, t: d["models"][0].update(trust_remote_code=True), "trust_remote_code: true needs a pinned `revision`"),
+    (
+        "quantize-then-prune",
+        lambda d, t: d["variants"].append(
+            {"name": "x", "steps": [{"method": "int8-weight-only"}, {"method": "magnitude-prune"}]}
+        ),
+        "field `variants[1].steps` (x): step 1 (int8-weight-only) quantizes the weights, so step 2 (magnitude-prune) would get no dense weights",
+    ),
+    (
+        "group-size-vs-model",
+        lambda d, t: d["variants"].append({"name": "x", "method": "gptq", "params": {"group_size": 128}}),
+        "does not divide model.layers.0.self_attn.q_proj's input width 64; use a group_size that divides it",
+    ),
+    (
+        "remote-code-unpinned",
+        lambda d, t: d["models"][0].update(trust_remote_code=True),
+        "trust_remote_code: true needs a pinned `revision`",
+    ),
     ("model-path-missing", lambda d, t: d["models"][0].update(source=str(t / "nope")), "does not exist; fix `source`"),
     ("gguf-missing", lambda d, t: d["models"][0].update(source=str(t / "m.gguf")), "GGUF file"),
-    ("source-nonsense", lambda d, t: d["models"][0].update(source="not a source"), "is neither a local path, a .gguf, a hub id"),
-    ("hub-id-offline", lambda d, t: d["models"][0].update(source="no-such-org/no-such-model"), "is not in the local Hugging Face cache and the hub is unreachable"),
-    ("dir-without-config", lambda d, t: (t / "empty-model").mkdir() or d["models"][0].update(source=str(t / "empty-model")), "has no config.json"),
+    (
+        "source-nonsense",
+        lambda d, t: d["models"][0].update(source="not a source"),
+        "is neither a local path, a .gguf, a hub id",
+    ),
+    (
+        "hub-id-offline",
+        lambda d, t: d["models"][0].update(source="no-such-org/no-such-model"),
+        "is not in the local Hugging Face cache and the hub is unreachable",
+    ),
+    (
+        "dir-without-config",
+        lambda d, t: (t / "empty-model").mkdir() or d["models"][0].update(source=str(t / "empty-model")),
+        "has no config.json",
+    ),
     ("pickle-refused", None, "holds only pickle checkpoints (.bin)"),
     ("mmlu-dir-missing", lambda d, t: d["eval"].update(data_dir=str(t / "no-mmlu")), "no-mmlu"),
     ("mmlu-split-missing", None, "dev.jsonl"),
@@ -188,14 +280,18 @@ def test_unreachable_tracking_server_fails_before_any_model_loads(env, monkeypat
 
 
 def test_unsupported_gguf_architecture(tmp_path):
-    from pipeline.models import ModelError, resolve_model
     from pipeline.config.recipe import ModelSpec
+    from pipeline.models import ModelError, resolve_model
 
     gguf = _unsupported_gguf(tmp_path / "odd.gguf")
     with pytest.raises(ModelError) as info:
         resolve_model(ModelSpec(name="odd", source=str(gguf)))
     msg = str(info.value)
-    assert "(architecture 'rwkv6') cannot be dequantized by transformers" in msg and "not supported" in msg and "\n" not in msg
+    assert (
+        "(architecture 'rwkv6') cannot be dequantized by transformers" in msg
+        and "not supported" in msg
+        and "\n" not in msg
+    )
 
 
 def test_missing_recipe_file():
@@ -209,7 +305,9 @@ def test_recipe_that_is_not_utf8_is_one_line(tmp_path):
     result = CliRunner().invoke(app, ["validate", str(path)])
     message = result.output.strip()
     assert result.exit_code == 2 and message.startswith("error:") and "\n" not in message, result.output
-    assert f"{path}: line 3, column 15: byte 0xe9 is not UTF-8 -> save the recipe as UTF-8" in re.sub(r"\s+", " ", message)
+    assert f"{path}: line 3, column 15: byte 0xe9 is not UTF-8 -> save the recipe as UTF-8" in re.sub(
+        r"\s+", " ", message
+    )
 
 
 DUPLICATES = [  # (document, line of the second key, key, line of the first)
@@ -245,9 +343,34 @@ def test_duplicate_policy_keys_are_refused_and_yaml_merge_keys_still_work(tmp_pa
 _scalars = st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.floats(allow_nan=True), st.text(max_size=8))
 _docs = st.recursive(
     _scalars,
-    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.sampled_from(
-        ["name", "models", "variants", "eval", "speed", "tracking", "source", "role", "method", "params", "steps",
-         "num_fewshot", "batch_sizes", "amount", "limit_per_subject", "subjects", "x"]), inner, max_size=6)),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.dictionaries(
+            st.sampled_from(
+                [
+                    "name",
+                    "models",
+                    "variants",
+                    "eval",
+                    "speed",
+                    "tracking",
+                    "source",
+                    "role",
+                    "method",
+                    "params",
+                    "steps",
+                    "num_fewshot",
+                    "batch_sizes",
+                    "amount",
+                    "limit_per_subject",
+                    "subjects",
+                    "x",
+                ]
+            ),
+            inner,
+            max_size=6,
+        ),
+    ),
     max_leaves=25,
 )
 
@@ -256,7 +379,7 @@ _docs = st.recursive(
 @given(doc=_docs)
 def test_random_documents_only_raise_recipe_errors(doc):
     try:
-        recipe = parse_recipe(doc, "fuzz.yaml")
+        recipe = checked(doc, "fuzz.yaml")
     except RecipeError as exc:
         assert "\n" not in str(exc) and str(exc).startswith("fuzz.yaml")
     else:
@@ -264,10 +387,14 @@ def test_random_documents_only_raise_recipe_errors(doc):
 
 
 @settings(max_examples=100, deadline=None)
-@given(model=st.fixed_dictionaries({"name": st.text(min_size=1, max_size=5), "source": st.text(min_size=1, max_size=5)}),
-       extra=st.dictionaries(st.sampled_from(["role", "dtype", "revision", "trust_remote_code", "zzz"]), _scalars, max_size=3))
+@given(
+    model=st.fixed_dictionaries({"name": st.text(min_size=1, max_size=5), "source": st.text(min_size=1, max_size=5)}),
+    extra=st.dictionaries(
+        st.sampled_from(["role", "dtype", "revision", "trust_remote_code", "zzz"]), _scalars, max_size=3
+    ),
+)
 def test_random_model_entries_only_raise_recipe_errors(model, extra):
     try:
-        parse_recipe({"name": "n", "models": [{**model, **extra}]}, "fuzz.yaml")
+        checked({"name": "n", "models": [{**model, **extra}]}, "fuzz.yaml")
     except RecipeError as exc:
         assert "\n" not in str(exc)

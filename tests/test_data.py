@@ -19,16 +19,15 @@ import sys
 import zipfile
 import zlib
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
+from scripted_lm import ScriptedLM
 
 import pipeline.data.mmlu as data_mmlu
 from pipeline.config.recipe import EvalSpec
-from pipeline.data.mmlu import EVALS_DIR, SHIPPED_DIR, SPLITS, SUMS_FILE, MMLUDataError, resolve_data
+from pipeline.data.mmlu import SHIPPED_DIR, SPLITS, SUMS_FILE, MMLUDataError, resolve_data
 from pipeline.env import MMLU_DIR_ENV
-from scripted_lm import ScriptedLM
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data" / "mmlu"
@@ -71,7 +70,10 @@ def no_override(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_shipped_files_are_all_there() -> None:
     assert {p.name for p in SHIPPED_DIR.iterdir() if p.is_file()} == SHIPPED_FILES
-    assert "MIT License" in (SHIPPED_DIR / "LICENSE").read_text() and "Dan Hendrycks" in (SHIPPED_DIR / "LICENSE").read_text()
+    assert (
+        "MIT License" in (SHIPPED_DIR / "LICENSE").read_text()
+        and "Dan Hendrycks" in (SHIPPED_DIR / "LICENSE").read_text()
+    )
 
 
 def test_shipped_data_decompresses_to_its_sums_and_row_counts() -> None:
@@ -111,12 +113,17 @@ def test_shipped_data_equals_the_shared_copy_when_present() -> None:
 @pytest.mark.parametrize(
     ("damage", "message"),
     [
-        (lambda raw: gzip.compress(raw.replace(b'"answer": 1', b'"answer": 2', 1)), r"sha256 of the uncompressed data .*reinstall"),
+        (
+            lambda raw: gzip.compress(raw.replace(b'"answer": 1', b'"answer": 2', 1)),
+            r"sha256 of the uncompressed data .*reinstall",
+        ),
         (lambda raw: gzip.compress(raw)[:1000], r"not a complete gzip file .*reinstall"),
     ],
     ids=["one-answer-changed", "truncated"],
 )
-def test_damaged_shipped_copy_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_override: None, damage, message) -> None:
+def test_damaged_shipped_copy_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_override: None, damage, message
+) -> None:
     fake = tmp_path / "mmlu_data"
     shutil.copytree(SHIPPED_DIR, fake)
     (fake / "dev.jsonl.gz").write_bytes(damage(_uncompressed("dev")))
@@ -129,15 +136,26 @@ def test_damaged_shipped_copy_is_refused(tmp_path: Path, monkeypatch: pytest.Mon
 # --------------------------------------------------------------------------------------- the wheel
 
 
-def test_wheel_carries_the_data_and_every_task_config(tmp_path: Path) -> None:
-    src = tmp_path / "src"  # a copy, so the build leaves no build/ folder in the working tree
-    shutil.copytree(REPO / "pipeline", src / "pipeline", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+def _source_copy(tmp_path: Path) -> Path:
+    """What a build reads, copied, so building leaves no build/ folder in the working tree."""
+    src = tmp_path / "src"
+    for folder in ("pipeline", "evals"):
+        shutil.copytree(REPO / folder, src / folder, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(REPO / name, src / name)
+    return src
+
+
+def test_wheel_carries_the_data_and_every_task_config(tmp_path: Path) -> None:
+    src = _source_copy(tmp_path)
     dist = tmp_path / "dist"
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist), "."],
-        cwd=src, check=True, capture_output=True, text=True, timeout=300,
+        cwd=src,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     (wheel,) = dist.glob("shrinkgate-*.whl")
     with zipfile.ZipFile(wheel) as zf:
@@ -146,27 +164,78 @@ def test_wheel_carries_the_data_and_every_task_config(tmp_path: Path) -> None:
             arc = f"pipeline/data/mmlu_data/{name}"
             assert arc in names, f"wheel lacks {arc}"
             assert zf.read(arc) == (SHIPPED_DIR / name).read_bytes()
-        configs = [p.name for p in EVALS_DIR.iterdir() if p.is_file()]
+        # The top-level evals/ installs as pipeline/evals/, byte for byte.
+        configs = [p.name for p in (REPO / "evals" / "mmlu").iterdir() if p.is_file()]
         assert len([n for n in configs if n.startswith("shrinkgate_mmlu_")]) == 57
         for name in configs:
-            assert f"pipeline/data/evals/mmlu/{name}" in names, f"wheel lacks evals config {name}"
+            arc = f"pipeline/evals/mmlu/{name}"
+            assert arc in names, f"wheel lacks evals config {name}"
+            assert zf.read(arc) == (REPO / "evals" / "mmlu" / name).read_bytes()
+        # pyproject lists the packages (to map evals/): a subpackage left off the list would be missing here.
+        modules = {
+            p.relative_to(REPO).as_posix() for p in (REPO / "pipeline").rglob("*.py") if "__pycache__" not in p.parts
+        }
+        assert modules - names == set(), "pyproject.toml [tool.setuptools] packages lacks these modules' packages"
         zf.extractall(tmp_path / "site")
 
     # A non-editable install: the unpacked wheel finds its shipped data and materialises all tasks.
     code = (
         "import pathlib, sys, tempfile, pipeline\n"
         "from pipeline.config.recipe import EvalSpec\n"
-        "from pipeline.data.mmlu import resolve_data, materialize_tasks\n"
+        "from pipeline.data.mmlu import resolve_data\n"
+        "from pipeline.data.tasks import EVALS_DIR, materialize_tasks\n"
         "d = resolve_data(EvalSpec())\n"
         "out = materialize_tasks(d, pathlib.Path(tempfile.mkdtemp()))\n"
-        "print(pipeline.__file__, d.origin, d.data_dir, sum(d.test_rows.values()), len(list(out.glob('shrinkgate_mmlu_*.yaml'))))\n"
+        "print(pipeline.__file__, d.origin, d.data_dir, EVALS_DIR, sum(d.test_rows.values()), len(list(out.glob('shrinkgate_mmlu_*.yaml'))))\n"
     )
     env = {k: v for k, v in os.environ.items() if k != MMLU_DIR_ENV} | {"PYTHONPATH": str(tmp_path / "site")}
-    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, check=True, capture_output=True, text=True, timeout=120)
-    module, origin, data_dir, rows, tasks = out.stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, check=True, capture_output=True, text=True, timeout=120
+    )
+    module, origin, data_dir, evals_dir, rows, tasks = out.stdout.split()
     site = str((tmp_path / "site").resolve())
     assert module.startswith(site) and data_dir.startswith(site), out.stdout
+    assert evals_dir == str(Path(site) / "pipeline" / "evals" / "mmlu"), out.stdout
     assert (origin, int(rows), int(tasks)) == ("shipped", ROWS["test"], 57)
+
+
+def test_editable_install_reads_the_top_level_evals(tmp_path: Path) -> None:
+    """`pip install -e .` (the README's install): the package is the checkout's, the task configs its evals/."""
+    src = _source_copy(tmp_path)
+    code = "import sys; from setuptools.build_meta import build_editable\nprint(build_editable(sys.argv[1]))\n"
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "dist")],
+        cwd=src,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    (wheel,) = (tmp_path / "dist").glob("shrinkgate-*.whl")
+    assert wheel.name == out.stdout.split()[-1]
+    with zipfile.ZipFile(wheel) as zf:
+        zf.extractall(tmp_path / "site")
+    (finder,) = (tmp_path / "site").glob("__editable__*_finder.py")
+    # The venv's own editable install (of the working tree) leaves; the one just built comes in, as its .pth would.
+    code = (
+        "import importlib.util, sys\n"
+        "sys.meta_path[:] = [f for f in sys.meta_path if getattr(f, '__name__', '') != '_EditableFinder']\n"
+        "spec = importlib.util.spec_from_file_location('built_finder', sys.argv[1])\n"
+        "finder = importlib.util.module_from_spec(spec); spec.loader.exec_module(finder); finder.install()\n"
+        "import pipeline; from pipeline.data.tasks import EVALS_DIR\n"
+        "print(pipeline.__file__, EVALS_DIR, len(list(EVALS_DIR.glob('shrinkgate_mmlu_*.yaml'))))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-I", "-c", code, str(finder)],
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    module, evals_dir, tasks = out.stdout.split()
+    assert module == str(src.resolve() / "pipeline" / "__init__.py"), out.stdout
+    assert (evals_dir, int(tasks)) == (str(src.resolve() / "evals" / "mmlu"), 57)
 
 
 # -------------------------------------------------------------------------------- default source
@@ -214,21 +283,27 @@ def test_scoring_the_shipped_copy_equals_plain_jsonl_per_question(plain_dir: Pat
         assert (result.acc, result.per_subject) == (ref.acc, ref.per_subject)
 
 
-def test_calibration_and_heldout_read_the_shipped_copy_with_unchanged_provenance(plain_dir: Path, no_override: None) -> None:
+def test_calibration_and_heldout_read_the_shipped_copy_with_unchanged_provenance(
+    plain_dir: Path, no_override: None
+) -> None:
     from pipeline.data.calibration import heldout_texts, load_calibration
 
     shipped = load_calibration(None, 24)
     plain = load_calibration(None, 24, data_dir=plain_dir)
     assert shipped.kind == plain.kind == "mmlu-local"
     assert shipped.file_sha256 == plain.file_sha256 == _sums()["validation.jsonl"]  # hash of the uncompressed bytes
-    assert (shipped.texts, shipped.sha256, shipped.excluded_test_duplicates) == (plain.texts, plain.sha256, plain.excluded_test_duplicates)
+    assert (shipped.texts, shipped.sha256, shipped.excluded_test_duplicates) == (
+        plain.texts,
+        plain.sha256,
+        plain.excluded_test_duplicates,
+    )
     assert shipped.excluded_test_duplicates > 0  # the test split (.gz) was read for the duplicate check
     assert heldout_texts(16) == heldout_texts(16, data_dir=plain_dir)
 
 
 def test_data_package_imports_no_torch_lm_eval_or_mlflow() -> None:
     code = (
-        "import sys, pipeline.data.mmlu, pipeline.data.calibration\n"
+        "import sys, pipeline.data.mmlu, pipeline.data.sampling, pipeline.data.estimates, pipeline.data.tasks, pipeline.data.calibration\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'lm_eval', 'mlflow')))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=120)
@@ -242,7 +317,9 @@ def _mmlu_subset(src: Path, dst: Path, subject: str = "anatomy") -> Path:
     dst.mkdir(parents=True)
     for split in SPLITS:
         lines = (src / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()
-        (dst / f"{split}.jsonl").write_text("\n".join(ln for ln in lines if f'"subject": "{subject}"' in ln) + "\n", encoding="utf-8")
+        (dst / f"{split}.jsonl").write_text(
+            "\n".join(ln for ln in lines if f'"subject": "{subject}"' in ln) + "\n", encoding="utf-8"
+        )
     return dst
 
 
@@ -251,11 +328,21 @@ def test_cli_makes_a_relative_data_dir_absolute_for_children(tmp_path: Path) -> 
     (tmp_path / "cwd").mkdir()
     code = "import os, pipeline.cli as cli\ncli.app = lambda: print(os.environ['SHRINKGATE_MMLU_DIR'])\ncli.main()\n"
     env = {**os.environ, MMLU_DIR_ENV: "../mmlu"}
-    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path / "cwd", env=env, check=True, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path / "cwd",
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.stdout.strip() == str((tmp_path / "mmlu").resolve())
 
 
-def test_validate_with_a_relative_data_dir_from_another_cwd(tmp_path: Path, tiny_model_dir: Path, plain_dir: Path) -> None:
+def test_validate_with_a_relative_data_dir_from_another_cwd(
+    tmp_path: Path, tiny_model_dir: Path, plain_dir: Path
+) -> None:
     data = _mmlu_subset(plain_dir, tmp_path / "data" / "mmlu")
     work = tmp_path / "elsewhere"
     work.mkdir()
@@ -273,11 +360,17 @@ def test_validate_with_a_relative_data_dir_from_another_cwd(tmp_path: Path, tiny
     )
     shrinkgate = Path(sys.executable).with_name("shrinkgate")
     env = {**os.environ, MMLU_DIR_ENV: os.path.relpath(data, work)}
-    ok = subprocess.run([str(shrinkgate), "validate", "recipe.yaml"], cwd=work, env=env, capture_output=True, text=True, timeout=300)
+    ok = subprocess.run(
+        [str(shrinkgate), "validate", "recipe.yaml"], cwd=work, env=env, capture_output=True, text=True, timeout=300
+    )
     assert ok.returncode == 0, ok.stdout + ok.stderr
     # The relative path really is read from that cwd: one naming another subject fails, naming it.
     bad = subprocess.run(
-        [str(shrinkgate), "validate", "recipe.yaml"], cwd=work, env={**env, MMLU_DIR_ENV: "../nowhere"},
-        capture_output=True, text=True, timeout=300,
+        [str(shrinkgate), "validate", "recipe.yaml"],
+        cwd=work,
+        env={**env, MMLU_DIR_ENV: "../nowhere"},
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert bad.returncode == 2 and str((tmp_path / "nowhere").resolve()) in bad.stderr.replace("\n", ""), bad.stderr

@@ -56,25 +56,40 @@ def measured(tiny_model_dir, tmp_path_factory):
     procs = {}
     for name, (threads, hash_seed) in RUNS.items():
         env = {**os.environ, "PYTHONHASHSEED": hash_seed}
-        cmd = [sys.executable, str(WORKER), str(tiny_model_dir), threads, json.dumps(VARIANTS), str(tmp / f"{name}.json")]
+        cmd = [
+            sys.executable,
+            str(WORKER),
+            str(tiny_model_dir),
+            threads,
+            json.dumps(VARIANTS),
+            str(tmp / f"{name}.json"),
+        ]
         procs[name] = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     for p in procs.values():
         _, err = p.communicate(timeout=900)
         assert p.returncode == 0, err[-3000:]
     runs = {name: json.loads((tmp / f"{name}.json").read_text()) for name in RUNS}
     assert runs["a"]["n_requests"] == 2 * 4  # 2 subjects x 1 question x 4 choices
-    return {v: {(n, int(t)): [float.fromhex(x) for x in lls] for n in RUNS for t, lls in runs[n]["lls"][v].items()} for v in VARIANTS}
+    return {
+        v: {(n, int(t)): [float.fromhex(x) for x in lls] for n in RUNS for t, lls in runs[n]["lls"][v].items()}
+        for v in VARIANTS
+    }
 
 
 def _difference(a: list[float], b: list[float]) -> str:
-    flips = sum(max(range(4), key=a[i : i + 4].__getitem__) != max(range(4), key=b[i : i + 4].__getitem__) for i in range(0, len(a), 4))
+    flips = sum(
+        max(range(4), key=a[i : i + 4].__getitem__) != max(range(4), key=b[i : i + 4].__getitem__)
+        for i in range(0, len(a), 4)
+    )
     return f"max |delta log-likelihood| {max(abs(x - y) for x, y in zip(a, b)):.3g}, {flips} of {len(a) // 4} answers flipped"
 
 
 def test_every_cpu_method_family_is_measured():
     from pipeline.methods import registry
 
-    libraries = {cls.library for cls in registry().values() if cls.__module__.startswith("pipeline.") and "cpu" in cls.devices}
+    libraries = {
+        cls.library for cls in registry().values() if cls.__module__.startswith("pipeline.") and "cpu" in cls.devices
+    }
     measured = {registry()[m].library for m, _ in VARIANTS.values()} | {registry()[LLAMACPP_METHOD].library}
     assert libraries == measured, "measure every CPU family's determinism here"
 
@@ -87,11 +102,11 @@ def test_llamacpp_quantizer_and_scores_are_bit_identical(tmp_path, tiny_model_di
     it with the same per-choice log-likelihoods at 1 and at 2 threads."""
     import hashlib
 
-    from pipeline.build.gguf_artifact import build_gguf_artifact
     from pipeline.config.recipe import EvalSpec, ModelSpec, VariantSpec
     from pipeline.models import resolve_model
     from pipeline.runtime.llamacpp_lm import LlamaCppLM
     from pipeline.runtime.mmlu import score_mmlu
+    from pipeline.variants.gguf_artifact import build_gguf_artifact
 
     spec = ModelSpec(name="tiny", source=str(tiny_model_dir))
     resolved = resolve_model(spec)
@@ -141,26 +156,31 @@ def test_log_likelihoods_bit_identical_across_processes_and_thread_counts(measur
 def test_the_deterministic_tag_is_the_methods_claim_and_a_measured_scoring_path():
     """`true` only where the method is bit-reproducible AND this engine's scoring on this device was measured to be
     (here, CPU); a server's or CUDA's reproducibility was never measured, so it is `unknown`, not `true`."""
-    from pipeline.build.plan import WorkItem
     from pipeline.config.recipe import ModelSpec, VariantSpec
     from pipeline.runtime import RUNTIMES
     from pipeline.runtime.openai import OpenAIRuntime
     from pipeline.sweep.child import determinism
+    from pipeline.variants.plan import WorkItem
 
     def tag(method: str, runtime: str, device: str) -> tuple[str, str]:
         item = WorkItem(ModelSpec(name="m", source="x"), VariantSpec(name=method, method=method), runtime)
-        engine = OpenAIRuntime() if runtime == "openai" else RUNTIMES[runtime]()
+        engine = OpenAIRuntime() if runtime == "openai" else RUNTIMES.get(runtime)()
         t = determinism(item, engine, device)
         return t[M.TAG_DETERMINISTIC], t[M.TAG_DETERMINISTIC_BASIS]
 
     assert tag("none", "transformers", "cpu")[0] == "true"
     assert tag("int8-weight-only", "transformers", "cpu")[0] == "true"
-    assert tag("bnb-nf4", "transformers", "cpu") == ("false", "method bnb-nf4 is not bit-reproducible run to run (tests/test_determinism.py)")
+    assert tag("bnb-nf4", "transformers", "cpu") == (
+        "false",
+        "method bnb-nf4 is not bit-reproducible run to run (tests/test_determinism.py)",
+    )
     value, basis = tag("none", "transformers", "cuda")  # batched CUDA scoring: nobody measured it
     assert value == "unknown" and "cuda" in basis
     value, basis = tag("none", "openai", "cpu")  # a server (artifact none included)
     assert value == "unknown" and "server" in basis
-    assert tag("gguf-q4_k_m", "llama.cpp", "cuda")[0] == "true"  # this llama.cpp build scores on the CPU whatever eval.device says
+    assert (
+        tag("gguf-q4_k_m", "llama.cpp", "cuda")[0] == "true"
+    )  # this llama.cpp build scores on the CPU whatever eval.device says
 
 
 # -- the gate: a noise floor from a measured flip rate ---------------------------------------------------
@@ -190,7 +210,13 @@ def _rec(variant: str, method: str, questions, deterministic: str | None = None)
 
 
 def _mmlu_check(*records: VariantRecord, gated: str = "nf4"):
-    policy = Policy(max_mmlu_drop_points=1.0, must_not_be_dominated=False, bootstrap_samples=1000, variants=[gated], register_model=False)
+    policy = Policy(
+        max_mmlu_drop_points=1.0,
+        must_not_be_dominated=False,
+        bootstrap_samples=1000,
+        variants=[gated],
+        register_model=False,
+    )
     (g,) = evaluate(SweepRecord("parent", "exp", tuple(records), planned=tuple(r.label for r in records)), policy)
     return next(c for c in g.checks if c.name == "mmlu_drop")
 
@@ -208,12 +234,17 @@ def test_gate_wants_a_flip_rate_before_passing_a_nondeterministic_variant():
 
 def test_gate_widens_the_bounds_by_the_flip_rate_of_a_repeat():
     nf4 = _rec("nf4", "bnb-nf4", _questions(), "false")
-    assert _mmlu_check(BASE, nf4, _rec("nf4-again", "bnb-nf4", _questions(), "false")).outcome == "pass"  # measured: 0 flips
+    assert (
+        _mmlu_check(BASE, nf4, _rec("nf4-again", "bnb-nf4", _questions(), "false")).outcome == "pass"
+    )  # measured: 0 flips
     noisy = _mmlu_check(BASE, nf4, _rec("nf4-again", "bnb-nf4", _questions(flip=40), "false"))  # 2 % flipped
     assert noisy.outcome == "undecided" and "noise floor 2.00 pts (flip rate vs m/nf4-again)" in noisy.detail
     # Measured beats declared: a method claiming determinism whose repeat flips gets the same floor.
     int8 = _rec("nf4", "int8-weight-only", _questions(), "true")
-    assert _mmlu_check(BASE, int8, _rec("int8-again", "int8-weight-only", _questions(flip=40), "true")).outcome == "undecided"
+    assert (
+        _mmlu_check(BASE, int8, _rec("int8-again", "int8-weight-only", _questions(flip=40), "true")).outcome
+        == "undecided"
+    )
 
 
 def test_noise_floor_shifts_both_bounds():

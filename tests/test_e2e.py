@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import _methods  # noqa: F401 - registers the test-only methods (test-raises, ...)
 import pytest
 import yaml
 from typer.testing import CliRunner
 
 from pipeline import metrics as M
 from pipeline.cli import app
-
-import _methods  # noqa: F401 - registers the test-only methods (test-raises, ...)
 
 SUBJECTS = ["abstract_algebra", "anatomy"]
 
@@ -23,7 +22,15 @@ def _recipe(tmp_path: Path, tiny_model_dir: Path, variants, extra_models=(), spe
         "models": [{"name": "tiny", "source": str(tiny_model_dir), "role": "candidate"}, *extra_models],
         "variants": variants,
         "eval": {"num_fewshot": 0, "subjects": SUBJECTS, "limit_per_subject": 2, "batch_size": 4},
-        "speed": {"prompt_tokens": 16, "new_tokens": 4, "batch_sizes": [1, 2], "warmup": 0, "repeats": 2, "threads": 2, **(speed or {})},
+        "speed": {
+            "prompt_tokens": 16,
+            "new_tokens": 4,
+            "batch_sizes": [1, 2],
+            "warmup": 0,
+            "repeats": 2,
+            "threads": 2,
+            **(speed or {}),
+        },
         "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db", "experiment": "e2e"},
     }
     path = tmp_path / "recipe.yaml"
@@ -52,7 +59,10 @@ def finished_sweep(tmp_path_factory, tiny_model_dir):
     path = _recipe(
         tmp,
         tiny_model_dir,
-        [{"name": "none", "method": "none"}, {"name": "pruned", "method": "magnitude-prune", "params": {"amount": 0.5}}],
+        [
+            {"name": "none", "method": "none"},
+            {"name": "pruned", "method": "magnitude-prune", "params": {"amount": 0.5}},
+        ],
         speed={"target_hardware": "h100-sxm"},
     )
     result = CliRunner().invoke(app, ["run", str(path)])
@@ -82,10 +92,22 @@ def test_run_logs_parent_children_metrics_and_artifacts(finished_sweep):
         assert m[M.WEIGHT_BYTES] > 0
         assert m[M.RUNTIME_WEIGHT_BYTES] >= m[M.WEIGHT_BYTES] * 0.99
         assert len(tags["heldout.sha256"]) == 64  # the held-out text KL was measured on
-        for tag in ("host", "cpu", "threads", "version.torch", "version.lm_eval", M.TAG_ROLE, M.TAG_KERNEL, "provenance.kind", M.TAG_CONTENT_KEY):
+        for tag in (
+            "host",
+            "cpu",
+            "threads",
+            "version.torch",
+            "version.lm_eval",
+            M.TAG_ROLE,
+            M.TAG_KERNEL,
+            "provenance.kind",
+            M.TAG_CONTENT_KEY,
+        ):
             assert tag in tags, tag
         assert tags["threads"] == "2" and tags["provenance.kind"] == "local"
-        assert {M.ART_LM_EVAL, M.ART_QUESTIONS, M.ART_SPEED, M.ART_FIDELITY} <= _artifact_names(client, child.info.run_id)
+        assert {M.ART_LM_EVAL, M.ART_QUESTIONS, M.ART_SPEED, M.ART_FIDELITY} <= _artifact_names(
+            client, child.info.run_id
+        )
         questions = client.download_artifacts(child.info.run_id, M.ART_QUESTIONS, str(tmp / child.info.run_id))
         rows = Path(questions).read_text().strip().splitlines()
         assert rows[0] == "subject,index,answer,predicted,correct" and len(rows) == 5
@@ -109,31 +131,47 @@ def test_runs_log_predictions_for_the_target_hardware_and_compare_shows_them_apa
     for data in by_variant.values():
         assert data.tags[M.TAG_PREDICTED_HARDWARE] == "h100-sxm" and M.TAG_PREDICTED_ERROR not in data.tags
         assert data.tags[M.TAG_PREDICTED_BASIS].startswith("bf16, 16.00 bits/weight")
-        for name in ("predicted_decode_tok_s", "predicted_decode_tok_s_bs2", "predicted_tpot_ms", "predicted_ttft_ms_bs2"):
+        for name in (
+            "predicted_decode_tok_s",
+            "predicted_decode_tok_s_bs2",
+            "predicted_tpot_ms",
+            "predicted_ttft_ms_bs2",
+        ):
             assert data.metrics[name] > 0, name
         # a tiny model on an H100: far faster than measured here, and memory-bound (batch 2 ~ twice batch 1)
         assert data.metrics["predicted_decode_tok_s"] > 10 * data.metrics[M.DECODE_TOK_S]
-        assert data.metrics["predicted_decode_tok_s_bs2"] == pytest.approx(2 * data.metrics["predicted_decode_tok_s"], rel=0.05)
+        assert data.metrics["predicted_decode_tok_s_bs2"] == pytest.approx(
+            2 * data.metrics["predicted_decode_tok_s"], rel=0.05
+        )
     # pruning stores dense zeros: predicted like the unmodified model
-    assert by_variant["pruned"].metrics["predicted_decode_tok_s"] == pytest.approx(by_variant["none"].metrics["predicted_decode_tok_s"])
+    assert by_variant["pruned"].metrics["predicted_decode_tok_s"] == pytest.approx(
+        by_variant["none"].metrics["predicted_decode_tok_s"]
+    )
     out = tmp / "compare"
-    compared = CliRunner().invoke(app, ["compare", "--experiment", "e2e", "--tracking-uri", f"sqlite:///{tmp}/mlflow.db", "--out", str(out)])
+    compared = CliRunner().invoke(
+        app, ["compare", "--experiment", "e2e", "--tracking-uri", f"sqlite:///{tmp}/mlflow.db", "--out", str(out)]
+    )
     assert compared.exit_code == 0, compared.output
     report = (out / "compare.md").read_text()
     assert "## Predicted on h100-sxm (roofline, not measured)" in report and "PREDICTED tok/s (batch 2)" in report
     assert "ideal roofline" in report  # no GPU measurements fitted: said where the factors come from
 
 
-def test_measured_children_become_points_to_fit_the_engine_factors(finished_sweep):
-    from pipeline.predict.calibration import fit, points_from_record, predicted
+def test_measured_children_become_points_to_fit_the_runtime_factors(finished_sweep):
+    from pipeline.predict.fit import fit, points_from_record, predicted
     from pipeline.tracking.read import measured_children
 
     tmp, _ = finished_sweep
     records = measured_children(f"sqlite:///{tmp}/mlflow.db")
     points = [p for r in records for p in points_from_record(r)]
-    assert sorted((p.label, p.batch) for p in points) == [("tiny/none", 1), ("tiny/none", 2), ("tiny/pruned", 1), ("tiny/pruned", 2)]
+    assert sorted((p.label, p.batch) for p in points) == [
+        ("tiny/none", 1),
+        ("tiny/none", 2),
+        ("tiny/pruned", 1),
+        ("tiny/pruned", 2),
+    ]
     for p in points:
-        assert p.engine == "transformers" and p.device_kind == "cpu" and p.prompt_tokens == 16
+        assert p.runtime == "transformers" and p.device_kind == "cpu" and p.prompt_tokens == 16
         assert p.bandwidth > 1e9 and p.tpot_s > 0 and p.ttft_s > 0 and p.bytes_per_step >= p.weight_bytes > 0
         assert p.flops_per_token and p.peak_flops  # from the logged MFU and matmul peak
         assert p.layers == 2 and p.head_params > 0  # logged as model_layers / head_params: what the fit charges

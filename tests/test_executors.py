@@ -11,15 +11,15 @@ import sys
 import time
 from pathlib import Path
 
+import _executor_methods  # noqa: F401 - registers test-segfault, test-sigkill (and, through _methods, test-sleep)
 import psutil
 import pytest
 import yaml
 from typer.testing import CliRunner
 
-import _executor_methods  # noqa: F401 - registers test-segfault, test-sigkill (and, through _methods, test-sleep)
 from pipeline import metrics as M
-from pipeline.build.plan import parse_recipe
 from pipeline.cli import app
+from pipeline.config.recipe import parse_recipe
 from pipeline.sweep.driver import run_sweep
 from pipeline.sweep.executors import EXECUTORS, ExecutorError, get_executor
 
@@ -33,7 +33,15 @@ def _doc(tmp: Path, model_dir: Path, variants, *, speed: bool = False) -> dict:
         "models": [{"name": "tiny", "source": str(model_dir), "role": "candidate"}],
         "variants": variants,
         "eval": {"num_fewshot": 0, "subjects": ["anatomy", "virology"], "limit_per_subject": 3},
-        "speed": {"enabled": speed, "prompt_tokens": 8, "new_tokens": 2, "batch_sizes": [1], "repeats": 1, "warmup": 0, "threads": 1},
+        "speed": {
+            "enabled": speed,
+            "prompt_tokens": 8,
+            "new_tokens": 2,
+            "batch_sizes": [1],
+            "repeats": 1,
+            "warmup": 0,
+            "threads": 1,
+        },
         "tracking": {"uri": f"sqlite:///{tmp}/mlflow.db", "experiment": EXPERIMENT},
     }
 
@@ -60,26 +68,32 @@ def _text(client, run_id: str, name: str, dest: Path) -> str:
     return Path(client.download_artifacts(run_id, name, str(dest))).read_text()
 
 
-def test_names_and_alias():
+def test_names():
     assert sorted(EXECUTORS) == ["inline", "process", "ray"]
     assert get_executor().name == "process"  # the default
-    assert get_executor("local").name == "inline"  # the old name still works
     with pytest.raises(ExecutorError, match="inline, process, ray"):
         get_executor("threads")
 
 
 def test_child_imports_the_modules_of_its_methods(tmp_path, monkeypatch):
-    from pipeline.build.plan import plan
     from pipeline.methods import Method, register, registry
-    from pipeline.sweep.child import env_plugins
     from pipeline.sweep.executors.process import plugin_modules
+    from pipeline.sweep.plugins import env_plugins
+    from pipeline.variants.plan import plan
 
     if "test-main-only" not in registry():
         register(type("MainOnly", (Method,), {"__module__": "__main__", "name": "test-main-only", "library": "tests"}))
-    doc = _doc(tmp_path, tmp_path, [
-        {"name": "segv", "steps": [{"method": "magnitude-prune", "params": {"amount": 0.1}}, {"method": "test-segfault"}]},
-        {"name": "main", "method": "test-main-only"},
-    ])
+    doc = _doc(
+        tmp_path,
+        tmp_path,
+        [
+            {
+                "name": "segv",
+                "steps": [{"method": "magnitude-prune", "params": {"amount": 0.1}}, {"method": "test-segfault"}],
+            },
+            {"name": "main", "method": "test-main-only"},
+        ],
+    )
     segv, main = plan(parse_recipe(doc))
     assert plugin_modules(segv) == (["_executor_methods"], [str(TESTS)])  # pipeline's own methods need nothing
     with pytest.raises(ExecutorError, match="__main__"):
@@ -89,11 +103,15 @@ def test_child_imports_the_modules_of_its_methods(tmp_path, monkeypatch):
 
 
 def test_child_killed_by_a_signal_fails_alone_and_the_sweep_goes_on(tmp_path, tiny_model_dir):
-    doc = _doc(tmp_path, tiny_model_dir, [
-        {"name": "segv", "method": "test-segfault"},
-        {"name": "oomkill", "method": "test-sigkill"},
-        {"name": "none", "method": "none"},
-    ])
+    doc = _doc(
+        tmp_path,
+        tiny_model_dir,
+        [
+            {"name": "segv", "method": "test-segfault"},
+            {"name": "oomkill", "method": "test-sigkill"},
+            {"name": "none", "method": "none"},
+        ],
+    )
     result = CliRunner().invoke(app, ["run", str(_write(tmp_path, doc))])  # the default executor
     out = result.output
     assert result.exit_code == 1, out
@@ -106,7 +124,9 @@ def test_child_killed_by_a_signal_fails_alone_and_the_sweep_goes_on(tmp_path, ti
     assert parent.info.status == "FAILED" and parent.data.tags["executor"] == "process"
     assert parent.data.tags["failed_children"] == "tiny/segv,tiny/oomkill"
     segv, killed = kids["segv"], kids["oomkill"]
-    assert segv.info.status == "FAILED" and segv.data.tags[M.TAG_STATUS_ERROR].startswith("child process killed by SIGSEGV")
+    assert segv.info.status == "FAILED" and segv.data.tags[M.TAG_STATUS_ERROR].startswith(
+        "child process killed by SIGSEGV"
+    )
     trace = _text(client, segv.info.run_id, M.ART_TRACEBACK, tmp_path / "segv")
     assert "Segmentation fault" in trace and "_executor_methods.py" in trace  # faulthandler's dump from the child
     assert killed.info.status == "FAILED" and "SIGKILL" in killed.data.tags[M.TAG_STATUS_ERROR]
@@ -128,26 +148,42 @@ def test_process_child_reports_its_own_peak_memory(tmp_path, tiny_model_dir):
 
 
 def test_inline_and_process_give_identical_predictions(tmp_path, tiny_model_dir):
-    recipe = parse_recipe(_doc(tmp_path, tiny_model_dir, [{"name": "pruned", "method": "magnitude-prune", "params": {"amount": 0.3}}]))
+    recipe = parse_recipe(
+        _doc(tmp_path, tiny_model_dir, [{"name": "pruned", "method": "magnitude-prune", "params": {"amount": 0.3}}])
+    )
     inline = run_sweep(recipe, executor="inline")
     process = run_sweep(recipe, executor="process", rerun=True)
     a, b = inline.children[0], process.children[0]
     assert a.status == b.status == "FINISHED" and a.run_id != b.run_id
     assert len(a.accuracy.questions) == 6
-    assert [(q.subject, q.index, q.predicted) for q in a.accuracy.questions] == [(q.subject, q.index, q.predicted) for q in b.accuracy.questions]
+    assert [(q.subject, q.index, q.predicted) for q in a.accuracy.questions] == [
+        (q.subject, q.index, q.predicted) for q in b.accuracy.questions
+    ]
     client, _, parents, _ = _runs(recipe.tracking.uri)
     assert sorted(p.data.tags["executor"] for p in parents) == ["inline", "process"]
-    assert _text(client, a.run_id, M.ART_QUESTIONS, tmp_path / "a") == _text(client, b.run_id, M.ART_QUESTIONS, tmp_path / "b")
+    assert _text(client, a.run_id, M.ART_QUESTIONS, tmp_path / "a") == _text(
+        client, b.run_id, M.ART_QUESTIONS, tmp_path / "b"
+    )
     ma, mb = client.get_run(a.run_id).data.metrics, client.get_run(b.run_id).data.metrics
     for name in (M.MMLU_ACC, M.SPARSITY, M.KL_VS_BASE, M.WEIGHT_BYTES):
         assert ma[name] == mb[name], name
 
 
 def _launch(recipe: Path, tmp: Path, flag: Path, *args: str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(TESTS), "SHRINKGATE_TEST_SLEEP_FLAG": str(flag), "SHRINKGATE_TEST_STARTED": str(tmp / "started")}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(TESTS),
+        "SHRINKGATE_TEST_SLEEP_FLAG": str(flag),
+        "SHRINKGATE_TEST_STARTED": str(tmp / "started"),
+    }
     code = "import _executor_methods; from pipeline.cli import main; main()"
     return subprocess.Popen(
-        [sys.executable, "-c", code, "run", str(recipe), *args], env=env, cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        [sys.executable, "-c", code, "run", str(recipe), *args],
+        env=env,
+        cwd=tmp,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
 
@@ -204,7 +240,9 @@ def test_sigterm_ends_the_child_process_marks_killed_and_rerun_resumes(tmp_path,
     nones = [r for r in runs if r.data.tags.get(M.TAG_VARIANT) == "none"]
     measured = [r for r in nones if M.TAG_COPIED_FROM not in r.data.tags]
     # resumed: copied into the new sweep (its own child, pointing at the run it came from), not re-measured
-    assert len(measured) == 1 and [r.data.tags[M.TAG_COPIED_FROM] for r in nones if r not in measured] == [measured[0].info.run_id]
+    assert len(measured) == 1 and [r.data.tags[M.TAG_COPIED_FROM] for r in nones if r not in measured] == [
+        measured[0].info.run_id
+    ]
 
 
 def test_child_ends_itself_when_the_driver_is_killed(tmp_path, tiny_model_dir):

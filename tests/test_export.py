@@ -82,7 +82,9 @@ def test_a_changed_tensor_of_the_same_size_is_refused(swept, tmp_path):
     finally:
         weights.write_bytes(original)
     _refused(result, f"run {run.info.run_id}: the rebuilt weights hash to")
-    assert f"({M.TAG_STORED_SHA256}); the code, a library or the source weights changed since the run" in " ".join(result.output.split())
+    assert f"({M.TAG_STORED_SHA256}); the code, a library or the source weights changed since the run" in " ".join(
+        result.output.split()
+    )
     assert not (tmp_path / "out").exists()
 
 

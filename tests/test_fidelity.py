@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from pipeline.build.storage import dense_weight, module_tensors, storage_bytes, tensor_storage_bytes
+from pipeline.variants.storage import dense_weight, module_tensors, storage_bytes, tensor_storage_bytes
 
 OUT, IN = 64, 128  # one Linear(128 -> 64): 8192 weights
 
@@ -111,7 +111,14 @@ def test_bnb_nf4_counts_quant_state():
 def test_storage_bytes_counts_tied_weights_once(tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4, tie_word_embeddings=True)
+    cfg = LlamaConfig(
+        vocab_size=256,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        tie_word_embeddings=True,
+    )
     model = LlamaForCausalLM(cfg)
     b = storage_bytes(model)
     tensors = list(model.parameters()) + list(model.buffers())  # parameters() dedups ties too
@@ -122,19 +129,22 @@ def test_storage_bytes_counts_tied_weights_once(tmp_path):
 # -- base reference -------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
+    from tiny_llama import build_tiny_llama
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tiny_llama import build_tiny_llama
-
     path = build_tiny_llama(tmp_path_factory.mktemp("tiny") / "llama")
-    return path, AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval(), AutoTokenizer.from_pretrained(path)
+    return (
+        path,
+        AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval(),
+        AutoTokenizer.from_pretrained(path),
+    )
 
 
 @pytest.mark.usefixtures("mmlu_dir")  # calibration and held-out text come from MMLU validation
 def test_base_reference_is_disk_backed_and_none_scores_exactly_zero(tiny_model):
     from transformers import AutoModelForCausalLM
 
-    from pipeline.build.reference import compute_base_reference, distance_to_base
+    from pipeline.variants.reference import compute_base_reference, distance_to_base
 
     path, model, tok = tiny_model
     ref = compute_base_reference(model, tok, model_name="tiny")
@@ -155,9 +165,9 @@ def test_base_reference_is_disk_backed_and_none_scores_exactly_zero(tiny_model):
 def test_base_reference_cache_and_pickle(tiny_model, tmp_path, monkeypatch):
     import pickle
 
-    from pipeline.build.artifact import base_reference_for
-    from pipeline.models import resolve_model
     from pipeline.config.recipe import ModelSpec
+    from pipeline.models import resolve_model
+    from pipeline.variants.artifact import base_reference_for
 
     monkeypatch.setenv("SHRINKGATE_CACHE", str(tmp_path / "cache"))
     path, _, _ = tiny_model
@@ -204,7 +214,9 @@ def test_local_calibration_files(tmp_path):
     assert data.kind == "file" and data.texts == ("first paragraph\nstill first", "second paragraph")
     assert data.file_sha256 == hashlib.sha256(txt.read_bytes()).hexdigest()
     jl = tmp_path / "calib.jsonl"
-    jl.write_text(json.dumps({"text": "hello"}) + "\n" + json.dumps({"question": "Q?", "choices": ["a", "b"], "answer": 1}) + "\n")
+    jl.write_text(
+        json.dumps({"text": "hello"}) + "\n" + json.dumps({"question": "Q?", "choices": ["a", "b"], "answer": 1}) + "\n"
+    )
     assert load_calibration(str(jl), 2).texts == ("hello", "Q?\nA. a\nB. b\nAnswer: B")
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"x": 1}\n')

@@ -7,6 +7,7 @@ import random
 import pytest
 
 from pipeline import metrics as M
+from pipeline.records import VariantRecord
 from pipeline.verdict.frontier import (
     SIZE_AXIS,
     axes_for,
@@ -20,7 +21,6 @@ from pipeline.verdict.frontier import (
     speed_axis,
     stderr_margin,
 )
-from pipeline.records import VariantRecord
 
 SPEED = speed_axis(1)
 
@@ -33,7 +33,13 @@ def rec(name, acc=None, tok_s=None, *, role="candidate", status="FINISHED", meth
         m[M.DECODE_TOK_S] = tok_s
     model, _, variant = name.partition("/")
     return VariantRecord(
-        run_id=f"id-{name}", model=model, variant=variant or "none", role=role, status=status, metrics=m, tags={"method": method}
+        run_id=f"id-{name}",
+        model=model,
+        variant=variant or "none",
+        role=role,
+        status=status,
+        metrics=m,
+        tags={"method": method},
     )
 
 
@@ -106,7 +112,11 @@ def test_unplaced_records_neither_dominate_nor_are_dominated():
     failed = rec("m/failed", 0.99, 999, status="FAILED")
     no_speed = rec("m/nospeed", 0.70)
     s = status([a, failed, no_speed])
-    assert s == {"m/a": "frontier", "m/failed": "unplaced (status FAILED)", "m/nospeed": "unplaced (missing decode_tok_s)"}
+    assert s == {
+        "m/a": "frontier",
+        "m/failed": "unplaced (status FAILED)",
+        "m/nospeed": "unplaced (missing decode_tok_s)",
+    }
     assert not dominates(failed, a, SPEED)
 
 
@@ -135,13 +145,21 @@ def test_never_mutual_dominance():
         for tol in (0.0, 0.02):
             for a in records:
                 for b in records:
-                    assert not (dominates(a, b, SPEED, margin=margin, tolerance=tol) and dominates(b, a, SPEED, margin=margin, tolerance=tol))
+                    assert not (
+                        dominates(a, b, SPEED, margin=margin, tolerance=tol)
+                        and dominates(b, a, SPEED, margin=margin, tolerance=tol)
+                    )
 
 
 def test_axes_discovered_from_metrics():
     a = rec("m/a", 0.6, 100, **{"decode_tok_s_bs8": 500.0, M.WEIGHT_BYTES: 1.0})
     b = rec("m/b", 0.6, 90, **{"decode_tok_s_bs4": 300.0})
-    assert [ax.metric for ax in axes_for([a, b])] == ["decode_tok_s", "decode_tok_s_bs4", "decode_tok_s_bs8", "weight_bytes"]
+    assert [ax.metric for ax in axes_for([a, b])] == [
+        "decode_tok_s",
+        "decode_tok_s_bs4",
+        "decode_tok_s_bs8",
+        "weight_bytes",
+    ]
     assert axes_for([rec("m/x", 0.5)]) == []
     assert axis_by_name("decode_tok_s_bs16") == speed_axis(16)
     with pytest.raises(ValueError):
@@ -154,7 +172,13 @@ def test_axes_discovered_from_metrics():
 
 def test_baseline_ladder_and_roofline():
     big = rec("ref/1.7B", 0.50, 40, role="reference", **{M.WEIGHT_BYTES: 3.4e9, M.WALL_TOK_S: 60.0})
-    small = rec("ref/360M", 0.35, 150, role="reference", **{M.WEIGHT_BYTES: 7.2e8, M.BANDWIDTH_GB_S: 100.0, M.BYTES_PER_TOKEN: 5e8})
+    small = rec(
+        "ref/360M",
+        0.35,
+        150,
+        role="reference",
+        **{M.WEIGHT_BYTES: 7.2e8, M.BANDWIDTH_GB_S: 100.0, M.BYTES_PER_TOKEN: 5e8},
+    )
     cand = rec("m/none", 0.6, 20, method="none", **{M.WEIGHT_BYTES: 1.6e10})
     ladder = baseline_ladder([cand, big, small])
     assert [g.label for g in ladder] == ["ref/360M", "ref/1.7B"]

@@ -19,8 +19,12 @@ N_QUESTIONS = 1000
 SUBJECTS = ("abstract_algebra", "anatomy")
 
 
-def child(model, variant, questions, *, role="candidate", status="FINISHED", log_questions=True, error=None, **metrics) -> Child:
-    return Child(model, variant, questions, role=role, status=status, metrics=metrics, log_questions=log_questions, error=error)
+def child(
+    model, variant, questions, *, role="candidate", status="FINISHED", log_questions=True, error=None, **metrics
+) -> Child:
+    return Child(
+        model, variant, questions, role=role, status=status, metrics=metrics, log_questions=log_questions, error=error
+    )
 
 
 BASE = base_questions(N_QUESTIONS, SUBJECTS)
@@ -31,7 +35,9 @@ SPEEDY = dict(decode_tok_s=90.0, wall_tok_s=120.0, weight_bytes=2e9, kl_vs_base=
 def store(tmp_path_factory):
     uri = fresh_store(tmp_path_factory, "gate-store")
     base = child("m", "none", BASE, decode_tok_s=50.0, wall_tok_s=60.0, weight_bytes=4e9, kl_vs_base=0.0)
-    ref = child("ref", "none", changed(BASE, 150, 0), role="reference", decode_tok_s=120.0, wall_tok_s=150.0, weight_bytes=1e9)
+    ref = child(
+        "ref", "none", changed(BASE, 150, 0), role="reference", decode_tok_s=120.0, wall_tok_s=150.0, weight_bytes=1e9
+    )
     int8 = child("m", "int8", changed(BASE, 5, 5), **SPEEDY)
     sweeps = {
         "good": write_sweep(uri, "good", [base, int8, ref]),
@@ -43,13 +49,22 @@ def store(tmp_path_factory):
                 int8,
                 ref,
                 child("m", "nf4", None, status="FAILED", error="RuntimeError: CUDA out of memory"),
-                child("m", "prune", changed(BASE, 3, 3), wall_tok_s=100.0, weight_bytes=2e9, kl_vs_base=0.02),  # no decode_tok_s
-                child("m", "slow", changed(BASE, 2, 2), decode_tok_s=30.0, weight_bytes=3e9, kl_vs_base=0.01),  # dominated by the base
+                child(
+                    "m", "prune", changed(BASE, 3, 3), wall_tok_s=100.0, weight_bytes=2e9, kl_vs_base=0.02
+                ),  # no decode_tok_s
+                child(
+                    "m", "slow", changed(BASE, 2, 2), decode_tok_s=30.0, weight_bytes=3e9, kl_vs_base=0.01
+                ),  # dominated by the base
                 child("m", "noq", changed(BASE, 1, 1), log_questions=False, **SPEEDY),
             ],
         ),
         "small": write_sweep(
-            uri, "small", [child("m", "none", BASE[:20], decode_tok_s=50.0), child("m", "int8", BASE[:20], decode_tok_s=90.0, kl_vs_base=0.0)]
+            uri,
+            "small",
+            [
+                child("m", "none", BASE[:20], decode_tok_s=50.0),
+                child("m", "int8", BASE[:20], decode_tok_s=90.0, kl_vs_base=0.0),
+            ],
         ),
         "baseonly": write_sweep(uri, "baseonly", [base, ref]),
     }
@@ -120,7 +135,10 @@ def test_gate_passes_registers_and_tags(store, tmp_path):
     assert md.startswith("# shrinkgate gate: PASS") and "m/int8" in md
     assert read_run_text(uri, parent, f"gate/{key}/gate_junit.xml") is not None  # on the parent run too
     parent_tags = load_sweep_tags(uri, parent)
-    assert parent_tags[f"gate.{key}.verdict"] == "pass" and parent_tags[f"gate.{key}.registered"] == "m/int8 -> good.m.int8 v1 @gate-passed"
+    assert (
+        parent_tags[f"gate.{key}.verdict"] == "pass"
+        and parent_tags[f"gate.{key}.registered"] == "m/int8 -> good.m.int8 v1 @gate-passed"
+    )
 
 
 def load_sweep_tags(uri: str, parent: str) -> dict[str, str]:
@@ -173,10 +191,17 @@ def test_gate_fails_closed(store, tmp_path):
 def test_gate_selected_variants_and_missing_one(store, tmp_path):
     uri, sweeps = store
     parent, _ = sweeps["mixed"]
-    result = run_gate(policy(tmp_path, variants=["int8"], register_model=False), tracking_uri=uri, run_id=parent, out_dir=tmp_path)
+    result = run_gate(
+        policy(tmp_path, variants=["int8"], register_model=False), tracking_uri=uri, run_id=parent, out_dir=tmp_path
+    )
     assert result.exit_code == 0 and [g.label for g in result.variants] == ["m/int8"]
     assert result.variants[0].registered is None
-    result = run_gate(policy(tmp_path, variants=["m/int8", "ghost"], register_model=False), tracking_uri=uri, run_id=parent, out_dir=tmp_path)
+    result = run_gate(
+        policy(tmp_path, variants=["m/int8", "ghost"], register_model=False),
+        tracking_uri=uri,
+        run_id=parent,
+        out_dir=tmp_path,
+    )
     assert result.exit_code == 1
     ghost = result.variants[1]
     assert ghost.verdict == "fail" and "no candidate child run named 'ghost'" in ghost.reasons[0]
@@ -191,7 +216,11 @@ def test_gate_undecided_is_not_a_pass(store, tmp_path):
     result = run_gate(pol, tracking_uri=uri, run_id=parent, out_dir=tmp_path / "o")
     assert result.exit_code == 1
     [g] = result.variants
-    assert g.verdict == "undecided" and g.mmlu.n == 20 and f"a decision needs about {g.mmlu.more_questions:,} more questions" in g.reasons[0]
+    assert (
+        g.verdict == "undecided"
+        and g.mmlu.n == 20
+        and f"a decision needs about {g.mmlu.more_questions:,} more questions" in g.reasons[0]
+    )
     assert alias_run_id(uri, "small.m.int8", "gate-passed") is None
     assert tags_of(uri, ids["m/int8"])[f"gate.{key_of(pol)}.verdict"] == "undecided"
     assert junit(tmp_path / "o" / "gate_junit.xml")["m/int8"].find("failure").get("type") == "undecided"
@@ -223,7 +252,17 @@ def test_gate_command_exit_codes(store, tmp_path):
     uri, sweeps = store
 
     def gate(policy_path: Path, sweep: str, out: str):
-        args = ["gate", "--policy", str(policy_path), "--run", sweeps[sweep][0], "--tracking-uri", uri, "--out", str(tmp_path / out)]
+        args = [
+            "gate",
+            "--policy",
+            str(policy_path),
+            "--run",
+            sweeps[sweep][0],
+            "--tracking-uri",
+            uri,
+            "--out",
+            str(tmp_path / out),
+        ]
         return CliRunner().invoke(app, args)
 
     no_registry = policy(tmp_path, register_model=False)
@@ -263,14 +302,19 @@ def test_gates_with_other_policies_keep_their_own_records(store, tmp_path):
     uri, sweeps = store
     parent, ids = sweeps["good"]
     (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
-    lenient, strict = policy(tmp_path / "a", register_model=False), policy(tmp_path / "b", register_model=False, min_decode_tok_s=1000)
+    lenient, strict = (
+        policy(tmp_path / "a", register_model=False),
+        policy(tmp_path / "b", register_model=False, min_decode_tok_s=1000),
+    )
     assert run_gate(lenient, tracking_uri=uri, run_id=parent, out_dir=tmp_path / "ga").exit_code == 0
     first = dict(tags_of(uri, ids["m/int8"]))
     assert run_gate(strict, tracking_uri=uri, run_id=parent, out_dir=tmp_path / "gb").exit_code == 1
     child, sweep = tags_of(uri, ids["m/int8"]), load_sweep_tags(uri, parent)
     ka, kb = key_of(lenient), key_of(strict)
     assert ka != kb and child[f"gate.{ka}.verdict"] == "pass" and child[f"gate.{kb}.verdict"] == "fail"
-    assert {k: v for k, v in child.items() if k.startswith(f"gate.{ka}.")} == {k: v for k, v in first.items() if k.startswith(f"gate.{ka}.")}
+    assert {k: v for k, v in child.items() if k.startswith(f"gate.{ka}.")} == {
+        k: v for k, v in first.items() if k.startswith(f"gate.{ka}.")
+    }
     assert sweep[f"gate.{ka}.verdict"] == "pass" and sweep[f"gate.{kb}.verdict"] == "fail"
     assert str(lenient) in sweep[f"gate.{ka}.policy"] and "gate.verdict" not in child and "gate.verdict" not in sweep
     assert "min_decode_tok_s" in read_run_text(uri, parent, f"gate/{kb}/gate_report.md")

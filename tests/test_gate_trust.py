@@ -68,7 +68,9 @@ def test_four_more_right_answers_are_not_evidence_and_the_faster_base_dominates(
     tags = {r.label: r.tags for r in load_sweep(uri, run_id=parent, with_questions=False).children}
     assert tags["m/q"]["frontier.decode_tok_s"] == "dominated by m/none"
     assert tags["m/q"][M.TAG_VERDICT] == "fail" and tags["m/none"][M.TAG_VERDICT] == "base"
-    assert tags["m/q"][M.TAG_DESCRIPTION].startswith("**fail** (default policy (policies/default.yaml)): fail by not_dominated[decode_tok_s]")
+    assert tags["m/q"][M.TAG_DESCRIPTION].startswith(
+        "**fail** (default policy (policies/default.yaml)): fail by not_dominated[decode_tok_s]"
+    )
     compared = run_compare(tracking_uri=uri, run_id=parent, out_dir=tmp_path / "cmp")
     assert str(compared.verdicts[M.DECODE_TOK_S][ids["m/q"]]) == "dominated by m/none"
     lo, hi = compared.analysis.stats[ids["m/q"]].vs_base.ci_points
@@ -90,19 +92,47 @@ def test_a_real_gain_still_keeps_a_variant_on_the_frontier():
 
 
 def _record(
-    variant: str, questions, *, design: str | None = "all", deterministic: str | None = "true", extra_tags=None, params=None, **metrics
+    variant: str,
+    questions,
+    *,
+    design: str | None = "all",
+    deterministic: str | None = "true",
+    extra_tags=None,
+    params=None,
+    **metrics,
 ) -> VariantRecord:
-    tags = {"method": "none" if variant == "none" else "test", M.TAG_MODEL: "m", M.TAG_VARIANT: variant, **(extra_tags or {})}
+    tags = {
+        "method": "none" if variant == "none" else "test",
+        M.TAG_MODEL: "m",
+        M.TAG_VARIANT: variant,
+        **(extra_tags or {}),
+    }
     if design is not None:
         tags[M.TAG_MMLU_DESIGN] = design
     if deterministic is not None:
         tags[M.TAG_DETERMINISTIC] = deterministic
     acc = sum(q.correct for q in questions) / len(questions)
-    return VariantRecord(f"id-{variant}", "m", variant, "candidate", "FINISHED", {M.MMLU_ACC: acc, **metrics}, tags, params or {}, tuple(questions))
+    return VariantRecord(
+        f"id-{variant}",
+        "m",
+        variant,
+        "candidate",
+        "FINISHED",
+        {M.MMLU_ACC: acc, **metrics},
+        tags,
+        params or {},
+        tuple(questions),
+    )
 
 
 def _mmlu(*records: VariantRecord, delta: float = 1.0):
-    policy = Policy(max_mmlu_drop_points=delta, must_not_be_dominated=False, variants=["q"], register_model=False, bootstrap_samples=1000)
+    policy = Policy(
+        max_mmlu_drop_points=delta,
+        must_not_be_dominated=False,
+        variants=["q"],
+        register_model=False,
+        bootstrap_samples=1000,
+    )
     (g,) = evaluate(SweepRecord("p", "e", records, planned=tuple(r.label for r in records)), policy)
     return next(c for c in g.checks if c.name == "mmlu_drop"), g
 
@@ -110,7 +140,10 @@ def _mmlu(*records: VariantRecord, delta: float = 1.0):
 SAME = base_questions(3000, SUBJECTS)
 
 
-@pytest.mark.parametrize(("tag", "words"), [(None, "has no deterministic tag"), ("unknown", "deterministic=unknown"), ("false", "deterministic=false")])
+@pytest.mark.parametrize(
+    ("tag", "words"),
+    [(None, "has no deterministic tag"), ("unknown", "deterministic=unknown"), ("false", "deterministic=false")],
+)
 def test_a_noise_floor_nobody_measured_never_passes(tag, words):
     basis = {M.TAG_DETERMINISTIC_BASIS: "scored by a server over HTTP (runtime openai)"} if tag == "unknown" else {}
     check, _ = _mmlu(_record("none", SAME), _record("q", SAME, deterministic=tag, extra_tags=basis))
@@ -150,21 +183,29 @@ def test_older_runs_read_their_design_from_params():
 
     assert design_of(rec({"eval.limit_per_subject": "1", "eval.sample": "None"})).kind == "first-n"
     assert design_of(rec({"eval.limit_per_subject": "None", "eval.sample": "None"})).kind == "all"
-    stratified = design_of(rec({"eval.limit_per_subject": "None", "eval.sample.questions": "570", "eval.sample.seed": "0"}))
+    stratified = design_of(
+        rec({"eval.limit_per_subject": "None", "eval.sample.questions": "570", "eval.sample.seed": "0"})
+    )
     assert stratified.kind == "stratified" and stratified.strata is None  # no sizes recorded: the gate stays undecided
     assert design_of(rec({})).kind == "unknown"
 
 
 def _stratified(variant: str, questions, strata: dict | None) -> VariantRecord:
-    return _record(variant, questions, design="stratified", extra_tags={M.TAG_MMLU_STRATA: json.dumps(strata)} if strata else {})
+    return _record(
+        variant, questions, design="stratified", extra_tags={M.TAG_MMLU_STRATA: json.dumps(strata)} if strata else {}
+    )
 
 
 def test_a_stratified_sample_weights_each_subject_by_its_share_of_mmlu():
     """A big subject sampled thinly carries its weight: 2 losses among its 20 sampled questions are a 10-point drop
     on 86 % of the population, not 0.1 points of 2,000 questions (what an unweighted bound would pass)."""
     strata = {"big": 12000, "small": 2000}
-    base = [QuestionOutcome("big", i, 0, 0, True) for i in range(20)] + [QuestionOutcome("small", i, 0, 0, True) for i in range(1980)]
-    variant = [QuestionOutcome(q.subject, q.index, 0, 1, False) if q.subject == "big" and q.index < 2 else q for q in base]
+    base = [QuestionOutcome("big", i, 0, 0, True) for i in range(20)] + [
+        QuestionOutcome("small", i, 0, 0, True) for i in range(1980)
+    ]
+    variant = [
+        QuestionOutcome(q.subject, q.index, 0, 1, False) if q.subject == "big" and q.index < 2 else q for q in base
+    ]
     unweighted = srs_bounds(2000, 2, 0)
     assert unweighted.upper * 100 < 1.0  # what a bound that ignores the design would pass at a 1-point margin
     check, g = _mmlu(_stratified("none", base, strata), _stratified("q", variant, strata))
@@ -210,7 +251,10 @@ def test_stratified_bounds_cover_the_weighted_drop():
 def _ordered(n: int, losses_every: int) -> tuple[list[QuestionOutcome], list[QuestionOutcome]]:
     keys = sorted(((s, i) for s in SUBJECTS for i in range(n // 2)), key=lambda k: question_rank(0, *k))
     base = [QuestionOutcome(s, i, 0, 0, True) for s, i in keys]
-    variant = [QuestionOutcome(s, i, 0, 1, False) if r % losses_every == 0 else QuestionOutcome(s, i, 0, 0, True) for r, (s, i) in enumerate(keys)]
+    variant = [
+        QuestionOutcome(s, i, 0, 1, False) if r % losses_every == 0 else QuestionOutcome(s, i, 0, 0, True)
+        for r, (s, i) in enumerate(keys)
+    ]
     return base, variant
 
 
@@ -218,7 +262,11 @@ def test_a_stopped_sample_shows_the_anytime_valid_bounds_its_decision_used():
     base, variant = _ordered(1200, 50)  # a 2-point drop, stopped after its first 600 questions
     seq = {M.TAG_MMLU_ORDER_SEED: "0", M.TAG_MMLU_POPULATION: "14042"}
     stopped = variant[:600]
-    check, g = _mmlu(_record("none", base, design="sequential", extra_tags=seq), _record("q", stopped, design="sequential", extra_tags=seq), delta=5.0)
+    check, g = _mmlu(
+        _record("none", base, design="sequential", extra_tags=seq),
+        _record("q", stopped, design="sequential", extra_tags=seq),
+        delta=5.0,
+    )
     ni = g.mmlu
     assert ni.anytime_valid and ni.bound.startswith("anytime-valid")
     d = [int(v.correct) - int(b.correct) for v, b in zip(stopped, base[:600])]

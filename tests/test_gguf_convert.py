@@ -55,7 +55,9 @@ def _check_model(model_dir: Path, gguf: Path, texts: list[str], atol: float) -> 
     llm = _llama(gguf)
     try:
         for text in texts:
-            assert llm.tokenize(text.encode(), add_bos=False, special=False) == tok.encode(text, add_special_tokens=False), text
+            assert llm.tokenize(text.encode(), add_bos=False, special=False) == tok.encode(
+                text, add_special_tokens=False
+            ), text
         ids = tok.encode(" ".join(texts), add_special_tokens=False)[:64]
         assert len(ids) == 64
         got = _llama_logits(llm, ids)
@@ -78,7 +80,11 @@ def test_tiny_llama_converts_and_matches_transformers(tiny_model_dir, mmlu_dir, 
 
     field = GGUFReader(out).fields["tokenizer.ggml.pre"]
     assert bytes(field.parts[field.data[0]]).decode() == "gpt-2"
-    texts = _mmlu_lines(mmlu_dir, 12) + ["Answer: 1234 and 3.14159, x=2023!", "  two  spaces\n\nnew\tlines", "Ünïcödé 😀"]
+    texts = _mmlu_lines(mmlu_dir, 12) + [
+        "Answer: 1234 and 3.14159, x=2023!",
+        "  two  spaces\n\nnew\tlines",
+        "Ünïcödé 😀",
+    ]
     _check_model(tiny_model_dir, out, texts, atol=1e-3)
 
 
@@ -95,8 +101,15 @@ def test_smollm2_dense_dir_converts_and_matches_transformers(mmlu_dir, tmp_path)
 def _tiny_opt(path: Path) -> Path:
     from transformers import OPTConfig, OPTForCausalLM
 
-    config = OPTConfig(vocab_size=64, hidden_size=16, ffn_dim=32, num_hidden_layers=1, num_attention_heads=2,
-                       word_embed_proj_dim=16, max_position_embeddings=32)
+    config = OPTConfig(
+        vocab_size=64,
+        hidden_size=16,
+        ffn_dim=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        word_embed_proj_dim=16,
+        max_position_embeddings=32,
+    )
     OPTForCausalLM(config).save_pretrained(path)
     return path
 
@@ -172,7 +185,9 @@ def test_avx2_only_host_gets_no_avx512(tmp_path):
     got = _cmake_args(tmp_path, f"processor\t: 0\nflags\t\t: {HASWELL}\n")
     opts = _options(got["LLAMA_CMAKE_ARGS"])
     assert opts["GGML_NATIVE"] == "OFF"
-    assert {k for k, v in opts.items() if v == "ON"} == {f"GGML_{k}" for k in ("SSE42", "AVX", "AVX2", "BMI2", "FMA", "F16C")}
+    assert {k for k, v in opts.items() if v == "ON"} == {
+        f"GGML_{k}" for k in ("SSE42", "AVX", "AVX2", "BMI2", "FMA", "F16C")
+    }
     assert all(opts[k] == "OFF" for k in opts if "AVX512" in k or "AMX" in k)
     assert got["LLAMA_CPU_FEATURES"] == "SSE42 AVX AVX2 BMI2 FMA F16C"
 
@@ -192,7 +207,21 @@ def test_installed_build_matches_this_hosts_flags(tmp_path):
     host = _cmake_args(tmp_path, Path("/proc/cpuinfo").read_text())
     assert recorded["version"] == llama_cpp.__version__ == "0.3.36"
     assert recorded["cmake_args"] == host["LLAMA_CMAKE_ARGS"]
-    x86 = {"AVX", "AVX_VNNI", "AVX2", "F16C", "FMA", "BMI2", "AVX512", "AVX512_VBMI", "AVX512_VNNI", "AVX512_BF16", "AMX_INT8"}
+    x86 = {
+        "AVX",
+        "AVX_VNNI",
+        "AVX2",
+        "F16C",
+        "FMA",
+        "BMI2",
+        "AVX512",
+        "AVX512_VBMI",
+        "AVX512_VNNI",
+        "AVX512_BF16",
+        "AMX_INT8",
+    }
     info = llama_cpp.llama_print_system_info().decode()
-    have = sorted(k.strip() for k, _, v in (p.partition("=") for p in info.split("|")) if k.strip() in x86 and v.strip() == "1")
+    have = sorted(
+        k.strip() for k, _, v in (p.partition("=") for p in info.split("|")) if k.strip() in x86 and v.strip() == "1"
+    )
     assert " ".join(have) == host["LLAMA_SYSINFO_EXPECT"]

@@ -23,7 +23,7 @@ from pipeline.config.recipe import ModelSpec
 from pipeline.methods import MethodError, make_method, registry, validate_steps, validate_variant
 from pipeline.models import ModelError
 
-GGUF_METHODS = [n for n, c in registry().items() if c.engine_format == "gguf"]
+GGUF_METHODS = [n for n, c in registry().items() if c.artifact_format == "gguf"]
 # llama.cpp's row-width fallbacks (src/llama-quant.cpp `tensor_type_fallback`): a 256-block type on a row
 # width it does not divide becomes a 32-block type.
 FALLBACK = {"Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0", "IQ4_XS": "IQ4_NL"}
@@ -58,7 +58,7 @@ def smol(tmp_path_factory):
     """SmolLM2 with half of layer 0's q_proj weights zeroed (a pruned variant), exported to f32 GGUF."""
     import torch
 
-    from pipeline.build.gguf_export import export_gguf
+    from pipeline.variants.gguf_export import export_gguf
 
     resolved, lm = _resolve("smollm2-135m-instruct")
     q = lm.model.model.layers[0].self_attn.q_proj.weight
@@ -66,22 +66,31 @@ def smol(tmp_path_factory):
     with torch.no_grad():
         q[mask] = 0.0
     d = tmp_path_factory.mktemp("smol")
-    path = export_gguf(lm.model, lm.tokenizer, d / "smol-f32.gguf", source_gguf=resolved.gguf_path, model_name="smol", workdir=d)
+    path = export_gguf(
+        lm.model, lm.tokenizer, d / "smol-f32.gguf", source_gguf=resolved.gguf_path, model_name="smol", workdir=d
+    )
     from gguf import GGUFReader
 
     # gguf-py parses every tokenizer entry (~4 s here): read the export once for all tests
     return SimpleNamespace(
-        model=lm.model, tokenizer=lm.tokenizer, path=path, mask=mask.numpy(), source=resolved.gguf_path, reader=GGUFReader(str(path))
+        model=lm.model,
+        tokenizer=lm.tokenizer,
+        path=path,
+        mask=mask.numpy(),
+        source=resolved.gguf_path,
+        reader=GGUFReader(str(path)),
     )
 
 
 @pytest.fixture(scope="module")
 def gemma(tmp_path_factory):
-    from pipeline.build.gguf_export import export_gguf
+    from pipeline.variants.gguf_export import export_gguf
 
     resolved, lm = _resolve("gemma-3-270m")
     d = tmp_path_factory.mktemp("gemma")
-    path = export_gguf(lm.model, lm.tokenizer, d / "gemma-f32.gguf", source_gguf=resolved.gguf_path, model_name="gemma", workdir=d)
+    path = export_gguf(
+        lm.model, lm.tokenizer, d / "gemma-f32.gguf", source_gguf=resolved.gguf_path, model_name="gemma", workdir=d
+    )
     yield SimpleNamespace(model=lm.model, tokenizer=lm.tokenizer, path=path)
     path.unlink()  # 1 GB
     del lm
@@ -155,7 +164,10 @@ def test_pruned_zeros_land_where_llama_cpp_reads_them(smol):
     # GGUF holds q rows in llama.cpp's rotary order: not the transformers layout ...
     assert not np.array_equal(stored == 0, zeros)
     # ... and transformers' own load-time inverse gives back exactly the pruned weights, zeros in place.
-    config = {"num_attention_heads": smol.model.config.num_attention_heads, "num_key_value_heads": smol.model.config.num_key_value_heads}
+    config = {
+        "num_attention_heads": smol.model.config.num_attention_heads,
+        "num_key_value_heads": smol.model.config.num_key_value_heads,
+    }
     back = LlamaTensorProcessor(config=config).process(stored, "blk.0.attn_q.weight").weights
     assert (back[smol.mask] == 0).all()
     np.testing.assert_array_equal(back, pruned)
@@ -175,7 +187,9 @@ def quantized(smol, tmp_path_factory):
         if key.startswith(("GGUF.", "tokenizer.")) or key == "general.architecture":
             continue
         value = {"llama.block_count": KEEP_LAYERS, "llama.vocab_size": 512}.get(key, field.contents())
-        w.add_key_value(key, value, field.types[0], sub_type=field.types[-1] if field.types[0] == GGUFValueType.ARRAY else None)
+        w.add_key_value(
+            key, value, field.types[0], sub_type=field.types[-1] if field.types[0] == GGUFValueType.ARRAY else None
+        )
     for t in smol.reader.tensors:
         if t.name.startswith("blk.") and int(t.name.split(".")[1]) >= KEEP_LAYERS:
             continue
@@ -217,7 +231,9 @@ def test_quantized_file_has_llama_cpps_types(quantized, name):
     # notes: what llama.cpp chose, counted from the file, and how many tensors it had to fall back
     assert notes["gguf.ftype"] == registry()[name].llama_type
     census = collections.Counter(t.tensor_type.name for t in reader.tensors)
-    assert notes["gguf.tensor_types"] == ",".join(f"{k}:{v}" for k, v in sorted(census.items(), key=lambda kv: (-kv[1], kv[0])))
+    assert notes["gguf.tensor_types"] == ",".join(
+        f"{k}:{v}" for k, v in sorted(census.items(), key=lambda kv: (-kv[1], kv[0]))
+    )
     # SmolLM2's 576-wide rows: every block weight but ffn_down (1536) falls back from a 256-block type.
     # (token_embd has its own rule, straight to Q8_0, except under Q4_0, where llama.cpp counts its
     # Q6_K -> Q8_0 as a fallback.)
@@ -276,7 +292,9 @@ def test_gguf_step_order_is_validated():
         "put pruning steps first and one quantizer last"
     )
     assert validate_steps([("magnitude-prune", {}), ("gguf-q4_k_m", {})]) is None
-    assert validate_variant("gguf-q4_k_m", {"bits": 4}) == "method 'gguf-q4_k_m' has no param `bits`; its params are: none"
+    assert (
+        validate_variant("gguf-q4_k_m", {"bits": 4}) == "method 'gguf-q4_k_m' has no param `bits`; its params are: none"
+    )
 
 
 def test_gguf_method_is_never_applied_to_a_torch_model():
@@ -290,7 +308,9 @@ def test_quantizer_failure_is_one_line(tmp_path):
     with pytest.raises(MethodError) as err:
         make_method("gguf-q4_0").quantize_file(bad, tmp_path / "out.gguf", threads=1, notes={})
     msg = str(err.value)
-    assert "\n" not in msg and msg.startswith("method 'gguf-q4_0': llama.cpp could not quantize not.gguf to Q4_0 (llama_model_quantize returned 1: ")
+    assert "\n" not in msg and msg.startswith(
+        "method 'gguf-q4_0': llama.cpp could not quantize not.gguf to Q4_0 (llama_model_quantize returned 1: "
+    )
     assert "failed to quantize" in msg  # llama.cpp's own reason
     assert not (tmp_path / "out.gguf").exists() and list(tmp_path.iterdir()) == [bad]
 
@@ -298,7 +318,7 @@ def test_quantizer_failure_is_one_line(tmp_path):
 def test_unmapped_source_architecture_is_one_line(smol, tmp_path):
     from gguf import GGUFWriter
 
-    from pipeline.build.gguf_export import export_gguf
+    from pipeline.variants.gguf_export import export_gguf
 
     src = tmp_path / "mamba.gguf"
     w = GGUFWriter(str(src), arch="mamba")
@@ -308,21 +328,27 @@ def test_unmapped_source_architecture_is_one_line(smol, tmp_path):
     w.write_tensors_to_file()
     w.close()
     with pytest.raises(ModelError) as err:
-        export_gguf(smol.model, smol.tokenizer, tmp_path / "out.gguf", source_gguf=src, model_name="m", workdir=tmp_path)
+        export_gguf(
+            smol.model, smol.tokenizer, tmp_path / "out.gguf", source_gguf=src, model_name="m", workdir=tmp_path
+        )
     msg = str(err.value)
     assert "\n" not in msg
-    assert msg.startswith("models `m`: cannot export a 'mamba' GGUF source to GGUF (mapped architectures: gemma2, gemma3, llama, qwen2, qwen3)")
+    assert msg.startswith(
+        "models `m`: cannot export a 'mamba' GGUF source to GGUF (mapped architectures: gemma2, gemma3, llama, qwen2, qwen3)"
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mamba.gguf"]  # nothing half-written
 
 
 def test_safetensors_model_exports_through_llama_cpps_converter(tiny_model_dir, tmp_path):
-    from pipeline.build.gguf_export import export_gguf
     from pipeline.models import load_model, resolve_model
+    from pipeline.variants.gguf_export import export_gguf
 
     spec = ModelSpec(name="tiny", source=str(tiny_model_dir))
     resolved = resolve_model(spec)
     assert resolved.gguf_path is None
     lm = load_model(resolved, spec, device="cpu")
-    path = export_gguf(lm.model, lm.tokenizer, tmp_path / "tiny.gguf", source_gguf=None, model_name="tiny", workdir=tmp_path / "work")
+    path = export_gguf(
+        lm.model, lm.tokenizer, tmp_path / "tiny.gguf", source_gguf=None, model_name="tiny", workdir=tmp_path / "work"
+    )
     rel, top1 = _logit_gap(lm.model, lm.tokenizer, path)
     assert top1 == 1.0 and rel < 1e-3, rel

@@ -16,10 +16,11 @@ from pathlib import Path
 import numpy as np
 from lm_recording import recording
 
+from pipeline.bindings.llamacpp import require_llama_cpp
 from pipeline.config.recipe import EvalSpec, ModelSpec
 from pipeline.models import load_model, resolve_model
 from pipeline.models.bundled import BUNDLED, cache_root
-from pipeline.models.gguf_engine import require_llama_cpp, tensor_census
+from pipeline.models.gguf_facts import tensor_census
 from pipeline.runtime.mmlu import score_mmlu
 
 # 10 subjects x 10 questions; 5-shot prompts of ~300-900 tokens
@@ -75,8 +76,10 @@ def test_llamacpp_agrees_with_transformers_on_the_same_weights(tmp_path):
     same = sum(a.predicted == b.predicted for a, b in zip(hf.questions, lcp.questions))
     keys = sorted(hf_lls)
     delta = np.abs(np.array([lcp_lls[k] for k in keys]) - np.array([hf_lls[k] for k in keys]))
-    print(f"\nagreement {same}/100, acc hf {hf.acc:.3f} llama.cpp {lcp.acc:.3f}, |dLL| max {delta.max():.2e} "
-          f"mean {delta.mean():.2e} p99 {np.percentile(delta, 99):.2e}; scoring s: hf {hf.seconds:.1f} llama.cpp {lcp.seconds:.1f}")
+    print(
+        f"\nagreement {same}/100, acc hf {hf.acc:.3f} llama.cpp {lcp.acc:.3f}, |dLL| max {delta.max():.2e} "
+        f"mean {delta.mean():.2e} p99 {np.percentile(delta, 99):.2e}; scoring s: hf {hf.seconds:.1f} llama.cpp {lcp.seconds:.1f}"
+    )
     assert same / 100 >= MIN_AGREEMENT
     assert delta.max() < LL_TOLERANCE
     assert abs(hf.acc - lcp.acc) <= 1 - MIN_AGREEMENT + 1e-9

@@ -24,7 +24,14 @@ def _recipe(tmp: Path, model_dir: Path, variants: list[dict], *, batch_sizes=(1,
         "models": [{"name": "tiny", "source": str(model_dir), "role": "candidate"}],
         "variants": variants,
         "eval": {"num_fewshot": 0, "subjects": SUBJECTS, "limit_per_subject": 1, "batch_size": 4},
-        "speed": {"prompt_tokens": 16, "new_tokens": 4, "batch_sizes": list(batch_sizes), "warmup": 0, "repeats": 1, "threads": 2},
+        "speed": {
+            "prompt_tokens": 16,
+            "new_tokens": 4,
+            "batch_sizes": list(batch_sizes),
+            "warmup": 0,
+            "repeats": 1,
+            "threads": 2,
+        },
         "tracking": {"uri": f"sqlite:///{tmp}/mlflow.db", "experiment": "e2e-llamacpp"},
     }
     path = tmp / "recipe.yaml"
@@ -47,7 +54,10 @@ def sweep(tmp_path_factory, tiny_model_dir):
     variants = [{"name": "none", "method": "none"}]
     variants += [{"name": name, "method": name} for name in GGUF_TYPES]
     variants.append(
-        {"name": "pruned-q4_k_m", "steps": [{"method": "magnitude-prune", "params": {"amount": 0.5}}, {"method": "gguf-q4_k_m"}]}
+        {
+            "name": "pruned-q4_k_m",
+            "steps": [{"method": "magnitude-prune", "params": {"amount": 0.5}}, {"method": "gguf-q4_k_m"}],
+        }
     )
     path = _recipe(tmp, tiny_model_dir, variants)
     result = CliRunner().invoke(app, ["run", str(path), "--executor", "inline"])
@@ -55,7 +65,7 @@ def sweep(tmp_path_factory, tiny_model_dir):
 
 
 def test_every_gguf_method_runs_end_to_end(sweep):
-    from pipeline.models.gguf_engine import llama_cpp_version as version
+    from pipeline.bindings.llamacpp import llama_cpp_version as version
 
     _, result, runs = sweep
     llama_cpp_version = version()
@@ -65,7 +75,9 @@ def test_every_gguf_method_runs_end_to_end(sweep):
         assert run.info.status == "FINISHED", (name, run.data.tags.get(M.TAG_STATUS_ERROR))
         tags, m = run.data.tags, run.data.metrics
         assert tags[M.TAG_RUNTIME] == "llama.cpp"
-        assert "AVX" in tags[M.TAG_ENGINE_CPU_FEATURES] or tags[M.TAG_ENGINE_CPU_FEATURES] == "", tags[M.TAG_ENGINE_CPU_FEATURES]
+        assert "AVX" in tags[M.TAG_RUNTIME_CPU_FEATURES] or tags[M.TAG_RUNTIME_CPU_FEATURES] == "", tags[
+            M.TAG_RUNTIME_CPU_FEATURES
+        ]
         assert tags[M.TAG_KERNEL].startswith("llama.cpp "), tags[M.TAG_KERNEL]
         assert tags[M.TAG_DENSE_FALLBACK] == "false"
         assert tags["engine.system_info"].startswith("CPU :") and tags["version.llama_cpp_python"] == llama_cpp_version
@@ -127,14 +139,21 @@ def _tiny_opt(model_dir: Path) -> Path:
     from transformers import OPTConfig, OPTForCausalLM, PreTrainedTokenizerFast
 
     config = OPTConfig(
-        vocab_size=64, hidden_size=16, num_hidden_layers=1, ffn_dim=32, num_attention_heads=2,
-        max_position_embeddings=2048, word_embed_proj_dim=16,
+        vocab_size=64,
+        hidden_size=16,
+        num_hidden_layers=1,
+        ffn_dim=32,
+        num_attention_heads=2,
+        max_position_embeddings=2048,
+        word_embed_proj_dim=16,
     )
     OPTForCausalLM(config).save_pretrained(model_dir)
     vocab = {f"t{i}": i for i in range(60)} | {"<unk>": 60, "<s>": 61, "</s>": 62, "<pad>": 63}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    )
     fast.save_pretrained(model_dir)
     return model_dir
 
@@ -156,7 +175,11 @@ def test_reference_llama_cpp_cannot_take_is_refused_at_validate(tmp_path, tiny_m
     path.write_text(yaml.safe_dump(doc))
     result = CliRunner().invoke(app, ["validate", str(path)])
     assert result.exit_code != 0
-    assert "models[1]" in result.output and "as published on llama.cpp" in result.output and "OPTForCausalLM" in result.output
+    assert (
+        "models[1]" in result.output
+        and "as published on llama.cpp" in result.output
+        and "OPTForCausalLM" in result.output
+    )
     assert "Traceback" not in result.output
 
 

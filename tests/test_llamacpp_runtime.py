@@ -1,5 +1,5 @@
-"""llama.cpp in-process behind the runtime seam: GGUF census and shape, the engine's log-probs, lm-eval scoring
-(shared contexts, multi-token continuations rolled back), decode timing and what the engine refuses."""
+"""llama.cpp in-process behind the runtime seam: GGUF census and shape, the model's log-probs, lm-eval scoring
+(shared contexts, multi-token continuations rolled back), decode timing and what it refuses."""
 
 from __future__ import annotations
 
@@ -9,22 +9,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.build.artifact import GGUFArtifact
-from pipeline.config.recipe import EvalSpec, SpeedSpec
-from pipeline.models.bundled import BUNDLED, cache_root
-from pipeline.models.gguf_engine import (
+from pipeline.bindings.llamacpp import (
     LlamaCppModel,
     LlamaCppUnavailable,
     cpu_features,
-    gguf_shape,
     log_softmax,
     require_llama_cpp,
     system_info,
-    tensor_census,
 )
+from pipeline.config.recipe import EvalSpec, SpeedSpec
+from pipeline.models.bundled import BUNDLED, cache_root
+from pipeline.models.gguf_facts import gguf_shape, tensor_census
 from pipeline.results import FidelityRecord, Provenance
 from pipeline.runtime import RUNTIMES, get_runtime
 from pipeline.runtime.llamacpp import LlamaCppRuntime, check_speed
+from pipeline.variants.artifact import GGUFArtifact
 
 
 @pytest.fixture(scope="module")
@@ -34,22 +33,28 @@ def smol_path() -> Path:
 
 def gguf_artifact(path: Path, name: str = "smollm2") -> GGUFArtifact:
     fidelity = FidelityRecord(
-        weight_bytes=0, linear_weight_bytes=0, linear_weight_count=0, bits_per_weight=0.0, bytes_read_per_token=0, sparsity=0.0, kernel=""
+        weight_bytes=0,
+        linear_weight_bytes=0,
+        linear_weight_count=0,
+        bits_per_weight=0.0,
+        bytes_read_per_token=0,
+        sparsity=0.0,
+        kernel="",
     )
     return GGUFArtifact(name, "none", "candidate", path, Provenance(source=str(path), kind="gguf"), fidelity, ("none",))
 
 
 @pytest.fixture(scope="module")
-def engine(smol_path):
+def llama(smol_path):
     with LlamaCppModel.open(smol_path, n_ctx=512, n_threads=2, logits_all=True) as m:
         yield m
 
 
 @pytest.fixture(scope="module")
-def lm(engine):
+def lm(llama):
     from pipeline.runtime.llamacpp_lm import LlamaCppLM
 
-    return LlamaCppLM(engine=engine)
+    return LlamaCppLM(llama=llama)
 
 
 # ------------------------------------------------------------------------------------------ census / shape
@@ -106,7 +111,15 @@ def test_census_untied_excludes_the_embedding_gather(tmp_path):
 
 def test_shape_and_kv_bytes(smol_path, tmp_path):
     s = gguf_shape(smol_path)
-    assert (s.architecture, s.n_layer, s.n_head, s.n_head_kv, s.head_dim, s.n_embd, s.n_vocab) == ("llama", 30, 9, 3, 64, 576, 49152)
+    assert (s.architecture, s.n_layer, s.n_head, s.n_head_kv, s.head_dim, s.n_embd, s.n_vocab) == (
+        "llama",
+        30,
+        9,
+        3,
+        64,
+        576,
+        49152,
+    )
     assert s.context_length == 8192 and s.sliding_window is None
     assert s.kv_bytes_per_token() == 30 * 2 * 3 * 64 * 2  # f16 K and V
     assert s.kv_bytes_at_context(10) == 10 * s.kv_bytes_per_token()
@@ -131,19 +144,19 @@ def test_missing_library_is_one_line(monkeypatch):
         require_llama_cpp()
 
 
-# ------------------------------------------------------------------------------------------ engine + LM
+# ------------------------------------------------------------------------------------------ llama + LM
 
 
-def test_logprobs_shape_and_normalisation(engine):
-    ids = engine.tokenize("The capital of France is Paris. The capital of Germany is", True)
-    lp = engine.logprobs(ids)
-    assert engine.n_vocab == 49152 and lp.shape == (len(ids), 49152) and lp.dtype == np.float64
+def test_logprobs_shape_and_normalisation(llama):
+    ids = llama.tokenize("The capital of France is Paris. The capital of Germany is", True)
+    lp = llama.logprobs(ids)
+    assert llama.n_vocab == 49152 and lp.shape == (len(ids), 49152) and lp.dtype == np.float64
     np.testing.assert_allclose(np.exp(lp).sum(axis=-1), 1.0, atol=1e-9)
-    assert engine.detokenize([int(lp[-1].argmax())]).strip() == "Berlin"
+    assert llama.detokenize([int(lp[-1].argmax())]).strip() == "Berlin"
     # the last position alone (what scoring reads) is the same row
-    engine.clear()
-    np.testing.assert_allclose(log_softmax(engine.eval(ids, logits="last"))[0], lp[-1], atol=1e-5)
-    engine.clear()
+    llama.clear()
+    np.testing.assert_allclose(log_softmax(llama.eval(ids, logits="last"))[0], lp[-1], atol=1e-5)
+    llama.clear()
 
 
 def _instance(context: str, continuation: str, idx: int = 0):
@@ -152,7 +165,7 @@ def _instance(context: str, continuation: str, idx: int = 0):
     return Instance(request_type="loglikelihood", doc={}, arguments=(context, continuation), idx=idx)
 
 
-def test_lm_loglikelihood_equals_engine_logprobs(lm, engine):
+def test_lm_loglikelihood_equals_engine_logprobs(lm, llama):
     base = "Question: what is the capital of France?\nAnswer:"
     requests = [
         (base, " the city of Paris, on the Seine"),  # multi-token: evaluated after the context, then rolled back
@@ -163,7 +176,7 @@ def test_lm_loglikelihood_equals_engine_logprobs(lm, engine):
     out = lm.loglikelihood([_instance(c, k, i) for i, (c, k) in enumerate(requests)], disable_tqdm=True)
     for (context, continuation), (ll, greedy) in zip(requests, out):
         ctx, cont = lm._encode_pair(context, continuation)
-        lp = engine.logprobs(ctx + cont)  # naive: the whole sequence from an empty cache
+        lp = llama.logprobs(ctx + cont)  # naive: the whole sequence from an empty cache
         rows = [lp[len(ctx) - 1 + j] for j in range(len(cont))]
         expected = sum(row[tok] for row, tok in zip(rows, cont))
         assert ll == pytest.approx(expected, abs=2e-4), (context, continuation)
@@ -171,8 +184,10 @@ def test_lm_loglikelihood_equals_engine_logprobs(lm, engine):
     assert len(lm._encode_pair(base, " Paris")[1]) == 1 and len(lm._encode_pair(*requests[0])[1]) > 3
     # a greedy continuation is reported as such
     ctx = lm.tok_encode("The capital of France is Paris. The capital of Germany is")
-    best = engine.detokenize([int(engine.logprobs(ctx)[-1].argmax())])
-    [(_, greedy)] = lm.loglikelihood([_instance("The capital of France is Paris. The capital of Germany is", best)], disable_tqdm=True)
+    best = llama.detokenize([int(llama.logprobs(ctx)[-1].argmax())])
+    [(_, greedy)] = lm.loglikelihood(
+        [_instance("The capital of France is Paris. The capital of Germany is", best)], disable_tqdm=True
+    )
     assert greedy
 
 
@@ -194,7 +209,7 @@ def test_bos_follows_the_gguf():
     gemma = BUNDLED["gemma-3-270m"].locate(cache_root())
     lm = LlamaCppLM(gemma, n_threads=1)
     try:
-        assert lm.engine.add_bos and lm.tok_encode("Answer:")[0] == lm.prefix_token_id == 2
+        assert lm.llama.add_bos and lm.tok_encode("Answer:")[0] == lm.prefix_token_id == 2
         assert lm.tok_encode("<bos>Answer:") == lm.tok_encode("Answer:")  # HFLM: text with BOS gets no second one
         assert lm.tok_encode("Answer:", add_special_tokens=False)[0] != 2
     finally:
@@ -205,7 +220,7 @@ def test_bos_follows_the_gguf():
 
 
 def test_runtime_is_registered():
-    assert RUNTIMES["llama.cpp"] is LlamaCppRuntime and LlamaCppRuntime.artifact_format == "gguf"
+    assert RUNTIMES.get("llama.cpp") is LlamaCppRuntime and LlamaCppRuntime.artifact_format == "gguf"
     assert isinstance(get_runtime("llama.cpp"), LlamaCppRuntime)
 
 
@@ -233,16 +248,29 @@ def test_decode_points(smol_path):
         assert 0 < p.mbu < 1.5 and p.wall_tok_s > 0 and p.peak_mem_mb > 0
         assert len(p.samples[0]["marks_ms"]) == 9 and len(p.samples[-1]["inputs"]["generated_ids_row0"]) == 8
     # row 0 has the same prompt at both batch sizes: its greedy tokens do not depend on the other sequence
-    assert result.points[0].samples[-1]["inputs"]["generated_ids_row0"] == result.points[1].samples[-1]["inputs"]["generated_ids_row0"]
+    assert (
+        result.points[0].samples[-1]["inputs"]["generated_ids_row0"]
+        == result.points[1].samples[-1]["inputs"]["generated_ids_row0"]
+    )
     assert result.kernel.startswith("llama.cpp Q4_1×210, ") and "AVX2" in result.kernel
-    assert (result.device, result.timer, result.dtype, result.dense_fallback) == ("cpu", "perf_counter_ns (host)", "Q4_1", False)
+    assert (result.device, result.timer, result.dtype, result.dense_fallback) == (
+        "cpu",
+        "perf_counter_ns (host)",
+        "Q4_1",
+        False,
+    )
     assert result.weight_bytes_per_token == census.bytes_read_per_token and result.threads == 2
-    assert (result.layers, result.head_params) == (30, 576 * 49152)  # SmolLM2-135M: what `predict`'s fit charges per layer / per prompt
+    assert (result.layers, result.head_params) == (
+        30,
+        576 * 49152,
+    )  # SmolLM2-135M: what `predict`'s fit charges per layer / per prompt
 
 
 def test_check_speed_refuses_what_llama_cpp_cannot_run():
     assert check_speed(SpeedSpec(batch_sizes=[1, 4])) is None
-    assert "256" in check_speed(SpeedSpec(batch_sizes=[1, 257])) and "speed.batch_sizes" in check_speed(SpeedSpec(batch_sizes=[257]))
+    assert "256" in check_speed(SpeedSpec(batch_sizes=[1, 257])) and "speed.batch_sizes" in check_speed(
+        SpeedSpec(batch_sizes=[257])
+    )
     assert "speed.max_batch" in check_speed(SpeedSpec(scenario="offline", max_batch=512))
     assert check_speed(SpeedSpec(scenario="offline", max_batch=256)) is None
     assert "speed.compile" in check_speed(SpeedSpec(compile=True))
@@ -255,4 +283,6 @@ def test_a_torch_artifact_is_refused():
     from types import SimpleNamespace
 
     with pytest.raises(TypeError, match="GGUFArtifact"):
-        LlamaCppRuntime().score_mmlu(SimpleNamespace(model=None), EvalSpec(num_fewshot=0, subjects=["marketing"], limit_per_subject=1))
+        LlamaCppRuntime().score_mmlu(
+            SimpleNamespace(model=None), EvalSpec(num_fewshot=0, subjects=["marketing"], limit_per_subject=1)
+        )

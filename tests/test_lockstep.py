@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.data.mmlu import look_sizes
+from pipeline.data.sampling import look_sizes
 from pipeline.sweep.lockstep import LockStep, Member
 
 CONFIDENCE, MARGIN = 0.95, 3.0
@@ -27,11 +27,18 @@ def _answers(rng, base: np.ndarray, drop_points: float) -> np.ndarray:
     return np.where(lose, False, np.where(gain, True, base))
 
 
-def _run(members: list[Member], answers: dict[str, np.ndarray], *, fail: set[str] = frozenset()) -> tuple[LockStep, list[tuple]]:
+def _run(
+    members: list[Member], answers: dict[str, np.ndarray], *, fail: set[str] = frozenset()
+) -> tuple[LockStep, list[tuple]]:
     """Drive the controller as the sweep's driver does: a "go" scores the member's next look (a member in `fail`
     crashes instead), a "stop" ends it."""
     step = LockStep(
-        members, ORDER, SIZES, MARGIN, CONFIDENCE, POPULATION,
+        members,
+        ORDER,
+        SIZES,
+        MARGIN,
+        CONFIDENCE,
+        POPULATION,
         correct=lambda run_id, keys: answers[run_id][: len(keys)],
     )
     log = []
@@ -89,15 +96,20 @@ def test_lockstep_false_pass_rate_and_the_base_stops_with_its_last_variant():
         decided_same.append(by["same"].scored)
         assert by["worse"].stopped.startswith(("fail", "undecided"))
     rate = false_pass / sweeps
-    print(f"\nlock-step: false-pass rate {rate:.3f} at a true drop equal to the {MARGIN:g}-point margin over {sweeps} sweeps; "
-          f"a 0-point variant stops after {np.mean(decided_same):.0f} questions on average")
+    print(
+        f"\nlock-step: false-pass rate {rate:.3f} at a true drop equal to the {MARGIN:g}-point margin over {sweeps} sweeps; "
+        f"a 0-point variant stops after {np.mean(decided_same):.0f} questions on average"
+    )
     assert rate <= 1 - CONFIDENCE
     assert np.median(decided_same) < MAX  # the good variant usually stops early
 
 
 def test_a_base_without_variants_scores_all_and_a_failed_base_stops_its_variants():
     rng = np.random.default_rng(1)
-    alone = [Member("base", "m/none", "m", "transformers", "base"), Member("ref", "r/none", "r", "transformers", "reference")]
+    alone = [
+        Member("base", "m/none", "m", "transformers", "base"),
+        Member("ref", "r/none", "r", "transformers", "reference"),
+    ]
     step, _ = _run(alone, {"base": rng.random(MAX) < 0.5, "ref": rng.random(MAX) < 0.5})
     assert [m.scored for m in alone] == [MAX, MAX]
     members = _sweep()
@@ -114,7 +126,13 @@ def test_a_resumed_sweep_starts_at_the_last_finished_look():
     those again; decisions are taken from what they bring."""
     rng = np.random.default_rng(5)
     base = rng.random(MAX) < 0.5
-    answers = {"base": base, "at": _answers(rng, base, MARGIN), "same": base, "worse": _answers(rng, base, 2 * MARGIN), "ref": base}
+    answers = {
+        "base": base,
+        "at": _answers(rng, base, MARGIN),
+        "same": base,
+        "worse": _answers(rng, base, 2 * MARGIN),
+        "ref": base,
+    }
     members = _sweep()
     for m in members:
         m.scored = 400

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.methods import MethodError, registry, validate_steps, validate_variant
 from pipeline.config.recipe import ModelSpec, VariantSpec
-
+from pipeline.methods import MethodError, registry, validate_steps, validate_variant
 
 # Small calibration so the whole file stays fast on a shared 2-core CPU.
 CAL = {"calibration_samples": 8, "calibration_seq_len": 64}
@@ -76,7 +75,16 @@ BITS = {
     "hqq-2": (2.0, 3.1),
     "bnb-fp4": (4.0, 6.0),  # double quant's 256-entry code table is per layer: large on tiny layers
 }
-PRUNED = {"magnitude-30", "magnitude-50", "magnitude-global-30", "magnitude-2of4", "wanda-30", "wanda-2of4", "sparsegpt-50", "sparsegpt-2of4"}
+PRUNED = {
+    "magnitude-30",
+    "magnitude-50",
+    "magnitude-global-30",
+    "magnitude-2of4",
+    "wanda-30",
+    "wanda-2of4",
+    "sparsegpt-50",
+    "sparsegpt-2of4",
+}
 
 
 def _variant(name: str) -> VariantSpec:
@@ -89,8 +97,9 @@ def _variant(name: str) -> VariantSpec:
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from pipeline.models import resolve_model
     from tiny_llama import build_tiny_llama
+
+    from pipeline.models import resolve_model
 
     path = build_tiny_llama(tmp_path_factory.mktemp("tiny") / "llama")
     spec = ModelSpec(name="tiny", source=str(path))
@@ -99,7 +108,7 @@ def tiny(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def base(tiny):
-    from pipeline.build.artifact import base_reference_for
+    from pipeline.variants.artifact import base_reference_for
 
     resolved, spec = tiny
     ref = base_reference_for(resolved, spec, device="cpu", cache=False)
@@ -109,7 +118,7 @@ def base(tiny):
 
 @pytest.fixture(scope="module")
 def build(tiny, base):
-    from pipeline.build.artifact import build_artifact
+    from pipeline.variants.artifact import build_artifact
 
     resolved, spec = tiny
     cache: dict[str, object] = {}
@@ -134,7 +143,11 @@ def build(tiny, base):
         ("awq", {"bits": 8}, "method 'awq' param `bits`: Input should be 4"),
         ("hqq", {"nbits": 5}, "method 'hqq' param `nbits`: Input should be 8, 4, 3 or 2"),
         ("hqq", {"group_size": 12}, "method 'hqq' param `group_size`: must be a positive multiple of 8 (got 12)"),
-        ("int4-weight-only", {"group_size": 48}, "method 'int4-weight-only' param `group_size`: Input should be 32, 64, 128 or 256"),
+        (
+            "int4-weight-only",
+            {"group_size": 48},
+            "method 'int4-weight-only' param `group_size`: Input should be 32, 64, 128 or 256",
+        ),
         (
             "gptq",
             {"calibration": "/no/such/calib.jsonl"},
@@ -147,8 +160,16 @@ def build(tiny, base):
             "method 'wanda' param `calibration`: calibration 'not a dataset' is neither 'mmlu-validation', "
             "a local .txt/.jsonl file nor a hub dataset id (org/name[:split])",
         ),
-        ("wanda", {"pattern": "2:4", "amount": 0.6}, "method 'wanda' pattern 2:4 prunes exactly half; drop `amount` or set it to 0.5 (got 0.6)"),
-        ("sparsegpt", {"pattern": "4:8"}, "method 'sparsegpt' param `pattern`: Input should be 'unstructured' or '2:4'"),
+        (
+            "wanda",
+            {"pattern": "2:4", "amount": 0.6},
+            "method 'wanda' pattern 2:4 prunes exactly half; drop `amount` or set it to 0.5 (got 0.6)",
+        ),
+        (
+            "sparsegpt",
+            {"pattern": "4:8"},
+            "method 'sparsegpt' param `pattern`: Input should be 'unstructured' or '2:4'",
+        ),
         ("magnitude-prune", {"amount": 1.5}, "method 'magnitude-prune' param `amount`: Input should be less than 1"),
         ("bnb-nf4", {"bits": 4}, "method 'bnb-nf4' has no param `bits`; its params are: double_quant, compute_dtype"),
     ],
@@ -179,7 +200,10 @@ def test_step_order_is_validated():
         "step 1 (gptq) quantizes the weights, so step 2 (magnitude-prune) would get no dense weights; "
         "put pruning steps first and one quantizer last"
     )
-    assert validate_steps([("magnitude-prune", {}), ("bnb-nf4", {})]) == "method 'bnb-nf4' quantizes at load time, so it must be the first step"
+    assert (
+        validate_steps([("magnitude-prune", {}), ("bnb-nf4", {})])
+        == "method 'bnb-nf4' quantizes at load time, so it must be the first step"
+    )
     assert validate_steps([("sparsegpt", {}), ("gptq", {})]) is None
 
 
@@ -236,9 +260,9 @@ def _write_model_dir(tmp_path: Path, **config_kw) -> Path:
     ],
 )
 def test_check_model_refuses_before_loading_weights(tmp_path, method, params, config_kw, expected):
-    from pipeline.build.artifact import build_artifact
     from pipeline.models.loader import ResolvedModel
     from pipeline.results import Provenance
+    from pipeline.variants.artifact import build_artifact
 
     d = _write_model_dir(tmp_path, **config_kw)
     spec = ModelSpec(name="shape", source=str(d))
@@ -249,8 +273,8 @@ def test_check_model_refuses_before_loading_weights(tmp_path, method, params, co
 
 
 def test_method_not_on_this_device_is_a_clear_error(tiny):
-    from pipeline.build.artifact import build_artifact
-    from pipeline.methods.base import _REGISTRY, Method, register
+    from pipeline.methods.base import METHODS, Method, register
+    from pipeline.variants.artifact import build_artifact
 
     class CudaOnly(Method):
         name = "test-cuda-only"
@@ -263,11 +287,11 @@ def test_method_not_on_this_device_is_a_clear_error(tiny):
         with pytest.raises(MethodError, match=r"^method 'test-cuda-only' runs on cuda only; this run is on cpu$"):
             build_artifact(resolved, spec, VariantSpec(name="v", method="test-cuda-only"), device="cpu")
     finally:
-        _REGISTRY.pop("test-cuda-only", None)
+        METHODS.unregister("test-cuda-only")
 
 
 def test_quantizer_then_pruning_fails_before_loading(tiny):
-    from pipeline.build.artifact import build_artifact
+    from pipeline.variants.artifact import build_artifact
 
     resolved, spec = tiny
     v = VariantSpec(name="bad", steps=[{"method": "int8-weight-only"}, {"method": "magnitude-prune"}])
@@ -282,7 +306,9 @@ def test_fidelity_record_complete_and_consistent(build, name, mmlu_dir):
     f = build(name).fidelity
     lo, hi = BITS.get(name, (32.0, 32.0))
     assert lo <= f.bits_per_weight <= hi, f"{name}: {f.bits_per_weight:.3f} bits/weight"
-    assert f.linear_weight_count == 2 * (64 * 64 * 2 + 32 * 64 * 2 + 128 * 64 * 3)  # 2 layers of q,o + k,v + gate,up,down
+    assert f.linear_weight_count == 2 * (
+        64 * 64 * 2 + 32 * 64 * 2 + 128 * 64 * 3
+    )  # 2 layers of q,o + k,v + gate,up,down
     assert f.linear_weight_bytes == pytest.approx(f.bits_per_weight * f.linear_weight_count / 8)
     assert 0 < f.linear_weight_bytes < f.weight_bytes
     assert len(f.per_layer_sparsity) == 14 and 0.0 <= f.sparsity < 1.0
@@ -292,7 +318,10 @@ def test_fidelity_record_complete_and_consistent(build, name, mmlu_dir):
     assert f.bytes_read_per_token >= f.stored_bytes_per_token  # a layer seen running dense reads its dense bytes
     # serialization: measured when the library can save, else the library's reason
     if f.serializable:
-        assert f.serialized_bytes and 0.9 <= f.serialized_bytes / f.weight_bytes <= 1.15, (f.serialized_bytes, f.weight_bytes)
+        assert f.serialized_bytes and 0.9 <= f.serialized_bytes / f.weight_bytes <= 1.15, (
+            f.serialized_bytes,
+            f.weight_bytes,
+        )
         assert f.serializable_reason is None
     else:
         assert f.serialized_bytes is None and f.serializable_reason
@@ -340,8 +369,8 @@ def test_compressed_tensors_stores_packed_runs_dequantized(build):
 @pytest.mark.usefixtures("mmlu_dir")  # calibration and held-out text come from MMLU validation
 @pytest.mark.parametrize("name", ["magnitude-2of4", "wanda-2of4", "sparsegpt-2of4", "sparsegpt-2of4+gptq-4"])
 def test_2of4_pattern_holds_exactly(build, name):
-    from pipeline.build.storage import dense_weight
     from pipeline.methods.targets import target_linears
+    from pipeline.variants.storage import dense_weight
 
     a = build(name)
     assert a.fidelity.nm_pattern_ok is True
@@ -353,10 +382,12 @@ def test_2of4_pattern_holds_exactly(build, name):
 
 
 @pytest.mark.usefixtures("mmlu_dir")  # calibration and held-out text come from MMLU validation
-@pytest.mark.parametrize("name,amount", [("magnitude-30", 0.3), ("magnitude-50", 0.5), ("wanda-30", 0.3), ("sparsegpt-50", 0.5)])
+@pytest.mark.parametrize(
+    "name,amount", [("magnitude-30", 0.3), ("magnitude-50", 0.5), ("wanda-30", 0.3), ("sparsegpt-50", 0.5)]
+)
 def test_sparsity_matches_amount_within_one_weight_per_layer(build, name, amount):
-    from pipeline.build.storage import dense_weight
     from pipeline.methods.targets import target_linears
+    from pipeline.variants.storage import dense_weight
 
     a = build(name)
     total = 0
@@ -405,9 +436,9 @@ def test_composition_keeps_the_mask_through_gptq(build):
 def calib_inputs(tiny):
     """Inputs reaching every linear layer of the DENSE model on the calibration text GPTQ/SparseGPT saw."""
     import torch
+    from _reconstruction import capture_layer_inputs
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from _reconstruction import capture_layer_inputs
     from pipeline.data.calibration import load_calibration
     from pipeline.methods.batches import tokenized_batches
 
@@ -456,7 +487,14 @@ def test_upstream_plain_ignore_prunes_lm_head_which_is_why_we_add_a_regex(tiny):
     model = AutoModelForCausalLM.from_pretrained(resolved.dense_dir, dtype=torch.float32)
     data = load_calibration(None, 4, tokenizer=tok, seq_len=32)
     recipe = [SparseGPTModifier(sparsity=0.5, targets=["Linear"], ignore=["lm_head"])]
-    oneshot(model=model, recipe=recipe, dataset=hf_dataset(tok, data.texts, 32), processor=tok, num_calibration_samples=4, max_seq_length=32)
+    oneshot(
+        model=model,
+        recipe=recipe,
+        dataset=hf_dataset(tok, data.texts, 32),
+        processor=tok,
+        num_calibration_samples=4,
+        max_seq_length=32,
+    )
     assert float((model.lm_head.weight == 0).float().mean()) > 0.4  # pruned despite ignore=["lm_head"]
     assert any(i.startswith("re:") for i in IGNORE)
 
@@ -476,12 +514,14 @@ def _cuda() -> bool:
 @pytest.mark.usefixtures("mmlu_dir")  # calibration and held-out text come from MMLU validation
 @pytest.mark.parametrize("name,params", [("int4-weight-only", {"group_size": 64}), ("bnb-nf4", {}), ("bnb-int8", {})])
 def test_gpu_paths(tiny, name, params):
-    from pipeline.build.artifact import build_artifact, base_reference_for
+    from pipeline.variants.artifact import base_reference_for, build_artifact
 
     resolved, spec = tiny
     spec = spec.model_copy(update={"dtype": "bfloat16"})
     base = base_reference_for(resolved, spec, device="cuda", cache=False)
-    f = build_artifact(resolved, spec, VariantSpec(name=name, method=name, params=params), device="cuda", base=base).fidelity
+    f = build_artifact(
+        resolved, spec, VariantSpec(name=name, method=name, params=params), device="cuda", base=base
+    ).fidelity
     assert 4.0 <= f.bits_per_weight <= 9.0 and f.kl_vs_base > 0
     if name == "int4-weight-only":
         assert f.serializable is True and "CUDA" in f.kernel
@@ -513,5 +553,5 @@ def test_catalog_covers_every_method():
 def test_all_cpu_methods_are_covered_by_these_tests():
     covered = {v[0] if isinstance(v, tuple) else v[0][0] for v in VARIANTS.values()}
     # methods writing an engine's own file (gguf-*) never touch the torch model: tests/test_gguf_export.py
-    engine = {n for n in _real_methods() if registry()[n].engine_format is not None}
+    engine = {n for n in _real_methods() if registry()[n].artifact_format is not None}
     assert engine and covered == _real_methods() - engine, _real_methods() - engine - covered

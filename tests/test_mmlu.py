@@ -1,4 +1,4 @@
-"""MMLU scoring (pipeline/data/mmlu.py + pipeline/data/evals/mmlu/ + pipeline/runtime/mmlu.py): fidelity to
+"""MMLU scoring (pipeline/data/mmlu.py + pipeline/data/tasks.py + evals/mmlu/ + pipeline/runtime/mmlu.py): fidelity to
 lm-eval's built-in `mmlu` prompts, known answers, per-subject limits, data errors, and one HFLM smoke run
 on the tiny Llama.
 
@@ -23,23 +23,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from scripted_lm import ScriptedLM
 
 import pipeline.data.mmlu as data_mmlu
 from pipeline.config.recipe import EvalSpec
-from pipeline.data.mmlu import (
-    CATEGORIES,
-    EVALS_DIR,
-    GROUP,
-    SHIPPED_DIR,
-    SUBJECTS,
-    TASK_PREFIX,
-    MMLUDataError,
-    materialize_tasks,
-    resolve_data,
-)
+from pipeline.data.mmlu import CATEGORIES, GROUP, SHIPPED_DIR, SUBJECTS, TASK_PREFIX, MMLUDataError, resolve_data
+from pipeline.data.tasks import EVALS_DIR, materialize_tasks
 from pipeline.env import MMLU_DIR_ENV
 from pipeline.runtime.mmlu import score_mmlu
-from scripted_lm import ScriptedLM
 
 # What the pipeline reads with eval.data_dir unset: the override, else the shipped copy (.jsonl.gz).
 MMLU_DIR = Path(os.environ.get(MMLU_DIR_ENV) or SHIPPED_DIR)
@@ -66,7 +57,7 @@ def _rows(split: str) -> dict[str, list[dict[str, Any]]]:
     """Rows of one split per subject, in file order (independent of the code under test)."""
     out: dict[str, list[dict[str, Any]]] = defaultdict(list)
     path = _split_file(split)
-    with (gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else path.open(encoding="utf-8")) as fh:
+    with gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else path.open(encoding="utf-8") as fh:
         for line in fh:
             row = json.loads(line)
             out[row["subject"]].append(row)
@@ -162,9 +153,7 @@ def _load_generator() -> Any:
 def test_committed_configs_match_generator() -> None:
     rendered = _load_generator().render()
     on_disk = {p.name for p in EVALS_DIR.iterdir() if p.is_file() and p.name != "_generate.py"}
-    assert on_disk == set(rendered), (
-        "pipeline/data/evals/mmlu/ is out of date: run .venv/bin/python pipeline/data/evals/mmlu/_generate.py"
-    )
+    assert on_disk == set(rendered), "evals/mmlu/ is out of date: run .venv/bin/python evals/mmlu/_generate.py"
     for name, text in rendered.items():
         assert (EVALS_DIR / name).read_text(encoding="utf-8") == text, f"{name} differs from _generate.py output"
 
@@ -339,7 +328,9 @@ ERROR_CASES: list[tuple[str, Callable[[Path], None], dict[str, Any], list[str]]]
     ("empty_file", lambda d: _write(d / "dev.jsonl", []), {}, ["dev.jsonl", "empty file"]),
     (
         "wrong_columns",
-        lambda d: _write(d / "test.jsonl", [{"subject": "abstract_algebra", "question": "Q", "choices": ["a"] * 4, "label": 1}]),
+        lambda d: _write(
+            d / "test.jsonl", [{"subject": "abstract_algebra", "question": "Q", "choices": ["a"] * 4, "label": 1}]
+        ),
         {},
         ["test.jsonl: line 1", "missing column(s) answer", "subject, question, choices, answer"],
     ),
@@ -349,9 +340,24 @@ ERROR_CASES: list[tuple[str, Callable[[Path], None], dict[str, Any], list[str]]]
         {},
         ["test.jsonl: line 2", "`choices`", "4 strings"],
     ),
-    ("answer_4", lambda d: _write(d / "test.jsonl", [_row(answer=4)]), {}, ["test.jsonl: line 1", "`answer` is 4", "0-3"]),
-    ("answer_letter", lambda d: _write(d / "dev.jsonl", [_row(answer="B")] * 5), {}, ["dev.jsonl: line 1", "`answer` is 'B'", "0-3"]),
-    ("bad_json", lambda d: _write(d / "test.jsonl", [_row(), "{not json"]), {}, ["test.jsonl: line 2", "not valid JSON"]),
+    (
+        "answer_4",
+        lambda d: _write(d / "test.jsonl", [_row(answer=4)]),
+        {},
+        ["test.jsonl: line 1", "`answer` is 4", "0-3"],
+    ),
+    (
+        "answer_letter",
+        lambda d: _write(d / "dev.jsonl", [_row(answer="B")] * 5),
+        {},
+        ["dev.jsonl: line 1", "`answer` is 'B'", "0-3"],
+    ),
+    (
+        "bad_json",
+        lambda d: _write(d / "test.jsonl", [_row(), "{not json"]),
+        {},
+        ["test.jsonl: line 2", "not valid JSON"],
+    ),
     (
         "file_subject_spaces",
         lambda d: _write(d / "test.jsonl", [_row(subject="abstract algebra")]),
@@ -374,8 +380,12 @@ ERROR_CASES: list[tuple[str, Callable[[Path], None], dict[str, Any], list[str]]]
 ]
 
 
-@pytest.mark.parametrize(("mutate", "spec_kw", "expected"), [c[1:] for c in ERROR_CASES], ids=[c[0] for c in ERROR_CASES])
-def test_data_errors(good_dir: Path, mutate: Callable[[Path], None], spec_kw: dict[str, Any], expected: list[str]) -> None:
+@pytest.mark.parametrize(
+    ("mutate", "spec_kw", "expected"), [c[1:] for c in ERROR_CASES], ids=[c[0] for c in ERROR_CASES]
+)
+def test_data_errors(
+    good_dir: Path, mutate: Callable[[Path], None], spec_kw: dict[str, Any], expected: list[str]
+) -> None:
     resolve_data(EvalSpec(subjects=["abstract_algebra"], data_dir=str(good_dir)))  # the base case is valid
     mutate(good_dir)
     spec = EvalSpec(**({"subjects": ["abstract_algebra"], "data_dir": str(good_dir)} | spec_kw))
@@ -426,14 +436,15 @@ def test_unreachable_hub_is_a_data_error(tmp_path: Path, monkeypatch: pytest.Mon
 
 def test_hflm_smoke_on_tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> None:
     from lm_eval.models.huggingface import HFLM
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from tiny_llama import build_tiny_llama
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = build_tiny_llama(tmp_path_factory.mktemp("tiny") / "llama", mmlu_dir=MMLU_DIR)
     model = AutoModelForCausalLM.from_pretrained(path).eval()
     lm = HFLM(pretrained=model, tokenizer=AutoTokenizer.from_pretrained(path), batch_size=2)
-    spec = EvalSpec(subjects=["abstract_algebra", "anatomy"], limit_per_subject=2, num_fewshot=0, data_dir=str(MMLU_DIR))
+    spec = EvalSpec(
+        subjects=["abstract_algebra", "anatomy"], limit_per_subject=2, num_fewshot=0, data_dir=str(MMLU_DIR)
+    )
     result = score_mmlu(lm, spec)
     assert result.n_questions == 4
     assert 0.0 <= result.acc <= 1.0

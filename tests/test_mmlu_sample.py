@@ -9,15 +9,9 @@ import random
 import pytest
 
 from pipeline.config.recipe import EvalSpec, RecipeError, apply_overrides, parse_recipe
-from pipeline.data.mmlu import (
-    MMLUDataError,
-    allocate,
-    read_split,
-    resolve_data,
-    sample_questions,
-    split_path,
-    stratified_estimate,
-)
+from pipeline.data.estimates import stratified_estimate
+from pipeline.data.mmlu import MMLUDataError, read_split, resolve_data, split_path
+from pipeline.data.sampling import allocate, sample_questions
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +57,10 @@ def test_every_larger_sample_contains_the_smaller_one(data):
         small, large = sample_questions(data, n, seed=3), sample_questions(data, n + 1, seed=3)
         assert all(set(small[s]) <= set(large[s]) for s in data.subjects), n
     subject = max(sizes, key=sizes.get)
-    assert allocate(sum(sizes.values()) - 1, sizes) == {**sizes, subject: sizes[subject] - 1}  # the cap holds to the end
+    assert allocate(sum(sizes.values()) - 1, sizes) == {
+        **sizes,
+        subject: sizes[subject] - 1,
+    }  # the cap holds to the end
 
 
 def test_stratified_estimate_is_unbiased_with_a_true_stderr(data):
@@ -101,9 +98,16 @@ def test_scored_sample_keeps_the_rows_of_its_questions(tiny_model_dir, mmlu_dir)
     from pipeline.runtime.mmlu import score_mmlu
     from pipeline.runtime.transformers import _hflm_class
 
-    spec = EvalSpec(num_fewshot=0, subjects=["anatomy", "marketing", "virology"], sample={"questions": 12, "seed": 3}, data_dir=str(mmlu_dir))
+    spec = EvalSpec(
+        num_fewshot=0,
+        subjects=["anatomy", "marketing", "virology"],
+        sample={"questions": 12, "seed": 3},
+        data_dir=str(mmlu_dir),
+    )
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
-    result = score_mmlu(_hflm_class()(pretrained=model, tokenizer=AutoTokenizer.from_pretrained(tiny_model_dir), device="cpu"), spec)
+    result = score_mmlu(
+        _hflm_class()(pretrained=model, tokenizer=AutoTokenizer.from_pretrained(tiny_model_dir), device="cpu"), spec
+    )
     chosen = sample_questions(resolve_data(spec), 12, 3)
     assert {(q.subject, q.index) for q in result.questions} == {(s, i) for s, rows in chosen.items() for i in rows}
     rows = [json.loads(line) for line in read_split(split_path(mmlu_dir, "test")).decode().splitlines() if line]
@@ -111,7 +115,9 @@ def test_scored_sample_keeps_the_rows_of_its_questions(tiny_model_dir, mmlu_dir)
     for row in rows:
         by_subject.setdefault(row["subject"], []).append(row)
     assert all(q.answer == by_subject[q.subject][q.index]["answer"] for q in result.questions)
-    est = stratified_estimate({s: [q.correct for q in result.questions if q.subject == s] for s in chosen}, resolve_data(spec).test_rows)
+    est = stratified_estimate(
+        {s: [q.correct for q in result.questions if q.subject == s] for s in chosen}, resolve_data(spec).test_rows
+    )
     assert result.acc == pytest.approx(est.acc) and result.acc_stderr == pytest.approx(est.stderr)
     assert result.lm_eval_results["shrinkgate"]["sample"]["seed"] == 3
 

@@ -19,11 +19,11 @@ from pipeline.config.recipe import ModelSpec, SpeedSpec, VariantSpec
 def zeroed_tiny(tmp_path_factory):
     """The tiny Llama with 10 % of every decoder linear's weights set to exact zeros (as a published
     checkpoint dequantized from a 4-bit grid has), saved as a model dir."""
+    from tiny_llama import build_tiny_llama
     from transformers import AutoModelForCausalLM
 
     from pipeline.methods.targets import target_linears
     from pipeline.models import resolve_model
-    from tiny_llama import build_tiny_llama
 
     src = build_tiny_llama(tmp_path_factory.mktemp("tiny") / "llama")
     out = tmp_path_factory.mktemp("zeroed") / "llama"
@@ -42,7 +42,7 @@ def zeroed_tiny(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def build(zeroed_tiny):
-    from pipeline.build.artifact import build_artifact
+    from pipeline.variants.artifact import build_artifact
 
     resolved, spec = zeroed_tiny
     cache: dict[str, object] = {}
@@ -118,10 +118,12 @@ class _Int8Linear(torch.nn.Linear):
 def test_observation_follows_the_ops_that_ran_not_the_layer_type(zeroed_tiny, fused):
     from transformers import AutoModelForCausalLM
 
-    from pipeline.build.observe import observe_kernel
+    from pipeline.variants.observe import observe_kernel
 
     resolved, _ = zeroed_tiny
-    model = _swap_linears(AutoModelForCausalLM.from_pretrained(resolved.dense_dir).eval(), lambda m: _Int8Linear(m, fused))
+    model = _swap_linears(
+        AutoModelForCausalLM.from_pretrained(resolved.dense_dir).eval(), lambda m: _Int8Linear(m, fused)
+    )
     obs = observe_kernel(model, compressed=True)
     assert obs.census == {"_Int8Linear[Parameter int8]": 14}
     if fused:
@@ -152,7 +154,7 @@ def _swap_linears(model, make):
 
 
 def test_a_composite_op_with_low_precision_inputs_is_not_the_kernel_when_a_dense_mm_ran_inside():
-    from pipeline.build.observe import Op, classify_call
+    from pipeline.variants.observe import Op, classify_call
 
     # bitsandbytes' CPU gemm_4bit takes uint8 but dequantizes and calls aten::mm inside
     ops = [
@@ -168,16 +170,18 @@ def test_a_composite_op_with_low_precision_inputs_is_not_the_kernel_when_a_dense
 
 # -- item 6: bytes read per token follow the observation -------------------------------------------
 def _fixed_host(monkeypatch, bw_gb_s: float = 10.0):
-    from pipeline.runtime.speed import measure as measure_mod
+    from pipeline.runtime.speed import harness
 
-    monkeypatch.setattr(measure_mod, "bandwidth_probe", lambda device, threads: {"bandwidth_gb_s": bw_gb_s, "load_avg": 0.0})
-    monkeypatch.setattr(measure_mod, "host_matmul_flops", lambda device, threads, dtype: 1e11)
+    monkeypatch.setattr(
+        harness, "bandwidth_probe", lambda device, threads: {"bandwidth_gb_s": bw_gb_s, "load_avg": 0.0}
+    )
+    monkeypatch.setattr(harness, "host_matmul_flops", lambda device, threads, dtype: 1e11)
 
 
 def _kv(model, point) -> float:
-    from pipeline.runtime.speed import roofline
+    from pipeline.models import shapes
 
-    return roofline.kv_bytes_at_context(model.config, point.context_tokens, 4)
+    return shapes.kv_bytes_at_context(model.config, point.context_tokens, 4)
 
 
 def test_the_observed_kernel_decides_the_bytes_read_and_mbu_uses_them(build, monkeypatch):
@@ -209,9 +213,10 @@ def test_the_observed_kernel_decides_the_bytes_read_and_mbu_uses_them(build, mon
 def test_a_compiled_step_that_folded_the_dequantize_reads_dense_bytes(build, monkeypatch):
     """Eager int4 runs its packed kernel (stored bytes); if the compiled step shows only dense matmuls
     (freezing folded the dequantize into fp32 constants), the speed figures switch to dense bytes."""
-    from pipeline.build.observe import KernelObservation
     from pipeline.methods.targets import target_linears
-    from pipeline.runtime.speed import measure as measure_mod
+    from pipeline.runtime.speed import torch_adapter
+    from pipeline.runtime.speed.measure import measure_decode
+    from pipeline.variants.observe import KernelObservation
 
     dense = build("none", ("none", {})).fidelity
     art = build("int4", ("int4-weight-only", {"group_size": 64}))
@@ -219,7 +224,7 @@ def test_a_compiled_step_that_folded_the_dequantize_reads_dense_bytes(build, mon
     assert not f.dense_fallback and f.bytes_read_per_token == f.stored_bytes_per_token < dense.bytes_read_per_token
 
     _fixed_host(monkeypatch)
-    monkeypatch.setattr(measure_mod, "_decode_call", lambda model, compile_, device: model)  # eager stands in
+    monkeypatch.setattr(torch_adapter, "_decode_call", lambda model, compile_, device: model)  # eager stands in
     widths: list[int] = []
 
     def folded(step, model, *, compressed, dense_width):
@@ -229,11 +234,16 @@ def test_a_compiled_step_that_folded_the_dequantize_reads_dense_bytes(build, mon
         ops = (("mkl::_mkl_linear(float,float)", 14),)
         return KernelObservation(calls, {n: dense_width for n in calls}, {}, ops, False, compressed, compiled=True)
 
-    monkeypatch.setattr(measure_mod, "observe_compiled", folded)
+    monkeypatch.setattr(torch_adapter, "observe_compiled", folded)
     spec = SpeedSpec(prompt_tokens=8, new_tokens=4, batch_sizes=[1], warmup=1, repeats=1, threads=1, compile=True)
-    res = measure_mod.measure_decode(
-        art.model, art.tokenizer, spec, weight_bytes_per_token=f.bytes_read_per_token, device="cpu",
-        kernel=f.kernel, dense_fallback=f.dense_fallback,
+    res = measure_decode(
+        art.model,
+        art.tokenizer,
+        spec,
+        weight_bytes_per_token=f.bytes_read_per_token,
+        device="cpu",
+        kernel=f.kernel,
+        dense_fallback=f.dense_fallback,
     )
     p = res.points[0]
     read = dense.bytes_read_per_token + _kv(art.model, p)
@@ -249,13 +259,16 @@ def test_each_batch_size_is_observed_and_its_points_read_what_ran_there(zeroed_t
     bytes (issue 27, item 9: batch 8 used to reuse batch 1's observation). One profiled step per batch size."""
     from transformers import AutoModelForCausalLM
 
-    from pipeline.build.observe import observe_reads
-    from pipeline.build.storage import storage_bytes
     from pipeline.methods.targets import target_linears
-    from pipeline.runtime.speed import measure as measure_mod
+    from pipeline.runtime.speed import torch_adapter
+    from pipeline.runtime.speed.measure import measure_decode
+    from pipeline.variants.observe import observe_reads
+    from pipeline.variants.storage import storage_bytes
 
     resolved, _ = zeroed_tiny
-    model = _swap_linears(AutoModelForCausalLM.from_pretrained(resolved.dense_dir).eval(), lambda m: _RowsInt8Linear(m, True))
+    model = _swap_linears(
+        AutoModelForCausalLM.from_pretrained(resolved.dense_dir).eval(), lambda m: _RowsInt8Linear(m, True)
+    )
     built = observe_reads(model, compressed=True)
     assert not built.observation.dense_fallback and built.bytes_per_token == built.stored_bytes_per_token
     dense = storage_bytes(model, dense={name: 4 for name, _ in target_linears(model)}).bytes_read_per_token
@@ -263,18 +276,28 @@ def test_each_batch_size_is_observed_and_its_points_read_what_ran_there(zeroed_t
 
     _fixed_host(monkeypatch, bw_gb_s=10.0)
     profiled: list[int] = []
-    observe = measure_mod.observe_kernel
-    monkeypatch.setattr(measure_mod, "observe_kernel", lambda *a, **k: profiled.append(1) or observe(*a, **k))
+    observe = torch_adapter.observe_kernel
+    monkeypatch.setattr(torch_adapter, "observe_kernel", lambda *a, **k: profiled.append(1) or observe(*a, **k))
     spec = SpeedSpec(prompt_tokens=8, new_tokens=3, batch_sizes=[1, 8], warmup=0, repeats=2, threads=1)
-    res = measure_mod.measure_decode(
-        model, None, spec, weight_bytes_per_token=built.bytes_per_token, device="cpu", kernel="int8 by rows",
+    res = measure_decode(
+        model,
+        None,
+        spec,
+        weight_bytes_per_token=built.bytes_per_token,
+        device="cpu",
+        kernel="int8 by rows",
         dense_fallback=built.observation.dense_fallback,
     )
     one, eight = res.points
     assert len(profiled) == 2  # per batch size, not per repeat
     assert one.dense_fallback is False and one.kernel_observed == "14/14 layer matmuls quantized"
-    assert eight.dense_fallback is True and eight.kernel_observed == "14/14 layer matmuls dense (fp32), dequantize ran per call"
-    assert "aten::_weight_int8pack_mm" in one.kernel_observed_ops and "aten::mm(float,float)" in eight.kernel_observed_ops
+    assert (
+        eight.dense_fallback is True
+        and eight.kernel_observed == "14/14 layer matmuls dense (fp32), dequantize ran per call"
+    )
+    assert (
+        "aten::_weight_int8pack_mm" in one.kernel_observed_ops and "aten::mm(float,float)" in eight.kernel_observed_ops
+    )
     for p, weights in ((one, built.bytes_per_token), (eight, dense)):
         assert p.weight_bytes_read == weights
         assert p.bytes_per_step == pytest.approx(weights + p.batch_size * _kv(model, p))
@@ -282,7 +305,11 @@ def test_each_batch_size_is_observed_and_its_points_read_what_ran_there(zeroed_t
         assert p.mbu == pytest.approx(p.decode_tok_s / p.batch_size * p.bytes_per_step / 10e9)
     m, tags = res.metrics(), res.tags()
     assert m["weight_bytes_read_per_step"] == built.bytes_per_token and m["weight_bytes_read_per_step_bs8"] == dense
-    assert res.dense_fallback and tags["kernel_dense_fallback"] == "true" and tags["kernel_dense_fallback.batches"] == "8@8"
+    assert (
+        res.dense_fallback
+        and tags["kernel_dense_fallback"] == "true"
+        and tags["kernel_dense_fallback.batches"] == "8@8"
+    )
     assert res.speed_kind == "dense-fallback speed at batch 8; kernel speed at batch 1"
     assert tags["kernel.observed"] == f"batch 1: {one.kernel_observed} | batch 8: {eight.kernel_observed}"
     assert res.weight_bytes_per_token == built.bytes_per_token
@@ -305,7 +332,9 @@ def test_bnb_nf4_is_observed_at_each_batch_size_it_is_timed_at(build, monkeypatc
     for p in res.points:
         assert ("bitsandbytes::gemv_4bit" in p.kernel_observed_ops) is packed and p.dense_fallback is not packed
         weights = f.stored_bytes_per_token if packed else dense.bytes_read_per_token
-        assert p.weight_bytes_read == weights and p.bytes_per_step == pytest.approx(weights + p.batch_size * _kv(art.model, p))
+        assert p.weight_bytes_read == weights and p.bytes_per_step == pytest.approx(
+            weights + p.batch_size * _kv(art.model, p)
+        )
         assert p.mbu == pytest.approx(p.decode_tok_s / p.batch_size * p.bytes_per_step / 10e9)
     assert res.dense_fallback is not packed and res.speed_kind == ("kernel speed" if packed else "dense-fallback speed")
     assert res.tags().get("kernel_dense_fallback.batches") == (None if packed else "1@8,8@8")

@@ -55,7 +55,11 @@ def _runs(tmp: Path, name: str) -> dict[str, object]:
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp}/mlflow.db")
     exp = client.get_experiment_by_name(name)
     runs = client.search_runs([exp.experiment_id], max_results=100)
-    return {f"{r.data.tags[M.TAG_MODEL]}/{r.data.tags[M.TAG_VARIANT]}": r for r in runs if r.data.tags.get(M.TAG_KIND) == "variant"}
+    return {
+        f"{r.data.tags[M.TAG_MODEL]}/{r.data.tags[M.TAG_VARIANT]}": r
+        for r in runs
+        if r.data.tags.get(M.TAG_KIND) == "variant"
+    }
 
 
 def _port_closed(base_url: str) -> bool:
@@ -98,7 +102,9 @@ def test_launched_server_is_measured_end_to_end(served):
     assert m[M.MMLU_N_QUESTIONS] == 4 and 0 <= m[M.MMLU_ACC] <= 1
     for level in ("_c1", "_c2"):
         assert m[M.DECODE_TOK_S + level] > 0 and m[M.TTFT_P90_MS + level] > 0 and m[M.ITL_P99_MS + level] > 0
-        assert m[M.REQUEST_THROUGHPUT + level] > 0 and m[M.OUTPUT_TOK_S + level] > 0 and m[M.REQUESTS_FAILED + level] == 0
+        assert (
+            m[M.REQUEST_THROUGHPUT + level] > 0 and m[M.OUTPUT_TOK_S + level] > 0 and m[M.REQUESTS_FAILED + level] == 0
+        )
         assert m[M.MEAN_OUTPUT_TOKENS + level] == 6  # --interrupt_requests false: no stream is cut short
         assert m[M.GOODPUT + level] == 0 and m[M.SLO_ATTAINMENT + level] == 0
     assert m[M.DECODE_TOK_S] == m[M.DECODE_TOK_S + "_c1"]  # the single-stream figure the verdict compares
@@ -131,18 +137,31 @@ def test_server_predictions_equal_in_process_llamacpp(served):
 
     tmp, _, runs = served
     run = runs["smollm2/none"]
-    csv_path = MlflowClient(tracking_uri=f"sqlite:///{tmp}/mlflow.db").download_artifacts(run.info.run_id, M.ART_QUESTIONS, str(tmp))
+    csv_path = MlflowClient(tracking_uri=f"sqlite:///{tmp}/mlflow.db").download_artifacts(
+        run.info.run_id, M.ART_QUESTIONS, str(tmp)
+    )
     server_q = parse_questions_csv(Path(csv_path).read_text())
     spec = EvalSpec(num_fewshot=0, subjects=SUBJECTS, limit_per_subject=2)
-    local = LlamaCppRuntime().score_mmlu(SimpleNamespace(gguf_path=BUNDLED["smollm2-135m-instruct"].locate(cache_root())), spec)
-    assert [(q.subject, q.index, q.predicted) for q in server_q] == [(q.subject, q.index, q.predicted) for q in local.questions]
+    local = LlamaCppRuntime().score_mmlu(
+        SimpleNamespace(gguf_path=BUNDLED["smollm2-135m-instruct"].locate(cache_root())), spec
+    )
+    assert [(q.subject, q.index, q.predicted) for q in server_q] == [
+        (q.subject, q.index, q.predicted) for q in local.questions
+    ]
 
 
 # -- faults, on a fake server (artifact: none, the tiny model's tokenizer) -------------------------------------
 
 
 def _fault_sweep(tmp: Path, name: str, serve: dict, tiny: Path, *, models: int = 1) -> tuple[object, dict]:
-    base = {"artifact": "none", "model": "fake-model", "health_timeout_s": 20, "request_timeout_s": 3, "concurrency": [1], "requests_per_level": 2}
+    base = {
+        "artifact": "none",
+        "model": "fake-model",
+        "health_timeout_s": 20,
+        "request_timeout_s": 3,
+        "concurrency": [1],
+        "requests_per_level": 2,
+    }
     models_doc = [{"name": f"tiny{i}", "source": str(tiny), "role": "candidate"} for i in range(models)]
     path = _write(tmp, name, base | serve, models_doc)
     result = CliRunner().invoke(app, ["run", str(path)])  # the process executor: every child its own process
@@ -159,18 +178,32 @@ def test_fake_server_passes_end_to_end(tmp_path, tiny_model_dir):
     # the rate level: Poisson arrivals at 20/s, every request within the SLO, tokens from the server's usage
     assert m[M.REQUEST_THROUGHPUT + "_r20"] > 0 and m[M.SLO_ATTAINMENT + "_r20"] == 1.0 and m[M.GOODPUT + "_r20"] > 0
     assert "streamed chunks" not in run.data.tags.get(M.TAG_SPEED_WARNINGS, "")
-    assert M.MBU not in run.data.metrics and M.BANDWIDTH_GB_S not in m  # nothing built or counted here: no bytes, no MBU
+    assert (
+        M.MBU not in run.data.metrics and M.BANDWIDTH_GB_S not in m
+    )  # nothing built or counted here: no bytes, no MBU
 
 
 @pytest.mark.parametrize(
     ("case", "serve", "message"),
     [
-        ("never-healthy", {"launch": ["{python}", "-c", "import time; time.sleep(60)", "{host}"], "health_timeout_s": 2}, "server not healthy at http://127.0.0.1:"),
-        ("exits", {"launch": ["{python}", "-c", "raise SystemExit(3)", "{host}"]}, "server exited with code 3 before it answered"),
+        (
+            "never-healthy",
+            {"launch": ["{python}", "-c", "import time; time.sleep(60)", "{host}"], "health_timeout_s": 2},
+            "server not healthy at http://127.0.0.1:",
+        ),
+        (
+            "exits",
+            {"launch": ["{python}", "-c", "raise SystemExit(3)", "{host}"]},
+            "server exited with code 3 before it answered",
+        ),
         ("wrong-model", {"launch": _fake(), "model": "wrong"}, "serve.model: 'wrong' is not what"),
         ("http500", {"launch": _fake("--mode", "http500")}, "HTTP 500 while scoring MMLU"),
         ("http429", {"launch": _fake("--mode", "http429")}, "HTTP 429 while scoring MMLU"),
-        ("timeout", {"launch": _fake("--mode", "slow"), "request_timeout_s": 1}, "no answer within 1 s (serve.request_timeout_s)"),
+        (
+            "timeout",
+            {"launch": _fake("--mode", "slow"), "request_timeout_s": 1},
+            "no answer within 1 s (serve.request_timeout_s)",
+        ),
         ("no-echo", {"launch": _fake("--mode", "no-echo")}, "returned no prompt log-probabilities"),
     ],
 )
@@ -207,7 +240,11 @@ def test_ctrl_c_leaves_no_server_behind(tmp_path, tiny_model_dir):
     path = _write(tmp_path, "ctrl-c", serve, models)
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     driver = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "run", str(path)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=default_sigint
+        [sys.executable, "-m", "pipeline.cli", "run", str(path)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        preexec_fn=default_sigint,
     )
     deadline = time.monotonic() + 120
     while not _servers_left(str(HERE / "fake_openai_server.py")) and time.monotonic() < deadline:
@@ -224,10 +261,26 @@ def test_ctrl_c_leaves_no_server_behind(tmp_path, tiny_model_dir):
     ("serve", "variants", "message"),
     [
         ({"launch": ["{python}", "-m", "llama_cpp.server"]}, None, "serve.launch: no {artifact} in the command"),
-        ({"launch": [a for a in LLAMA_SERVER if a not in ("--host", "{host}")]}, None, "serve.launch: no {host} in the command, so the server would bind wherever its default is"),
-        ({"launch": ["no-such-engine-binary", "{artifact}"]}, None, "serve.launch[0]: 'no-such-engine-binary' is not a program on PATH"),
-        ({"launch": LLAMA_SERVER, "api_key_env": "SHRINKGATE_TEST_UNSET_KEY"}, None, "serve.api_key_env: $SHRINKGATE_TEST_UNSET_KEY is not set"),
-        ({"artifact": "none", "base_url": "http://127.0.0.1:9/v1"}, [{"name": "q", "method": "gguf-q4_0"}], "serve.artifact: none"),
+        (
+            {"launch": [a for a in LLAMA_SERVER if a not in ("--host", "{host}")]},
+            None,
+            "serve.launch: no {host} in the command, so the server would bind wherever its default is",
+        ),
+        (
+            {"launch": ["no-such-engine-binary", "{artifact}"]},
+            None,
+            "serve.launch[0]: 'no-such-engine-binary' is not a program on PATH",
+        ),
+        (
+            {"launch": LLAMA_SERVER, "api_key_env": "SHRINKGATE_TEST_UNSET_KEY"},
+            None,
+            "serve.api_key_env: $SHRINKGATE_TEST_UNSET_KEY is not set",
+        ),
+        (
+            {"artifact": "none", "base_url": "http://127.0.0.1:9/v1"},
+            [{"name": "q", "method": "gguf-q4_0"}],
+            "serve.artifact: none",
+        ),
         ({"artifact": "gguf"}, None, "serve.artifact: gguf builds something no server is told about"),
     ],
 )
@@ -256,7 +309,9 @@ def test_shipped_serve_recipes_pass_host_to_the_server():
 
 def test_runtime_openai_needs_a_serve_section(tmp_path):
     path = tmp_path / "r.yaml"
-    path.write_text(yaml.safe_dump({"name": "x", "runtime": "openai", "models": [{"name": "m", "source": "smollm2-135m-instruct"}]}))
+    path.write_text(
+        yaml.safe_dump({"name": "x", "runtime": "openai", "models": [{"name": "m", "source": "smollm2-135m-instruct"}]})
+    )
     result = CliRunner().invoke(app, ["validate", str(path)])
     assert result.exit_code != 0 and "add a `serve:` section" in result.output
 
@@ -282,7 +337,13 @@ def test_checkpoint_artifact_reaches_the_launched_server(tmp_path, tiny_model_di
     """`artifact: checkpoint`: the build is saved as a folder and the launch command gets it as {artifact}
     (the fake server exits 4 unless the folder holds config.json and shrinkgate.json)."""
     models = [{"name": "tiny", "source": str(tiny_model_dir), "role": "candidate"}]
-    serve = {"model": "fake-model", "artifact": "checkpoint", "launch": _fake("--checkpoint", "{artifact}"), "concurrency": [1], "requests_per_level": 2}
+    serve = {
+        "model": "fake-model",
+        "artifact": "checkpoint",
+        "launch": _fake("--checkpoint", "{artifact}"),
+        "concurrency": [1],
+        "requests_per_level": 2,
+    }
     variants = [{"name": "rtn", "method": "rtn", "params": {"bits": 4, "group_size": 64}}]
     path = _write(tmp_path, "ckpt", serve, models, variants=variants)
     result = CliRunner().invoke(app, ["run", str(path), "--executor", "inline"])
@@ -319,10 +380,25 @@ def test_secrets_reach_no_store_log_or_artifact(tmp_path, tiny_model_dir, monkey
     run = runs["tiny/rtn"]
     assert run.info.status == "FINISHED", (run.data.tags.get(M.TAG_STATUS_ERROR), result.output)
     assert "--api-key REDACTED" in run.data.tags["serve.launch"]
-    exported = CliRunner().invoke(app, ["export", run.info.run_id, "--out", str(store / "export"), "--tracking-uri", uri])
+    exported = CliRunner().invoke(
+        app, ["export", run.info.run_id, "--out", str(store / "export"), "--tracking-uri", uri]
+    )
     assert exported.exit_code == 0, exported.output
     policy = HERE.parent / "policies" / "default.yaml"
-    gate = CliRunner().invoke(app, ["gate", "--policy", str(policy), "--experiment", "secrets", "--out", str(store / "gate"), "--tracking-uri", uri])
+    gate = CliRunner().invoke(
+        app,
+        [
+            "gate",
+            "--policy",
+            str(policy),
+            "--experiment",
+            "secrets",
+            "--out",
+            str(store / "gate"),
+            "--tracking-uri",
+            uri,
+        ],
+    )
     assert gate.exit_code in (0, 1), gate.output
 
     files = [p for p in store.rglob("*") if p.is_file()]
@@ -369,10 +445,10 @@ def test_export_writes_what_was_measured(tmp_path, tiny_model_dir, served):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from pipeline.build.artifact import build_artifact
     from pipeline.config.recipe import ModelSpec, VariantSpec
     from pipeline.models import resolve_model
     from pipeline.models.bundled import BUNDLED, cache_root
+    from pipeline.variants.artifact import build_artifact
 
     doc = {
         "name": "exp",
@@ -393,7 +469,10 @@ def test_export_writes_what_was_measured(tmp_path, tiny_model_dir, served):
     assert config["quantization_config"]["format"] == "pack-quantized"  # compressed-tensors, as vLLM loads it
     assert json.loads((out / "shrinkgate.json").read_text())["run_id"] == run.info.run_id
 
-    spec, variant = ModelSpec(name="tiny", source=str(tiny_model_dir)), VariantSpec(name="rtn", method="rtn", params={"bits": 4, "group_size": 64})
+    spec, variant = (
+        ModelSpec(name="tiny", source=str(tiny_model_dir)),
+        VariantSpec(name="rtn", method="rtn", params={"bits": 4, "group_size": 64}),
+    )
     fresh = build_artifact(resolve_model(spec), spec, variant, device="cpu", measure_serialized=False)
     loaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
     ids = torch.tensor([[5, 17, 42, 99, 3, 8, 250, 11]])
@@ -402,7 +481,17 @@ def test_export_writes_what_was_measured(tmp_path, tiny_model_dir, served):
 
     stmp, _, sruns = served
     gguf_out = tmp_path / "gguf"
-    result = CliRunner().invoke(app, ["export", sruns["smollm2/none"].info.run_id, "--out", str(gguf_out), "--tracking-uri", f"sqlite:///{stmp}/mlflow.db"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "export",
+            sruns["smollm2/none"].info.run_id,
+            "--out",
+            str(gguf_out),
+            "--tracking-uri",
+            f"sqlite:///{stmp}/mlflow.db",
+        ],
+    )
     assert result.exit_code == 0, result.output
     published = BUNDLED["smollm2-135m-instruct"].locate(cache_root())
     digest = [hashlib.sha256(p.read_bytes()).hexdigest() for p in (gguf_out / "smollm2-none.gguf", published)]

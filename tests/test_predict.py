@@ -1,25 +1,30 @@
-"""`shrinkgate predict`: the hardware table, the formats, the roofline arithmetic, the fit of engine factors
-(recovering known factors, and on points the speed harness really measured), and the command."""
+"""`shrinkgate predict`: the hardware table, the formats, the roofline arithmetic, the fit of runtime factors
+(recovering known factors, and on points the speed harness really measured), and the command, which runs with
+torch and transformers unimportable."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
+from pipeline import host
 from pipeline.cli import app
 from pipeline.methods.base import registry
-from pipeline.predict import calibration
-from pipeline.predict.calibration import MeasuredPoint, fit, geomean_abs_error, points_from_speed, predicted
-from pipeline.predict.command import model_facts
+from pipeline.models import shapes
+from pipeline.models.shapes import linear_params_per_token
+from pipeline.predict import fit as fitting
+from pipeline.predict.fit import MeasuredPoint, fit, geomean_abs_error, points_from_speed, predicted
 from pipeline.predict.formats import FORMATS, weight_format
 from pipeline.predict.hardware import hardware, table
-from pipeline.predict.roofline_model import EngineFactors, predict
-from pipeline.runtime.speed import host
-from pipeline.runtime.speed.roofline import linear_params_per_token
+from pipeline.predict.roofline import RuntimeFactors, predict
+from pipeline.predict.targets import model_facts
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,7 +54,7 @@ def _facts(name="llama-3.1-8b", dtype="bf16"):
 
 
 def test_llama_8b_on_an_h100_is_memory_bound_at_batch_1_and_compute_bound_past_the_ridge():
-    facts, h100, ideal = _facts(), hardware("h100-sxm"), EngineFactors("transformers", "gpu")
+    facts, h100, ideal = _facts(), hardware("h100-sxm"), RuntimeFactors("transformers", "gpu")
     one = predict(facts, weight_format("none"), h100, ideal, 1, 128, 32)
     weights = linear_params_per_token(facts.config) * 2
     assert one.weight_bytes_per_token == weights
@@ -64,12 +69,22 @@ def test_llama_8b_on_an_h100_is_memory_bound_at_batch_1_and_compute_bound_past_t
     assert 3.0 < int4_one.decode_tok_s / one.decode_tok_s < 3.8
     assert int4_big.decode_tok_s == pytest.approx(big.decode_tok_s, rel=0.01)
     # a measured fidelity record's bits override the format's
-    measured = predict(facts, weight_format("int4-weight-only"), h100, ideal, 1, 128, 32, bits_per_weight=4.5, bits_source="measured: x")
+    measured = predict(
+        facts,
+        weight_format("int4-weight-only"),
+        h100,
+        ideal,
+        1,
+        128,
+        32,
+        bits_per_weight=4.5,
+        bits_source="measured: x",
+    )
     assert measured.weight_bytes_per_token > int4_one.weight_bytes_per_token and measured.bits_source == "measured: x"
 
 
 def test_long_context_batches_are_bound_by_the_kv_cache_and_gemma_windows_cap_it():
-    facts, l4, ideal = _facts("llama-3.2-1b"), hardware("l4"), EngineFactors("transformers", "gpu")
+    facts, l4, ideal = _facts("llama-3.2-1b"), hardware("l4"), RuntimeFactors("transformers", "gpu")
     p = predict(facts, weight_format("none"), l4, ideal, 64, 8192, 128)
     assert p.bottleneck == "memory (KV cache)" and p.kv_gb > p.weights_gb
     gemma = _facts("gemma-3-270m")
@@ -78,35 +93,75 @@ def test_long_context_batches_are_bound_by_the_kv_cache_and_gemma_windows_cap_it
 
 
 def test_prefill_runs_the_output_head_once_per_prompt():
-    """Both engines keep only the last position's logits: Gemma 3's 262k-vocabulary head is counted once, not 128 times."""
-    from pipeline.runtime.speed import roofline
+    """Both runtimes keep only the last position's logits: Gemma 3's 262k-vocabulary head is counted once, not 128 times."""
+    from pipeline.predict import roofline
 
     gemma = _facts("gemma-3-270m")
-    per_token = roofline.decode_flops_per_token(gemma.config, 64)
+    per_token = shapes.decode_flops_per_token(gemma.config, 64)
     head = gemma.head_params
     assert 2 * head > 0.5 * per_token  # the head is most of a decode token's FLOPs
-    assert roofline.prefill_flops_per_seq(128, per_token, head) == pytest.approx(128 * (per_token - 2 * head) + 2 * head)
-    slow = EngineFactors("transformers", "cpu", compute_eff=0.01, prefill_eff=0.01)  # compute-bound prefill: TTFT follows the FLOPs
+    assert roofline.prefill_flops_per_seq(128, per_token, head) == pytest.approx(
+        128 * (per_token - 2 * head) + 2 * head
+    )
+    slow = RuntimeFactors(
+        "transformers", "cpu", compute_eff=0.01, prefill_eff=0.01
+    )  # compute-bound prefill: TTFT follows the FLOPs
     ttft = predict(gemma, weight_format("none"), hardware("l4"), slow, 1, 128, 32).ttft_ms
     peak, _ = hardware("l4").peak_flops("bf16")
     assert ttft == pytest.approx(roofline.prefill_flops_per_seq(128, per_token, head) / (0.01 * peak) * 1e3, rel=0.01)
 
 
 def test_fit_recovers_known_factors():
-    truth = EngineFactors(
-        "e", "cpu", bandwidth_eff=0.6, batched_bandwidth_eff=0.4, compute_eff=0.3, prefill_eff=0.45, step_overhead_ms=2.0,
-        ttft_overhead_ms=12.0, overlap=0.4, layer_overhead_ms=0.25, kernel_speed={"gguf-q4_k_m": 0.5}, provenance="truth", points=1,
+    truth = RuntimeFactors(
+        "e",
+        "cpu",
+        bandwidth_eff=0.6,
+        batched_bandwidth_eff=0.4,
+        compute_eff=0.3,
+        prefill_eff=0.45,
+        step_overhead_ms=2.0,
+        ttft_overhead_ms=12.0,
+        overlap=0.4,
+        layer_overhead_ms=0.25,
+        kernel_speed={"gguf-q4_k_m": 0.5},
+        provenance="truth",
+        points=1,
     )
     points = []
     for gb, layers in ((0.5, 30), (2.0, 16), (8.0, 24)):
         for batch in (1, 4, 16, 64):
             for method, bytes_scale in (("none", 1.0), ("gguf-q4_k_m", 0.3)):
                 weights = gb * 1e9 * bytes_scale
-                p = MeasuredPoint(f"m{gb}/{method}", "e", "cpu", batch, 128, weights, weights + batch * 1e6, gb * 1e9, 30e9, 1e12, 1.0, 1.0, layers, f"m{gb}", method)
+                p = MeasuredPoint(
+                    f"m{gb}/{method}",
+                    "e",
+                    "cpu",
+                    batch,
+                    128,
+                    weights,
+                    weights + batch * 1e6,
+                    gb * 1e9,
+                    30e9,
+                    1e12,
+                    1.0,
+                    1.0,
+                    layers,
+                    f"m{gb}",
+                    method,
+                )
                 tpot, ttft = predicted(p, truth)
                 points.append(MeasuredPoint(**{**p.__dict__, "tpot_s": tpot, "ttft_s": ttft}))
     got = fit(points, "e", "cpu", "synthetic")
-    for name in ("bandwidth_eff", "batched_bandwidth_eff", "compute_eff", "prefill_eff", "step_overhead_ms", "ttft_overhead_ms", "overlap", "layer_overhead_ms"):
+    for name in (
+        "bandwidth_eff",
+        "batched_bandwidth_eff",
+        "compute_eff",
+        "prefill_eff",
+        "step_overhead_ms",
+        "ttft_overhead_ms",
+        "overlap",
+        "layer_overhead_ms",
+    ):
         assert getattr(got, name) == pytest.approx(getattr(truth, name), rel=0.02), name
     assert got.speed_of("gguf-q4_k_m") == pytest.approx(0.5, rel=0.02) and got.speed_of("none") == 1.0
     assert "relative to none" in got.provenance
@@ -115,7 +170,12 @@ def test_fit_recovers_known_factors():
 
 def test_batch_one_points_leave_the_batched_bandwidth_unfitted():
     p = MeasuredPoint("m", "e", "cpu", 1, 128, 1e9, 1e9, 1e9, 30e9, 1e12, 0.05, 0.2, 16)
-    got = fit([p, MeasuredPoint(**{**p.__dict__, "label": "n", "weight_bytes": 2e9, "bytes_per_step": 2e9, "tpot_s": 0.09})], "e", "cpu", "one batch")
+    got = fit(
+        [p, MeasuredPoint(**{**p.__dict__, "label": "n", "weight_bytes": 2e9, "bytes_per_step": 2e9, "tpot_s": 0.09})],
+        "e",
+        "cpu",
+        "one batch",
+    )
     assert got.batched_bandwidth_eff is None and got.bandwidth_eff_at(8) == got.bandwidth_eff
     assert "batch 1 only" in got.provenance and not got.kernel_speed
 
@@ -134,38 +194,145 @@ def test_fit_on_points_the_harness_measured_predicts_them(tmp_path):
     for p in points:
         assert predicted(p, factors)[0] == pytest.approx(p.tpot_s, rel=0.25)
     path = tmp_path / "factors.json"
-    calibration.save_factors([factors], path)
-    assert calibration.factors_for("transformers", "cpu", path) == factors
-    assert not calibration.factors_for("llama.cpp", "gpu", path).calibrated
+    fitting.save_factors([factors], path)
+    assert fitting.factors_for("transformers", "cpu", path) == factors
+    assert not fitting.factors_for("llama.cpp", "gpu", path).calibrated
 
 
 def test_shipped_factors_say_where_they_came_from():
-    shipped = calibration.load_factors()
+    shipped = fitting.load_factors()
     assert ("transformers", "cpu") in shipped
     for f in shipped.values():
         assert f.calibrated and "fitted" in f.provenance and 0.01 <= f.bandwidth_eff <= 2.0
 
 
+def test_factors_stored_under_the_old_engine_key_stay_readable(tmp_path):
+    """factors.json files (and benchmark point caches) written before the rename call the runtime "engine"."""
+    path = tmp_path / "factors.json"
+    old = {
+        "engine": "llama.cpp",
+        "device_kind": "cpu",
+        "bandwidth_eff": 0.9,
+        "provenance": "fitted on 3 points",
+        "points": 3,
+    }
+    path.write_text(json.dumps({"note": "old", "factors": [old]}))
+    assert fitting.factors_for("llama.cpp", "cpu", path) == RuntimeFactors(
+        "llama.cpp", "cpu", bandwidth_eff=0.9, provenance="fitted on 3 points", points=3
+    )
+    fitting.save_factors([RuntimeFactors("transformers", "cpu", points=1)], path)
+    saved = json.loads(path.read_text())["factors"]
+    assert [e.get("runtime") for e in saved] == ["llama.cpp", "transformers"] and not any("engine" in e for e in saved)
+    point = MeasuredPoint("m", "llama.cpp", "cpu", 1, 128, 1e9, 1e9, 1e9, 30e9, 1e12, 0.05, 0.2, 16)
+    stored = {("engine" if k == "runtime" else k): v for k, v in point.__dict__.items()}
+    assert fitting.point_from_dict(stored) == point
+
+
+def test_published_configs_give_transformers_facts_without_transformers():
+    """`predict` reads published shapes as plain dicts; each must size a model exactly as transformers' own config
+    does (Gemma 3's sliding layers included: transformers derives them, the table states them)."""
+    for name in shapes.PUBLISHED:
+        plain, full = shapes.config_dict(name), shapes.published_config(name).to_dict()
+        assert shapes.linear_params_per_token(plain) == shapes.linear_params_per_token(full), name
+        assert (shapes.head_params(plain), shapes.layer_count(plain)) == (
+            shapes.head_params(full),
+            shapes.layer_count(full),
+        ), name
+        for context in (100, 600, 5000):
+            assert shapes.kv_bytes_at_context(plain, context, 2) == shapes.kv_bytes_at_context(full, context, 2), (
+                name,
+                context,
+            )
+            assert shapes.decode_flops_per_token(plain, context) == shapes.decode_flops_per_token(full, context), (
+                name,
+                context,
+            )
+        assert plain.get("tie_word_embeddings", True) == full.get("tie_word_embeddings", True), name
+
+
 def test_predict_command_for_published_configs():
-    result = CliRunner().invoke(app, ["predict", "--config", "llama-3.1-8b,llama-3.2-3b", "--hardware", "h100-sxm", "--batch-sizes", "1,8,64"])
+    result = CliRunner().invoke(
+        app, ["predict", "--config", "llama-3.1-8b,llama-3.2-3b", "--hardware", "h100-sxm", "--batch-sizes", "1,8,64"]
+    )
     assert result.exit_code == 0, result.output
     rows = [line for line in result.output.splitlines() if "llama-3." in line and "│" in line]
     assert len(rows) == 6
     assert "NVIDIA H100" in result.output and "ideal roofline" in result.output
 
 
-def test_predict_command_for_a_recipe_resolves_bundled_models_and_engine():
-    result = CliRunner().invoke(app, ["predict", "--recipe", "recipes/quickstart.yaml", "--hardware", "l4", "--dtype", "bf16"])
+def test_predict_command_for_a_recipe_resolves_bundled_models_and_runtime():
+    result = CliRunner().invoke(
+        app, ["predict", "--recipe", "recipes/quickstart.yaml", "--hardware", "l4", "--dtype", "bf16"]
+    )
     assert result.exit_code == 0, result.output
     assert "(llama.cpp)" in result.output
     for needle in ("gemma-3-270m", "smollm2-135m-instruct", "gguf-q4_k_m", "gguf-q8_0"):
         assert needle in result.output
 
 
+def test_predict_takes_runtime_and_the_old_engine_spelling():
+    outputs = []
+    for flag in ("--runtime", "--engine"):
+        result = CliRunner().invoke(
+            app, ["predict", "--config", "llama-3.2-1b", "--hardware", "l4", flag, "llama.cpp", "--batch-sizes", "1"]
+        )
+        assert result.exit_code == 0, result.output
+        assert "predicted on l4 (llama.cpp)" in result.output
+        outputs.append(result.output)
+    assert outputs[0] == outputs[1]
+
+
+_NO_TORCH = """
+import sys
+
+
+class _Refuse:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in ("torch", "transformers"):
+            raise ImportError(f"{name} is unimportable in this test")
+        return None
+
+
+sys.meta_path.insert(0, _Refuse())
+"""
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--config", "llama-3.1-8b,gemma-3-270m", "--method", "none,gguf-q4_k_m", "--hardware", "h100-sxm"],
+        ["--recipe", "recipes/quickstart.yaml", "--hardware", "l4", "--runtime", "llama.cpp"],
+    ],
+    ids=["config", "recipe"],
+)
+def test_predict_runs_with_torch_and_transformers_unimportable(tmp_path, args):
+    """Predicting is arithmetic: `shrinkgate predict` must not need torch, transformers or any runtime loaded."""
+    (tmp_path / "sitecustomize.py").write_text(_NO_TORCH)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+    }
+    blocked = subprocess.run([sys.executable, "-c", "import torch"], env=env, capture_output=True, text=True)
+    assert blocked.returncode != 0 and "unimportable in this test" in blocked.stderr  # the hook is in force
+    run = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "predict", *args],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "predicted on" in run.stdout and "decode tok/s" in run.stdout
+    assert "gguf-q4_k_m" in run.stdout
+
+
 def test_predict_command_for_a_model_folder(tmp_path):
     cfg = model_facts("smollm2-135m", "fp32").config | {"model_type": "llama"}
     (tmp_path / "config.json").write_text(json.dumps(cfg))
-    result = CliRunner().invoke(app, ["predict", "--model", str(tmp_path), "--hardware", "apple-m4-max", "--batch-sizes", "1"])
+    result = CliRunner().invoke(
+        app, ["predict", "--model", str(tmp_path), "--hardware", "apple-m4-max", "--batch-sizes", "1"]
+    )
     assert result.exit_code == 0, result.output
     assert tmp_path.name in result.output
 
@@ -174,7 +341,10 @@ def test_predict_command_for_a_model_folder(tmp_path):
     ("args", "message"),
     [
         (["--config", "llama-3.1-8b", "--hardware", "h900"], "--hardware 'h900': unknown; known:"),
-        (["--config", "llama-3.1-8b", "--hardware", "l4", "--method", "int3-magic"], "--method 'int3-magic': no format definition"),
+        (
+            ["--config", "llama-3.1-8b", "--hardware", "l4", "--method", "int3-magic"],
+            "--method 'int3-magic': no format definition",
+        ),
         (["--config", "llama-9b", "--hardware", "l4"], "model 'llama-9b': no config known offline; give --model DIR"),
         (["--hardware", "l4"], "give exactly one of --recipe, --config, --model"),
     ],
@@ -200,9 +370,14 @@ def test_a_policy_gates_on_predicted_speed_only_when_it_says_so():
     from pipeline.config.policy import parse_policy
     from pipeline.verdict.frontier import axis_by_name
 
-    with pytest.raises(RecipeError, match="predicted_decode_tok_s_bs8 is a prediction, not a measurement -> set use_predicted_axes: true"):
+    with pytest.raises(
+        RecipeError,
+        match="predicted_decode_tok_s_bs8 is a prediction, not a measurement -> set use_predicted_axes: true",
+    ):
         parse_policy({"max_mmlu_drop_points": 1, "dominance_axes": ["decode_tok_s", "predicted_decode_tok_s_bs8"]})
-    policy = parse_policy({"max_mmlu_drop_points": 1, "dominance_axes": ["predicted_decode_tok_s_bs8"], "use_predicted_axes": True})
+    policy = parse_policy(
+        {"max_mmlu_drop_points": 1, "dominance_axes": ["predicted_decode_tok_s_bs8"], "use_predicted_axes": True}
+    )
     axis = axis_by_name(policy.dominance_axes[0])
     assert axis.metric == "predicted_decode_tok_s_bs8" and axis.higher_is_better and "predicted" in axis.title
 
@@ -228,12 +403,16 @@ def test_validation_folds_hold_each_model_out_once_and_never_split_one():
     base = MeasuredPoint("x", "llama.cpp", "cpu", 1, 128, 1e9, 1e9, 1e9, 30e9, 1e12, 0.05, 0.2, 16)
     points = [
         MeasuredPoint(**{**base.__dict__, "label": f"{m} ({t})", "model": m, "method": t, "batch": b})
-        for m in ("a", "b", "c") for t in ("gguf-q4_0", "gguf-q8_0") for b in (1, 4)
+        for m in ("a", "b", "c")
+        for t in ("gguf-q4_0", "gguf-q8_0")
+        for b in (1, 4)
     ]
     folds = bench.folds(points)
     assert len(folds) == 2
     held = []
     for fit_half, test_half in folds:
-        assert not {p.shape for p in fit_half} & {p.shape for p in test_half}  # both quant types of a model stay together
+        assert not {p.shape for p in fit_half} & {
+            p.shape for p in test_half
+        }  # both quant types of a model stay together
         held += sorted({p.shape for p in test_half})
     assert sorted(held) == ["a", "b", "c"]

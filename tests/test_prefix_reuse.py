@@ -52,7 +52,10 @@ def test_multi_token_continuations_match_one_forward(tiny_model_dir):
     ]
     reuse = _hflm_class()(pretrained=model, tokenizer=tok, device="cpu")
     plain = _hflm_class()(pretrained=model, tokenizer=tok, device="cpu", prefix_reuse=False)
-    got, want = reuse._loglikelihood_tokens(requests, disable_tqdm=True), plain._loglikelihood_tokens(requests, disable_tqdm=True)
+    got, want = (
+        reuse._loglikelihood_tokens(requests, disable_tqdm=True),
+        plain._loglikelihood_tokens(requests, disable_tqdm=True),
+    )
     np.testing.assert_allclose([g[0] for g in got], [w[0] for w in want], rtol=0, atol=1e-5)
     assert [g[1] for g in got] == [w[1] for w in want] and got[2] == got[3]
     # the 64 shared tokens once, then each input's own tokens; the three tails after it in one forward (2 + 2 pads)
@@ -63,7 +66,9 @@ def test_tail_batches_go_shortest_first_within_size_and_logits_budget():
     lengths = [90, 120, 80, 100, 95, 85, 130, 110, 105, 99]
     batches = tail_batches(lengths, [1] * len(lengths), vocab_size=49_152)
     assert [len(b) for b in batches] == [TAIL_BATCH, len(lengths) - TAIL_BATCH]
-    assert [lengths[i] for b in batches for i in b] == sorted(lengths) and sorted(sum(batches, [])) == list(range(len(lengths)))
+    assert [lengths[i] for b in batches for i in b] == sorted(lengths) and sorted(sum(batches, [])) == list(
+        range(len(lengths))
+    )
     # Gemma's 262k vocabulary and 8 scored positions each: 2 rows x 16 positions x 262k x 4 B > 16 MB
     assert tail_batches([50, 60, 70], [8, 8, 8], vocab_size=262_144, logits_budget=16 * 2**20) == [[0], [1], [2]]
     assert tail_batches([50, 50, 50], [1, 1, 1], vocab_size=262_144, logits_budget=16 * 2**20) == [[0, 1, 2]]
@@ -84,13 +89,17 @@ def test_smollm2_predictions_equal_plain_lm_eval_hflm():
 
     loaded = _load("smollm2-135m-instruct")
     spec = EvalSpec(num_fewshot=5, subjects=SUBJECTS, limit_per_subject=2)
-    plain_lm, plain_lls = recording(HFLM(pretrained=loaded.model, tokenizer=loaded.tokenizer, batch_size=1, device="cpu"))
+    plain_lm, plain_lls = recording(
+        HFLM(pretrained=loaded.model, tokenizer=loaded.tokenizer, batch_size=1, device="cpu")
+    )
     reuse_lm, reuse_lls = recording(_hflm_class()(pretrained=loaded.model, tokenizer=loaded.tokenizer, device="cpu"))
     plain, reuse = score_mmlu(plain_lm, spec), score_mmlu(reuse_lm, spec)
     assert reuse.n_questions == 12 and [q.predicted for q in reuse.questions] == [q.predicted for q in plain.questions]
     keys = sorted(plain_lls)
     delta = np.abs(np.array([reuse_lls[k] for k in keys]) - np.array([plain_lls[k] for k in keys]))
-    print(f"\n|dLL| max {delta.max():.2e}; tokens forwarded {reuse_lm.forwarded_tokens}; seconds plain {plain.seconds:.1f} reuse {reuse.seconds:.1f}")
+    print(
+        f"\n|dLL| max {delta.max():.2e}; tokens forwarded {reuse_lm.forwarded_tokens}; seconds plain {plain.seconds:.1f} reuse {reuse.seconds:.1f}"
+    )
     assert delta.max() < LL_TOLERANCE
     assert reuse.acc == plain.acc
 
@@ -103,7 +112,9 @@ def test_gemma_sliding_window_past_its_window_equals_one_forward():
     window = loaded.model.config.get_text_config().sliding_window
     spec = EvalSpec(num_fewshot=5, subjects=["security_studies"], limit_per_subject=3)
     reuse_lm, reuse_lls = recording(_hflm_class()(pretrained=loaded.model, tokenizer=loaded.tokenizer, device="cpu"))
-    plain_lm, plain_lls = recording(_hflm_class()(pretrained=loaded.model, tokenizer=loaded.tokenizer, device="cpu", prefix_reuse=False))
+    plain_lm, plain_lls = recording(
+        _hflm_class()(pretrained=loaded.model, tokenizer=loaded.tokenizer, device="cpu", prefix_reuse=False)
+    )
     reuse, plain = score_mmlu(reuse_lm, spec), score_mmlu(plain_lm, spec)
     assert [q.predicted for q in reuse.questions] == [q.predicted for q in plain.questions]
     keys = sorted(plain_lls)
@@ -119,7 +130,10 @@ def test_prefix_reuse_can_be_turned_off(tiny_model_dir):
     from pipeline.runtime.transformers import _hflm_class
 
     lm = _hflm_class()(
-        pretrained=AutoModelForCausalLM.from_pretrained(tiny_model_dir), tokenizer=AutoTokenizer.from_pretrained(tiny_model_dir), device="cpu", prefix_reuse=False
+        pretrained=AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+        tokenizer=AutoTokenizer.from_pretrained(tiny_model_dir),
+        device="cpu",
+        prefix_reuse=False,
     )
     lm._loglikelihood_tokens([(("", ""), list(range(5, 40)), [41])], disable_tqdm=True)
     assert lm.prefix_reuse is False and lm.forwarded_tokens == 0  # HFLM's own path ran

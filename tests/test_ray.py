@@ -21,14 +21,13 @@ try:
 except ImportError:  # reported by `ray_installed` below: `--executor ray` is a claimed feature, so fail, never skip
     ray = None
 
+import _executor_methods  # noqa: E402,F401 - test-crash-worker, test-raises-in-worker (in workers via the setup hook)
 from typer.testing import CliRunner  # noqa: E402
 
 from pipeline import metrics as M  # noqa: E402
 from pipeline.cli import app  # noqa: E402
 from pipeline.sweep.driver import run_sweep  # noqa: E402
 from pipeline.sweep.executors.ray import RayExecutor  # noqa: E402
-
-import _executor_methods  # noqa: E402,F401 - test-crash-worker, test-raises-in-worker (in workers via the setup hook)
 
 TESTS = Path(__file__).resolve().parent
 SUBJECTS = ["abstract_algebra", "anatomy"]
@@ -38,7 +37,10 @@ EXPERIMENT = "ray-e2e"
 @pytest.fixture(scope="module", autouse=True)
 def ray_installed():
     if ray is None:
-        pytest.fail("ray is not installed: run `bash scripts/install.sh` (installs the `ray` extra, ray[default]==2.60.0)", pytrace=False)
+        pytest.fail(
+            "ray is not installed: run `bash scripts/install.sh` (installs the `ray` extra, ray[default]==2.60.0)",
+            pytrace=False,
+        )
 
 
 def _free_port() -> int:
@@ -79,8 +81,18 @@ class _Server:
         self.url = f"http://127.0.0.1:{_free_port()}"
         exe = str(Path(sys.executable).with_name("mlflow"))
         cmd = [
-            exe, "server", "--backend-store-uri", f"sqlite:///{tmp}/server.db", "--artifacts-destination", (tmp / "artifacts").as_uri(),
-            "--host", "127.0.0.1", "--port", self.url.rsplit(":", 1)[1], "--workers", "1",
+            exe,
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{tmp}/server.db",
+            "--artifacts-destination",
+            (tmp / "artifacts").as_uri(),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            self.url.rsplit(":", 1)[1],
+            "--workers",
+            "1",
         ]
         env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no GenAI job runner processes
         self.log = open(tmp / "server.log", "wb")
@@ -113,7 +125,10 @@ def _ensure_ray():
             num_cpus=2,
             include_dashboard=False,
             object_store_memory=128 * 1024**2,
-            runtime_env={"env_vars": {"PYTHONPATH": str(TESTS)}, "worker_process_setup_hook": "_executor_methods.setup_hook"},
+            runtime_env={
+                "env_vars": {"PYTHONPATH": str(TESTS)},
+                "worker_process_setup_hook": "_executor_methods.setup_hook",
+            },
         )
     return ray
 
@@ -168,7 +183,9 @@ def _questions(client, run_id: str, dest: Path) -> str:
 def both_runs(tmp_path_factory, tiny_model_dir, mlflow_server):
     tmp = tmp_path_factory.mktemp("ray-e2e")
     local_uri = f"sqlite:///{tmp}/local.db"
-    local = CliRunner().invoke(app, ["run", str(_recipe(tmp / "local.yaml", tiny_model_dir, local_uri, SAME)), "--executor", "inline"])
+    local = CliRunner().invoke(
+        app, ["run", str(_recipe(tmp / "local.yaml", tiny_model_dir, local_uri, SAME)), "--executor", "inline"]
+    )
     _ensure_ray()
     url = mlflow_server.wait()
     # the crash last: no task is left to wait for a replacement worker
@@ -206,7 +223,9 @@ def test_ray_matches_local_and_failures_are_recorded(both_runs, mlflow_server):
             assert rr.data.metrics[M.subject_metric(s)] == lr.data.metrics[M.subject_metric(s)]
         assert rr.data.metrics[M.DECODE_TOK_S] > 0
         # per-question predictions identical to the inline executor's
-        assert _questions(rclient, rr.info.run_id, tmp / "r" / label) == _questions(lclient, lr.info.run_id, tmp / "l" / label)
+        assert _questions(rclient, rr.info.run_id, tmp / "r" / label) == _questions(
+            lclient, lr.info.run_id, tmp / "l" / label
+        )
         # the same parameters and content key; tags that say where it ran
         assert {k: v for k, v in rr.data.params.items()} == {k: v for k, v in lr.data.params.items()}
         assert rr.data.tags[M.TAG_CONTENT_KEY] == lr.data.tags[M.TAG_CONTENT_KEY]
@@ -214,14 +233,18 @@ def test_ray_matches_local_and_failures_are_recorded(both_runs, mlflow_server):
 
     crash, boom = rkids["tiny/crash"], rkids["tiny/boom"]
     assert crash.info.status == "FAILED"
-    assert crash.data.tags[M.TAG_STATUS_ERROR].startswith(("WorkerCrashedError", "RayTaskError", "LocalRayletDiedError")), crash.data.tags
+    assert crash.data.tags[M.TAG_STATUS_ERROR].startswith(
+        ("WorkerCrashedError", "RayTaskError", "LocalRayletDiedError")
+    ), crash.data.tags
     assert M.ART_TRACEBACK in {a.path for a in rclient.list_artifacts(crash.info.run_id)}
-    assert boom.info.status == "FAILED" and "deliberate failure inside the Ray task" in boom.data.tags[M.TAG_STATUS_ERROR]
+    assert (
+        boom.info.status == "FAILED" and "deliberate failure inside the Ray task" in boom.data.tags[M.TAG_STATUS_ERROR]
+    )
     print(f"ray sweep of 4 children: {seconds:.1f} s")  # shown with -s
 
 
 def test_interrupt_cancels_outstanding_and_marks_killed(tmp_path, tiny_model_dir, local_ray):
-    from pipeline.build.plan import load_recipe
+    from pipeline.config.recipe import load_recipe
 
     uri = f"sqlite:///{tmp_path}/interrupt.db"
     recipe = load_recipe(_recipe(tmp_path / "r.yaml", tiny_model_dir, uri, SAME))
@@ -243,12 +266,21 @@ def test_interrupt_cancels_outstanding_and_marks_killed(tmp_path, tiny_model_dir
 
 
 def test_task_options_and_store_checks(tmp_path, monkeypatch):
-    from pipeline.sweep.executors.ray import RayExecutorError, absolute_store, check_store_reachable_from_cluster, task_options
-    from pipeline.build.plan import parse_recipe
+    from pipeline.config.recipe import parse_recipe
+    from pipeline.sweep.executors.ray import (
+        RayExecutorError,
+        absolute_store,
+        check_store_reachable_from_cluster,
+        task_options,
+    )
 
     monkeypatch.setenv("SHRINKGATE_MMLU_DIR", "/data/mmlu")
     recipe = parse_recipe(
-        {"name": "r", "models": [{"name": "m", "source": "x"}], "resources": {"num_cpus": 4, "num_gpus": 1, "memory_gb": 1.5}}
+        {
+            "name": "r",
+            "models": [{"name": "m", "source": "x"}],
+            "resources": {"num_cpus": 4, "num_gpus": 1, "memory_gb": 1.5},
+        }
     )
     opts = task_options(recipe, "m/none")
     assert (opts["num_cpus"], opts["num_gpus"], opts["memory"], opts["max_retries"]) == (4, 1, int(1.5 * 1024**3), 0)
@@ -265,23 +297,31 @@ def test_task_options_and_store_checks(tmp_path, monkeypatch):
 def test_ray_runs_a_sequential_sample_look_by_look(tmp_path, tiny_model_dir, local_ray, mmlu_dir):
     """Ray tasks wait on the lock-step board between looks (6b837af submitted every task at once, so no variant
     could see its base and all scored `max`): the variant stops at its decisive look and the base with it."""
-    from pipeline.build.plan import parse_recipe
+    from pipeline.config.recipe import parse_recipe
 
     doc = {
         "name": "ray-lockstep",
         "models": [{"name": "tiny", "source": str(tiny_model_dir), "role": "candidate"}],
         "variants": SAME,
-        "eval": {"num_fewshot": 0, "subjects": SUBJECTS, "data_dir": str(mmlu_dir),
-                 "sample": {"questions": "auto", "max": 80, "step": 10, "delta_points": 60}},
+        "eval": {
+            "num_fewshot": 0,
+            "subjects": SUBJECTS,
+            "data_dir": str(mmlu_dir),
+            "sample": {"questions": "auto", "max": 80, "step": 10, "delta_points": 60},
+        },
         "speed": {"enabled": False},
         "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db", "experiment": "ray-lockstep"},
         "resources": {"num_cpus": 1, "memory_gb": 0.5},
     }
     stages: list[tuple[str, str]] = []
-    outcome = run_sweep(parse_recipe(doc), executor=RayExecutor(), progress=lambda label, stage: stages.append((label, stage)))
+    outcome = run_sweep(
+        parse_recipe(doc), executor=RayExecutor(), progress=lambda label, stage: stages.append((label, stage))
+    )
     base, pruned = outcome.children
     assert base.status == pruned.status == "FINISHED", (base.error, pruned.error)
-    assert pruned.accuracy.n_questions < 80 and pruned.accuracy.stopped.startswith(("pass vs tiny/none", "fail vs tiny/none"))
+    assert pruned.accuracy.n_questions < 80 and pruned.accuracy.stopped.startswith(
+        ("pass vs tiny/none", "fail vs tiny/none")
+    )
     assert base.accuracy.n_questions == pruned.accuracy.n_questions
     looks = [(label, stage) for label, stage in stages if stage.startswith("scored ")]
     assert looks[:2] == [("tiny/none", "scored 10 questions"), ("tiny/pruned", "scored 10 questions")]

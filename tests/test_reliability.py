@@ -10,13 +10,13 @@ import sys
 import time
 from pathlib import Path
 
+import _methods  # noqa: F401 - registers test-raises / test-oom / test-sleep
 import pytest
 import yaml
-
-import _methods  # noqa: F401 - registers test-raises / test-oom / test-sleep
 from _signals import default_sigint
+
 from pipeline import metrics as M
-from pipeline.build.plan import parse_recipe
+from pipeline.config.recipe import parse_recipe
 from pipeline.sweep.driver import run_sweep
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,7 +46,9 @@ def _questions(client, run_id: str, tmp: Path) -> str:
 
 
 def test_same_recipe_twice_gives_identical_predictions(tmp_path, tiny_model_dir):
-    recipe = parse_recipe(_doc(tmp_path, tiny_model_dir, [{"name": "pruned", "method": "magnitude-prune", "params": {"amount": 0.3}}]))
+    recipe = parse_recipe(
+        _doc(tmp_path, tiny_model_dir, [{"name": "pruned", "method": "magnitude-prune", "params": {"amount": 0.3}}])
+    )
     first = run_sweep(recipe, executor="inline")
     second = run_sweep(recipe, executor="inline", rerun=True)
     client, _ = _runs(recipe.tracking.uri)
@@ -60,11 +62,17 @@ def test_same_recipe_twice_gives_identical_predictions(tmp_path, tiny_model_dir)
 
 
 def test_oom_and_exceptions_fail_one_child_and_the_sweep_goes_on(tmp_path, tiny_model_dir):
-    recipe = parse_recipe(_doc(tmp_path, tiny_model_dir, [
-        {"name": "oom", "method": "test-oom"},
-        {"name": "raises", "method": "test-raises"},
-        {"name": "none", "method": "none"},
-    ]))
+    recipe = parse_recipe(
+        _doc(
+            tmp_path,
+            tiny_model_dir,
+            [
+                {"name": "oom", "method": "test-oom"},
+                {"name": "raises", "method": "test-raises"},
+                {"name": "none", "method": "none"},
+            ],
+        )
+    )
     outcome = run_sweep(recipe, executor="inline")
     status = {c.item.variant.name: c for c in outcome.children}
     assert status["oom"].status == "FAILED" and "OutOfMemoryError: simulated" in status["oom"].error
@@ -96,8 +104,9 @@ def _launch(recipe_path: Path, tmp: Path, flag: Path, executor: str) -> subproce
     )
 
 
-# `local` is the old name of `inline`, still accepted
-@pytest.mark.parametrize(("sig", "executor"), [(signal.SIGTERM, "inline"), (signal.SIGINT, "local")], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize(
+    ("sig", "executor"), [(signal.SIGTERM, "inline"), (signal.SIGINT, "inline")], ids=["SIGTERM", "SIGINT"]
+)
 def test_interrupt_marks_killed_and_rerun_resumes(tmp_path, tiny_model_dir, sig, executor):
     doc = _doc(tmp_path, tiny_model_dir, [{"name": "none", "method": "none"}, {"name": "slow", "method": "test-sleep"}])
     path = tmp_path / "recipe.yaml"
@@ -135,4 +144,6 @@ def test_interrupt_marks_killed_and_rerun_resumes(tmp_path, tiny_model_dir, sig,
     nones = [r for r in runs if r.data.tags.get(M.TAG_VARIANT) == "none"]
     measured = [r for r in nones if M.TAG_COPIED_FROM not in r.data.tags]
     # resumed: copied into the new sweep (its own child, pointing at the run it came from), not re-measured
-    assert len(measured) == 1 and [r.data.tags[M.TAG_COPIED_FROM] for r in nones if r not in measured] == [measured[0].info.run_id]
+    assert len(measured) == 1 and [r.data.tags[M.TAG_COPIED_FROM] for r in nones if r not in measured] == [
+        measured[0].info.run_id
+    ]

@@ -21,8 +21,12 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 def speed(tok_s, wall, bytes_):
     return {
-        M.DECODE_TOK_S: tok_s, M.WALL_TOK_S: wall, "decode_tok_s_bs8": 6 * tok_s, "wall_tok_s_bs8": 7 * wall,
-        M.WEIGHT_BYTES: bytes_, M.MBU: tok_s / wall,
+        M.DECODE_TOK_S: tok_s,
+        M.WALL_TOK_S: wall,
+        "decode_tok_s_bs8": 6 * tok_s,
+        "wall_tok_s_bs8": 7 * wall,
+        M.WEIGHT_BYTES: bytes_,
+        M.MBU: tok_s / wall,
     }
 
 
@@ -30,7 +34,9 @@ BASE = base_questions(600, SUBJECTS)
 SPEC = [
     Child("m", "none", BASE, metrics=speed(20.0, 25.0, 8e9)),
     Child("m", "int8", changed(BASE, 4, 2), metrics={**speed(38.0, 50.0, 4e9), M.KL_VS_BASE: 0.01}),
-    Child("m", "int4", changed(BASE, 40, 0, subject="anatomy"), metrics={**speed(60.0, 95.0, 2.2e9), M.KL_VS_BASE: 0.2}),
+    Child(
+        "m", "int4", changed(BASE, 40, 0, subject="anatomy"), metrics={**speed(60.0, 95.0, 2.2e9), M.KL_VS_BASE: 0.2}
+    ),
     Child("m", "nf4", None, status="FAILED"),
     Child("ref", "none", changed(BASE, 120, 10), role="reference", metrics=speed(90.0, 110.0, 1.5e9)),
     Child("tiny", "none", changed(BASE, 200, 30), role="reference", metrics=speed(300.0, 400.0, 3e8)),
@@ -40,7 +46,9 @@ SPEC = [
 def record(c: Child) -> VariantRecord:
     metrics = {**(acc_metrics(c.questions) if c.questions else {}), **c.metrics}
     qs = tuple(c.questions) if c.questions else None
-    return VariantRecord(f"id-{c.model}-{c.variant}", c.model, c.variant, c.role, c.status, metrics, {"method": c.method}, {}, qs)
+    return VariantRecord(
+        f"id-{c.model}-{c.variant}", c.model, c.variant, c.role, c.status, metrics, {"method": c.method}, {}, qs
+    )
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +58,9 @@ def store(tmp_path_factory):
         "full": write_sweep(uri, "full", SPEC),
         # speed disabled (no decode/wall/mbu metrics), parent still RUNNING as when the sweep calls the report
         "nospeed": write_sweep(uri, "nospeed", SPEC, end_parent=False, drop=("decode_tok_s", "wall_tok_s", M.MBU)),
-        "bare": write_sweep(uri, "bare", [Child(c.model, c.variant, None, role=c.role, status=c.status) for c in SPEC], end_parent=False),
+        "bare": write_sweep(
+            uri, "bare", [Child(c.model, c.variant, None, role=c.role, status=c.status) for c in SPEC], end_parent=False
+        ),
     }
 
 
@@ -94,7 +104,12 @@ def test_run_compare_writes_table_csv_markdown_plots(store, tmp_path):
     result = run_compare(tracking_uri=uri, experiment="full", out_dir=out, console=console)
     assert result.analysis.sweep.parent_run_id == parent
     names = sorted(p.name for p in result.plots)
-    assert names == ["pareto_decode_tok_s.png", "pareto_decode_tok_s_bs8.png", "pareto_weight_bytes.png", "subject_delta_m.png"]
+    assert names == [
+        "pareto_decode_tok_s.png",
+        "pareto_decode_tok_s_bs8.png",
+        "pareto_weight_bytes.png",
+        "subject_delta_m.png",
+    ]
     for p in result.plots:
         check_png(p)
     with result.csv_path.open() as fh:
@@ -114,10 +129,14 @@ def test_compare_command_exit_codes(store, tmp_path):
     from pipeline.cli import app
 
     uri, sweeps = store
-    ok = CliRunner().invoke(app, ["compare", "--run", sweeps["bare"][0], "--tracking-uri", uri, "--out", str(tmp_path / "again")])
+    ok = CliRunner().invoke(
+        app, ["compare", "--run", sweeps["bare"][0], "--tracking-uri", uri, "--out", str(tmp_path / "again")]
+    )
     assert ok.exit_code == 0, ok.output
     assert (tmp_path / "again" / "compare.md").is_file() and "wrote " in ok.output
-    missing = CliRunner().invoke(app, ["compare", "--experiment", "nope", "--tracking-uri", uri, "--out", str(tmp_path / "x")])
+    missing = CliRunner().invoke(
+        app, ["compare", "--experiment", "nope", "--tracking-uri", uri, "--out", str(tmp_path / "x")]
+    )
     assert missing.exit_code == 2, missing.output
     assert "error:" in missing.output and "experiment 'nope' not found" in missing.output
 
@@ -135,7 +154,9 @@ def test_log_sweep_report_tolerates_missing_speed(store):
     assert "## Baseline ladder" in read_run_text(uri, parent, "report/compare.md")
     sweep = load_sweep(uri, run_id=parent, with_questions=False)
     tags = {c.label: c.tags for c in sweep.children}
-    assert tags["m/int8"]["frontier.weight_bytes"] in ("frontier",) or tags["m/int8"]["frontier.weight_bytes"].startswith("dominated by")
+    assert tags["m/int8"]["frontier.weight_bytes"] in ("frontier",) or tags["m/int8"][
+        "frontier.weight_bytes"
+    ].startswith("dominated by")
     assert tags["m/nf4"]["frontier.weight_bytes"] == "unplaced (status FAILED)"
     assert "mmlu_delta_vs_base" in tags["m/int4"]
     assert sweep.tags["frontier.weight_bytes"] != "none"

@@ -6,18 +6,31 @@ from __future__ import annotations
 import pytest
 
 from pipeline import metrics as M
-from pipeline.build.plan import parse_recipe, plan
-from pipeline.config.recipe import RUNTIME_FORMATS, RecipeError
+from pipeline.config.recipe import RecipeError
+from pipeline.config.recipe import parse_recipe as parse_schema
 from pipeline.records import VariantRecord
+from pipeline.runtime import check_runtime_names
+from pipeline.variants.plan import check_recipe, plan
 from pipeline.verdict.analysis import base_for
 from pipeline.verdict.frontier import frontier_verdicts, speed_axis
+
+
+def parse_recipe(doc, path="<recipe>"):
+    """Schema, methods, then the runtimes and what each variant's artifact format can build."""
+    return check_runtime_names(check_recipe(parse_schema(doc, path), path), str(path))
 
 
 def _doc(**over):
     doc = {
         "name": "r",
-        "models": [{"name": "big", "source": "/m/big", "role": "candidate"}, {"name": "small", "source": "/m/small", "role": "reference"}],
-        "variants": [{"name": "none", "method": "none"}, {"name": "q4", "method": "gguf-q4_k_m", "runtime": "llama.cpp"}],
+        "models": [
+            {"name": "big", "source": "/m/big", "role": "candidate"},
+            {"name": "small", "source": "/m/small", "role": "reference"},
+        ],
+        "variants": [
+            {"name": "none", "method": "none"},
+            {"name": "q4", "method": "gguf-q4_k_m", "runtime": "llama.cpp"},
+        ],
     }
     doc.update(over)
     return doc
@@ -36,7 +49,9 @@ def test_every_runtime_gets_references_and_a_base():
 
 
 def test_recipe_runtime_is_the_default_and_a_listed_base_is_not_doubled():
-    doc = _doc(runtime="llama.cpp", variants=[{"name": "none", "method": "none"}, {"name": "q8", "method": "gguf-q8_0"}])
+    doc = _doc(
+        runtime="llama.cpp", variants=[{"name": "none", "method": "none"}, {"name": "q8", "method": "gguf-q8_0"}]
+    )
     items = plan(parse_recipe(doc))
     assert [(i.label, i.runtime) for i in items] == [
         ("big/none", "llama.cpp"),
@@ -48,9 +63,17 @@ def test_recipe_runtime_is_the_default_and_a_listed_base_is_not_doubled():
 def test_pruning_then_gguf_quantizer_is_allowed_on_llama_cpp():
     doc = _doc(
         runtime="llama.cpp",
-        variants=[{"name": "p", "steps": [{"method": "magnitude-prune", "params": {"amount": 0.5}}, {"method": "gguf-q4_k_m"}]}],
+        variants=[
+            {
+                "name": "p",
+                "steps": [{"method": "magnitude-prune", "params": {"amount": 0.5}}, {"method": "gguf-q4_k_m"}],
+            }
+        ],
     )
-    assert [(i.label, i.runtime) for i in plan(parse_recipe(doc))] == [("big/p", "llama.cpp"), ("small/none", "llama.cpp")]
+    assert [(i.label, i.runtime) for i in plan(parse_recipe(doc))] == [
+        ("big/p", "llama.cpp"),
+        ("small/none", "llama.cpp"),
+    ]
 
 
 @pytest.mark.parametrize(
@@ -58,8 +81,16 @@ def test_pruning_then_gguf_quantizer_is_allowed_on_llama_cpp():
     [
         ([{"name": "q", "method": "gguf-q4_k_m"}], "transformers", "set `runtime: llama.cpp`"),
         ([{"name": "b", "method": "bnb-nf4"}], "llama.cpp", "quantizes inside transformers"),
-        ([{"name": "x", "steps": [{"method": "gguf-q8_0"}, {"method": "magnitude-prune"}]}], "llama.cpp", "must be the last step"),
-        ([{"name": "x", "steps": [{"method": "int8-weight-only"}, {"method": "gguf-q8_0"}]}], "llama.cpp", "would get no dense weights"),
+        (
+            [{"name": "x", "steps": [{"method": "gguf-q8_0"}, {"method": "magnitude-prune"}]}],
+            "llama.cpp",
+            "must be the last step",
+        ),
+        (
+            [{"name": "x", "steps": [{"method": "int8-weight-only"}, {"method": "gguf-q8_0"}]}],
+            "llama.cpp",
+            "would get no dense weights",
+        ),
         ([{"name": "q", "method": "gguf-q9_9"}], "llama.cpp", "unknown method 'gguf-q9_9'"),
     ],
 )
@@ -70,22 +101,37 @@ def test_what_an_engine_cannot_take_fails_at_validate(variants, runtime, needle)
     assert needle in msg and msg.startswith("r.yaml: field `variants[0]") and "\n" not in msg
 
 
-def test_unknown_runtime_names_the_choices():
+@pytest.mark.parametrize(
+    ("over", "field"),
+    [
+        ({"runtime": "vllm"}, "runtime"),
+        ({"variants": [{"name": "none", "method": "none", "runtime": "vllm"}]}, "variants[0].runtime"),
+    ],
+)
+def test_unknown_runtime_names_the_file_field_and_registered_runtimes(over, field):
     with pytest.raises(RecipeError) as err:
-        parse_recipe(_doc(runtime="vllm"), "r.yaml")
-    assert "runtime" in str(err.value) and "llama.cpp" in str(err.value)
+        parse_recipe(_doc(**over), "r.yaml")
+    msg = str(err.value)
+    assert (
+        msg.startswith(f"r.yaml: field `{field}` (got 'vllm'): unknown runtime 'vllm'; use one of: ")
+        and "\n" not in msg
+    )
+    assert all(name in msg for name in ("llama.cpp", "openai", "transformers"))
 
 
-def test_each_runtime_named_in_the_schema_is_implemented():
+def test_each_runtime_declares_the_artifact_format_it_takes():
+    from pipeline.config.serve import ServeSpec
     from pipeline.runtime import RUNTIMES
+    from pipeline.variants.built import BUILDERS
 
-    from pipeline.config.recipe import SERVE_ARTIFACT_FORMATS, ServeSpec
-
-    assert set(RUNTIMES) == set(RUNTIME_FORMATS)
-    assert {name: RUNTIMES[name].artifact_format for name in ("transformers", "llama.cpp")} == {"transformers": "torch", "llama.cpp": "gguf"}
-    # a server takes what its `serve.artifact` says
-    for artifact, fmt in SERVE_ARTIFACT_FORMATS.items():
-        assert RUNTIMES["openai"](ServeSpec(artifact=artifact)).artifact_format == fmt
+    assert {name: RUNTIMES.get(name).artifact_format for name in ("transformers", "llama.cpp")} == {
+        "transformers": "torch",
+        "llama.cpp": "gguf",
+    }
+    # a server takes what its `serve.artifact` says, and each such format has a builder
+    for artifact in ("gguf", "checkpoint", "none"):
+        fmt = RUNTIMES.get("openai")(ServeSpec(artifact=artifact)).artifact_format
+        assert fmt == artifact and BUILDERS.get(fmt).format == fmt
 
 
 def _rec(label, acc, tok_s, runtime, role="candidate", method="x"):

@@ -38,7 +38,9 @@ def test_false_pass_rate_stays_below_alpha_at_the_margin(true_drop, delta):
     log_pass, log_fail = log_capitals(d, delta, CONFIDENCE)
     first_pass, first_fail = _first_crossing(log_pass), _first_crossing(log_fail)
     false_pass = float(((first_pass < MAX_QUESTIONS) & (first_pass <= first_fail)).mean())
-    print(f"\ntrue drop {true_drop} delta {delta}: false-pass rate {false_pass:.3f} over {SWEEPS} sweeps x {MAX_QUESTIONS} looks")
+    print(
+        f"\ntrue drop {true_drop} delta {delta}: false-pass rate {false_pass:.3f} over {SWEEPS} sweeps x {MAX_QUESTIONS} looks"
+    )
     assert false_pass <= 1 - CONFIDENCE
 
 
@@ -78,7 +80,9 @@ def test_clear_cases_stop_early(true_drop, delta, expected):
     decided = [sequential_non_inferiority(row, delta, CONFIDENCE) for row in d[:200]]
     share = sum(r.decision == expected for r in decided) / len(decided)
     used = float(np.mean([r.questions_used for r in decided if r.decision == expected]))
-    print(f"\ntrue drop {true_drop} delta {delta}: {expected} in {share:.0%} of sweeps, mean questions {used:.0f} of {MAX_QUESTIONS}")
+    print(
+        f"\ntrue drop {true_drop} delta {delta}: {expected} in {share:.0%} of sweeps, mean questions {used:.0f} of {MAX_QUESTIONS}"
+    )
     assert share >= 0.95 and used < MAX_QUESTIONS / 2
 
 

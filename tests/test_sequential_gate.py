@@ -11,10 +11,11 @@ import random
 import pytest
 
 from pipeline import metrics as M
-from pipeline.build.plan import parse_recipe
 from pipeline.config.policy import Policy
-from pipeline.config.recipe import EvalSpec, RecipeError
-from pipeline.data.mmlu import look_sizes, resolve_data, sequential_order, srs_estimate
+from pipeline.config.recipe import EvalSpec, RecipeError, parse_recipe
+from pipeline.data.estimates import srs_estimate
+from pipeline.data.mmlu import resolve_data
+from pipeline.data.sampling import look_sizes, sequential_order
 from pipeline.records import SweepRecord, VariantRecord
 from pipeline.results import QuestionOutcome, question_rank
 from pipeline.verdict.gate import evaluate
@@ -46,13 +47,16 @@ def test_auto_needs_max_and_max_needs_auto():
 def test_shipped_sequential_recipe_and_policy_agree_on_the_margin():
     from pathlib import Path
 
-    from pipeline.build.plan import load_recipe
     from pipeline.config.policy import load_policy
+    from pipeline.config.recipe import load_recipe
 
     repo = Path(__file__).resolve().parent.parent
     sample = load_recipe(repo / "recipes" / "sequential-smollm2.yaml").eval.sample
     policy = load_policy(repo / "policies" / "sequential-3pt.yaml")
-    assert sample.sequential and (sample.delta_points, sample.confidence) == (policy.max_mmlu_drop_points, policy.confidence)
+    assert sample.sequential and (sample.delta_points, sample.confidence) == (
+        policy.max_mmlu_drop_points,
+        policy.confidence,
+    )
 
 
 def test_score_sequential_stops_when_told_and_reuses_prefixes_across_looks(tiny_model_dir, mmlu_dir):
@@ -63,14 +67,24 @@ def test_score_sequential_stops_when_told_and_reuses_prefixes_across_looks(tiny_
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    spec = EvalSpec(num_fewshot=5, subjects=SUBJECTS, sample={"questions": "auto", "max": 60, "step": 15, "seed": 1}, data_dir=str(mmlu_dir))
+    spec = EvalSpec(
+        num_fewshot=5,
+        subjects=SUBJECTS,
+        sample={"questions": "auto", "max": 60, "step": 15, "seed": 1},
+        data_dir=str(mmlu_dir),
+    )
     order = sequential_order(resolve_data(spec), 1)
     lm = _hflm_class()(pretrained=model, tokenizer=tok, device="cpu")
     whole = score_mmlu(lm, spec)  # no stop rule: all of max, in looks of 15, 30, 60
     assert whole.n_questions == 60 and {(q.subject, q.index) for q in whole.questions} == set(order[:60])
-    assert whole.lm_eval_results["shrinkgate"]["sample"]["looks"] == [15, 30, 60] and whole.stopped.startswith("scored all 60")
+    assert whole.lm_eval_results["shrinkgate"]["sample"]["looks"] == [15, 30, 60] and whole.stopped.startswith(
+        "scored all 60"
+    )
     assert whole.tags() == {
-        M.TAG_MMLU_DESIGN: "sequential", M.TAG_MMLU_ORDER_SEED: "1", M.TAG_MMLU_POPULATION: "301", M.TAG_MMLU_STOPPED: whole.stopped,
+        M.TAG_MMLU_DESIGN: "sequential",
+        M.TAG_MMLU_ORDER_SEED: "1",
+        M.TAG_MMLU_POPULATION: "301",
+        M.TAG_MMLU_STOPPED: whole.stopped,
         M.TAG_MMLU_LOOKS: "15,30,60",
     }
     seen = []
@@ -114,7 +128,13 @@ def _outcomes(n: int, flip_every: int = 0, seed: int = 0) -> list[QuestionOutcom
 
 
 def _check(*records: VariantRecord, delta: float = 3.0):
-    policy = Policy(max_mmlu_drop_points=delta, must_not_be_dominated=False, variants=["q"], register_model=False, bootstrap_samples=1000)
+    policy = Policy(
+        max_mmlu_drop_points=delta,
+        must_not_be_dominated=False,
+        variants=["q"],
+        register_model=False,
+        bootstrap_samples=1000,
+    )
     (g,) = evaluate(SweepRecord("parent", "exp", tuple(records), planned=tuple(r.label for r in records)), policy)
     return next(c for c in g.checks if c.name == "mmlu_drop"), g
 
@@ -148,9 +168,16 @@ def _lockstep_doc(tmp_path, tiny_model_dir, mmlu_dir) -> dict:
     return {
         "name": "sequential",
         "models": [{"name": "tiny", "source": str(tiny_model_dir), "role": "candidate"}],
-        "variants": [{"name": "none", "method": "none"}, {"name": "pruned", "method": "magnitude-prune", "params": {"amount": 0.05}}],
-        "eval": {"num_fewshot": 0, "subjects": SUBJECTS, "data_dir": str(mmlu_dir),
-                 "sample": {"questions": "auto", "max": 160, "step": 20, "delta_points": 30}},
+        "variants": [
+            {"name": "none", "method": "none"},
+            {"name": "pruned", "method": "magnitude-prune", "params": {"amount": 0.05}},
+        ],
+        "eval": {
+            "num_fewshot": 0,
+            "subjects": SUBJECTS,
+            "data_dir": str(mmlu_dir),
+            "sample": {"questions": "auto", "max": 160, "step": 20, "delta_points": 30},
+        },
         "speed": {"enabled": False},
         "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db", "experiment": "sequential"},
     }
@@ -164,7 +191,9 @@ def test_base_and_variant_advance_look_by_look_and_the_base_stops_with_its_varia
 
     doc = _lockstep_doc(tmp_path, tiny_model_dir, mmlu_dir)
     stages: list[tuple[str, str]] = []
-    outcome = run_sweep(parse_recipe(doc), executor="process", progress=lambda label, stage: stages.append((label, stage)))
+    outcome = run_sweep(
+        parse_recipe(doc), executor="process", progress=lambda label, stage: stages.append((label, stage))
+    )
     base, pruned = outcome.children
     assert base.status == pruned.status == "FINISHED"
     assert pruned.accuracy.n_questions < 160 and pruned.accuracy.stopped.startswith("pass vs tiny/none")
@@ -176,8 +205,16 @@ def test_base_and_variant_advance_look_by_look_and_the_base_stops_with_its_varia
     sweep = load_sweep(doc["tracking"]["uri"], run_id=outcome.parent_run_id)
     logged = {r.variant: r for r in sweep.children}
     assert logged["pruned"].tags[M.TAG_MMLU_STOPPED] == pruned.accuracy.stopped
-    assert logged["pruned"].tags[M.TAG_MMLU_LOOKS] == ",".join(str(n) for n in look_sizes(20, 160) if n <= pruned.accuracy.n_questions)
-    policy = Policy(max_mmlu_drop_points=30, must_not_be_dominated=False, variants=["pruned"], register_model=False, bootstrap_samples=1000)
+    assert logged["pruned"].tags[M.TAG_MMLU_LOOKS] == ",".join(
+        str(n) for n in look_sizes(20, 160) if n <= pruned.accuracy.n_questions
+    )
+    policy = Policy(
+        max_mmlu_drop_points=30,
+        must_not_be_dominated=False,
+        variants=["pruned"],
+        register_model=False,
+        bootstrap_samples=1000,
+    )
     (g,) = evaluate(sweep, policy)
     check = next(c for c in g.checks if c.name == "mmlu_drop")
     assert check.outcome == "pass" and "scoring stopped: pass vs tiny/none" in check.detail
@@ -213,7 +250,9 @@ def test_an_interrupted_sequential_sweep_resumes_at_its_last_finished_look(tmp_p
     assert {c.status for c in second.children} == {"FINISHED"}
     sweep = load_sweep(doc["tracking"]["uri"], run_id=second.parent_run_id)
     for r in sweep.children:
-        assert r.tags[M.TAG_MMLU_RESUMED_FROM].startswith(f"{ {c.item.label: c.run_id for c in first.children}[r.label]} (40 questions in 2 looks)")
+        assert r.tags[M.TAG_MMLU_RESUMED_FROM].startswith(
+            f"{ {c.item.label: c.run_id for c in first.children}[r.label] } (40 questions in 2 looks)"
+        )
     resumed = {c.item.label: c.accuracy.lm_eval_results["shrinkgate"] for c in second.children}
     assert all(x["resumed_questions"] == 40 for x in resumed.values())
     # the rerun's answers to the first 40 are the ones the interrupted runs gave (taken over, not scored again)
@@ -234,12 +273,22 @@ def test_llamacpp_restores_each_subjects_prefix_between_looks(mmlu_dir):
         keep_prefixes = property(lambda self: False, lambda self, value: None)
 
     path = BUNDLED["smollm2-135m-instruct"].locate(cache_root())
-    spec = EvalSpec(num_fewshot=5, subjects=SUBJECTS, sample={"questions": "auto", "max": 24, "step": 8, "seed": 2}, data_dir=str(mmlu_dir))
-    (kept, kept_lls), (again, again_lls) = recording(LlamaCppLM(path, n_threads=2)), recording(NoKeep(path, n_threads=2))
+    spec = EvalSpec(
+        num_fewshot=5,
+        subjects=SUBJECTS,
+        sample={"questions": "auto", "max": 24, "step": 8, "seed": 2},
+        data_dir=str(mmlu_dir),
+    )
+    (kept, kept_lls), (again, again_lls) = (
+        recording(LlamaCppLM(path, n_threads=2)),
+        recording(NoKeep(path, n_threads=2)),
+    )
     try:
         a, b = score_mmlu(kept, spec), score_mmlu(again, spec)
         assert a.lm_eval_results["shrinkgate"]["sample"]["looks"] == [8, 16, 24] and len(kept.prefix_states) == 2
-        assert [(q.subject, q.index, q.predicted) for q in a.questions] == [(q.subject, q.index, q.predicted) for q in b.questions]
+        assert [(q.subject, q.index, q.predicted) for q in a.questions] == [
+            (q.subject, q.index, q.predicted) for q in b.questions
+        ]
         # not bit-equal: a subject's first question is one ~600-token evaluation there and 500 restored + 100 here,
         # and llama.cpp's Q4_1 matmuls round differently by batch shape (measured: max 0.035 nats with the AVX2
         # build, 0.115 with the AVX-512 one)

@@ -12,11 +12,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from pipeline.build.plan import parse_recipe
-from pipeline.config.recipe import SpeedSpec
-from pipeline.runtime.speed import host, roofline
-from pipeline.runtime.speed import measure as measure_mod
-from pipeline.runtime.speed.measure import measure_decode, planned_batches, prompt_ids
+from pipeline import host
+from pipeline.config.recipe import SpeedSpec, parse_recipe
+from pipeline.models import shapes
+from pipeline.predict import roofline
+from pipeline.runtime.speed import harness, torch_adapter
+from pipeline.runtime.speed.measure import measure_decode
+from pipeline.runtime.speed.plan import planned_batches, prompt_ids
 from pipeline.runtime.speed.timing import ClockTimer, Timeline, decode_timeline, percentile, summarize
 
 MS = 1_000_000  # ns
@@ -29,16 +31,15 @@ def _isolated_host_cache(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from tiny_llama import build_tiny_llama
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     d = build_tiny_llama(tmp_path_factory.mktemp("tiny"))
     return AutoModelForCausalLM.from_pretrained(d).eval(), AutoTokenizer.from_pretrained(d)
 
 
 def _weight_bytes(model) -> int:
-    from pipeline.build.storage import storage_bytes
+    from pipeline.variants.storage import storage_bytes
 
     return storage_bytes(model).bytes_read_per_token
 
@@ -104,18 +105,26 @@ def test_measure_decode_on_a_fake_clock_gives_exact_figures(tiny):
     ticks = itertools.count(step=2 * MS)  # every mark 2 ms after the previous one
     wb = _weight_bytes(model)
     res = measure_decode(
-        model, tok, spec, weight_bytes_per_token=wb, device="cpu", clock=lambda: next(ticks),
-        bandwidth_gb_s=10.0, matmul_flops=1e11,
+        model,
+        tok,
+        spec,
+        weight_bytes_per_token=wb,
+        device="cpu",
+        clock=lambda: next(ticks),
+        bandwidth_gb_s=10.0,
+        matmul_flops=1e11,
     )
     assert [p.batch_size for p in res.points] == [1, 2]
     for p in res.points:
-        assert p.ttft_ms == pytest.approx(2.0) and p.tpot_ms == pytest.approx(2.0) and p.itl_p99_ms == pytest.approx(2.0)
+        assert (
+            p.ttft_ms == pytest.approx(2.0) and p.tpot_ms == pytest.approx(2.0) and p.itl_p99_ms == pytest.approx(2.0)
+        )
         assert p.e2e_ms == pytest.approx(8.0)  # 4 tokens x 2 ms
         assert p.decode_tok_s == pytest.approx(p.batch_size * 500.0)
         assert p.prefill_tok_s == pytest.approx(p.batch_size * 8 * 500.0)
         assert p.cv == 0.0
         context = 8 + 4 / 2
-        kv = roofline.kv_bytes_per_token(model.config, 4)
+        kv = shapes.kv_bytes_per_token(model.config, 4)
         assert p.kv_bytes_per_token == kv == 2 * 2 * 2 * 16 * 4  # layers x K,V x kv heads x head_dim x fp32
         assert p.bytes_per_step == pytest.approx(wb + p.batch_size * kv * context)
         assert p.wall_tok_s == pytest.approx(10e9 / p.bytes_per_step * p.batch_size)
@@ -133,14 +142,25 @@ def test_cpu_compiled_decode_is_frozen_autotuned_and_decodes_the_eager_tokens(ti
     model, tok = tiny
     runs = {}
     for compiled in (False, True):
-        spec = SpeedSpec(prompt_tokens=12, new_tokens=5, batch_sizes=[1], warmup=1, repeats=1, threads=1, compile=compiled)
+        spec = SpeedSpec(
+            prompt_tokens=12, new_tokens=5, batch_sizes=[1], warmup=1, repeats=1, threads=1, compile=compiled
+        )
         runs[compiled] = measure_decode(
-            model, tok, spec, weight_bytes_per_token=_weight_bytes(model), device="cpu", bandwidth_gb_s=5.0, matmul_flops=2e10,
+            model,
+            tok,
+            spec,
+            weight_bytes_per_token=_weight_bytes(model),
+            device="cpu",
+            bandwidth_gb_s=5.0,
+            matmul_flops=2e10,
         )
     eager, compiled = runs[False], runs[True]
     assert compiled.compiled and compiled.kv_cache == "static" and "frozen weights" in compiled.compile_mode
     assert not eager.compiled and eager.compile_mode == ""
-    tokens = {k: next(x["inputs"]["generated_ids_row0"] for x in r.points[0].samples if "inputs" in x) for k, r in runs.items()}
+    tokens = {
+        k: next(x["inputs"]["generated_ids_row0"] for x in r.points[0].samples if "inputs" in x)
+        for k, r in runs.items()
+    }
     assert tokens[True] == tokens[False] and len(tokens[False]) == 5
 
 
@@ -155,16 +175,16 @@ def test_decode_runs_on_quanto_int4_weights(tiny):
     quantize(q, weights=qint4)
     freeze(q)
     spec = SpeedSpec(prompt_tokens=8, new_tokens=3, batch_sizes=[1], warmup=0, repeats=1, threads=1)
-    res = measure_decode(q, tok, spec, weight_bytes_per_token=_weight_bytes(model), device="cpu", bandwidth_gb_s=5.0, matmul_flops=2e10)
+    res = measure_decode(
+        q, tok, spec, weight_bytes_per_token=_weight_bytes(model), device="cpu", bandwidth_gb_s=5.0, matmul_flops=2e10
+    )
     assert res.points[0].decode_tok_s > 0
 
 
 def test_busy_host_and_busy_bandwidth_probe_are_warned(tiny, monkeypatch):
-    import pipeline.runtime.speed.measure as measure
-
     model, tok = tiny
-    monkeypatch.setattr(measure, "load_average", lambda: 99.0)
-    monkeypatch.setattr(measure, "bandwidth_probe", lambda device, threads: {"bandwidth_gb_s": 10.0, "load_avg": 99.0})
+    monkeypatch.setattr(harness, "load_average", lambda: 99.0)
+    monkeypatch.setattr(harness, "bandwidth_probe", lambda device, threads: {"bandwidth_gb_s": 10.0, "load_avg": 99.0})
     spec = SpeedSpec(prompt_tokens=8, new_tokens=3, batch_sizes=[1], warmup=0, repeats=1, threads=1)
     res = measure_decode(model, tok, spec, weight_bytes_per_token=_weight_bytes(model), device="cpu", matmul_flops=2e10)
     assert res.bandwidth_gb_s == 10.0 and res.load_avg == 99.0
@@ -176,8 +196,16 @@ def test_measure_decode_tiny_model_returns_sane_fields(tiny):
     model, tok = tiny
     spec = SpeedSpec(prompt_tokens=16, new_tokens=6, batch_sizes=[1, 3], warmup=1, repeats=2, threads=1)
     res = measure_decode(
-        model, tok, spec, weight_bytes_per_token=_weight_bytes(model), device="cpu", bandwidth_gb_s=5.0, matmul_flops=2e10,
-        kernel="dense matmul (cpu)", model_name="tiny", method="none",
+        model,
+        tok,
+        spec,
+        weight_bytes_per_token=_weight_bytes(model),
+        device="cpu",
+        bandwidth_gb_s=5.0,
+        matmul_flops=2e10,
+        kernel="dense matmul (cpu)",
+        model_name="tiny",
+        method="none",
     )
     assert res.threads == 1 and res.device == "cpu" and "perf_counter" in res.timer
     assert res.kv_cache == "dynamic" and not res.compiled and res.skipped == ()
@@ -186,9 +214,23 @@ def test_measure_decode_tiny_model_returns_sane_fields(tiny):
     assert res.compute_bound_batch is None or res.compute_bound_batch >= 1
     assert len(res.points) == 2
     for p in res.points:
-        for name in ("ttft_ms", "ttft_p90_ms", "tpot_ms", "tpot_p90_ms", "itl_p50_ms", "itl_p90_ms", "itl_p99_ms",
-                     "e2e_ms", "decode_tok_s", "prefill_tok_s", "peak_mem_mb", "bytes_per_token", "bytes_per_step",
-                     "wall_tok_s", "mbu"):
+        for name in (
+            "ttft_ms",
+            "ttft_p90_ms",
+            "tpot_ms",
+            "tpot_p90_ms",
+            "itl_p50_ms",
+            "itl_p90_ms",
+            "itl_p99_ms",
+            "e2e_ms",
+            "decode_tok_s",
+            "prefill_tok_s",
+            "peak_mem_mb",
+            "bytes_per_token",
+            "bytes_per_step",
+            "wall_tok_s",
+            "mbu",
+        ):
             assert getattr(p, name) > 0, name
         assert p.ttft_ms <= p.ttft_p90_ms and p.itl_p50_ms <= p.itl_p90_ms <= p.itl_p99_ms
         assert 0 < p.mbu <= 1.5 and p.mfu is not None and p.mfu > 0
@@ -199,14 +241,18 @@ def test_measure_decode_tiny_model_returns_sane_fields(tiny):
         assert inputs["distinct_prompt_ids"] > 4 and any(inputs["prompt_ids_row0_head"])
         assert len(inputs["generated_ids_row0"]) == 6
         # an unmodified model is not profiled per batch: its points read the bytes given
-        assert p.dense_fallback is None and p.kernel_observed == "" and p.weight_bytes_read == res.weight_bytes_per_token
+        assert (
+            p.dense_fallback is None and p.kernel_observed == "" and p.weight_bytes_read == res.weight_bytes_per_token
+        )
     assert res.at_batch(3) is res.points[1]
 
 
 def test_static_cache_is_recorded_and_charged_full_length(tiny):
     model, tok = tiny
     spec = SpeedSpec(prompt_tokens=8, new_tokens=4, warmup=0, repeats=1, threads=1, static_cache=True)
-    res = measure_decode(model, tok, spec, weight_bytes_per_token=1000, device="cpu", bandwidth_gb_s=5.0, matmul_flops=1e10)
+    res = measure_decode(
+        model, tok, spec, weight_bytes_per_token=1000, device="cpu", bandwidth_gb_s=5.0, matmul_flops=1e10
+    )
     assert res.kv_cache == "static"
     assert res.points[0].context_tokens == 12
 
@@ -214,7 +260,7 @@ def test_static_cache_is_recorded_and_charged_full_length(tiny):
 def test_harness_decode_matches_generate_tokens(tiny):
     from transformers import GenerationConfig
 
-    from pipeline.runtime.speed.measure import decode_once
+    from pipeline.runtime.speed.torch_adapter import decode_once
 
     model, tok = tiny
     ids = prompt_ids(tok, model.config.vocab_size, 2, 10)
@@ -229,8 +275,15 @@ def test_dense_fallback_is_carried_and_flagged(tiny):
     model, tok = tiny
     spec = SpeedSpec(prompt_tokens=4, new_tokens=2, warmup=0, repeats=1, threads=1)
     res = measure_decode(
-        model, tok, spec, weight_bytes_per_token=1000, device="cpu", bandwidth_gb_s=5.0, matmul_flops=1e10,
-        kernel="dense matmul on masked weights", dense_fallback=True,
+        model,
+        tok,
+        spec,
+        weight_bytes_per_token=1000,
+        device="cpu",
+        bandwidth_gb_s=5.0,
+        matmul_flops=1e10,
+        kernel="dense matmul on masked weights",
+        dense_fallback=True,
     )
     assert res.dense_fallback and res.speed_kind == "dense-fallback speed"
     assert any("falls back to dense" in w for w in res.warnings)
@@ -247,14 +300,34 @@ def test_a_fallback_at_some_batch_sizes_is_reported_at_those_batch_sizes():
 
     def point(batch: int, fell: bool | None) -> SpeedPoint:
         return SpeedPoint(
-            batch_size=batch, prompt_tokens=16, new_tokens=4, ttft_ms=1, ttft_p90_ms=1, tpot_ms=1, tpot_p90_ms=1, itl_p99_ms=1,
-            e2e_ms=4, decode_tok_s=1000.0 * batch, prefill_tok_s=1, peak_mem_mb=1, bytes_per_token=1, wall_tok_s=1, mbu=0.5, cv=0,
-            weight_bytes_read=4e6 if fell else 1e6, dense_fallback=fell,
+            batch_size=batch,
+            prompt_tokens=16,
+            new_tokens=4,
+            ttft_ms=1,
+            ttft_p90_ms=1,
+            tpot_ms=1,
+            tpot_p90_ms=1,
+            itl_p99_ms=1,
+            e2e_ms=4,
+            decode_tok_s=1000.0 * batch,
+            prefill_tok_s=1,
+            peak_mem_mb=1,
+            bytes_per_token=1,
+            wall_tok_s=1,
+            mbu=0.5,
+            cv=0,
+            weight_bytes_read=4e6 if fell else 1e6,
+            dense_fallback=fell,
         )
 
     res = SpeedResult(
-        points=(point(1, False), point(4, False), point(8, True)), bandwidth_gb_s=10, device="cuda", threads=1, timer="t",
-        dense_fallback=True, method="bnb-nf4",
+        points=(point(1, False), point(4, False), point(8, True)),
+        bandwidth_gb_s=10,
+        device="cuda",
+        threads=1,
+        timer="t",
+        dense_fallback=True,
+        method="bnb-nf4",
     )
     assert res.speed_kind == "dense-fallback speed at batch 8; kernel speed at batch 1, 4"
     assert res.tags()[M.TAG_DENSE_FALLBACK] == "true" and res.tags()[M.TAG_DENSE_FALLBACK_BATCHES] == "8@16"
@@ -264,22 +337,26 @@ def test_a_fallback_at_some_batch_sizes_is_reported_at_those_batch_sizes():
     print_table(res, console=console)
     rows = [line for line in console.export_text().splitlines() if "│" in line and "bnb-nf4" in line]
     assert len(rows) == 3 and [("(dense fallback)" in r) for r in rows] == [False, False, True], rows
-    unobserved = SpeedResult(points=(point(1, None),), bandwidth_gb_s=10, device="cpu", threads=1, timer="t", dense_fallback=True)
+    unobserved = SpeedResult(
+        points=(point(1, None),), bandwidth_gb_s=10, device="cpu", threads=1, timer="t", dense_fallback=True
+    )
     assert unobserved.speed_kind == "dense-fallback speed" and M.TAG_DENSE_FALLBACK_BATCHES not in unobserved.tags()
 
 
 def test_a_batch_that_does_not_fit_is_reported_not_raised(tiny, monkeypatch):
     model, tok = tiny
-    real = measure_mod._measure_point
+    real = torch_adapter.TorchAdapter.measure
 
-    def flaky(setup, batch, prompt):
+    def flaky(self, spec, batch, prompt):
         if batch == 4:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real(setup, batch, prompt)
+        return real(self, spec, batch, prompt)
 
-    monkeypatch.setattr(measure_mod, "_measure_point", flaky)
+    monkeypatch.setattr(torch_adapter.TorchAdapter, "measure", flaky)
     spec = SpeedSpec(prompt_tokens=4, new_tokens=2, batch_sizes=[1, 4], warmup=0, repeats=1, threads=1)
-    res = measure_decode(model, tok, spec, weight_bytes_per_token=1000, device="cpu", bandwidth_gb_s=5.0, matmul_flops=1e10)
+    res = measure_decode(
+        model, tok, spec, weight_bytes_per_token=1000, device="cpu", bandwidth_gb_s=5.0, matmul_flops=1e10
+    )
     assert [p.batch_size for p in res.points] == [1]
     assert res.skipped[0]["batch_size"] == 4 and "out of memory" in res.skipped[0]["reason"]
     assert any("skipped" in w for w in res.warnings)
@@ -287,20 +364,24 @@ def test_a_batch_that_does_not_fit_is_reported_not_raised(tiny, monkeypatch):
 
 def test_points_estimated_not_to_fit_are_skipped(tiny, monkeypatch):
     model, tok = tiny
-    monkeypatch.setattr(measure_mod, "free_bytes", lambda device: 1.0)
+    monkeypatch.setattr(torch_adapter, "free_bytes", lambda device: 1.0)
     spec = SpeedSpec(prompt_tokens=4, new_tokens=2, warmup=0, repeats=1, threads=1)
-    res = measure_decode(model, tok, spec, weight_bytes_per_token=1000, device="cpu", bandwidth_gb_s=5.0, matmul_flops=1e10)
+    res = measure_decode(
+        model, tok, spec, weight_bytes_per_token=1000, device="cpu", bandwidth_gb_s=5.0, matmul_flops=1e10
+    )
     assert res.points == () and "does not fit" in res.skipped[0]["reason"]
 
 
 def test_offline_scenario_measures_the_largest_batch_that_fits(tiny, monkeypatch):
     model, tok = tiny
-    need4 = measure_mod.estimate_point_bytes(model.config, 4, 4, 2, 4)
-    need8 = measure_mod.estimate_point_bytes(model.config, 8, 4, 2, 4)
-    free = (need4 + need8) / 2 / measure_mod._MEMORY_HEADROOM
-    monkeypatch.setattr(measure_mod, "free_bytes", lambda device: free)
+    need4 = torch_adapter.estimate_point_bytes(model.config, 4, 4, 2, 4)
+    need8 = torch_adapter.estimate_point_bytes(model.config, 8, 4, 2, 4)
+    free = (need4 + need8) / 2 / harness.MEMORY_HEADROOM
+    monkeypatch.setattr(torch_adapter, "free_bytes", lambda device: free)
     spec = SpeedSpec(prompt_tokens=4, new_tokens=2, warmup=0, repeats=1, threads=1, scenario="offline", max_batch=64)
-    res = measure_decode(model, tok, spec, weight_bytes_per_token=1000, device="cpu", bandwidth_gb_s=5.0, matmul_flops=1e10)
+    res = measure_decode(
+        model, tok, spec, weight_bytes_per_token=1000, device="cpu", bandwidth_gb_s=5.0, matmul_flops=1e10
+    )
     assert [p.batch_size for p in res.points] == [4] and res.points[0].scenario == "offline"
 
 
@@ -329,10 +410,13 @@ def test_scenarios_plan_batches():
 
 
 def test_recipe_accepts_speed_fields():
-    r = parse_recipe({
-        "name": "t", "models": [{"name": "m", "source": "x"}],
-        "speed": {"scenario": "server", "prompt_lengths": [512, 128], "compile": True, "static_cache": True},
-    })
+    r = parse_recipe(
+        {
+            "name": "t",
+            "models": [{"name": "m", "source": "x"}],
+            "speed": {"scenario": "server", "prompt_lengths": [512, 128], "compile": True, "static_cache": True},
+        }
+    )
     assert r.speed.prompt_lengths == [128, 512] and r.speed.compile and r.speed.scenario == "server"
 
 
@@ -350,36 +434,36 @@ def test_ceiling_llama8b_bf16_on_3_2_tb_s_is_200_tok_s():
 
 
 def test_kv_bytes_per_token_is_gqa_aware():
-    from pipeline.runtime.speed.shapes import published_config
+    from pipeline.models.shapes import published_config
 
-    assert roofline.kv_bytes_per_token(published_config("llama-3.1-8b"), 2) == 32 * 2 * 8 * 128 * 2 == 131072
-    assert roofline.kv_bytes_per_token(published_config("llama-3.1-70b"), 2) == 80 * 2 * 8 * 128 * 2
-    assert roofline.kv_bytes_per_token(published_config("smollm2-135m"), 4) == 30 * 2 * 3 * 64 * 4
+    assert shapes.kv_bytes_per_token(published_config("llama-3.1-8b"), 2) == 32 * 2 * 8 * 128 * 2 == 131072
+    assert shapes.kv_bytes_per_token(published_config("llama-3.1-70b"), 2) == 80 * 2 * 8 * 128 * 2
+    assert shapes.kv_bytes_per_token(published_config("smollm2-135m"), 4) == 30 * 2 * 3 * 64 * 4
     # no num_key_value_heads: multi-head attention, head_dim from hidden / heads
     mha = {"num_hidden_layers": 2, "num_attention_heads": 4, "hidden_size": 64}
-    assert roofline.kv_bytes_per_token(mha, 2) == 2 * 2 * 4 * 16 * 2
+    assert shapes.kv_bytes_per_token(mha, 2) == 2 * 2 * 4 * 16 * 2
 
 
 def test_sliding_window_layers_cap_kv_reads():
-    from pipeline.runtime.speed.shapes import published_config
+    from pipeline.models.shapes import published_config
 
     cfg = published_config("gemma-3-270m")
     per_layer_token = 2 * 1 * 256 * 2
     full = sum(t == "full_attention" for t in cfg.layer_types)
     sliding = len(cfg.layer_types) - full
     window = cfg.sliding_window
-    assert roofline.kv_bytes_at_context(cfg, 4096, 2) == per_layer_token * (full * 4096 + sliding * window)
-    assert roofline.kv_bytes_at_context(cfg, 100, 2) == per_layer_token * 18 * 100
+    assert shapes.kv_bytes_at_context(cfg, 4096, 2) == per_layer_token * (full * 4096 + sliding * window)
+    assert shapes.kv_bytes_at_context(cfg, 100, 2) == per_layer_token * 18 * 100
 
 
 def test_decode_flops_for_llama8b():
-    from pipeline.runtime.speed.shapes import published_config
+    from pipeline.models.shapes import published_config
 
     cfg = published_config("llama-3.1-8b")
-    params = roofline.linear_params_per_token(cfg)
+    params = shapes.linear_params_per_token(cfg)
     assert params == pytest.approx(7.5e9, rel=0.01)  # 8.03B minus the 0.53B input embedding gathered, not multiplied
-    assert roofline.decode_flops_per_token(cfg, 0) == 2 * params
-    assert roofline.decode_flops_per_token(cfg, 1000) == 2 * params + 32 * 4 * 32 * 128 * 1000
+    assert shapes.decode_flops_per_token(cfg, 0) == 2 * params
+    assert shapes.decode_flops_per_token(cfg, 1000) == 2 * params + 32 * 4 * 32 * 128 * 1000
 
 
 def test_compute_bound_batch():

@@ -7,10 +7,11 @@ import dataclasses
 import pytest
 import torch
 
+from pipeline import host
 from pipeline import metrics as M
+from pipeline.models import shapes
 from pipeline.results import SpeedPoint, SpeedResult
-from pipeline.runtime.speed import command, host, shapes
-from pipeline.runtime.speed import measure as measure_mod
+from pipeline.runtime.speed import command, harness
 
 
 @pytest.fixture(autouse=True)
@@ -20,7 +21,7 @@ def _isolated_host_cache(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("name", sorted(shapes.PUBLISHED))
 def test_published_shapes_match_the_model_cards_parameter_count(name):
-    from pipeline.runtime.speed.roofline import linear_params_per_token
+    from pipeline.models.shapes import linear_params_per_token
 
     s = shapes.PUBLISHED[name]
     cfg = shapes.published_config(name)
@@ -60,16 +61,22 @@ def test_speed_command_refuses_what_it_cannot_do():
         command.speed_command("llama-3.1-70b", "bf16", "none", [1], 8, 4, "cpu", False, 1)
     with pytest.raises(command.SpeedCommandError, match="--config: unknown config 'gpt-9'"):
         command.speed_command("gpt-9", "bf16", "none", [1], 8, 4, "cpu", False, 1)
-    with pytest.raises(command.SpeedCommandError, match="while loading a checkpoint"):  # LLM.int8 has no in-memory form here
+    with pytest.raises(
+        command.SpeedCommandError, match="while loading a checkpoint"
+    ):  # LLM.int8 has no in-memory form here
         command.speed_command("smollm2-135m", "fp32", "bnb-int8", [1], 8, 4, "cpu", False, 1)
 
 
 def test_bnb_4bit_runs_in_memory_as_the_layers_from_pretrained_builds(monkeypatch):
     import bitsandbytes as bnb
 
-    from pipeline.build.storage import storage_bytes
+    from pipeline.variants.storage import storage_bytes
 
-    monkeypatch.setitem(shapes.PUBLISHED, "tiny-speed-test", shapes.PublishedShape("test/tiny", "llama", 128, 256, 2, 4, 2, 512, False, 32))
+    monkeypatch.setitem(
+        shapes.PUBLISHED,
+        "tiny-speed-test",
+        shapes.PublishedShape("test/tiny", "llama", 128, 256, 2, 4, 2, 512, False, 32),
+    )
     dense = command.build_speed_model("tiny-speed-test", "bf16", "none", "cpu")
     built = command.build_speed_model("tiny-speed-test", "bf16", "bnb-nf4", "cpu")
     layers = [m for m in built.model.modules() if isinstance(m, bnb.nn.Linear4bit)]
@@ -85,8 +92,8 @@ def test_bnb_4bit_runs_in_memory_as_the_layers_from_pretrained_builds(monkeypatc
 
 
 def test_speed_command_end_to_end_with_an_in_memory_method(monkeypatch):
-    monkeypatch.setattr(measure_mod, "bandwidth_probe", lambda device, threads: {"bandwidth_gb_s": 20.0, "load_avg": 0.0})
-    monkeypatch.setattr(measure_mod, "host_matmul_flops", lambda device, threads, dtype: 1e11)
+    monkeypatch.setattr(harness, "bandwidth_probe", lambda device, threads: {"bandwidth_gb_s": 20.0, "load_avg": 0.0})
+    monkeypatch.setattr(harness, "host_matmul_flops", lambda device, threads, dtype: 1e11)
     res = command.speed_command("smollm2-135m", "fp32", "none", [1], 4, 2, "cpu", False, 1, repeats=1, warmup=0)
     assert res.method == "none" and not res.dense_fallback and "dense" in res.kernel
     assert res.points[0].decode_tok_s > 0 and 0 < res.points[0].mbu <= 1.5
@@ -95,7 +102,12 @@ def test_speed_command_end_to_end_with_an_in_memory_method(monkeypatch):
 
     from rich.console import Console
 
-    pruned = dataclasses.replace(res, method="magnitude-prune", dense_fallback=True, skipped=({"batch_size": 64, "prompt_tokens": 4, "reason": "oom"},))
+    pruned = dataclasses.replace(
+        res,
+        method="magnitude-prune",
+        dense_fallback=True,
+        skipped=({"batch_size": 64, "prompt_tokens": 4, "reason": "oom"},),
+    )
     console = Console(record=True, width=220)
     command.print_table([res, pruned], console=console)
     text = console.export_text()
@@ -108,17 +120,40 @@ def test_speed_command_end_to_end_with_an_in_memory_method(monkeypatch):
 
 def _point(batch: int, prompt: int = 128) -> SpeedPoint:
     return SpeedPoint(
-        batch_size=batch, prompt_tokens=prompt, new_tokens=32, ttft_ms=10, ttft_p90_ms=11, tpot_ms=5, tpot_p90_ms=6,
-        itl_p99_ms=7, e2e_ms=165, decode_tok_s=200 * batch, prefill_tok_s=1000, peak_mem_mb=500, bytes_per_token=1e6,
-        wall_tok_s=300 * batch, mbu=0.66, cv=0.02, mfu=0.01,
+        batch_size=batch,
+        prompt_tokens=prompt,
+        new_tokens=32,
+        ttft_ms=10,
+        ttft_p90_ms=11,
+        tpot_ms=5,
+        tpot_p90_ms=6,
+        itl_p99_ms=7,
+        e2e_ms=165,
+        decode_tok_s=200 * batch,
+        prefill_tok_s=1000,
+        peak_mem_mb=500,
+        bytes_per_token=1e6,
+        wall_tok_s=300 * batch,
+        mbu=0.66,
+        cv=0.02,
+        mfu=0.01,
     )
 
 
 def test_speed_metrics_use_the_shared_names():
     res = SpeedResult(
-        points=(_point(1), _point(4), _point(1, 512)), bandwidth_gb_s=20.0, device="cpu", threads=2, timer="t",
-        matmul_tflops=0.1, compute_bound_batch=9, kernel="dense", scenario="server", skipped=({"batch_size": 64, "prompt_tokens": 128, "reason": "oom"},),
-        layers=30, head_params=576 * 49152,
+        points=(_point(1), _point(4), _point(1, 512)),
+        bandwidth_gb_s=20.0,
+        device="cpu",
+        threads=2,
+        timer="t",
+        matmul_tflops=0.1,
+        compute_bound_batch=9,
+        kernel="dense",
+        scenario="server",
+        skipped=({"batch_size": 64, "prompt_tokens": 128, "reason": "oom"},),
+        layers=30,
+        head_params=576 * 49152,
     )
     m = res.metrics()
     for name in M.PER_BATCH:

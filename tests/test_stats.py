@@ -66,7 +66,11 @@ def test_compare_paired_counts_and_pvalue():
     # discordant questions the bootstrap alone would call a better (its lower bound > 0), the exact bound does not
     boot = paired_bootstrap_counts(100, 10, 2, confidence=0.95)
     ex_lo, ex_hi = exact_diff_bounds(100, 10, 2, 0.975)
-    assert boot.low > 0 and lo == pytest.approx(100 * min(boot.low, ex_lo)) and hi == pytest.approx(100 * max(boot.high, ex_hi))
+    assert (
+        boot.low > 0
+        and lo == pytest.approx(100 * min(boot.low, ex_lo))
+        and hi == pytest.approx(100 * max(boot.high, ex_hi))
+    )
     assert lo < 0 < 8.0 < hi
     stronger = compare_paired(*outcomes(60, 25, 2, 13))  # 25 vs 2: shown by every bound
     assert stronger.ci_points[0] > 0

@@ -21,8 +21,13 @@ import yaml
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-    "--disable-sync", "--no-first-run",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
 ]
 try:
     from playwright import sync_api
@@ -47,9 +52,14 @@ def browser():
     """Fails, never skips, when the browser is missing: the UI review is a claimed feature. Session scope puts
     this check before the session's other fixtures (the tiny model build)."""
     if sync_api is None:
-        pytest.fail("playwright is not installed: run `bash scripts/install.sh --with-browser` (the dev extra)", pytrace=False)
+        pytest.fail(
+            "playwright is not installed: run `bash scripts/install.sh --with-browser` (the dev extra)", pytrace=False
+        )
     if not CHROMIUM.is_file():
-        pytest.fail(f"no Chromium at {CHROMIUM}: run `bash scripts/install.sh --with-browser` (Debian's chromium via apt)", pytrace=False)
+        pytest.fail(
+            f"no Chromium at {CHROMIUM}: run `bash scripts/install.sh --with-browser` (Debian's chromium via apt)",
+            pytrace=False,
+        )
 
 
 def _free_port() -> int:
@@ -74,8 +84,16 @@ def sweep(tmp_path_factory, tiny_model_dir):
     doc = {
         "name": EXPERIMENT,
         "models": [{"name": "tiny", "source": str(tiny_model_dir), "role": "candidate"}],
-        "variants": [{"name": "none", "method": "none"}, {"name": "pruned", "method": "magnitude-prune", "params": {"amount": 0.5}}],
-        "eval": {"num_fewshot": 0, "subjects": ["abstract_algebra", "anatomy"], "limit_per_subject": 1, "batch_size": 4},
+        "variants": [
+            {"name": "none", "method": "none"},
+            {"name": "pruned", "method": "magnitude-prune", "params": {"amount": 0.5}},
+        ],
+        "eval": {
+            "num_fewshot": 0,
+            "subjects": ["abstract_algebra", "anatomy"],
+            "limit_per_subject": 1,
+            "batch_size": 4,
+        },
         "speed": {"prompt_tokens": 16, "new_tokens": 4, "batch_sizes": [1], "warmup": 0, "repeats": 1, "threads": 1},
         "tracking": {"uri": uri, "experiment": EXPERIMENT},
     }
@@ -230,7 +248,10 @@ def test_first_load_of_the_printed_link_shows_the_verdict(sweep, ui_server, page
         assert parent.info.run_name in rows and set(children) <= set(rows), sorted(rows)
         for name, run in children.items():
             for metric in (M.MMLU_ACC, M.DECODE_TOK_S, M.WEIGHT_BYTES):
-                assert float(_cell(rows[name], metric)) == pytest.approx(run.data.metrics[metric], rel=1e-6), (name, metric)
+                assert float(_cell(rows[name], metric)) == pytest.approx(run.data.metrics[metric], rel=1e-6), (
+                    name,
+                    metric,
+                )
             for tag in ("frontier.decode_tok_s", "frontier.weight_bytes"):
                 assert _cell(rows[name], tag) == run.data.tags[tag], (name, tag)
         # the parent's description opens with the decision in one sentence; each child's is its own verdict line
@@ -239,7 +260,10 @@ def test_first_load_of_the_printed_link_shows_the_verdict(sweep, ui_server, page
             assert _cell(rows[name], "Description").startswith(run.data.tags[M.TAG_DESCRIPTION][:20]), name
             assert _cell(rows[name], M.TAG_VERDICT) == run.data.tags[M.TAG_VERDICT] != "", name
 
-        fresh.goto(f"{link.split('#')[0]}#/experiments/{exp_id}/runs/{parent.info.run_id}?workflowType=machine_learning", wait_until="domcontentloaded")
+        fresh.goto(
+            f"{link.split('#')[0]}#/experiments/{exp_id}/runs/{parent.info.run_id}?workflowType=machine_learning",
+            wait_until="domcontentloaded",
+        )
         fresh.get_by_text("shrinkgate verdict", exact=True).first.wait_for()
         _close_assistant(fresh)
         more = fresh.get_by_text("Show more", exact=True)
@@ -271,7 +295,9 @@ def test_runs_table_lists_parent_children_metrics_and_verdicts(sweep, ui_server,
     # children are listed under their parent, collapsed until its expander is clicked
     for name in children:
         if not page.get_by_text(name, exact=True).count():
-            page.locator('[role=gridcell][col-id="attributes.`Run Name`"]', has=parent_link).locator("button").first.click()
+            page.locator('[role=gridcell][col-id="attributes.`Run Name`"]', has=parent_link).locator(
+                "button"
+            ).first.click()
             break
     for name in children:
         page.get_by_text(name, exact=True).first.wait_for()

@@ -49,7 +49,9 @@ def test_parent_description_holds_the_verdict_table_and_pareto_plot(reported):
     uri, client, parent, ids = reported
     note = client.get_run(parent).data.tags[NOTE_TAG]
     # the runs table's Description column shows the first line: the decision in one sentence, then the frontier
-    assert note.startswith("**Verdict** under the default policy (policies/default.yaml): 0 of 1 gated variant(s) pass (fail: m/int8)."), note[:200]
+    assert note.startswith(
+        "**Verdict** under the default policy (policies/default.yaml): 0 of 1 gated variant(s) pass (fail: m/int8)."
+    ), note[:200]
     assert "**shrinkgate verdict** · frontier on decode tok/s (batch 1): ref/none" in note
     lines = note.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("| model/variant |"))
@@ -66,7 +68,13 @@ def test_experiment_shares_a_runs_view_with_the_verdict_columns(reported):
     uri, client, parent, ids = reported
     exp = client.get_experiment_by_name("review")
     state = json.loads(exp.tags[SHARED_VIEW_PREFIX + "shrinkgate"])
-    for col in ("metrics.`mmlu_acc`", "metrics.`decode_tok_s`", "metrics.`weight_bytes`", "tags.`frontier.decode_tok_s`", "tags.`frontier.weight_bytes`"):
+    for col in (
+        "metrics.`mmlu_acc`",
+        "metrics.`decode_tok_s`",
+        "metrics.`weight_bytes`",
+        "tags.`frontier.decode_tok_s`",
+        "tags.`frontier.weight_bytes`",
+    ):
         assert col in state["selectedColumns"], (col, state["selectedColumns"])
     assert state["groupBy"]["groupByKeys"] == [{"mode": "tag", "groupByData": M.TAG_KIND}]
     # the view's filter, run by MLflow itself, selects exactly this sweep's runs
@@ -82,14 +90,28 @@ def test_experiment_shares_a_runs_view_with_the_verdict_columns(reported):
 
 def test_review_markdown_leaves_rows_that_do_not_fit_to_the_report():
     recs = tuple(
-        VariantRecord(f"id-{i}", "m", "none" if i == 0 else f"v{i}", "candidate", "FINISHED", {**_speed(10.0 + i, 1e9), M.MMLU_ACC: 0.5}, {}, {}, None)
+        VariantRecord(
+            f"id-{i}",
+            "m",
+            "none" if i == 0 else f"v{i}",
+            "candidate",
+            "FINISHED",
+            {**_speed(10.0 + i, 1e9), M.MMLU_ACC: 0.5},
+            {},
+            {},
+            None,
+        )
         for i in range(60)
     )
     analysis = analyze(SweepRecord("parent", "exp", recs), seed=0)
     full = review_markdown(analysis, rows(analysis))
     short = review_markdown(analysis, rows(analysis), max_chars=2000)
     assert "more row(s) in `report/compare.md`" not in full and "| m/v59 |" in full
-    assert len(short) <= 2000 and "more row(s) in `report/compare.md`" in short and short.startswith("**shrinkgate verdict**")
+    assert (
+        len(short) <= 2000
+        and "more row(s) in `report/compare.md`" in short
+        and short.startswith("**shrinkgate verdict**")
+    )
 
 
 class _Health(BaseHTTPRequestHandler):
@@ -128,7 +150,10 @@ def test_ui_prints_the_deep_link_and_open_opens_it(reported, monkeypatch):
     monkeypatch.setattr(subprocess, "Popen", FakeServer)
     monkeypatch.setattr(webbrowser, "open", lambda url, *a, **k: opened.append(url) or True)
     try:
-        result = CliRunner().invoke(__import__("pipeline.cli", fromlist=["app"]).app, ["ui", "--tracking-uri", uri, "--port", str(port), "--open"])
+        result = CliRunner().invoke(
+            __import__("pipeline.cli", fromlist=["app"]).app,
+            ["ui", "--tracking-uri", uri, "--port", str(port), "--open"],
+        )
     finally:
         health.shutdown()
     assert result.exit_code == 0, result.output

@@ -10,15 +10,14 @@ import sys
 import warnings
 from pathlib import Path
 
+import _noisy_methods  # noqa: F401 - registers test-noisy
 import pytest
 import yaml
 from typer.testing import CliRunner
 
-import _noisy_methods  # noqa: F401 - registers test-noisy
 from pipeline import metrics as M
-from pipeline.build.plan import parse_recipe
 from pipeline.cli import app
-from pipeline.config.recipe import RecipeError, apply_overrides
+from pipeline.config.recipe import RecipeError, apply_overrides, parse_recipe
 
 
 def _doc(model_dir: Path, data_dir: Path, **speed) -> dict:
@@ -61,7 +60,7 @@ class _Stop(RecipeError):
 
 def test_server_scenario_keeps_its_batch_sizes_through_the_cli(tmp_path, tiny_model_dir, mmlu_dir, monkeypatch):
     import pipeline.sweep.driver as driver
-    from pipeline.runtime.speed.measure import SERVER_BATCHES, planned_batches
+    from pipeline.runtime.speed.plan import SERVER_BATCHES, planned_batches
 
     seen = []
 
@@ -70,9 +69,14 @@ def test_server_scenario_keeps_its_batch_sizes_through_the_cli(tmp_path, tiny_mo
         raise _Stop("stopped before the sweep")
 
     monkeypatch.setattr(driver, "run_sweep", capture)
-    for speed, expected in (({"scenario": "server"}, list(SERVER_BATCHES)), ({"scenario": "server", "batch_sizes": [2, 8]}, [2, 8])):
+    for speed, expected in (
+        ({"scenario": "server"}, list(SERVER_BATCHES)),
+        ({"scenario": "server", "batch_sizes": [2, 8]}, [2, 8]),
+    ):
         path = _write(tmp_path, _doc(tiny_model_dir, mmlu_dir, **speed))
-        result = CliRunner().invoke(app, ["run", str(path), "--limit-per-subject", "1", "--tracking-uri", f"sqlite:///{tmp_path}/m.db"])
+        result = CliRunner().invoke(
+            app, ["run", str(path), "--limit-per-subject", "1", "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]
+        )
         assert "stopped before the sweep" in result.output, result.output
         assert planned_batches(seen[-1].speed) == expected, speed
     # the override path itself, and every override keeps defaults defaults
@@ -82,10 +86,12 @@ def test_server_scenario_keeps_its_batch_sizes_through_the_cli(tmp_path, tiny_mo
 
 
 def test_roofline_crossover_is_where_the_unmodified_model_turns_compute_bound():
-    from pipeline.runtime.speed import roofline
+    from pipeline.predict import roofline
 
     # 8B bf16 (16 GFLOP, 16 GB a token) on 3.35 TB/s at 989 TFLOP/s: int4 (4 GB) beats it up to the ridge, ~295
-    assert roofline.roofline_crossover_batch(989e12, 3.35e12, 16e9, 4e9, 16e9) == roofline.compute_bound_batch(989e12, 3.35e12, 16e9, 16e9)
+    assert roofline.roofline_crossover_batch(989e12, 3.35e12, 16e9, 4e9, 16e9) == roofline.compute_bound_batch(
+        989e12, 3.35e12, 16e9, 16e9
+    )
     assert roofline.roofline_crossover_batch(989e12, 3.35e12, 16e9, 4e9, 16e9) == pytest.approx(295, abs=1)
     assert roofline.roofline_crossover_batch(989e12, 3.35e12, 16e9, 16e9, 16e9) == 1  # reads as much: never ahead
     assert roofline.roofline_crossover_batch(989e12, 3.35e12, 16e9, 4e9, 16e9, kv_bytes_per_seq=1e9) is None
@@ -95,26 +101,35 @@ def test_speed_result_logs_crossover_batch(tiny_model_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from pipeline.config.recipe import SpeedSpec
-    from pipeline.runtime.speed import measure_decode, roofline
+    from pipeline.models import shapes
+    from pipeline.predict import roofline
+    from pipeline.runtime.speed import measure_decode
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     spec = SpeedSpec(prompt_tokens=8, new_tokens=2, batch_sizes=[1], warmup=0, repeats=1, threads=1)
-    dense = roofline.linear_params_per_token(model.config) * 4  # fp32
+    dense = shapes.linear_params_per_token(model.config) * 4  # fp32
     for read, expect_one in ((dense // 4, False), (dense, True)):
-        res = measure_decode(model, tok, spec, weight_bytes_per_token=read, device="cpu", bandwidth_gb_s=10.0, matmul_flops=1e11)
+        res = measure_decode(
+            model, tok, spec, weight_bytes_per_token=read, device="cpu", bandwidth_gb_s=10.0, matmul_flops=1e11
+        )
         metrics = res.metrics()
         assert M.CROSSOVER_BATCH in metrics, sorted(metrics)
         if expect_one:
             assert metrics[M.CROSSOVER_BATCH] == 1.0
         else:
             p = res.points[0]
-            kv = roofline.kv_bytes_at_context(model.config, p.context_tokens, 4)
-            assert metrics[M.CROSSOVER_BATCH] == roofline.compute_bound_batch(1e11, 10e9, p.flops_per_token, dense, kv) > 1
+            kv = shapes.kv_bytes_at_context(model.config, p.context_tokens, 4)
+            assert (
+                metrics[M.CROSSOVER_BATCH] == roofline.compute_bound_batch(1e11, 10e9, p.flops_per_token, dense, kv) > 1
+            )
 
 
 # -- item 10: inputs -----------------------------------------------------------------------------------------
-@pytest.mark.parametrize("device, ok", [("gpu", False), ("cuda0", False), ("CPU", False), ("auto", True), ("cpu", True), ("cuda", True), ("cuda:1", True)])
+@pytest.mark.parametrize(
+    "device, ok",
+    [("gpu", False), ("cuda0", False), ("CPU", False), ("auto", True), ("cpu", True), ("cuda", True), ("cuda:1", True)],
+)
 def test_eval_device_is_one_of_the_known_names(tmp_path, tiny_model_dir, mmlu_dir, device, ok):
     doc = _doc(tiny_model_dir, mmlu_dir)
     doc["eval"]["device"] = device
@@ -148,7 +163,8 @@ def test_empty_variants_is_an_error(tmp_path, tiny_model_dir, mmlu_dir):
 
 
 def test_eval_batch_size_is_no_part_of_the_key_on_cpu(tiny_model_dir, mmlu_dir):
-    from pipeline.build.plan import KeyInputs, content_key, plan
+    from pipeline.sweep.key import KeyInputs, content_key
+    from pipeline.variants.plan import plan
 
     keys = {}
     for device in ("cpu", "cuda"):
@@ -208,7 +224,9 @@ def test_ui_honours_mlflow_tracking_uri(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")
     CliRunner().invoke(app, ["ui"])
-    assert started and started[-1][started[-1].index("--backend-store-uri") + 1] == "http://mlflow.example:5000", started
+    assert started and started[-1][started[-1].index("--backend-store-uri") + 1] == "http://mlflow.example:5000", (
+        started
+    )
 
 
 def test_run_honours_mlflow_tracking_uri_unless_the_recipe_or_flag_names_one(tiny_model_dir, mmlu_dir, monkeypatch):
@@ -242,7 +260,9 @@ def test_cpu_scorer_falls_back_when_forward_lacks_logits_to_keep(tiny_model_dir)
 
     model = NoKeep.from_pretrained(tiny_model_dir).eval()
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    assert not accepts_logits_to_keep(model) and accepts_logits_to_keep(LlamaForCausalLM.from_pretrained(tiny_model_dir))
+    assert not accepts_logits_to_keep(model) and accepts_logits_to_keep(
+        LlamaForCausalLM.from_pretrained(tiny_model_dir)
+    )
     spec = EvalSpec(num_fewshot=0, subjects=["anatomy"], limit_per_subject=3)
     last = score_mmlu(_hflm_class()(pretrained=model, tokenizer=tok, device="cpu"), spec)
     full = score_mmlu(HFLM(pretrained=model, tokenizer=tok, batch_size=1, device="cpu"), spec)
@@ -308,7 +328,9 @@ def test_batch_sizes_that_are_not_whole_numbers_from_one_are_one_line(monkeypatc
 
 def test_predict_still_takes_spaced_batch_sizes():
     """The counterpart of the refusals above: what was valid stays valid (a row per given batch, no default 64)."""
-    result = CliRunner().invoke(app, ["predict", "--hardware", "h100-sxm", "--config", "llama-3.2-1b", "--batch-sizes", "1, 8"])
+    result = CliRunner().invoke(
+        app, ["predict", "--hardware", "h100-sxm", "--config", "llama-3.2-1b", "--batch-sizes", "1, 8"]
+    )
     assert result.exit_code == 0, result.output
     batches = [int(line.split("│")[4]) for line in result.output.splitlines() if line.startswith("│ llama-3.2-1b")]
     assert batches == [1, 8], result.output
@@ -318,7 +340,9 @@ def test_compare_out_that_cannot_be_written_is_one_line(tmp_path_factory, tmp_pa
     from _stores import Child, fresh_store, write_sweep
 
     uri = fresh_store(tmp_path_factory, "compare-out")
-    parent, _ = write_sweep(uri, "cmp", [Child("m", "none", None), Child("ref", "none", None, role="reference")], end_parent=False)
+    parent, _ = write_sweep(
+        uri, "cmp", [Child("m", "none", None), Child("ref", "none", None, role="reference")], end_parent=False
+    )
     a_file = tmp_path / "a-file"
     a_file.write_text("x")
     taken = tmp_path / "taken"
@@ -326,4 +350,7 @@ def test_compare_out_that_cannot_be_written_is_one_line(tmp_path_factory, tmp_pa
     for out, where in ((a_file, a_file), (a_file / "sub", a_file / "sub"), (taken, taken / "compare.md")):
         result = CliRunner().invoke(app, ["compare", "--run", parent, "--tracking-uri", uri, "--out", str(out)])
         message = _one_line_error(result)
-        assert f"--out {out}: cannot write the report there (" in message and f": {where}); give --out a folder you can create" in message
+        assert (
+            f"--out {out}: cannot write the report there (" in message
+            and f": {where}); give --out a folder you can create" in message
+        )

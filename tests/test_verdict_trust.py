@@ -16,13 +16,16 @@ from pydantic import Field
 from typer.testing import CliRunner
 
 from pipeline import metrics as M
-from pipeline.build.plan import KeyInputs, WorkItem, content_key, parse_recipe, plan, source_fingerprint
 from pipeline.config.policy import DEFAULT_POLICY, load_policy, parse_policy
+from pipeline.config.recipe import parse_recipe
 from pipeline.methods import Method, register, registry
 from pipeline.records import SweepRecord, VariantRecord
-from pipeline.sweep.driver import key_inputs, run_sweep
+from pipeline.sweep.driver import run_sweep
+from pipeline.sweep.key import content_key, source_fingerprint
 from pipeline.sweep.outcome import SweepContext
+from pipeline.sweep.runs import key_inputs
 from pipeline.tracking import TrackingError, load_sweep
+from pipeline.variants.plan import plan
 from pipeline.verdict import analyze, evaluate, log_sweep_report, run_compare, run_gate
 from pipeline.verdict.frontier import SIZE_AXIS, frontier_verdicts, speed_axis
 
@@ -64,7 +67,10 @@ def _recipe(tmp: Path, model_dir: Path, ballast: int, *, candidate: bool = True)
     return {
         "name": "trust",
         "models": models,
-        "variants": [{"name": "none", "method": "none"}, {"name": "heavy", "method": "test-ballast", "params": {"size": ballast}}],
+        "variants": [
+            {"name": "none", "method": "none"},
+            {"name": "heavy", "method": "test-ballast", "params": {"size": ballast}},
+        ],
         "eval": {"num_fewshot": 0, "subjects": ["anatomy", "virology"], "limit_per_subject": 3},
         "speed": {"enabled": False},
         "tracking": {"uri": f"sqlite:///{tmp}/mlflow.db", "experiment": "trust"},
@@ -88,7 +94,11 @@ def test_rerun_keeps_reused_children_in_the_sweep_and_the_gate_sees_them(tmp_pat
         assert members[label].run_id != ids[label] and members[label].tags[M.TAG_COPIED_FROM] == ids[label]
         assert members[label].tags["mlflow.parentRunId"] == second.parent_run_id
         assert members[label].metric(M.MMLU_ACC) is not None and members[label].questions
-    assert set(members) == {"tiny/none", "tiny/heavy", "ref/none"} and sweep.missing == () and sweep.completeness_problem() is None
+    assert (
+        set(members) == {"tiny/none", "tiny/heavy", "ref/none"}
+        and sweep.missing == ()
+        and sweep.completeness_problem() is None
+    )
 
     # the gate holds the new variant against the reused reference: same predictions, fewer bytes -> dominated
     policy = _policy_file(tmp_path, dominance_axes=["weight_bytes"])
@@ -113,7 +123,9 @@ def test_rerun_keeps_reused_children_in_the_sweep_and_the_gate_sees_them(tmp_pat
     MlflowClient(uri).delete_run(members["ref/none"].run_id)
     assert load_sweep(uri, run_id=second.parent_run_id).missing == ("ref/none",)
     refused = run_gate(policy, tracking_uri=uri, run_id=second.parent_run_id, out_dir=tmp_path / "gate2")
-    assert refused.exit_code == 2 and "planned children missing: ref/none" in refused.error and "\n" not in refused.error
+    assert (
+        refused.exit_code == 2 and "planned children missing: ref/none" in refused.error and "\n" not in refused.error
+    )
     with pytest.raises(TrackingError, match="planned children missing: ref/none"):
         run_compare(tracking_uri=uri, run_id=second.parent_run_id, out_dir=tmp_path / "cmp")
 
@@ -126,14 +138,22 @@ def test_a_later_sweep_never_rewrites_what_an_earlier_one_shows(tmp_path, tiny_m
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     first = run_sweep(parse_recipe(_recipe(tmp_path, tiny_model_dir, 1024, candidate=True)), executor="inline")
     base_id = next(c.run_id for c in first.children if c.item.label == "tiny/none")
-    before = next(r.tags for r in load_sweep(uri, run_id=first.parent_run_id, with_questions=False).children if r.run_id == base_id)
+    before = next(
+        r.tags
+        for r in load_sweep(uri, run_id=first.parent_run_id, with_questions=False).children
+        if r.run_id == base_id
+    )
     doc = _recipe(tmp_path, tiny_model_dir, 1024)
     doc["variants"] = [{"name": "none", "method": "none"}, {"name": "int8", "method": "int8-weight-only"}]
     second = run_sweep(parse_recipe(doc), executor="inline")
     after = {r.run_id: r.tags for r in load_sweep(uri, run_id=first.parent_run_id, with_questions=False).children}
     assert after[base_id] == before  # 6b837af rewrote the reused base's frontier.* tags with the second sweep's
-    copy = next(r for r in load_sweep(uri, run_id=second.parent_run_id, with_questions=False).children if r.label == "tiny/none")
-    assert copy.tags[M.TAG_COPIED_FROM] == base_id and copy.tags["frontier.weight_bytes"].startswith("dominated by tiny/int8")
+    copy = next(
+        r for r in load_sweep(uri, run_id=second.parent_run_id, with_questions=False).children if r.label == "tiny/none"
+    )
+    assert copy.tags[M.TAG_COPIED_FROM] == base_id and copy.tags["frontier.weight_bytes"].startswith(
+        "dominated by tiny/int8"
+    )
     assert before["frontier.weight_bytes"] == "frontier"
 
 
@@ -157,7 +177,10 @@ def store(tmp_path_factory):
 def test_gate_and_compare_refuse_a_sweep_missing_planned_children(store, tmp_path):
     uri, sweeps = store
     policy = _policy_file(tmp_path)
-    for name, message in (("partial", "planned children missing: ref/none"), ("unrecorded", "does not record its planned children")):
+    for name, message in (
+        ("partial", "planned children missing: ref/none"),
+        ("unrecorded", "does not record its planned children"),
+    ):
         parent, _ = sweeps[name]
         result = run_gate(policy, tracking_uri=uri, run_id=parent, out_dir=tmp_path / name)
         assert result.exit_code == 2 and message in result.error and not result.variants
@@ -165,7 +188,9 @@ def test_gate_and_compare_refuse_a_sweep_missing_planned_children(store, tmp_pat
             run_compare(tracking_uri=uri, run_id=parent, out_dir=tmp_path / f"cmp-{name}")
     from pipeline.cli import app
 
-    cli = CliRunner().invoke(app, ["compare", "--run", sweeps["partial"][0], "--tracking-uri", uri, "--out", str(tmp_path / "c")])
+    cli = CliRunner().invoke(
+        app, ["compare", "--run", sweeps["partial"][0], "--tracking-uri", uri, "--out", str(tmp_path / "c")]
+    )
     assert cli.exit_code == 2 and "ref/none" in cli.output
 
 
@@ -257,10 +282,18 @@ def test_resume_key_changes_with_every_ingredient(tmp_path, mmlu_dir, tiny_model
     recipe = parse_recipe(doc)
     key = _key(recipe)
     assert _key(recipe) == key  # stable
-    changed_keys = {f"tag {name}": _key(recipe, {**TAGS, name: value}) for name, value in [
-        ("cpu", "Intel Xeon 8480"), ("gpu", "NVIDIA H200"), ("threads", "16"), (M.TAG_VERSION, "0.2.0"),
-        ("mlflow.source.git.commit", "b" * 40), (M.TAG_GIT_DIRTY, "0123456789abcdef"), ("version.torch", "2.14.0"),
-    ]}
+    changed_keys = {
+        f"tag {name}": _key(recipe, {**TAGS, name: value})
+        for name, value in [
+            ("cpu", "Intel Xeon 8480"),
+            ("gpu", "NVIDIA H200"),
+            ("threads", "16"),
+            (M.TAG_VERSION, "0.2.0"),
+            ("mlflow.source.git.commit", "b" * 40),
+            (M.TAG_GIT_DIRTY, "0123456789abcdef"),
+            ("version.torch", "2.14.0"),
+        ]
+    }
     changed_keys["device"] = _key(recipe, device="cuda")
     changed_keys["source"] = _key(recipe, source="local:y")
     # the same data in another directory, then other data in the same directory
@@ -311,11 +344,16 @@ def test_two_percent_apart_is_equal_speed_everywhere(store, tmp_path):
     uri, sweeps = store
     parent, ids = sweeps["near"]
     int8 = ids["m/int8"]
-    assert run_compare(tracking_uri=uri, run_id=parent, out_dir=tmp_path / "cmp").verdicts[M.DECODE_TOK_S][int8].status == "frontier"
+    assert (
+        run_compare(tracking_uri=uri, run_id=parent, out_dir=tmp_path / "cmp").verdicts[M.DECODE_TOK_S][int8].status
+        == "frontier"
+    )
     log_sweep_report(uri, parent)
     sweep = load_sweep(uri, run_id=parent, with_questions=False)
     tags = {r.label: r.tags for r in sweep.children}
-    assert tags["m/int8"]["frontier.decode_tok_s"] == "frontier" and tags["m/none"]["frontier.decode_tok_s"] == "frontier"
+    assert (
+        tags["m/int8"]["frontier.decode_tok_s"] == "frontier" and tags["m/none"]["frontier.decode_tok_s"] == "frontier"
+    )
     assert "speed_tolerance=0.03" in sweep.tags[M.TAG_FRONTIER_POLICY]
     result = run_gate(REPO / "policies" / "default.yaml", tracking_uri=uri, run_id=parent, out_dir=tmp_path / "gate")
     [g] = result.variants
@@ -323,7 +361,9 @@ def test_two_percent_apart_is_equal_speed_everywhere(store, tmp_path):
     assert dom.outcome == "pass"
     # `compare --policy` follows the given rule: with no tolerance the base's 2 % decides
     strict = _policy_file(tmp_path, speed_tolerance=0.0)
-    out = CliRunner().invoke(app, ["compare", "--run", parent, "--tracking-uri", uri, "--out", str(tmp_path / "c"), "--policy", str(strict)])
+    out = CliRunner().invoke(
+        app, ["compare", "--run", parent, "--tracking-uri", uri, "--out", str(tmp_path / "c"), "--policy", str(strict)]
+    )
     assert out.exit_code == 0, out.output
     assert "dominated by m/none" in (tmp_path / "c" / "compare.csv").read_text()
 

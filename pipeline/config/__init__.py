@@ -1,6 +1,6 @@
 """What users write: recipes (what to build and measure) and gate policies, as frozen pydantic models.
 
-Knows no torch, MLflow or methods; `pipeline.build.plan` checks a recipe's methods against the registry.
+Knows no torch, MLflow or methods; `pipeline.variants.plan` checks a recipe's methods against the registry.
 """
 
 from pipeline.config.loader import RecipeError

@@ -100,4 +100,6 @@ def read_yaml(path: str | Path, kind: str, example: str) -> Any:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
-        raise RecipeError(f"{path}:{where} is not valid YAML ({getattr(exc, 'problem', exc)}) -> fix the syntax") from None
+        raise RecipeError(
+            f"{path}:{where} is not valid YAML ({getattr(exc, 'problem', exc)}) -> fix the syntax"
+        ) from None

@@ -19,24 +19,36 @@ class Policy(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     max_mmlu_drop_points: float = Field(
-        ge=0, description="largest MMLU drop vs the unmodified candidate, in points, that passes (upper confidence bound)"
+        ge=0,
+        description="largest MMLU drop vs the unmodified candidate, in points, that passes (upper confidence bound)",
     )
     confidence: float = Field(0.95, ge=0.5, lt=1.0, description="one-sided confidence of the bounds")
-    must_not_be_dominated: bool = Field(True, description="fail a variant that another record dominates on any `dominance_axes`")
-    dominance_axes: list[str] = Field(
-        default_factory=lambda: ["decode_tok_s"], description="decode_tok_s, decode_tok_s_bs<N>, weight_bytes, predicted_decode_tok_s[_bs<N>]"
+    must_not_be_dominated: bool = Field(
+        True, description="fail a variant that another record dominates on any `dominance_axes`"
     )
-    use_predicted_axes: bool = Field(False, description="allow predicted_* axes (a roofline prediction for speed.target_hardware, not a measurement)")
+    dominance_axes: list[str] = Field(
+        default_factory=lambda: [M.DECODE_TOK_S],
+        description="decode_tok_s, decode_tok_s_bs<N>, weight_bytes, predicted_decode_tok_s[_bs<N>]",
+    )
+    use_predicted_axes: bool = Field(
+        False, description="allow predicted_* axes (a roofline prediction for speed.target_hardware, not a measurement)"
+    )
     dominated_by: Literal["any", "references"] = Field("any", description="which records may dominate a gated variant")
-    speed_tolerance: float = Field(0.03, ge=0, lt=1, description="relative: speeds within this ratio count as equal (timer noise)")
+    speed_tolerance: float = Field(
+        0.03, ge=0, lt=1, description="relative: speeds within this ratio count as equal (timer noise)"
+    )
     min_decode_tok_s: float | None = Field(None, gt=0, description="batch-1 decode tok/s floor")
     max_weight_bytes: float | None = Field(None, gt=0)
     max_kl_vs_base: float | None = Field(None, ge=0)
-    variants: list[str] | None = Field(None, description="gate only these (variant name or model/variant); default every candidate variant")
+    variants: list[str] | None = Field(
+        None, description="gate only these (variant name or model/variant); default every candidate variant"
+    )
     bootstrap_samples: int = Field(10_000, ge=1000)
     seed: int = 0
     register_model: bool = Field(True, description="register passing variants in the MLflow Model Registry")
-    registry_name: str = Field("shrinkgate.{model}.{variant}", description="registered model name; {experiment} {model} {variant}")
+    registry_name: str = Field(
+        "shrinkgate.{model}.{variant}", description="registered model name; {experiment} {model} {variant}"
+    )
     alias: str = ALIAS
 
     @field_validator("dominance_axes")
@@ -44,7 +56,9 @@ class Policy(BaseModel):
     def _axes(cls, v: list[str]) -> list[str]:
         for name in v:
             if name != M.WEIGHT_BYTES and M.speed_axis_batch(name) is None and M.predicted_axis_batch(name) is None:
-                raise ValueError(f"unknown axis {name!r} -> use decode_tok_s, decode_tok_s_bs<N>, weight_bytes or predicted_decode_tok_s[_bs<N>]")
+                raise ValueError(
+                    f"unknown axis {name!r} -> use decode_tok_s, decode_tok_s_bs<N>, weight_bytes or predicted_decode_tok_s[_bs<N>]"
+                )
         return v
 
     @model_validator(mode="after")
@@ -60,7 +74,9 @@ class Policy(BaseModel):
     @classmethod
     def _variants(cls, v: list[str] | None) -> list[str] | None:
         if v is not None and not v:
-            raise ValueError("empty list -> list at least one variant, or remove the key to gate every candidate variant")
+            raise ValueError(
+                "empty list -> list at least one variant, or remove the key to gate every candidate variant"
+            )
         return v
 
     @field_validator("registry_name")

@@ -1,5 +1,6 @@
-"""Recipe schema: what to build and how to measure it. Knows nothing of torch, MLflow or the methods
-(`pipeline.build.plan.check_recipe` checks method names and params against the registry).
+"""Recipe schema: what to build and how to measure it. Knows nothing of torch, MLflow, the methods or the
+runtimes (`pipeline.variants.plan.check_recipe` checks method names and params against their registry,
+`pipeline.runtime.check_runtime_names` runtime names and what each runtime's artifact format can build).
 
 Every error a user can fix is raised as `RecipeError` with a one-line message naming the file, the
 field and the fix.
@@ -11,32 +12,16 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from pipeline.config.loader import RecipeError, format_validation_error, read_yaml
-from pipeline.env import DEFAULT_TRACKING_URI, MMLU_DIR_ENV, tracking_uri as resolve_tracking_uri
+from pipeline.config.schema import StrictModel, positive_levels
+from pipeline.config.serve import ServeSpec
+from pipeline.env import DEFAULT_TRACKING_URI, MMLU_DIR_ENV
+from pipeline.env import tracking_uri as resolve_tracking_uri
 
 
-# The engines a variant can be measured on, and the artifact each takes: "torch" (an in-memory transformers
-# model) or "gguf" (a GGUF file). `pipeline.runtime.RUNTIMES` implements each (a test keeps the two in step).
-# `openai` (a server over HTTP) takes what `serve.artifact` says: `Recipe.format_of`.
-RUNTIME_FORMATS: dict[str, str] = {"transformers": "torch", "llama.cpp": "gguf", "openai": "gguf"}
-RuntimeName = Literal["transformers", "llama.cpp", "openai"]
-SERVE_ARTIFACT_FORMATS: dict[str, str] = {"gguf": "gguf", "checkpoint": "torch", "none": "none"}
-
-
-def _positive_levels(v: list[int], noun: str) -> list[int]:
-    """A sweep's levels, sorted and deduplicated; at least one, each >= 1."""
-    if not v or any(x < 1 for x in v):
-        raise ValueError(f"list at least one {noun}, each >= 1")
-    return sorted(set(v))
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ModelSpec(_Strict):
+class ModelSpec(StrictModel):
     name: str = Field(description="label used in tables and MLflow run names")
     source: str = Field(description="hub id, local dir, path to a .gguf, or a bundled model name")
     role: Literal["candidate", "reference"] = "candidate"
@@ -50,23 +35,25 @@ class ModelSpec(_Strict):
     @model_validator(mode="after")
     def _remote_code_needs_revision(self) -> ModelSpec:
         if self.trust_remote_code and not self.revision:
-            raise ValueError("trust_remote_code: true needs a pinned `revision` (a commit hash) so the code cannot change")
+            raise ValueError(
+                "trust_remote_code: true needs a pinned `revision` (a commit hash) so the code cannot change"
+            )
         return self
 
 
-class MethodStep(_Strict):
+class MethodStep(StrictModel):
     method: str
     params: dict[str, Any] = Field(default_factory=dict)
 
 
-class VariantSpec(_Strict):
+class VariantSpec(StrictModel):
     """One compression variant: a single `method` + `params`, or an ordered list of `steps`."""
 
     name: str
     method: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
     steps: list[MethodStep] | None = None
-    runtime: RuntimeName | None = Field(None, description="engine this variant is measured on; null = the recipe's `runtime`")
+    runtime: str | None = Field(None, description="runtime this variant is measured on; null = the recipe's `runtime`")
 
     @model_validator(mode="after")
     def _one_form(self) -> VariantSpec:
@@ -83,20 +70,31 @@ class VariantSpec(_Strict):
         return [MethodStep(method=self.method or "none", params=self.params)]
 
 
-class SampleSpec(_Strict):
+class SampleSpec(StrictModel):
     """A seeded random sample of MMLU's test questions: a fixed number stratified by subject
-    (`pipeline.data.mmlu.sample_questions`), or `auto`: the questions in one seeded random order, scored in
+    (`pipeline.data.sampling.sample_questions`), or `auto`: the questions in one seeded random order, scored in
     looks of `step`, 2 x `step`, ... up to `max`, stopping when the anytime-valid paired test against the
     unmodified base decides (`pipeline.verdict.sequential`)."""
 
     questions: int | Literal["auto"] = Field(
         description="questions in all (every selected subject gets >= 1, the rest in proportion to its size), or auto"
     )
-    seed: int = Field(0, description="the same seed picks the same questions for every variant (paired comparisons stay paired)")
-    max: int | None = Field(None, ge=1, description="auto: the most questions a run scores (the base and references score this many)")
+    seed: int = Field(
+        0, description="the same seed picks the same questions for every variant (paired comparisons stay paired)"
+    )
+    max: int | None = Field(
+        None, ge=1, description="auto: the most questions a run scores (the base and references score this many)"
+    )
     step: int = Field(100, ge=1, description="auto: questions in the first look; each look doubles it")
-    delta_points: float = Field(1.0, ge=0, lt=100, description="auto: the drop vs the base to decide on (the gate policy's max_mmlu_drop_points)")
-    confidence: float = Field(0.95, ge=0.5, lt=1.0, description="auto: the test's confidence (the gate policy's confidence)")
+    delta_points: float = Field(
+        1.0,
+        ge=0,
+        lt=100,
+        description="auto: the drop vs the base to decide on (the gate policy's max_mmlu_drop_points)",
+    )
+    confidence: float = Field(
+        0.95, ge=0.5, lt=1.0, description="auto: the test's confidence (the gate policy's confidence)"
+    )
 
     @property
     def sequential(self) -> bool:
@@ -117,13 +115,17 @@ class SampleSpec(_Strict):
         return self.model_dump() if self.sequential else {"questions": self.questions, "seed": self.seed}
 
 
-class EvalSpec(_Strict):
+class EvalSpec(StrictModel):
     num_fewshot: Literal[0, 5] = 5
     subjects: list[str] | Literal["all"] = "all"
     limit_per_subject: int | None = Field(None, description="first N test rows of each subject; null = all")
-    sample: SampleSpec | None = Field(None, description="a random sample stratified by subject instead of the first N per subject")
+    sample: SampleSpec | None = Field(
+        None, description="a random sample stratified by subject instead of the first N per subject"
+    )
     batch_size: int = Field(8, ge=1, description="CUDA only: CPU scores one sequence at a time (last positions only)")
-    data_dir: str | None = Field(None, description=f"MMLU JSONL dir; else ${MMLU_DIR_ENV}; else the copy shipped in the package")
+    data_dir: str | None = Field(
+        None, description=f"MMLU JSONL dir; else ${MMLU_DIR_ENV}; else the copy shipped in the package"
+    )
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     seed: int = 1234
 
@@ -161,7 +163,7 @@ class EvalSpec(_Strict):
         return v
 
 
-class SpeedSpec(_Strict):
+class SpeedSpec(StrictModel):
     enabled: bool = True
     prompt_tokens: int = Field(128, ge=1)
     new_tokens: int = Field(32, ge=2)
@@ -187,7 +189,7 @@ class SpeedSpec(_Strict):
     @field_validator("batch_sizes")
     @classmethod
     def _batches(cls, v: list[int]) -> list[int]:
-        return _positive_levels(v, "batch size")
+        return positive_levels(v, "batch size")
 
     @field_validator("prompt_lengths")
     @classmethod
@@ -197,73 +199,12 @@ class SpeedSpec(_Strict):
         return sorted(set(v)) if v is not None else None
 
 
-class SLOSpec(_Strict):
-    """Service-level objective a request must meet to count towards goodput (client-side, per request)."""
-
-    ttft_p90_ms: float | None = Field(None, gt=0, description="time to first token limit (ms)")
-    tpot_p90_ms: float | None = Field(None, gt=0, description="time per output token after the first (ms)")
-
-
-class ServeSpec(_Strict):
-    """An OpenAI-compatible server (`runtime: openai`): where it listens, what it serves, how to start it and
-    the load to put on it. `launch` and the URLs take placeholders: {artifact} (the file or folder shrinkgate
-    built, per `artifact`), {host}, {port}, {model} (the served name), {threads}, {python} (shrinkgate's own
-    interpreter)."""
-
-    base_url: str = Field("http://{host}:{port}/v1", description="the API root the requests go to (ends in /v1)")
-    model: str = Field("shrinkgate", description="the model name the server serves (`model` in every request)")
-    api_key_env: str | None = Field(None, description="environment variable holding the API key (sent as a Bearer token)")
-    launch: list[str] | None = Field(None, description="command that starts the server (argv list); null = it already runs")
-    artifact: Literal["gguf", "checkpoint", "none"] = Field(
-        "gguf",
-        description="what shrinkgate builds and hands the server as {artifact}: a GGUF file, a transformers / "
-        "compressed-tensors checkpoint folder, or nothing (the server serves its own model; variant `none` only)",
-    )
-    host: str = Field("127.0.0.1", description="interface a launched server binds ({host}); loopback unless you change it")
-    port: int | None = Field(None, ge=1, le=65535, description="{port}; null = a free port for each launch")
-    health_url: str | None = Field(None, description="polled until it answers 200; null = {base_url}/models")
-    health_timeout_s: float = Field(180, gt=0)
-    request_timeout_s: float = Field(120, gt=0, description="per request, for MMLU and load alike")
-    max_retries: int = Field(1, ge=1, description="attempts per MMLU request (1 = no retry)")
-    max_length: int = Field(4096, ge=2, description="longest prompt MMLU sends (tokens); longer ones are left-truncated by lm-eval")
-    tokenizer: str | None = Field(None, description="HF tokenizer (dir or hub id) lm-eval counts tokens with; null = the model's own")
-    mmlu: bool = Field(
-        True,
-        description="score MMLU from this endpoint; false: speed only (servers without echoed prompt log-probabilities, "
-        "e.g. TGI), and the verdict, missing accuracy, stays undecided",
-    )
-    mmlu_concurrency: int = Field(1, ge=1, description="MMLU requests in flight")
-    concurrency: list[int] = Field(default_factory=lambda: [1, 4, 16], description="concurrency sweep: streams in flight")
-    request_rates: list[float] = Field(default_factory=list, description="request-rate sweep (req/s, Poisson arrivals)")
-    requests_per_level: int | None = Field(None, ge=1, description="requests per concurrency/rate level; null = max(8, 4 x concurrency)")
-    slo: SLOSpec = Field(default_factory=SLOSpec)
-
-    @field_validator("concurrency")
-    @classmethod
-    def _levels(cls, v: list[int]) -> list[int]:
-        return _positive_levels(v, "concurrency")
-
-    @field_validator("request_rates")
-    @classmethod
-    def _rates(cls, v: list[float]) -> list[float]:
-        if any(r <= 0 for r in v):
-            raise ValueError("request rates are requests per second, each > 0")
-        return sorted(set(v))
-
-    @field_validator("launch")
-    @classmethod
-    def _argv(cls, v: list[str] | None) -> list[str] | None:
-        if v is not None and not v:
-            raise ValueError("give the command as a list, e.g. ['{python}', '-m', 'llama_cpp.server', '--model', '{artifact}'], or leave it out")
-        return v
-
-
-class TrackingSpec(_Strict):
+class TrackingSpec(StrictModel):
     uri: str = DEFAULT_TRACKING_URI
     experiment: str | None = Field(None, description="MLflow experiment; default: the recipe name")
 
 
-class ResourcesSpec(_Strict):
+class ResourcesSpec(StrictModel):
     """What one model x variant task asks of a Ray cluster (`run --executor ray`)."""
 
     num_cpus: float = Field(1, gt=0)
@@ -271,10 +212,11 @@ class ResourcesSpec(_Strict):
     memory_gb: float | None = Field(None, gt=0)
 
 
-class Recipe(_Strict):
+class Recipe(StrictModel):
     name: str
-    runtime: RuntimeName = Field(
-        "transformers", description="engine every variant is measured on unless it names its own `runtime`"
+    runtime: str = Field(
+        "transformers",
+        description="runtime every variant is measured on unless it names its own `runtime` (transformers, llama.cpp, openai)",
     )
     models: list[ModelSpec]
     variants: list[VariantSpec] = Field(default_factory=lambda: [VariantSpec(name="none", method="none")])
@@ -301,18 +243,6 @@ class Recipe(_Strict):
             raise ValueError("list at least one model")
         return self
 
-    @model_validator(mode="after")
-    def _serve_for_openai(self) -> Recipe:
-        if "openai" in self.runtimes and self.serve is None:
-            raise ValueError("runtime openai measures a server: add a `serve:` section (base_url, model, launch; see README)")
-        return self
-
-    def format_of(self, runtime: str) -> str:
-        """The artifact `runtime` measures: torch, gguf, or none (a server that serves its own model)."""
-        if runtime == "openai" and self.serve is not None:
-            return SERVE_ARTIFACT_FORMATS[self.serve.artifact]
-        return RUNTIME_FORMATS[runtime]
-
     @property
     def experiment(self) -> str:
         return self.tracking.experiment or self.name
@@ -322,17 +252,19 @@ class Recipe(_Strict):
 
     @property
     def runtimes(self) -> list[str]:
-        """Every engine some variant is measured on, the recipe's own first."""
+        """Every runtime some variant is measured on, the recipe's own first."""
         names = [self.runtime_of(v) for v in self.variants]
         return sorted(set(names), key=lambda n: (n != self.runtime, names.index(n)))
 
 
-_UNKNOWN_RECIPE_KEY = "remove it (unknown key; check the spelling against the recipe reference in README.md)"
+_UNKNOWN_RECIPE_KEY = "remove it (unknown key; check the spelling against the recipe reference in docs/recipes.md)"
 
 
 def parse_recipe(doc: Any, path: str | Path = "<recipe>") -> Recipe:
     if not isinstance(doc, dict):
-        raise RecipeError(f"{path}: the recipe must be a YAML mapping -> give the keys name, models, variants, eval, speed, tracking")
+        raise RecipeError(
+            f"{path}: the recipe must be a YAML mapping -> give the keys name, models, variants, eval, speed, tracking"
+        )
     try:
         recipe = Recipe.model_validate(doc)
     except ValidationError as exc:
@@ -363,7 +295,9 @@ def apply_overrides(
         if limit_per_subject < 1:
             raise RecipeError("--limit-per-subject: must be >= 1")
         if sample_questions is not None:
-            raise RecipeError("--limit-per-subject and --sample: give one (first N per subject, or a random sample of N)")
+            raise RecipeError(
+                "--limit-per-subject and --sample: give one (first N per subject, or a random sample of N)"
+            )
         data.setdefault("eval", {})["limit_per_subject"] = limit_per_subject
         data["eval"].pop("sample", None)
     if sample_questions is not None:

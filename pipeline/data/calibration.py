@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline import metrics as M
 from pipeline.data.mmlu import SHIPPED_ORIGIN, MMLUDataError, locate_data_dir, read_split, shipped_dir, split_path
 from pipeline.env import MMLU_DIR_ENV, hub_reachable
 
@@ -53,17 +54,17 @@ class CalibrationData:
 
     def notes(self) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "calibration.source": self.source,
-            "calibration.kind": self.kind,
-            "calibration.sha256": self.sha256,
-            "calibration.samples": len(self.texts),
+            M.TAG_CALIBRATION_SOURCE: self.source,
+            M.NOTE_CALIBRATION_KIND: self.kind,
+            M.TAG_CALIBRATION_SHA256: self.sha256,
+            M.NOTE_CALIBRATION_SAMPLES: len(self.texts),
         }
         if self.file_sha256:
-            out["calibration.file_sha256"] = self.file_sha256
+            out[M.TAG_CALIBRATION_FILE_SHA256] = self.file_sha256
         if self.tokens is not None:
-            out["calibration.tokens"] = self.tokens
+            out[M.NOTE_CALIBRATION_TOKENS] = self.tokens
         if self.excluded_test_duplicates:
-            out["calibration.excluded_test_duplicates"] = self.excluded_test_duplicates
+            out[M.NOTE_CALIBRATION_EXCLUDED] = self.excluded_test_duplicates
         return out
 
 
@@ -183,7 +184,9 @@ def _file_texts(path: Path) -> list[str]:
             elif isinstance(row, dict) and "question" in row and "choices" in row:
                 texts.append(format_mmlu(row))
             else:
-                raise CalibrationError(f"calibration file {path}: line {i + 1} has neither `text` nor `question`+`choices`")
+                raise CalibrationError(
+                    f"calibration file {path}: line {i + 1} has neither `text` nor `question`+`choices`"
+                )
         return texts
     paras = [p.strip() for p in raw.split("\n\n") if p.strip()]
     if len(paras) <= 1:
@@ -203,7 +206,9 @@ def _hub_texts(source: str, limit: int) -> list[str]:
     try:
         ds = load_dataset(name, split=split or "train", streaming=True)
     except Exception as exc:  # noqa: BLE001 - any hub/dataset failure becomes one line
-        raise CalibrationError(f"calibration dataset {source!r}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+        raise CalibrationError(
+            f"calibration dataset {source!r}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        ) from None
     texts: list[str] = []
     for row in ds:
         text = row.get("text")

@@ -1,9 +1,7 @@
-"""MMLU data: where the rows come from, checked, and the lm-eval task configs materialised for them.
+"""MMLU data: where the rows come from, checked (`resolve_data`).
 
-The task configs live in `evals/mmlu/` beside this module (57 `shrinkgate_mmlu_<subject>` tasks, 4 category
-subgroups and the `shrinkgate_mmlu` group; same prompt, few-shot and aggregation as lm-eval's built-in
-`mmlu`). `materialize_tasks` copies the selected subjects to a temp dir with the data source filled in (a
-local JSONL dir or the hub's cais/mmlu); `pipeline.runtime.mmlu.score_mmlu` runs them with lm-eval.
+Which questions a sample scores is `pipeline.data.sampling`, its estimators `pipeline.data.estimates`, and the
+lm-eval task configs `pipeline.data.tasks`.
 
 Data source, first that is set: the recipe's `eval.data_dir`, `$SHRINKGATE_MMLU_DIR`, the copy shipped in
 this package (`mmlu_data/`: gzip'ed JSONL, checked once per process against its SHA256SUMS of the
@@ -19,22 +17,16 @@ from __future__ import annotations
 import difflib
 import gzip
 import hashlib
-import heapq
 import json
-import math
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
-
-import yaml
+from typing import Literal
 
 from pipeline.config.recipe import EvalSpec
 from pipeline.env import MMLU_DIR_ENV, mmlu_dir_override
-from pipeline.results import question_rank
 
-EVALS_DIR = Path(__file__).resolve().parent / "evals" / "mmlu"
 SHIPPED_DIR = Path(__file__).resolve().parent / "mmlu_data"  # test/dev/validation .jsonl.gz + SHA256SUMS
 SUMS_FILE = "SHA256SUMS"  # sha256 of the uncompressed files, `sha256sum` format
 SHIPPED_ORIGIN = "shipped"
@@ -151,7 +143,9 @@ def read_split(path: str | Path) -> bytes:
     try:
         return gzip.decompress(raw)
     except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError; a truncated file an EOFError
-        raise MMLUDataError(f"{path}: not a complete gzip file ({exc}); write it with gzip, or give the plain .jsonl") from None
+        raise MMLUDataError(
+            f"{path}: not a complete gzip file ({exc}); write it with gzip, or give the plain .jsonl"
+        ) from None
 
 
 def sha256_hex(data: bytes) -> str:
@@ -277,7 +271,9 @@ def _scan_split(path: Path) -> Counter[str]:
     try:
         text = read_split(path).decode("utf-8")
     except (OSError, EOFError, UnicodeDecodeError) as exc:  # gzip.BadGzipFile is an OSError
-        raise MMLUDataError(f"{path}: unreadable ({exc}); write the split as UTF-8 JSONL (optionally gzip'ed)") from None
+        raise MMLUDataError(
+            f"{path}: unreadable ({exc}); write the split as UTF-8 JSONL (optionally gzip'ed)"
+        ) from None
     for lineno, line in enumerate(text.split("\n"), 1):
         if line.strip():
             counts[_check_row(path, lineno, line)] += 1
@@ -334,150 +330,3 @@ def resolve_data(spec: EvalSpec) -> MMLUData:
         test_rows={s: counts["test"][s] for s in subjects},
         origin=origin,
     )
-
-
-# -- random samples ------------------------------------------------------------------------------------
-def allocate(questions: int, sizes: dict[str, int]) -> dict[str, int]:
-    """Questions per subject: >= 1 each, the rest in proportion to size, capped at size.
-
-    The rest are handed out one at a time (Sainte-Lague, a divisor method): the next goes to the subject with
-    the most `(size - 1) / (extra + 0.5)`, ties to the first by name. So allocate(N + 1) is allocate(N) plus one
-    question (house-monotone) and a larger sample contains a smaller one; largest remainder is not: N -> N + 1
-    can take a question from a subject.
-    """
-    total = sum(sizes.values())
-    if questions >= total:
-        return dict(sizes)
-    if questions < len(sizes):
-        raise MMLUDataError(
-            f"eval.sample.questions: {questions} is fewer than the {len(sizes)} selected subjects; sample at least "
-            f"{len(sizes)} questions or select fewer eval.subjects"
-        )
-    out = dict.fromkeys(sizes, 1)
-    # Priorities are ratios of small ints: equal ratios give equal floats, distinct ones distinct floats.
-    heap = [(-(n - 1) / 0.5, s) for s, n in sizes.items() if n > 1]
-    heapq.heapify(heap)
-    for _ in range(questions - len(sizes)):
-        s = heap[0][1]
-        out[s] += 1
-        if out[s] < sizes[s]:
-            heapq.heapreplace(heap, (-(sizes[s] - 1) / (out[s] - 0.5), s))
-        else:
-            heapq.heappop(heap)  # capped: every question of the subject is in
-    return out
-
-
-def _require_local_rows(data: MMLUData) -> None:
-    """Sampling needs every subject's row count, which only a local copy knows before scoring."""
-    if data.source != "local":
-        raise MMLUDataError("eval.sample: needs the MMLU rows locally (their counts per subject); unset the hub source or set eval.data_dir")
-
-
-def sample_questions(data: MMLUData, questions: int, seed: int) -> dict[str, tuple[int, ...]]:
-    """Subject -> sorted test-row indices of a seeded sample stratified by subject (`allocate`); within a
-    subject the first questions of the seeded order (`question_rank`), so a larger sample contains a smaller one."""
-    _require_local_rows(data)
-    counts = allocate(questions, {s: data.test_rows[s] for s in data.subjects})
-    return {
-        s: tuple(sorted(sorted(range(data.test_rows[s]), key=lambda i, s=s: question_rank(seed, s, i))[:n]))
-        for s, n in counts.items()
-    }
-
-
-def sequential_order(data: MMLUData, seed: int) -> tuple[tuple[str, int], ...]:
-    """Every selected test question as (subject, row) in one seeded random order across subjects (`question_rank`):
-    each prefix of it is a simple random sample without replacement, which the sequential test assumes."""
-    _require_local_rows(data)
-    every = [(s, i) for s in data.subjects for i in range(data.test_rows[s])]
-    return tuple(sorted(every, key=lambda q: question_rank(seed, *q)))
-
-
-def look_sizes(step: int, most: int) -> list[int]:
-    """Questions scored by the end of each look: step, 2 step, 4 step, ... capped at `most` (a few looks, so the
-    per-look cost - each subject's few-shot prefix evaluated again - stays small; the test itself looks at every question)."""
-    sizes, n = [], step
-    while n < most:
-        sizes.append(n)
-        n *= 2
-    return sizes + [most]
-
-
-def srs_estimate(correct: list[bool], population: int) -> StratifiedEstimate:
-    """Accuracy of a simple random sample without replacement of `population` questions: the mean, and its
-    stderr with the finite-population correction."""
-    n = len(correct)
-    p = sum(correct) / n
-    fpc = 1.0 - n / population
-    stderr = math.sqrt(p * (1.0 - p) / (n - 1) * fpc) if n > 1 else math.nan
-    return StratifiedEstimate(p, stderr, f"simple random sample of {n} of {population} questions (finite-population corrected)")
-
-
-@dataclass(frozen=True)
-class StratifiedEstimate:
-    acc: float  # sum over subjects of (subject size / total) x subject accuracy: estimates full-MMLU accuracy
-    stderr: float
-    stderr_source: str
-
-
-def stratified_estimate(correct: dict[str, list[bool]], sizes: dict[str, int]) -> StratifiedEstimate:
-    """Full-population accuracy and its standard error from a sample stratified by subject.
-
-    Var = sum_s W_s^2 (1 - n_s/N_s) s_s^2 / n_s with W_s = N_s / N (finite-population corrected). A subject
-    with one sampled question has no within-subject variance; it borrows the pooled sample variance.
-    """
-    total = sum(sizes[s] for s in correct)
-    flat = [c for cs in correct.values() for c in cs]
-    n_all = len(flat)
-    p_all = sum(flat) / n_all
-    pooled = p_all * (1 - p_all) * n_all / (n_all - 1) if n_all > 1 else 0.25
-    acc = var = 0.0
-    borrowed = 0
-    for s, cs in correct.items():
-        w, n = sizes[s] / total, len(cs)
-        p = sum(cs) / n
-        acc += w * p
-        if n > 1:
-            s2 = p * (1 - p) * n / (n - 1)
-        else:
-            s2, borrowed = pooled, borrowed + 1
-        var += w * w * (1 - n / sizes[s]) * s2 / n
-    source = "stratified by subject, finite-population corrected"
-    if borrowed:
-        source += f"; {borrowed} subject(s) with one question use the pooled variance"
-    return StratifiedEstimate(acc=acc, stderr=math.sqrt(var), stderr_source=source)
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    # Only for our files without `!function` tags (template and groups).
-    return yaml.safe_load(path.read_text(encoding="utf-8"))
-
-
-def _write_yaml(path: Path, doc: dict[str, Any]) -> None:
-    path.write_text(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, width=10_000), encoding="utf-8")
-
-
-def materialize_tasks(data: MMLUData, dest: Path, evals_dir: Path = EVALS_DIR) -> Path:
-    """Copy the task configs for `data.subjects` into `dest` with the data source filled in; return `dest`.
-
-    Only selected subjects are written so the category tags (and hence the groups) hold just them;
-    empty category subgroups are dropped from the top group.
-    """
-    dest.mkdir(parents=True, exist_ok=True)
-    template = _read_yaml(evals_dir / "_default_template_yaml")
-    if data.source == "local":
-        template.pop("dataset_name", None)
-        template["dataset_path"] = "json"
-        template["dataset_kwargs"] = {"data_files": {split: str(p) for split, p in data.files.items()}}
-    _write_yaml(dest / "_default_template_yaml", template)
-    (dest / "utils.py").write_text((evals_dir / "utils.py").read_text(encoding="utf-8"), encoding="utf-8")
-    for subject in data.subjects:
-        name = f"{TASK_PREFIX}{subject}.yaml"
-        (dest / name).write_text((evals_dir / name).read_text(encoding="utf-8"), encoding="utf-8")
-
-    used = {CATEGORIES[s] for s in data.subjects}
-    group = _read_yaml(evals_dir / f"_{GROUP}.yaml")
-    group["task"] = [sub for sub in group["task"] if sub.removeprefix(TASK_PREFIX) in used]
-    _write_yaml(dest / f"_{GROUP}.yaml", group)
-    for sub in group["task"]:
-        (dest / f"_{sub}.yaml").write_text((evals_dir / f"_{sub}.yaml").read_text(encoding="utf-8"), encoding="utf-8")
-    return dest

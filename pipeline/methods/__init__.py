@@ -2,6 +2,16 @@
 its params (`base.Method` documents the contract); each library file also registers how its weights are
 stored, counted and dequantized (`weights.WeightHandler`)."""
 
+# Importing the modules registers their methods and weight handlers; heavy libraries are imported inside hooks.
+from pipeline.methods import basic as _basic  # noqa: F401,E402
+from pipeline.methods import bnb as _bnb  # noqa: F401,E402
+from pipeline.methods import hqq_methods as _hqq  # noqa: F401,E402
+from pipeline.methods import llamacpp_methods as _llamacpp  # noqa: F401,E402
+from pipeline.methods import llmcompressor_methods as _llmcompressor  # noqa: F401,E402
+from pipeline.methods import pruning as _pruning  # noqa: F401,E402
+from pipeline.methods import quanto as _quanto  # noqa: F401,E402
+from pipeline.methods import torchao_methods as _torchao  # noqa: F401,E402
+from pipeline.methods import wanda as _wanda  # noqa: F401,E402
 from pipeline.methods.base import (
     BuildContext,
     CalibratedMethod,
@@ -16,17 +26,6 @@ from pipeline.methods.base import (
     validate_variant,
 )
 from pipeline.methods.weights import WeightHandler, register_weight_handler, weight_handlers
-
-# Importing the modules registers their methods and weight handlers; heavy libraries are imported inside hooks.
-from pipeline.methods import basic as _basic  # noqa: F401,E402
-from pipeline.methods import bnb as _bnb  # noqa: F401,E402
-from pipeline.methods import hqq_methods as _hqq  # noqa: F401,E402
-from pipeline.methods import llamacpp_methods as _llamacpp  # noqa: F401,E402
-from pipeline.methods import llmcompressor_methods as _llmcompressor  # noqa: F401,E402
-from pipeline.methods import pruning as _pruning  # noqa: F401,E402
-from pipeline.methods import quanto as _quanto  # noqa: F401,E402
-from pipeline.methods import torchao_methods as _torchao  # noqa: F401,E402
-from pipeline.methods import wanda as _wanda  # noqa: F401,E402
 
 __all__ = [
     "BuildContext",

@@ -10,12 +10,16 @@ it is declared. Validation errors are one line each (`validate_variant`).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from pipeline import metrics as M
+from pipeline.registry import Registry, RegistryError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -40,7 +44,7 @@ class Method(BaseModel):
     The build calls, in order: `check_model` (config only, before weights), `load_kwargs` (first step
     only), `apply` (every step), then on the step whose form the weights end in `stored_form` +
     `serialize`; `kernel` and `nm_pattern` describe the result (whether the matmul falls back to dense is
-    observed by the build, `pipeline.build.observe`, never declared). How a library's
+    observed by the build, `pipeline.variants.observe`, never declared). How a library's
     tensors are counted and dequantized is its `WeightHandler` (`pipeline.methods.weights`), not a hook.
     Hooks import their heavy library inside the body: validating a recipe imports no torch.
     """
@@ -64,16 +68,16 @@ class Method(BaseModel):
     # measures every CPU family); logged as the `deterministic` tag, and the gate then wants a measured
     # flip rate (a repeat of the variant) before an MMLU pass.
     deterministic: ClassVar[bool] = True
-    # An engine's own file format this method writes (e.g. "gguf": llama.cpp's quantizer on an exported
-    # file). Such a step runs on that engine's runtime only, last, after dense steps (none / prune): the
-    # build exports the dense result to the format and calls `quantize_file` instead of `apply`.
-    engine_format: ClassVar[str | None] = None
+    # The artifact format (a runtime's own file) this method writes, e.g. "gguf": llama.cpp's quantizer on an
+    # exported file; None: it works on the torch model. Such a step runs only on a runtime taking that format,
+    # last, after dense steps (none / prune): the build exports the dense result and calls `quantize_file`.
+    artifact_format: ClassVar[str | None] = None
 
     def quantize_file(self, src: Path, dst: Path, *, threads: int, notes: dict[str, Any]) -> None:
-        """Quantize the engine-format file `src` (full precision) into `dst`; only for `engine_format` methods.
+        """Quantize the format's file `src` (full precision) into `dst`; only for `artifact_format` methods.
 
         Facts worth recording (what the library chose, fallbacks) go into `notes`."""
-        raise NotImplementedError(f"method {self.name!r} writes no engine file")
+        raise NotImplementedError(f"method {self.name!r} writes no file of its own format")
 
     def check_model(self, config: Any) -> str | None:
         """One-line reason this step cannot be applied to a model with this transformers config, or None.
@@ -148,7 +152,9 @@ class CalibratedMethod(Method):
         "a local .txt/.jsonl file, or a hub dataset id org/name[:split] (online)",
     )
     calibration_samples: int = Field(64, ge=1, le=4096, description="number of calibration samples")
-    calibration_seq_len: int = Field(256, ge=8, le=8192, description="tokens per calibration sample (short texts are packed)")
+    calibration_seq_len: int = Field(
+        256, ge=8, le=8192, description="tokens per calibration sample (short texts are packed)"
+    )
 
     @field_validator("calibration")
     @classmethod
@@ -194,25 +200,22 @@ class BuildContext:
                 )
             except CalibrationError as exc:
                 raise MethodError(str(exc)) from None
-        previous = self.notes.get("calibration.sha256")
+        previous = self.notes.get(M.TAG_CALIBRATION_SHA256)
         if previous and previous != data.sha256:
-            self.notes["calibration.sources"] = f"{self.notes.get('calibration.source')} | {data.source}"
+            self.notes[M.NOTE_CALIBRATION_SOURCES] = f"{self.notes.get(M.TAG_CALIBRATION_SOURCE)} | {data.source}"
         self.notes.update(data.notes())
         return data
 
 
-_REGISTRY: dict[str, type[Method]] = {}
+METHODS: Registry[type[Method]] = Registry("method", hint="see `shrinkgate methods`")
 
 
 def register(cls: type[Method]) -> type[Method]:
-    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
-        raise ValueError(f"method {cls.name!r} registered twice")
-    _REGISTRY[cls.name] = cls
-    return cls
+    return METHODS.register(cls)
 
 
 def registry() -> dict[str, type[Method]]:
-    return dict(_REGISTRY)
+    return METHODS.as_dict()
 
 
 def param_names(cls: type[Method]) -> tuple[str, ...]:
@@ -225,9 +228,10 @@ def make_method(name: str, params: dict[str, Any] | None = None) -> Method:
 
     Loads no model and imports no heavy library.
     """
-    cls = _REGISTRY.get(name)
-    if cls is None:
-        raise MethodError(f"unknown method {name!r}; use one of: {', '.join(sorted(_REGISTRY))} (see `shrinkgate methods`)")
+    try:
+        cls = METHODS.get(name)
+    except RegistryError as exc:
+        raise MethodError(str(exc)) from None
     try:
         return cls.model_validate(params or {})
     except ValidationError as exc:
@@ -256,10 +260,10 @@ def validate_variant(method: str, params: dict[str, Any]) -> str | None:
 
 def validate_steps(steps: list[tuple[str, dict[str, Any]]]) -> str | None:
     """One-line problem with the order of a multi-step variant (each step already validated), or None."""
-    methods = [_REGISTRY[name] for name, _ in steps if name in _REGISTRY]
+    methods = [METHODS.get(name) for name, _ in steps if name in METHODS]
     for i, m in enumerate(methods):
-        if m.engine_format is not None and i < len(methods) - 1:
-            return f"method {m.name!r} writes a {m.engine_format.upper()} file, so it must be the last step"
+        if m.artifact_format is not None and i < len(methods) - 1:
+            return f"method {m.name!r} writes a {m.artifact_format.upper()} file, so it must be the last step"
         if i > 0 and m.quantizes_at_load:
             return f"method {m.name!r} quantizes at load time, so it must be the first step"
         if m.kind == "quantize" and i < len(methods) - 1:

@@ -9,7 +9,9 @@ if TYPE_CHECKING:
     import torch
 
 
-def tokenized_batches(tokenizer: Any, texts: list[str] | tuple[str, ...], seq_len: int, device: str = "cpu") -> list[dict[str, torch.Tensor]]:
+def tokenized_batches(
+    tokenizer: Any, texts: list[str] | tuple[str, ...], seq_len: int, device: str = "cpu"
+) -> list[dict[str, torch.Tensor]]:
     """One batch per text (batch size 1: no padding, so every token is real), truncated to `seq_len`."""
     out = []
     for text in texts:

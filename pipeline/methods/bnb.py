@@ -35,7 +35,9 @@ class _Bnb4bit(Method):
     quant_type: ClassVar[str]
 
     double_quant: bool = Field(False, description="also quantize the absmax scales (8-bit, saves ~0.4 bits/weight)")
-    compute_dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="dtype of the dequantized matmul")
+    compute_dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="dtype of the dequantized matmul"
+    )
 
     def load_kwargs(self, device: str):
         import torch
@@ -65,12 +67,20 @@ class _Bnb4bit(Method):
             parent_name, _, leaf = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
             layer = bnb.nn.Linear4bit(
-                linear.in_features, linear.out_features, bias=linear.bias is not None, compute_dtype=compute,
-                compress_statistics=self.double_quant, quant_type=self.quant_type, device="meta",
+                linear.in_features,
+                linear.out_features,
+                bias=linear.bias is not None,
+                compute_dtype=compute,
+                compress_statistics=self.double_quant,
+                quant_type=self.quant_type,
+                device="meta",
             )
             layer.weight = bnb.nn.Params4bit(
-                linear.weight.data, requires_grad=False, compress_statistics=self.double_quant,
-                quant_type=self.quant_type, module=layer,
+                linear.weight.data,
+                requires_grad=False,
+                compress_statistics=self.double_quant,
+                quant_type=self.quant_type,
+                module=layer,
             ).to(device)
             if linear.bias is not None:
                 layer.bias = torch.nn.Parameter(linear.bias.data.to(device), requires_grad=False)
@@ -114,7 +124,9 @@ class BnbInt8(Method):
     quantizes_at_load = True
     summary = "LLM.int8: int8 row-wise weights, per-row int8 activations, fp16 outlier columns"
 
-    threshold: float = Field(6.0, ge=0.0, description="LLM.int8 outlier threshold: activation columns above it run in fp16 (0 = none)")
+    threshold: float = Field(
+        6.0, ge=0.0, description="LLM.int8 outlier threshold: activation columns above it run in fp16 (0 = none)"
+    )
 
     def load_kwargs(self, device: str):
         from transformers import BitsAndBytesConfig

@@ -76,7 +76,9 @@ def method_catalog() -> list[MethodInfo]:
     for name, cls in sorted(registry().items()):
         fields = cls.model_fields
         params = tuple(
-            ParamInfo(pname, _type_name(fields[pname].annotation), fields[pname].default, fields[pname].description or "")
+            ParamInfo(
+                pname, _type_name(fields[pname].annotation), fields[pname].default, fields[pname].description or ""
+            )
             for pname in param_names(cls)
         )
         out.append(

@@ -58,7 +58,9 @@ class HQQ(Method):
         return model
 
     def kernel(self, device: str, model=None) -> str:
-        return f"hqq HQQLinear {self.nbits}-bit (PYTORCH backend): unpack + dequantize per call, dense matmul ({device})"
+        return (
+            f"hqq HQQLinear {self.nbits}-bit (PYTORCH backend): unpack + dequantize per call, dense matmul ({device})"
+        )
 
     def serialize(self, model, out_dir):
         # HQQLinear.state_dict() encodes W_q + meta as plain tensors (hqq's safetensors-compatible form).

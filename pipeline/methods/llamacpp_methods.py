@@ -20,12 +20,11 @@ import re
 from pathlib import Path
 from typing import Any, ClassVar
 
+from pipeline import metrics as M
 from pipeline.methods.base import Method, MethodError, register
 
 INSTALL_HINT = "llama-cpp-python is not installed (or failed to build); run `bash scripts/install.sh`"
 
-# A 2-D block weight, the tensors whose type the ftype decides (norms and other 1-D tensors stay F32).
-_BLOCK_WEIGHT = re.compile(r"^blk\.\d+\..+\.weight$")
 # llama.cpp's warning for each tensor whose row width its target block size does not divide
 # (src/llama-quant.cpp `tensor_type_fallback`): "... - ncols 576 not divisible by 256 ... -> falling back to Q5_0".
 _FALLBACK_LINE = re.compile(r"falling back to")
@@ -36,7 +35,7 @@ class GGUFQuant(Method):
 
     library = "llama-cpp-python"
     kind = "quantize"
-    engine_format = "gguf"
+    artifact_format = "gguf"
     deterministic = True  # same file, same bytes: the quantizer is plain per-block arithmetic
     llama_type: ClassVar[str]  # llama.cpp's file type name, as `llama-quantize` spells it ("Q4_K_M")
     ftype_const: ClassVar[str]  # the llama_cpp constant ("LLAMA_FTYPE_MOSTLY_Q4_K_M")
@@ -66,9 +65,9 @@ class GGUFQuant(Method):
                 f"(llama_model_quantize returned {rc}{': ' + errors if errors else ''})"
             )
         os.replace(tmp, dst)
-        notes["gguf.ftype"] = self.llama_type
-        notes["gguf.tensor_types"] = tensor_types(dst)
-        notes["gguf.fallback_tensors"] = log.fallbacks
+        notes[M.NOTE_GGUF_FTYPE] = self.llama_type
+        notes[M.NOTE_GGUF_TENSOR_TYPES] = tensor_types(dst)
+        notes[M.NOTE_GGUF_FALLBACK_TENSORS] = log.fallbacks
 
 
 def tensor_types(path: Path) -> str:
@@ -77,13 +76,6 @@ def tensor_types(path: Path) -> str:
 
     counts = collections.Counter(t.type_name for t in read_gguf_header(path).tensors)
     return ",".join(f"{name}:{n}" for name, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
-
-
-def block_weight_types(path: Path) -> dict[str, str]:
-    """Tensor name -> ggml type name, for the 2-D block weights (`blk.N.*.weight`) of a GGUF file."""
-    from pipeline.gguf_header import read_gguf_header
-
-    return {t.name: t.type_name for t in read_gguf_header(path).tensors if _BLOCK_WEIGHT.match(t.name) and len(t.shape) >= 2}
 
 
 def _llama_cpp() -> Any:

@@ -28,6 +28,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from pipeline import metrics as M
 from pipeline.methods.base import CalibratedMethod, Method, MethodError, register, save_unique_safetensors
 from pipeline.methods.pruning import check_nm_widths
 from pipeline.methods.targets import SKIP_MODULES, linear_shapes, target_linears
@@ -131,7 +132,9 @@ class _LLMCompressor(Method):
         after = _fingerprint(model)
         changed = [k for k in before if before[k] != after.get(k)]
         if changed:
-            raise MethodError(f"llm-compressor {self.name} changed {changed[0]} despite ignore={IGNORE[0]!r}; refusing the artifact")
+            raise MethodError(
+                f"llm-compressor {self.name} changed {changed[0]} despite ignore={IGNORE[0]!r}; refusing the artifact"
+            )
         if masks is not None:
             refilled = 0
             with torch.no_grad():
@@ -139,7 +142,7 @@ class _LLMCompressor(Method):
                     keep = masks[name]
                     refilled += int(((m.weight != 0) & ~keep).sum())
                     m.weight.mul_(keep.to(m.weight.dtype))
-            ctx.notes[f"{self.name}.refilled_zeros"] = refilled
+            ctx.notes[self.name + M.NOTE_REFILLED_ZEROS] = refilled
         return model
 
     @contextmanager
@@ -183,7 +186,9 @@ class GPTQ(CalibratedMethod, _LLMCompressor):
     summary = "GPTQ W4A16/W8A16: Hessian-aware rounding with error feedback (llm-compressor GPTQModifier)"
 
     bits: Literal[4, 8] = Field(4, description="weight bits (W4A16 or W8A16)")
-    group_size: int | None = Field(128, ge=1, description="weights per scale group along the input dim; null = per channel")
+    group_size: int | None = Field(
+        128, ge=1, description="weights per scale group along the input dim; null = per channel"
+    )
     symmetric: bool = Field(True, description="symmetric int grid (zero-point 0)")
     actorder: Literal["static", "weight", "none"] = Field("static", description="column order of the GPTQ sweep")
     dampening_frac: float = Field(0.01, gt=0.0, lt=1.0, description="Hessian diagonal dampening")
@@ -225,7 +230,9 @@ class AWQ(CalibratedMethod, _LLMCompressor):
 
     def apply(self, model, ctx):
         model = super().apply(model, ctx)
-        ctx.notes["awq.weight_rel_error"] = "includes AWQ's per-channel rescaling (folded into the preceding norms/layers), not only rounding"
+        ctx.notes[M.NOTE_AWQ_WEIGHT_REL_ERROR] = (
+            "includes AWQ's per-channel rescaling (folded into the preceding norms/layers), not only rounding"
+        )
         return model
 
     def recipe(self):
@@ -234,7 +241,9 @@ class AWQ(CalibratedMethod, _LLMCompressor):
 
         return [
             AWQModifier(n_grid=self.n_grid, duo_scaling=self.duo_scaling),
-            QuantizationModifier(config_groups=_weight_scheme(self.bits, self.group_size, symmetric=False), ignore=IGNORE),
+            QuantizationModifier(
+                config_groups=_weight_scheme(self.bits, self.group_size, symmetric=False), ignore=IGNORE
+            ),
         ]
 
     def kernel(self, device: str, model=None) -> str:
@@ -247,7 +256,9 @@ class RTN(_LLMCompressor):
     summary = "round-to-nearest W4A16/W8A16, min-max group scales: the baseline GPTQ/AWQ must beat (same format)"
 
     bits: Literal[4, 8] = Field(4, description="weight bits (W4A16 or W8A16)")
-    group_size: int | None = Field(128, ge=1, description="weights per scale group along the input dim; null = per channel")
+    group_size: int | None = Field(
+        128, ge=1, description="weights per scale group along the input dim; null = per channel"
+    )
     symmetric: bool = Field(True, description="symmetric int grid (zero-point 0)")
 
     def check_model(self, config) -> str | None:
@@ -257,7 +268,11 @@ class RTN(_LLMCompressor):
         from llmcompressor.modifiers.quantization import QuantizationModifier
 
         # Same scheme, observer (memoryless min-max) and storage format as `gptq`: only the rounding differs.
-        return [QuantizationModifier(config_groups=_weight_scheme(self.bits, self.group_size, self.symmetric), ignore=IGNORE)]
+        return [
+            QuantizationModifier(
+                config_groups=_weight_scheme(self.bits, self.group_size, self.symmetric), ignore=IGNORE
+            )
+        ]
 
     def kernel(self, device: str, model=None) -> str:
         return _w16_kernel(self.bits)
@@ -297,7 +312,9 @@ class SparseGPT(CalibratedMethod, _LLMCompressor):
     @model_validator(mode="after")
     def _half_for_2of4(self):
         if self.pattern == "2:4" and self.sparsity != 0.5:
-            raise ValueError(f"method 'sparsegpt' pattern 2:4 prunes exactly half; drop `sparsity` or set it to 0.5 (got {self.sparsity})")
+            raise ValueError(
+                f"method 'sparsegpt' pattern 2:4 prunes exactly half; drop `sparsity` or set it to 0.5 (got {self.sparsity})"
+            )
         return self
 
     def check_model(self, config) -> str | None:

@@ -22,7 +22,9 @@ class MagnitudePrune(Method):
     summary = "unstructured: zero the smallest |w| of each linear layer (or globally); embeddings/lm_head kept"
 
     amount: float = Field(0.5, gt=0.0, lt=1.0, description="share of weights set to zero")
-    scope: Literal["per-layer", "global"] = Field("per-layer", description="rank |w| within each layer, or across all layers")
+    scope: Literal["per-layer", "global"] = Field(
+        "per-layer", description="rank |w| within each layer, or across all layers"
+    )
 
     def apply(self, model, ctx):
         import torch

@@ -15,7 +15,9 @@ from pipeline.methods.base import Method, register
 from pipeline.methods.targets import target_linears
 from pipeline.methods.weights import WeightHandler, register_weight_handler
 
-MAINTENANCE = "optimum-quanto is unmaintained since 2025 (archived upstream); kept for comparison, prefer torchao or hqq"
+MAINTENANCE = (
+    "optimum-quanto is unmaintained since 2025 (archived upstream); kept for comparison, prefer torchao or hqq"
+)
 
 
 class _Quanto(Method):

@@ -42,7 +42,11 @@ class _Torchao(Method):
         # tied lm_head/embeddings: keep one name per tensor
         seen, unique = set(), {}
         for k, v in sd.items():
-            key = id(v) if type(v).__name__ not in ("Tensor", "Parameter") else (v.untyped_storage().data_ptr(), v.storage_offset())
+            key = (
+                id(v)
+                if type(v).__name__ not in ("Tensor", "Parameter")
+                else (v.untyped_storage().data_ptr(), v.storage_offset())
+            )
             if key in seen:
                 continue
             seen.add(key)
@@ -77,7 +81,9 @@ class TorchaoInt4WeightOnly(_Torchao):
     # on CPU; the CUDA form saves. `serialize` (torchao's flattening) still tries, so a build records the outcome.
     not_serializable = "CPU form (Int4OpaqueTensor) is not in torchao's safetensors allow-list; the CUDA form (Int4TilePackedTo4dTensor) saves"
 
-    group_size: Literal[32, 64, 128, 256] = Field(128, description="weights per scale/zero-point group (CPU: 32, 64 or 128)")
+    group_size: Literal[32, 64, 128, 256] = Field(
+        128, description="weights per scale/zero-point group (CPU: 32, 64 or 128)"
+    )
 
     def check_model(self, config) -> str | None:
         for layer, (out_f, in_f) in linear_shapes(config).items():
@@ -95,7 +101,9 @@ class TorchaoInt4WeightOnly(_Torchao):
             from torchao.quantization import Int4WeightOnlyConfig
 
             if next(model.parameters()).dtype != torch.bfloat16:
-                raise MethodError("int4-weight-only on CUDA needs the model in bfloat16 (torchao tinygemm int4); set the model's `dtype: bfloat16`")
+                raise MethodError(
+                    "int4-weight-only on CUDA needs the model in bfloat16 (torchao tinygemm int4); set the model's `dtype: bfloat16`"
+                )
             # tinygemm (`aten._weight_int4pack_mm`, in torch itself): the default "plain" packing needs the
             # separate mslk kernel package, which a bare CUDA torch install lacks
             config = Int4WeightOnlyConfig(group_size=self.group_size, int4_packing_format="tile_packed_to_4d")
@@ -103,7 +111,9 @@ class TorchaoInt4WeightOnly(_Torchao):
             from torchao.prototype.quantization.int4 import PrototypeInt4WeightOnlyConfig
 
             if self.group_size == 256:
-                raise MethodError("int4-weight-only on CPU supports group_size 32, 64 or 128 (torchao Int4OpaqueTensor)")
+                raise MethodError(
+                    "int4-weight-only on CPU supports group_size 32, 64 or 128 (torchao Int4OpaqueTensor)"
+                )
             config = PrototypeInt4WeightOnlyConfig(group_size=self.group_size)
         quantize_(model, config, filter_fn=_filter)
         return model

@@ -15,6 +15,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from pipeline import metrics as M
 from pipeline.methods.base import CalibratedMethod, register
 from pipeline.methods.pruning import check_nm_widths, nm_mask
 from pipeline.methods.targets import is_target_linear, target_linears
@@ -65,6 +66,7 @@ def _collect(block, inputs, stats):
     hooks = []
     for name, module in block.named_modules():
         if is_target_linear(name, module):
+
             def hook(m, args, _out):
                 x = args[0].detach().float().reshape(-1, args[0].shape[-1])
                 s = stats.get(m)
@@ -91,12 +93,16 @@ class Wanda(CalibratedMethod):
     summary = "activation-aware pruning: |W| x input-channel norm, unstructured or 2:4, block-sequential"
 
     amount: float = Field(0.5, gt=0.0, lt=1.0, description="share of weights set to zero (2:4 implies 0.5)")
-    pattern: Literal["unstructured", "2:4"] = Field("unstructured", description="unstructured (per output row) or 2:4 semi-structured")
+    pattern: Literal["unstructured", "2:4"] = Field(
+        "unstructured", description="unstructured (per output row) or 2:4 semi-structured"
+    )
 
     @model_validator(mode="after")
     def _half_for_2of4(self):
         if self.pattern == "2:4" and self.amount != 0.5:
-            raise ValueError(f"method 'wanda' pattern 2:4 prunes exactly half; drop `amount` or set it to 0.5 (got {self.amount})")
+            raise ValueError(
+                f"method 'wanda' pattern 2:4 prunes exactly half; drop `amount` or set it to 0.5 (got {self.amount})"
+            )
         return self
 
     def check_model(self, config) -> str | None:
@@ -117,13 +123,14 @@ class Wanda(CalibratedMethod):
             stats: dict = {}
             _collect(model, [((), {**b, "use_cache": False}) for b in batches], stats)
             self._prune(dict(target_linears(model)).values(), stats)
-            ctx.notes["wanda.mode"] = "single pass"
+            ctx.notes[M.NOTE_WANDA_MODE] = "single pass"
             return model
         # One dense pass records every block's kwargs (masks/rotary can differ per block) and block 0's input.
         per_block_kwargs: list[list[dict]] = [[] for _ in blocks]
         first_inputs: list[tuple] = []
         handles = []
         for i, block in enumerate(blocks):
+
             def pre(mod, args, kwargs, i=i):
                 per_block_kwargs[i].append({k: v for k, v in kwargs.items() if k != "hidden_states"})
                 if i == 0:
@@ -150,7 +157,7 @@ class Wanda(CalibratedMethod):
             _collect(block, inputs, stats)
             self._prune([m for n, m in block.named_modules() if is_target_linear(n, m)], stats)
             hidden = _collect(block, inputs, {})  # outputs of the pruned block feed the next one
-        ctx.notes["wanda.mode"] = "block-sequential"
+        ctx.notes[M.NOTE_WANDA_MODE] = "block-sequential"
         return model
 
     def _prune(self, modules, stats) -> None:

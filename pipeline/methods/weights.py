@@ -1,5 +1,5 @@
 """How each library stores a compressed layer: one `WeightHandler` per library, registered in that library's
-methods file, so the generic byte counting and dequantizing (`pipeline.build.storage`) holds no library
+methods file, so the generic byte counting and dequantizing (`pipeline.variants.storage`) holds no library
 knowledge and a new library is edited in one place.
 
 Torch's own tensor-subclass protocol (`__tensor_flatten__`, `dequantize()`) already covers torchao's and
@@ -9,7 +9,10 @@ scales kept in a plain dict, a layout without a dequantize op, a module that fak
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar, Iterable
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, ClassVar
+
+from pipeline.registry import Registry
 
 if TYPE_CHECKING:
     import torch
@@ -43,21 +46,21 @@ class WeightHandler:
         return None
 
 
-_HANDLERS: list[WeightHandler] = []
-_LINEAR_CLASSES: set[str] = set()
+# one instance per library, asked in registration order
+WEIGHT_HANDLERS: Registry[WeightHandler] = Registry("weight handler")
 
 
 def register_weight_handler(cls: type[WeightHandler]) -> type[WeightHandler]:
-    if not any(type(h) is cls for h in _HANDLERS):
-        _HANDLERS.append(cls())
-        _LINEAR_CLASSES.update(cls.linear_classes)
+    key = f"{cls.__module__}.{cls.__qualname__}"
+    if key not in WEIGHT_HANDLERS:
+        WEIGHT_HANDLERS.register(cls(), key=key)
     return cls
 
 
 def weight_handlers() -> tuple[WeightHandler, ...]:
-    return tuple(_HANDLERS)
+    return tuple(h for _, h in WEIGHT_HANDLERS.items())
 
 
 def is_library_linear(class_name: str) -> bool:
     """Whether a registered library declares `class_name` a Linear replacement (not an nn.Linear subclass)."""
-    return class_name in _LINEAR_CLASSES
+    return any(class_name in h.linear_classes for h in weight_handlers())

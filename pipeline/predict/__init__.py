@@ -1,7 +1,8 @@
 """Predict before you measure: decode and prefill speed and memory of a model x method on any hardware from the
-roofline (bytes and FLOPs per token against a device's bandwidth and matrix peak), with per-engine efficiency
+roofline (bytes and FLOPs per token against a device's bandwidth and matrix peak), with per-runtime efficiency
 factors fitted from this project's own measurements.
 
-`hardware` (the device table), `formats` (bits per weight of each method), `roofline_model` (the arithmetic),
-`calibration` (fitting the factors from measured points), `command` (`shrinkgate predict`).
+`hardware` (the device table), `formats` (bits per weight of each method), `roofline` (the arithmetic),
+`fit` (fitting the factors to measured points), `targets` (what `shrinkgate predict` predicts for, and its table).
+Model shapes come from `pipeline.models.shapes`, host facts from `pipeline.host`; no torch is imported here.
 """

@@ -27,7 +27,7 @@ class Hardware(BaseModel):
 
     @property
     def device_kind(self) -> str:
-        """What engine factors are keyed by: measured on a CPU, or on a GPU-like accelerator."""
+        """What runtime factors are keyed by: measured on a CPU, or on a GPU-like accelerator."""
         return "cpu" if self.kind == "cpu" else "gpu"
 
     def peak_flops(self, dtype: str) -> tuple[float, str]:
@@ -35,11 +35,19 @@ class Hardware(BaseModel):
         for candidate in (dtype, *_FALLBACK.get(dtype, ())):
             if candidate in self.tflops:
                 return self.tflops[candidate] * 1e12, candidate
-        raise HardwareError(f"{self.name}: no matrix throughput for {dtype} or a fallback; known: {', '.join(self.tflops)}")
+        raise HardwareError(
+            f"{self.name}: no matrix throughput for {dtype} or a fallback; known: {', '.join(self.tflops)}"
+        )
 
 
-# Where a device has no unit for a dtype, the engine runs it on the next one (fp8 weights dequantized to bf16 ...).
-_FALLBACK = {"fp8": ("bf16", "fp16", "fp32"), "int8": ("bf16", "fp16", "fp32"), "bf16": ("fp16", "fp32"), "fp16": ("bf16", "fp32"), "tf32": ("fp32",)}
+# Where a device has no unit for a dtype, the runtime runs it on the next one (fp8 weights dequantized to bf16 ...).
+_FALLBACK = {
+    "fp8": ("bf16", "fp16", "fp32"),
+    "int8": ("bf16", "fp16", "fp32"),
+    "bf16": ("fp16", "fp32"),
+    "fp16": ("bf16", "fp32"),
+    "tf32": ("fp32",),
+}
 
 
 class HardwareError(ValueError):
@@ -54,7 +62,9 @@ def table(path: Path = TABLE) -> dict[str, Hardware]:
     for name, row in rows.items():
         for device in map(_device_key, row.device_names):
             if device in seen:
-                raise HardwareError(f"{path}: device name {device!r} is listed by both {seen[device]} and {name}; keep it in one row")
+                raise HardwareError(
+                    f"{path}: device name {device!r} is listed by both {seen[device]} and {name}; keep it in one row"
+                )
             seen[device] = name
     return rows
 
@@ -92,7 +102,7 @@ def this_host(threads: int | None = None) -> Hardware:
     """This machine as the probes measured it (CPU; the first call measures, later ones read the cache)."""
     import psutil
 
-    from pipeline.runtime.speed.host import cpu_model, default_threads, host_bandwidth, host_matmul_flops
+    from pipeline.host import cpu_model, default_threads, host_bandwidth, host_matmul_flops
 
     n = threads or default_threads()
     return Hardware(

@@ -22,7 +22,7 @@ from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 from tqdm import tqdm
 
-from pipeline.models.gguf_engine import LlamaCppModel, llama_cpp_version, log_softmax
+from pipeline.bindings.llamacpp import LlamaCppModel, llama_cpp_version, log_softmax
 from pipeline.runtime.mmlu import common_prefix, prefix_groups
 
 # The first context is sized from the data (`_loglikelihood_tokens`); this only serves tokenization.
@@ -43,27 +43,31 @@ class LlamaCppLM(TemplateLM):
         *,
         n_threads: int | None = None,
         max_length: int | None = None,
-        engine: LlamaCppModel | None = None,
+        llama: LlamaCppModel | None = None,
         **_lm_eval_args: Any,  # batch_size / device from lm-eval's CLI: one CPU sequence at a time here
     ) -> None:
         super().__init__()
-        if engine is None:
+        if llama is None:
             if gguf_path is None:
-                raise ValueError("LlamaCppLM needs gguf_path (a .gguf file) or an open engine")
+                raise ValueError("LlamaCppLM needs gguf_path (a .gguf file) or an open LlamaCppModel")
             if n_threads is None:
-                from pipeline.runtime.speed.host import default_threads
+                from pipeline.host import default_threads
 
                 n_threads = default_threads()
-            engine = LlamaCppModel.open(gguf_path, n_ctx=_INITIAL_CTX, n_threads=int(n_threads), n_batch=SCORING_BATCH, logits_all=True)
+            llama = LlamaCppModel.open(
+                gguf_path, n_ctx=_INITIAL_CTX, n_threads=int(n_threads), n_batch=SCORING_BATCH, logits_all=True
+            )
             self._owned = True
         else:
-            if not engine.logits_all:
-                raise ValueError("LlamaCppLM needs an engine opened with logits_all=True (continuations score every position)")
+            if not llama.logits_all:
+                raise ValueError(
+                    "LlamaCppLM needs a LlamaCppModel opened with logits_all=True (continuations score every position)"
+                )
             self._owned = False
-        self.engine = engine
+        self.llama = llama
         # HFLM's max_length is the model's trained context; longer inputs are left-truncated the same way
-        self._max_length = int(max_length or engine.n_ctx_train or 2048)
-        self._bos_text = engine.detokenize([self.prefix_token_id]) if self.prefix_token_id >= 0 else None
+        self._max_length = int(max_length or llama.n_ctx_train or 2048)
+        self._bos_text = llama.detokenize([self.prefix_token_id]) if self.prefix_token_id >= 0 else None
         self.evaluated_tokens = 0  # tokens llama.cpp evaluated while scoring
         self.keep_prefixes = False  # keep shared-prefix states between calls (`score_sequential` sets it)
         self.prefix_states: OrderedDict[tuple[int, ...], bytes] = OrderedDict()
@@ -72,12 +76,12 @@ class LlamaCppLM(TemplateLM):
 
     @property
     def eot_token_id(self) -> int:
-        return self.engine.eos_id
+        return self.llama.eos_id
 
     @property
     def prefix_token_id(self) -> int:
         # HFLM: BOS when the tokenizer has one, else EOS (llama.cpp answers -1 for "none")
-        return self.engine.bos_id if self.engine.bos_id >= 0 else self.engine.eos_id
+        return self.llama.bos_id if self.llama.bos_id >= 0 else self.llama.eos_id
 
     @property
     def max_length(self) -> int:
@@ -89,7 +93,7 @@ class LlamaCppLM(TemplateLM):
         add = True if add_special_tokens is None else add_special_tokens
         if add_special_tokens is None and self._bos_text and string.startswith(self._bos_text):
             add = False
-        return self.engine.tokenize(string, add)
+        return self.llama.tokenize(string, add)
 
     def _loglikelihood_tokens(
         self, requests: list[tuple[tuple[str, str], list[int], list[int]]], disable_tqdm: bool = False, **kwargs: Any
@@ -102,13 +106,15 @@ class LlamaCppLM(TemplateLM):
             whole = (list(context_enc) + list(continuation_enc))[-(self.max_length + 1) :]
             context = whole[: -len(continuation_enc)]
             if not context:
-                raise ValueError(f"continuation of {len(continuation_enc)} tokens leaves no context within max_length={self.max_length}")
+                raise ValueError(
+                    f"continuation of {len(continuation_enc)} tokens leaves no context within max_length={self.max_length}"
+                )
             prepared.append((context, list(continuation_enc)))
         if not prepared:
             return []
         need = max(len(c) + len(k) - 1 for c, k in prepared)
-        if need > self.engine.n_ctx:
-            self.engine.resize(need)
+        if need > self.llama.n_ctx:
+            self.llama.resize(need)
             self.prefix_states.clear()  # states of a context that is gone
         # In token order: equal contexts are adjacent, and so are contexts sharing a few-shot prefix. With
         # `keep_prefixes` each group's shared prefix is restored from (or saved to) `prefix_states`.
@@ -116,8 +122,8 @@ class LlamaCppLM(TemplateLM):
         starts = {members[0]: shared for shared, members in groups} if self.keep_prefixes else {}
         order = [i for _, members in groups for i in members]
         results: list[tuple[float, bool] | None] = [None] * len(prepared)
-        engine = self.engine
-        engine.clear()
+        llama = self.llama
+        llama.clear()
         cached: list[int] = []  # tokens sequence 0 of the KV cache holds
         last: np.ndarray | None = None  # logits after the last cached token
         for i in tqdm(order, desc="llama.cpp loglikelihood", disable=disable_tqdm):
@@ -126,18 +132,18 @@ class LlamaCppLM(TemplateLM):
                 cached, last = self._restore_prefix(tuple(context[: starts[i]])), None
             if context != cached or last is None:
                 keep = min(common_prefix(cached, context), len(context) - 1)  # re-evaluate >= 1 token for its logits
-                if keep < len(cached) and not engine.truncate(0, keep):
-                    engine.clear()
+                if keep < len(cached) and not llama.truncate(0, keep):
+                    llama.clear()
                     keep = 0
-                last = engine.eval(context[keep:], pos0=keep, logits="last")[0]
+                last = llama.eval(context[keep:], pos0=keep, logits="last")[0]
                 self.evaluated_tokens += len(context) - keep
                 cached = context
             rows = [last]
             if len(continuation) > 1:
-                rows.extend(engine.eval(continuation[:-1], pos0=len(context), logits="all"))
+                rows.extend(llama.eval(continuation[:-1], pos0=len(context), logits="all"))
                 self.evaluated_tokens += len(continuation) - 1
-                if not engine.truncate(0, len(context)):  # roll the continuation back out of the cache
-                    engine.clear()
+                if not llama.truncate(0, len(context)):  # roll the continuation back out of the cache
+                    llama.clear()
                     cached, last = [], None
             logits = np.stack(rows)
             logp = log_softmax(logits)
@@ -145,34 +151,36 @@ class LlamaCppLM(TemplateLM):
             greedy = bool(all(int(logits[j].argmax()) == tok for j, tok in enumerate(continuation)))
             results[i] = (ll, greedy)
             self.cache_hook.add_partial("loglikelihood", requests[i][0], (ll, greedy))
-        engine.clear()
+        llama.clear()
         return [r for r in results if r is not None]
 
     def _restore_prefix(self, prefix: tuple[int, ...]) -> list[int]:
         """Sequence 0 holds exactly `prefix` afterwards: restored from a kept state, else evaluated and kept."""
-        engine = self.engine
-        engine.clear()
+        llama = self.llama
+        llama.clear()
         state = self.prefix_states.get(prefix)
-        if state is not None and engine.load_seq(state):
+        if state is not None and llama.load_seq(state):
             self.prefix_states.move_to_end(prefix)
             return list(prefix)
-        engine.clear()
-        engine.eval(prefix, pos0=0, logits="last")
+        llama.clear()
+        llama.eval(prefix, pos0=0, logits="last")
         self.evaluated_tokens += len(prefix)
-        self.prefix_states[prefix] = engine.save_seq(0)
+        self.prefix_states[prefix] = llama.save_seq(0)
         while len(self.prefix_states) > 1 and sum(map(len, self.prefix_states.values())) > PREFIX_STATE_BYTES:
             self.prefix_states.popitem(last=False)
         return list(prefix)
 
     def loglikelihood_rolling(self, requests: list[Any], disable_tqdm: bool = False) -> list[float]:
-        raise NotImplementedError("runtime llama.cpp scores log-likelihoods of continuations only (no rolling perplexity)")
+        raise NotImplementedError(
+            "runtime llama.cpp scores log-likelihoods of continuations only (no rolling perplexity)"
+        )
 
     def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
         raise NotImplementedError("runtime llama.cpp scores log-likelihoods only (no generate_until tasks)")
 
     def get_model_info(self) -> dict[str, Any]:
-        return {"model": "llama.cpp", "gguf": str(self.engine.path), "llama_cpp_python": llama_cpp_version()}
+        return {"model": "llama.cpp", "gguf": str(self.llama.path), "llama_cpp_python": llama_cpp_version()}
 
     def close(self) -> None:
         if self._owned:
-            self.engine.close()
+            self.llama.close()

@@ -1,7 +1,7 @@
 """MMLU accuracy of an in-memory model, scored by lm-eval with our copy of lm-eval's `mmlu` task.
 
-`pipeline.data.mmlu` resolves and checks the data and materialises the task configs for the selected
-subjects; here `lm_eval.simple_evaluate` runs them on the given `LM`. Scoring, aggregation and stderr are
+`pipeline.data.mmlu` resolves and checks the data, `pipeline.data.tasks` materialises the task configs for the
+selected subjects; here `lm_eval.simple_evaluate` runs them on the given `LM`. Scoring, aggregation and stderr are
 lm-eval's own; this module only reads them back into an `AccuracyResult`.
 """
 
@@ -18,20 +18,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.config.recipe import EvalSpec
-from pipeline.data.mmlu import (
-    GROUP,
-    HUB_DATASET,
-    TASK_PREFIX,
-    MMLUData,
-    MMLUDataError,
-    look_sizes,
-    materialize_tasks,
-    resolve_data,
-    sample_questions,
-    sequential_order,
-    srs_estimate,
-    stratified_estimate,
-)
+from pipeline.data.estimates import srs_estimate, stratified_estimate
+from pipeline.data.mmlu import GROUP, HUB_DATASET, TASK_PREFIX, MMLUData, MMLUDataError, resolve_data
+from pipeline.data.sampling import look_sizes, sample_questions, sequential_order
+from pipeline.data.tasks import materialize_tasks
 from pipeline.env import MMLU_DIR_ENV
 from pipeline.results import AccuracyResult, QuestionOutcome
 
@@ -45,13 +35,15 @@ StopRule = Callable[[tuple[QuestionOutcome, ...], int], "str | None"]
 
 @dataclass(frozen=True)
 class Looks:
-    """How a sweep drives a sequential sample look by look (`pipeline.sweep.child` builds it): `after_look` is the
+    """How a sweep drives a sequential sample look by look (`pipeline.sweep.looks` builds it): `after_look` is the
     stop rule; `prior` are the outcomes of the looks an earlier, unfinished run of the same content finished (a
     resumed run scores only the looks after them); `stopped`: end before scoring more (already decided)."""
 
     after_look: StopRule | None = None
     prior: tuple[QuestionOutcome, ...] = ()
     stopped: str | None = None
+
+
 # Inputs sharing at least this many leading tokens (a subject's few-shot prefix) share its KV cache.
 MIN_SHARED_PREFIX = 16
 
@@ -65,7 +57,9 @@ def common_prefix(a, b) -> int:
     return i
 
 
-def prefix_groups(inputs: list[tuple[int, ...]], scored: list[int], min_shared: int = MIN_SHARED_PREFIX) -> list[tuple[int, list[int]]]:
+def prefix_groups(
+    inputs: list[tuple[int, ...]], scored: list[int], min_shared: int = MIN_SHARED_PREFIX
+) -> list[tuple[int, list[int]]]:
     """Group inputs that share a leading run of tokens: [(shared length, member indices)].
 
     Inputs are visited in token order, so a subject's questions (one few-shot prefix) are adjacent. A group's
@@ -104,14 +98,18 @@ def _json_safe(results: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(kept, default=handle_non_serializable))
 
 
-def _outcomes(subject: str, samples: list[dict[str, Any]], rows: tuple[int, ...] | None = None) -> list[QuestionOutcome]:
+def _outcomes(
+    subject: str, samples: list[dict[str, Any]], rows: tuple[int, ...] | None = None
+) -> list[QuestionOutcome]:
     """Per-question outcomes; `index` is the question's test row in its subject (lm-eval's doc_id, which stays
     the row when it is given a sample: checked against `rows`, the rows that were asked for)."""
     out = []
     for s in sorted(samples, key=lambda s: s["doc_id"]):
         index = int(s["doc_id"])
         if rows is not None and index not in rows:
-            raise RuntimeError(f"lm-eval scored row {index} of {subject}, not one of the sampled rows: its doc_id numbering changed")
+            raise RuntimeError(
+                f"lm-eval scored row {index} of {subject}, not one of the sampled rows: its doc_id numbering changed"
+            )
         lls = [float(resp[0]) for resp in s["filtered_resps"]]  # one (loglikelihood, is_greedy) per choice
         predicted = max(range(len(lls)), key=lls.__getitem__)  # first max, like lm-eval's np.argmax
         out.append(
@@ -169,7 +167,7 @@ def score_mmlu(lm: LM, spec: EvalSpec, stop: StopRule | Looks | None = None) -> 
     `acc`/`acc_stderr` are lm-eval's `shrinkgate_mmlu` group values (question-weighted mean, pooled
     stderr); `limit_per_subject=N` scores the first N test rows of every selected subject. With `sample`,
     lm-eval scores the seeded stratified sample (its `samples=` argument) and `acc`/`acc_stderr` are the
-    stratified estimate of full-MMLU accuracy (`pipeline.data.mmlu.stratified_estimate`). With
+    stratified estimate of full-MMLU accuracy (`pipeline.data.estimates.stratified_estimate`). With
     `sample.questions: auto`, see `score_sequential`. The result records how the questions were chosen
     (`design`: all, first-n, stratified or sequential), which decides what a bound over them can claim.
     """
@@ -183,9 +181,15 @@ def score_mmlu(lm: LM, spec: EvalSpec, stop: StopRule | Looks | None = None) -> 
 
     group = results["results"][GROUP]
     questions = [
-        q for s in data.subjects for q in _outcomes(s, results["samples"][TASK_PREFIX + s], chosen[s] if chosen else None)
+        q
+        for s in data.subjects
+        for q in _outcomes(s, results["samples"][TASK_PREFIX + s], chosen[s] if chosen else None)
     ]
-    acc, acc_stderr, stderr_source = float(group["acc,none"]), _stderr(group.get("acc_stderr,none")), "lm-eval pooled (group)"
+    acc, acc_stderr, stderr_source = (
+        float(group["acc,none"]),
+        _stderr(group.get("acc_stderr,none")),
+        "lm-eval pooled (group)",
+    )
     if chosen:
         by_subject: dict[str, list[bool]] = {s: [] for s in data.subjects}
         for q in questions:
@@ -252,7 +256,11 @@ def score_sequential(lm: LM, spec: EvalSpec, data: MMLUData, stop: StopRule | Lo
         chosen = {s: tuple(sorted(r)) for s, r in rows.items()}
         look_data = dataclasses.replace(data, subjects=tuple(s for s in data.subjects if s in chosen))
         results = _evaluate(lm, look_data, spec, chosen)
-        got = {(q.subject, q.index): q for s in look_data.subjects for q in _outcomes(s, results["samples"][TASK_PREFIX + s], chosen[s])}
+        got = {
+            (q.subject, q.index): q
+            for s in look_data.subjects
+            for q in _outcomes(s, results["samples"][TASK_PREFIX + s], chosen[s])
+        }
         scored.extend(got[q] for q in pool[len(scored) : end])
         looks_json.append(_json_safe(results))
         ends.append(end)
@@ -278,7 +286,13 @@ def score_sequential(lm: LM, spec: EvalSpec, data: MMLUData, stop: StopRule | Lo
             "looks": looks_json,
             "shrinkgate": {
                 "acc_stderr_source": estimate.stderr_source,
-                "sample": {"questions": len(scored), "seed": sample.seed, "max": sample.max, "population": len(order), "looks": ends},
+                "sample": {
+                    "questions": len(scored),
+                    "seed": sample.seed,
+                    "max": sample.max,
+                    "population": len(order),
+                    "looks": ends,
+                },
                 "stopped": reason,
                 "resumed_questions": len(prior),
             },

@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
-from pipeline.runtime.base import Runtime
+from typing import TYPE_CHECKING
+
+from pipeline.runtime.base import RUNTIMES, InProcessRuntime
 from pipeline.runtime.mmlu import prefix_groups
+
+if TYPE_CHECKING:
+    from pipeline.config.recipe import EvalSpec, SpeedSpec
+    from pipeline.results import AccuracyResult, SpeedResult
+    from pipeline.runtime.mmlu import StopRule
+    from pipeline.variants.artifact import Artifact
 
 # MMLU continuations are one token (" A"); keep a margin for tokenizers that split the letter.
 SCORED_POSITIONS = 8
@@ -38,7 +46,11 @@ def accepts_logits_to_keep(model) -> bool:
 
 
 def tail_batches(
-    tail_lengths: list[int], scored: list[int], vocab_size: int, max_batch: int = TAIL_BATCH, logits_budget: int = LOGITS_BUDGET_BYTES
+    tail_lengths: list[int],
+    scored: list[int],
+    vocab_size: int,
+    max_batch: int = TAIL_BATCH,
+    logits_budget: int = LOGITS_BUDGET_BYTES,
 ) -> list[list[int]]:
     """Split one prefix group's members (by position in `tail_lengths`) into batches of one forward each.
 
@@ -51,7 +63,9 @@ def tail_batches(
     for i in order:
         if batches and len(batches[-1]) < max_batch:
             trial = batches[-1] + [i]
-            kept = {p for j in trial for p in range(tail_lengths[j] - scored[j], tail_lengths[j])}  # tails start together
+            kept = {
+                p for j in trial for p in range(tail_lengths[j] - scored[j], tail_lengths[j])
+            }  # tails start together
             if len(trial) * len(kept) * vocab_size * 4 <= logits_budget:
                 batches[-1] = trial
                 continue
@@ -92,8 +106,12 @@ def _hflm_class():
             self.forwarded_tokens = 0  # tokens the model evaluated while scoring (prefix reuse's saving)
             self.shared_prefixes: list[int] = []  # length of each shared prefix evaluated once
             self.padded_tokens = 0  # pads evaluated to batch the questions of one prefix
-            self.prefix_cache: OrderedDict[tuple[int, ...], tuple[object, int]] = OrderedDict()  # tokens -> (cache, bytes)
-            self.keep_prefixes = False  # keep prefix caches after a call (`score_sequential` sets it: its looks come back)
+            self.prefix_cache: OrderedDict[tuple[int, ...], tuple[object, int]] = (
+                OrderedDict()
+            )  # tokens -> (cache, bytes)
+            self.keep_prefixes = (
+                False  # keep prefix caches after a call (`score_sequential` sets it: its looks come back)
+            )
 
         def _prefix_cache_for(self, tokens: tuple[int, ...]):
             """The KV cache after `tokens`: kept from an earlier call, extended from the longest kept prefix of
@@ -101,7 +119,9 @@ def _hflm_class():
             if tokens in self.prefix_cache:
                 self.prefix_cache.move_to_end(tokens)
                 return self.prefix_cache[tokens][0]
-            known = max((k for k in self.prefix_cache if len(k) < len(tokens) and tokens[: len(k)] == k), key=len, default=())
+            known = max(
+                (k for k in self.prefix_cache if len(k) < len(tokens) and tokens[: len(k)] == k), key=len, default=()
+            )
             kwargs = {"past_key_values": copy.deepcopy(self.prefix_cache[known][0])} if known else {}
             todo = torch.tensor([tokens[len(known) :]], dtype=torch.long, device=self.device)
             cache = self.model(todo, use_cache=True, logits_to_keep=1, **kwargs).past_key_values
@@ -138,7 +158,9 @@ def _hflm_class():
                 if not context_enc or not continuation_enc or len(continuation_enc) > self.max_length:
                     raise ValueError("empty context or continuation, or a continuation longer than max_length")
                 if len(continuation_enc) > self._keep:
-                    raise ValueError(f"continuation of {len(continuation_enc)} tokens exceeds the {self._keep} scored positions")
+                    raise ValueError(
+                        f"continuation of {len(continuation_enc)} tokens exceeds the {self._keep} scored positions"
+                    )
                 feed = tuple((context_enc + continuation_enc)[-(self.max_length + 1) :][:-1])
                 slot = inputs.setdefault(feed, len(feeds))
                 if slot == len(feeds):
@@ -151,7 +173,9 @@ def _hflm_class():
             for r, slot in enumerate(slot_of):
                 asked_by[slot].append(r)
             answers: list[tuple[float, bool] | None] = [None] * len(requests)
-            pbar = tqdm(total=len(feeds), disable=disable_tqdm or self.rank != 0, desc="Scoring inputs (shared prefixes)")
+            pbar = tqdm(
+                total=len(feeds), disable=disable_tqdm or self.rank != 0, desc="Scoring inputs (shared prefixes)"
+            )
             with torch.no_grad():
                 for shared, members in prefix_groups(feeds, scored):
                     cache = self._prefix_cache_for(feeds[members[0]][:shared]) if shared else None
@@ -162,20 +186,28 @@ def _hflm_class():
                     batchable = cache is not None and hasattr(cache, "batch_repeat_interleave")
                     tail_lengths = [len(feeds[m]) - shared for m in members]
                     vocab = self.model.config.get_text_config().vocab_size
-                    batches = tail_batches(tail_lengths, [scored[m] for m in members], vocab) if batchable else [[j] for j in range(len(members))]
+                    batches = (
+                        tail_batches(tail_lengths, [scored[m] for m in members], vocab)
+                        if batchable
+                        else [[j] for j in range(len(members))]
+                    )
                     for batch in batches:
                         rows = [members[j] for j in batch]
                         tails = [feeds[m][shared:] for m in rows]
                         width = max(map(len, tails))
                         # Right padding (a row's last token repeated): causal attention keeps real tokens blind to it.
-                        tokens = torch.tensor([t + (t[-1],) * (width - len(t)) for t in tails], dtype=torch.long, device=self.device)
+                        tokens = torch.tensor(
+                            [t + (t[-1],) * (width - len(t)) for t in tails], dtype=torch.long, device=self.device
+                        )
                         kwargs: dict = {}
                         if cache is not None:
                             rows_cache = copy.deepcopy(cache)
                             if len(rows) > 1:
                                 rows_cache.batch_repeat_interleave(len(rows))
                             kwargs = {"past_key_values": rows_cache, "use_cache": True}
-                        keep = sorted({len(t) - p for m, t in zip(rows, tails, strict=True) for p in range(1, scored[m] + 1)})
+                        keep = sorted(
+                            {len(t) - p for m, t in zip(rows, tails, strict=True) for p in range(1, scored[m] + 1)}
+                        )
                         index = torch.tensor(keep, dtype=torch.long, device=self.device)
                         logits = self.model(tokens, logits_to_keep=index, **kwargs).logits
                         self.forwarded_tokens += sum(map(len, tails))
@@ -187,7 +219,10 @@ def _hflm_class():
                                 cont_toks = requests[r][2]
                                 own = logprobs[-len(cont_toks) :]
                                 cont = torch.tensor(cont_toks, dtype=torch.long, device=own.device)
-                                answers[r] = (float(own.gather(1, cont.unsqueeze(1)).sum()), bool((own.argmax(dim=-1) == cont).all()))
+                                answers[r] = (
+                                    float(own.gather(1, cont.unsqueeze(1)).sum()),
+                                    bool((own.argmax(dim=-1) == cont).all()),
+                                )
                             pbar.update(1)
             pbar.close()
             if not self.keep_prefixes:
@@ -200,10 +235,12 @@ def _hflm_class():
     return LastPositionsHFLM
 
 
-class TransformersRuntime(Runtime):
+@RUNTIMES.register
+class TransformersRuntime(InProcessRuntime["Artifact"]):
     name = "transformers"
+    artifact_format = "torch"
 
-    def score_mmlu(self, artifact, spec, stop=None):
+    def score_mmlu(self, artifact: Artifact, spec: EvalSpec, stop: StopRule | None = None) -> AccuracyResult:
         from lm_eval.models.huggingface import HFLM
 
         from pipeline.runtime.mmlu import score_mmlu
@@ -212,10 +249,15 @@ class TransformersRuntime(Runtime):
             # CPU: batching buys little and full-vocabulary logits cost GBs; score the last positions only.
             lm = _hflm_class()(pretrained=artifact.model, tokenizer=artifact.tokenizer, device=artifact.device)
         else:
-            lm = HFLM(pretrained=artifact.model, tokenizer=artifact.tokenizer, batch_size=spec.batch_size, device=artifact.device)
+            lm = HFLM(
+                pretrained=artifact.model,
+                tokenizer=artifact.tokenizer,
+                batch_size=spec.batch_size,
+                device=artifact.device,
+            )
         return score_mmlu(lm, spec, stop)
 
-    def decode(self, artifact, spec):
+    def decode(self, artifact: Artifact, spec: SpeedSpec) -> SpeedResult:
         from pipeline.runtime.speed import measure_decode
 
         return measure_decode(

@@ -64,7 +64,7 @@ class LockStep:
     """What to do next in a lock-step sequential sweep.
 
     `order`: the seeded order's first `max` questions; `sizes`: questions scored by the end of each look
-    (`pipeline.data.mmlu.look_sizes`); `correct(run_id, keys)`: whether the run answered each of `keys` right (an
+    (`pipeline.data.sampling.look_sizes`); `correct(run_id, keys)`: whether the run answered each of `keys` right (an
     array aligned with them; the run has scored every one). `next_action`
     says whom to let score its next look ("go") or whom to stop ("stop", with the reason); the driver reports back
     `scored` (a look finished) and `ended` (a child came back)."""
@@ -95,7 +95,9 @@ class LockStep:
 
     # -- who is needed ----------------------------------------------------------------------------------------
     def base_of(self, v: Member) -> Member | None:
-        return next((m for m in self.members if m.role == "base" and m.model == v.model and m.runtime == v.runtime), None)
+        return next(
+            (m for m in self.members if m.role == "base" and m.model == v.model and m.runtime == v.runtime), None
+        )
 
     def _variants(self, base: Member) -> list[Member]:
         return [m for m in self.members if m.role == "variant" and m.model == base.model and m.runtime == base.runtime]
@@ -123,7 +125,7 @@ class LockStep:
     def _decide_variant(self, v: Member, size: int, last: bool) -> str | None:
         base = self.base_of(v)
         if base is None:
-            return "no unmodified base of this model on this engine to pair with"
+            return "no unmodified base of this model on this runtime to pair with"
         if base.failed:
             return f"its base {base.label} failed ({base.stopped}): nothing to pair with"
         if base.scored < size:

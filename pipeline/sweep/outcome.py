@@ -3,12 +3,13 @@ what the sweep returns (`SweepOutcome`). Picklable, so it crosses into a subproc
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
-from pipeline.build.plan import WorkItem
 from pipeline.config.recipe import Recipe
 from pipeline.results import AccuracyResult, FidelityRecord, SpeedResult
+from pipeline.variants.plan import WorkItem
 
 # stage callback: (item label, stage name) -> None. Stages: resolve, build, mmlu, speed (from the child, where
 # the executor can relay them); queued, done, failed, killed, skipped (from the driver).

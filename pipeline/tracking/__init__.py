@@ -12,7 +12,7 @@ mlflow itself is imported inside the functions that use it, so importing this pa
 
 from pipeline.tracking.connect import TrackingError, artifact_root_for, check_reachable
 from pipeline.tracking.copy import copy_run, resumable_looks
-from pipeline.tracking.read import find_finished_child, load_sweep, read_run_text, run_metrics, run_record, run_tags
+from pipeline.tracking.read import find_finished_child, load_sweep, read_run_text, run_metrics, run_record
 from pipeline.tracking.registry import MODEL_BUNDLE_DIR, alias_run_id, register_passing
 from pipeline.tracking.write import Tracker, flatten, host_tags, log_run_artifacts, set_run_tags
 
@@ -31,7 +31,6 @@ __all__ = [
     "log_run_artifacts",
     "read_run_text",
     "run_record",
-    "run_tags",
     "register_passing",
     "resumable_looks",
     "run_metrics",

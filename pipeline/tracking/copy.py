@@ -16,7 +16,15 @@ from pipeline.tracking.connect import BATCH, client, log_tags
 from pipeline.tracking.read import read_run_text, runs_with_content_key
 
 # Tags that belong to the sweep a run was a child of (its verdicts, its place), not to the measurement.
-_SWEEP_OWNED = ("frontier.", "gate.", M.TAG_VERDICT, "mmlu_delta_vs_base", M.TAG_DESCRIPTION, "mlflow.parentRunId", M.TAG_COPIED_FROM)
+_SWEEP_OWNED = (
+    M.TAG_FRONTIER_PREFIX,
+    M.TAG_GATE_PREFIX,
+    M.TAG_VERDICT,
+    M.TAG_MMLU_DELTA_VS_BASE,
+    M.TAG_DESCRIPTION,
+    M.TAG_PARENT_RUN_ID,
+    M.TAG_COPIED_FROM,
+)
 _METRIC_BATCH = 500
 
 
@@ -27,7 +35,7 @@ def copy_run(uri: str, source_id: str, parent_id: str, extra_tags: dict[str, str
     c = client(uri)
     src = c.get_run(source_id)
     tags = {k: v for k, v in src.data.tags.items() if not k.startswith(_SWEEP_OWNED)}
-    tags |= {"mlflow.parentRunId": parent_id, M.TAG_COPIED_FROM: source_id, **(extra_tags or {})}
+    tags |= {M.TAG_PARENT_RUN_ID: parent_id, M.TAG_COPIED_FROM: source_id, **(extra_tags or {})}
     run = c.create_run(src.info.experiment_id, start_time=src.info.start_time, tags={}, run_name=src.info.run_name)
     new_id = run.info.run_id
     log_tags(c, new_id, tags)
@@ -55,4 +63,3 @@ def resumable_looks(uri: str, experiment: str, content_key: str) -> tuple[str, s
         if text:
             return run.info.run_id, text
     return None
-

@@ -65,7 +65,9 @@ def measured_children(uri: str) -> list[VariantRecord]:
     return [_record(c, r, with_questions=False) for r in runs]
 
 
-def load_sweep(uri: str, *, run_id: str | None = None, experiment: str | None = None, with_questions: bool = True) -> SweepRecord:
+def load_sweep(
+    uri: str, *, run_id: str | None = None, experiment: str | None = None, with_questions: bool = True
+) -> SweepRecord:
     """A parent run and its members (its children, plus the earlier runs resume reused, as the parent's
     `sweep_members.json` lists them); with `experiment`, the latest parent run of that experiment. Planned
     labels with no run found are in `missing`."""
@@ -77,7 +79,10 @@ def load_sweep(uri: str, *, run_id: str | None = None, experiment: str | None = 
         if exp is None:
             raise TrackingError(f"experiment {experiment!r} not found in {uri}; check --experiment and --tracking-uri")
         parents = c.search_runs(
-            [exp.experiment_id], filter_string=f"tags.`{M.TAG_KIND}` = 'sweep'", order_by=["attributes.start_time DESC"], max_results=1
+            [exp.experiment_id],
+            filter_string=f"tags.`{M.TAG_KIND}` = 'sweep'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
         )
         if not parents:
             raise TrackingError(f"experiment {experiment!r} has no sweep runs in {uri}")
@@ -88,7 +93,9 @@ def load_sweep(uri: str, *, run_id: str | None = None, experiment: str | None = 
         except Exception:  # noqa: BLE001 - any lookup failure is "not found" for the user
             raise TrackingError(f"run {run_id} not found in {uri}; check --run and --tracking-uri") from None
     exp_id = parent.info.experiment_id
-    children = c.search_runs([exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'", max_results=5000)
+    children = c.search_runs(
+        [exp_id], filter_string=f"tags.`{M.TAG_PARENT_RUN_ID}` = '{parent.info.run_id}'", max_results=5000
+    )
     planned, members = _members(c, parent.info.run_id)
     runs = {r.info.run_id: r for r in children}
     for run_id in members.values():  # reused earlier runs: members of this sweep, children of another parent
@@ -97,13 +104,23 @@ def load_sweep(uri: str, *, run_id: str | None = None, experiment: str | None = 
             if run is not None:
                 runs[run_id] = run
     exp_name = c.get_experiment(exp_id).name
-    records = tuple(sorted((_record(c, r, with_questions) for r in runs.values()), key=lambda r: (r.role != "candidate", r.model, r.variant)))
+    records = tuple(
+        sorted(
+            (_record(c, r, with_questions) for r in runs.values()),
+            key=lambda r: (r.role != "candidate", r.model, r.variant),
+        )
+    )
     missing: tuple[str, ...] = ()
     if planned is not None:
         present = {r.label for r in records}
         missing = tuple(label for label in planned if label not in present)
     return SweepRecord(
-        parent_run_id=parent.info.run_id, experiment=exp_name, children=records, tags=dict(parent.data.tags), planned=planned, missing=missing
+        parent_run_id=parent.info.run_id,
+        experiment=exp_name,
+        children=records,
+        tags=dict(parent.data.tags),
+        planned=planned,
+        missing=missing,
     )
 
 
@@ -127,7 +144,9 @@ def _active_run(mlflow_client: Any, run_id: str) -> Any | None:
     return None if run.info.lifecycle_stage == "deleted" else run
 
 
-def runs_with_content_key(uri: str, experiment: str, content_key: str, *, finished: bool, max_results: int = 1) -> list[Any]:
+def runs_with_content_key(
+    uri: str, experiment: str, content_key: str, *, finished: bool, max_results: int = 1
+) -> list[Any]:
     """Runs of `experiment` with this content key, newest first: the FINISHED ones, or (`finished=False`) the others."""
     c = client(uri)
     exp = c.get_experiment_by_name(experiment)
@@ -160,11 +179,3 @@ def run_record(uri: str, run_id: str) -> VariantRecord:
     except Exception as exc:  # noqa: BLE001 - mlflow raises its own error types per store
         raise TrackingError(f"run {run_id}: not found in {uri} ({type(exc).__name__})") from None
     return _record(c, run, with_questions=False)
-
-
-def run_tags(uri: str, run_id: str) -> dict[str, str]:
-    """A run's tags; TrackingError names the run when the store does not know it."""
-    try:
-        return dict(client(uri).get_run(run_id).data.tags)
-    except Exception as exc:  # noqa: BLE001 - mlflow raises its own error types per store
-        raise TrackingError(f"run {run_id}: not found in {uri} ({type(exc).__name__})") from None

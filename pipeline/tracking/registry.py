@@ -12,7 +12,9 @@ from pipeline.tracking.connect import TAG_VALUE_MAX, client
 from pipeline.tracking.read import read_run_text
 from pipeline.tracking.write import redacted_tags
 
-MODEL_BUNDLE_DIR = "shrinkgate_model"  # what a passing variant registers: recipe + provenance (weights are not serialized)
+MODEL_BUNDLE_DIR = (
+    "shrinkgate_model"  # what a passing variant registers: recipe + provenance (weights are not serialized)
+)
 
 
 def register_passing(
@@ -42,7 +44,9 @@ def register_passing(
             (Path(d) / fname).write_text(redact(text), encoding="utf-8")
         c.log_artifacts(record.run_id, d, MODEL_BUNDLE_DIR)
     try:
-        c.create_registered_model(name, description="shrinkgate: compressed variants that passed the gate (recipe + provenance)")
+        c.create_registered_model(
+            name, description="shrinkgate: compressed variants that passed the gate (recipe + provenance)"
+        )
     except MlflowException as exc:
         if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code) and "already exists" not in str(exc):
             raise

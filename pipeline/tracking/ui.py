@@ -43,7 +43,10 @@ class ReviewView:
             "selectedColumns": cols,
             "orderByKey": "tags.`mlflow.runName`",
             "orderByAsc": True,
-            "groupBy": {"aggregateFunction": "average", "groupByKeys": [{"mode": "tag", "groupByData": self.group_by_tag}]},
+            "groupBy": {
+                "aggregateFunction": "average",
+                "groupByKeys": [{"mode": "tag", "groupByData": self.group_by_tag}],
+            },
         }
         ids = ", ".join(f"'{i}'" for i in self.run_ids)
         with_filter = {**state, "searchFilter": f"attributes.run_id IN ({ids})"}
@@ -92,5 +95,12 @@ def review_links(uri: str, base_url: str) -> list[ExperimentLink]:
         reviewed = SHARED_VIEW_PREFIX + SHARE_KEY in exp.tags
         if exp.name == "Default" and not reviewed:
             continue
-        out.append(ExperimentLink(exp.name, exp.experiment_id, runs_link(base_url, exp.experiment_id, SHARE_KEY if reviewed else None), reviewed))
+        out.append(
+            ExperimentLink(
+                exp.name,
+                exp.experiment_id,
+                runs_link(base_url, exp.experiment_id, SHARE_KEY if reviewed else None),
+                reviewed,
+            )
+        )
     return out

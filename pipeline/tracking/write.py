@@ -23,16 +23,30 @@ from typing import Any
 
 from pipeline import metrics as M
 from pipeline.env import compute_threads, gpu_name
+from pipeline.host import cpu_model
 from pipeline.redact import redact, redact_data
 from pipeline.results import AccuracyResult, FidelityRecord, SpeedResult, questions_csv
 from pipeline.tracking.connect import BATCH, TrackingError, artifact_root_for, client, log_tags, prepare_local_store
 
-_PACKAGES = ("torch", "transformers", "lm_eval", "torchao", "bitsandbytes", "mlflow", "accelerate", "gguf", "optimum-quanto", "hqq", "llmcompressor", "llama_cpp_python")
+_PACKAGES = (
+    "torch",
+    "transformers",
+    "lm_eval",
+    "torchao",
+    "bitsandbytes",
+    "mlflow",
+    "accelerate",
+    "gguf",
+    "optimum-quanto",
+    "hqq",
+    "llmcompressor",
+    "llama_cpp_python",
+)
 _PARAM_VALUE_MAX = 6000
 _METRIC_BATCH = 500  # MLflow's log_batch takes at most 1000 metrics per call
 
 # MLflow 3 opens untagged experiments in GenAI mode (traces); ours are training-style runs.
-_EXPERIMENT_KIND = "mlflow.experimentKind"
+_EXPERIMENT_KIND = M.TAG_EXPERIMENT_KIND
 
 
 def flatten(prefix: str, value: Any) -> dict[str, str]:
@@ -74,12 +88,12 @@ def host_tags(threads: int | None = None) -> dict[str, str]:
     import importlib.metadata as md
 
     tags = {"host": socket.gethostname(), "platform": platform.platform(), "python": platform.python_version()}
-    tags["cpu"] = _cpu_name()
+    tags["cpu"] = cpu_model()
     tags["threads"] = str(compute_threads(threads))
     tags["gpu"] = gpu_name()
     for pkg in _PACKAGES:
         try:
-            tags[f"version.{pkg}"] = md.version(pkg)
+            tags[M.TAG_VERSION_PREFIX + pkg] = md.version(pkg)
         except md.PackageNotFoundError:
             pass
     try:
@@ -88,19 +102,9 @@ def host_tags(threads: int | None = None) -> dict[str, str]:
         tags[M.TAG_VERSION] = "unknown"
     commit = _git_commit()
     if commit:
-        tags["mlflow.source.git.commit"] = commit
+        tags[M.TAG_GIT_COMMIT] = commit
         tags[M.TAG_GIT_DIRTY] = _git_dirty()
     return tags
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _git_commit() -> str | None:
@@ -115,13 +119,16 @@ def _git_commit() -> str | None:
 
 @functools.lru_cache(maxsize=1)
 def _git_dirty() -> str:
-    """"false" for a clean package tree, else a hash of its uncommitted changes: results from edited code must
+    """ "false" for a clean package tree, else a hash of its uncommitted changes: results from edited code must
     not pass for the commit's. Once per process: the code that runs is the code imported at start."""
     package = Path(__file__).resolve().parents[1]
     try:
         diff = subprocess.run(["git", "diff", "HEAD", "--", "."], capture_output=True, timeout=10, cwd=package).stdout
         untracked = subprocess.run(
-            ["git", "ls-files", "--others", "--exclude-standard", "--", "."], capture_output=True, timeout=10, cwd=package
+            ["git", "ls-files", "--others", "--exclude-standard", "--", "."],
+            capture_output=True,
+            timeout=10,
+            cwd=package,
         ).stdout
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -148,18 +155,28 @@ class Tracker:
         self.client = client(uri)  # an unreachable server fails here, before any model loads
         try:
             exp = self.client.get_experiment_by_name(experiment)
-            self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(
-                experiment, artifact_location=artifact_root_for(uri), tags={_EXPERIMENT_KIND: "custom_model_development"}
+            self.experiment_id = (
+                exp.experiment_id
+                if exp
+                else self.client.create_experiment(
+                    experiment,
+                    artifact_location=artifact_root_for(uri),
+                    tags={_EXPERIMENT_KIND: "custom_model_development"},
+                )
             )
             if exp is not None and exp.tags.get(_EXPERIMENT_KIND) is None:
                 self.client.set_experiment_tag(self.experiment_id, _EXPERIMENT_KIND, "custom_model_development")
         except MlflowException as exc:
-            raise TrackingError(f"tracking.uri {uri}: {str(exc).splitlines()[0]}; fix the URI or start the server") from None
+            raise TrackingError(
+                f"tracking.uri {uri}: {str(exc).splitlines()[0]}; fix the URI or start the server"
+            ) from None
         self.experiment = experiment
 
     # -- runs -------------------------------------------------------------------------------------
     def start_parent(self, run_name: str, params: dict[str, str], tags: dict[str, str]) -> str:
-        run = self.client.create_run(self.experiment_id, run_name=redact(run_name), tags=redacted_tags({**tags, M.TAG_KIND: "sweep"}))
+        run = self.client.create_run(
+            self.experiment_id, run_name=redact(run_name), tags=redacted_tags({**tags, M.TAG_KIND: "sweep"})
+        )
         self._log_params(run.info.run_id, params)
         return run.info.run_id
 
@@ -167,7 +184,7 @@ class Tracker:
         run = self.client.create_run(
             self.experiment_id,
             run_name=redact(run_name),
-            tags=redacted_tags({**tags, M.TAG_KIND: "variant", "mlflow.parentRunId": parent_id}),
+            tags=redacted_tags({**tags, M.TAG_KIND: "variant", M.TAG_PARENT_RUN_ID: parent_id}),
         )
         self._log_params(run.info.run_id, params)
         return run.info.run_id
@@ -202,12 +219,6 @@ class Tracker:
     def log_json(self, run_id: str, data: Any, name: str) -> None:
         # strings redacted in place first: a command line as a JSON list keeps its option and value apart
         self.log_text(run_id, json.dumps(redact_data(json.loads(json.dumps(data, default=str))), indent=2), name)
-
-    def log_file(self, run_id: str, path: str | Path, artifact_dir: str | None = None) -> None:
-        with tempfile.TemporaryDirectory() as d:
-            copy = Path(d) / Path(path).name
-            redacted_copy(Path(path), copy)
-            self.client.log_artifact(run_id, str(copy), artifact_dir)
 
     def end(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)

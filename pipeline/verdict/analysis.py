@@ -7,14 +7,23 @@ is None and a record that cannot be placed is `unplaced`, never an exception.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from pipeline import metrics as M
 from pipeline.config.policy import DEFAULT_POLICY, Policy, dominance_rule
 from pipeline.records import SweepRecord, VariantRecord
 from pipeline.verdict.design import design_of
-from pipeline.verdict.frontier import Axis, LadderRung, Verdict, axes_for, baseline_ladder, frontier_verdicts, roofline_tok_s
+from pipeline.verdict.frontier import (
+    Axis,
+    LadderRung,
+    Verdict,
+    axes_for,
+    baseline_ladder,
+    frontier_verdicts,
+    roofline_tok_s,
+)
 from pipeline.verdict.paired import compare_records, paired_margin
 from pipeline.verdict.stats import PairedComparison, PairingError, two_sided_z
 
@@ -53,7 +62,7 @@ class SweepAnalysis:
 
 
 def base_for(record: VariantRecord, records: Sequence[VariantRecord]) -> VariantRecord | None:
-    """The FINISHED unmodified candidate measured on the same engine a record is compared with: same model for
+    """The FINISHED unmodified candidate measured on the same runtime a record is compared with: same model for
     a candidate; the first candidate's for a reference; None for a base itself or when none finished."""
     if record.is_base:
         return None
@@ -62,10 +71,19 @@ def base_for(record: VariantRecord, records: Sequence[VariantRecord]) -> Variant
 
 def finished_base(records: Sequence[VariantRecord], runtime: str, model: str | None = None) -> VariantRecord | None:
     """The first FINISHED unmodified candidate measured on `runtime` (of `model` when given)."""
-    return next((r for r in records if r.is_base and r.status == "FINISHED" and r.runtime == runtime and model in (None, r.model)), None)
+    return next(
+        (
+            r
+            for r in records
+            if r.is_base and r.status == "FINISHED" and r.runtime == runtime and model in (None, r.model)
+        ),
+        None,
+    )
 
 
-def _paired(a: VariantRecord, b: VariantRecord, confidence: float, n_boot: int, seed: int) -> tuple[PairedComparison | None, str | None]:
+def _paired(
+    a: VariantRecord, b: VariantRecord, confidence: float, n_boot: int, seed: int
+) -> tuple[PairedComparison | None, str | None]:
     if a.status != "FINISHED" or b.status != "FINISHED":
         return None, None
     if not a.questions or not b.questions:
@@ -83,7 +101,12 @@ def dominance(records: Sequence[VariantRecord], policy: Policy, axes: Sequence[A
     the wider of bootstrap and exact), speed tolerance and dominators."""
     margin = paired_margin(policy.confidence, n_boot=min(policy.bootstrap_samples, 2_000), seed=policy.seed)
     dominators = (lambda r: r.role == "reference") if policy.dominated_by == "references" else None
-    return {ax.metric: frontier_verdicts(records, ax, margin=margin, tolerance=policy.speed_tolerance, dominators=dominators) for ax in axes}
+    return {
+        ax.metric: frontier_verdicts(
+            records, ax, margin=margin, tolerance=policy.speed_tolerance, dominators=dominators
+        )
+        for ax in axes
+    }
 
 
 def analyze(
@@ -98,7 +121,9 @@ def analyze(
     """`policy` (default `DEFAULT_POLICY`) decides dominance and the statistics' confidence, bootstrap
     samples and seed; `confidence`, `n_boot` and `seed` override those of the policy."""
     policy = policy or DEFAULT_POLICY
-    over = {k: v for k, v in (("confidence", confidence), ("bootstrap_samples", n_boot), ("seed", seed)) if v is not None}
+    over = {
+        k: v for k, v in (("confidence", confidence), ("bootstrap_samples", n_boot), ("seed", seed)) if v is not None
+    }
     if over:
         policy = Policy.model_validate({**policy.model_dump(), **over})
     confidence, n_boot, seed = policy.confidence, policy.bootstrap_samples, policy.seed
@@ -160,13 +185,13 @@ def rows(analysis: SweepAnalysis) -> list[dict[str, Any]]:
             "model": r.model,
             "variant": r.variant,
             "role": r.role,
-            "method": r.tags.get("method", ""),
+            "method": r.tags.get(M.TAG_METHOD, ""),
             "status": r.status,
             "run_id": r.run_id,
             "mmlu_acc_pct": _pct(acc),
             "mmlu_ci_low_pct": _pct(acc - z * se) if acc is not None and se is not None else None,
             "mmlu_ci_high_pct": _pct(acc + z * se) if acc is not None and se is not None else None,
-            "mmlu_n_questions": r.metric(M.MMLU_N_QUESTIONS) or (len(r.questions) if r.questions else None),
+            M.MMLU_N_QUESTIONS: r.metric(M.MMLU_N_QUESTIONS) or (len(r.questions) if r.questions else None),
             "base": st.base.label if st.base is not None else "",
             "delta_vs_base_pts": st.vs_base.diff_points if st.vs_base else None,
             "delta_ci_low_pts": st.vs_base.ci_points[0] if st.vs_base else None,
@@ -174,7 +199,8 @@ def rows(analysis: SweepAnalysis) -> list[dict[str, Any]]:
             "mcnemar_p_vs_base": st.vs_base.mcnemar_p if st.vs_base else None,
             "flip_rate_vs_base": st.vs_base.flip_rate if st.vs_base else None,
             "vs_references": "; ".join(
-                f"{lbl}: {c.diff_points:+.2f} [{c.ci_points[0]:+.2f}, {c.ci_points[1]:+.2f}] p={c.mcnemar_p:.3g}" for lbl, c in st.vs_refs.items()
+                f"{lbl}: {c.diff_points:+.2f} [{c.ci_points[0]:+.2f}, {c.ci_points[1]:+.2f}] p={c.mcnemar_p:.3g}"
+                for lbl, c in st.vs_refs.items()
             ),
             M.DECODE_TOK_S: r.metric(M.DECODE_TOK_S),
             M.WALL_TOK_S: roofline_tok_s(r, 1),
@@ -208,7 +234,11 @@ def subject_deltas(analysis: SweepAnalysis, model: str) -> tuple[list[str], list
         }
 
     base_s = subjects_of(base)
-    cols = [r for r in records if r.status == "FINISHED" and r.run_id != base.run_id and (r.model == model or r.role == "reference")]
+    cols = [
+        r
+        for r in records
+        if r.status == "FINISHED" and r.run_id != base.run_id and (r.model == model or r.role == "reference")
+    ]
     if not base_s or not cols:
         return None
     subjects = sorted(base_s)
@@ -222,17 +252,17 @@ def verdict_tags(analysis: SweepAnalysis) -> dict[str, dict[str, str]]:
     """run id -> tags: `frontier.<axis>` per child, Δ vs base; a summary on the parent."""
     tags: dict[str, dict[str, str]] = {}
     for r in analysis.records:
-        t = {f"frontier.{metric}": str(v[r.run_id])[:500] for metric, v in analysis.verdicts.items()}
+        t = {M.TAG_FRONTIER_PREFIX + metric: str(v[r.run_id])[:500] for metric, v in analysis.verdicts.items()}
         st = analysis.stats[r.run_id]
         if st.vs_base is not None:
             lo, hi = st.vs_base.ci_points
-            t["mmlu_delta_vs_base"] = f"{st.vs_base.diff_points:+.2f} [{lo:+.2f}, {hi:+.2f}] pts"
+            t[M.TAG_MMLU_DELTA_VS_BASE] = f"{st.vs_base.diff_points:+.2f} [{lo:+.2f}, {hi:+.2f}] pts"
         if t:
             tags[r.run_id] = t
     parent: dict[str, str] = {}
     for metric, v in analysis.verdicts.items():
         front = [r.label for r in analysis.records if v[r.run_id].status == "frontier"]
-        parent[f"frontier.{metric}"] = ", ".join(front)[:5000] or "none"
+        parent[M.TAG_FRONTIER_PREFIX + metric] = ", ".join(front)[:5000] or "none"
     parent[M.TAG_FRONTIER_POLICY] = dominance_rule(analysis.policy)
     tags[analysis.sweep.parent_run_id] = parent
     return tags

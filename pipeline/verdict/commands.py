@@ -16,7 +16,7 @@ import os
 import tempfile
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,14 +26,14 @@ from pipeline.config.policy import DEFAULT_POLICY, Policy, policy_key
 from pipeline.env import tracking_uri as resolve_tracking_uri
 from pipeline.records import SweepRecord
 from pipeline.tracking import TrackingError, load_sweep, log_run_artifacts, register_passing, set_run_tags
+from pipeline.tracking.ui import NOTE_MAX, ReviewView, artifact_url, publish_review
 from pipeline.verdict.analysis import SweepAnalysis, analyze, rows, verdict_tags
 from pipeline.verdict.frontier import Verdict
-from pipeline.verdict.gate import GateError, GateResult, VariantGate, child_tags, evaluate, exit_code, parent_tags, registry_bundle, registry_name
-from pipeline.verdict.gate import sweep_verdict_tags
+from pipeline.verdict.gate import GateError, GateResult, VariantGate, evaluate, exit_code
+from pipeline.verdict.gate_report import gate_markdown, print_gate, verdict_sentence, write_junit
 from pipeline.verdict.plots import write_plots
-from pipeline.verdict.render import compare_markdown, gate_markdown, print_compare, print_gate, write_csv, write_junit
-from pipeline.verdict.render import review_markdown, verdict_sentence
-from pipeline.tracking.ui import NOTE_MAX, ReviewView, artifact_url, publish_review
+from pipeline.verdict.render import compare_markdown, print_compare, review_markdown, write_csv
+from pipeline.verdict.writes import child_tags, parent_tags, registry_bundle, registry_name, sweep_verdict_tags
 
 DEFAULT_POLICY_LABEL = "default policy (policies/default.yaml)"
 
@@ -164,13 +164,17 @@ def publish_sweep_review(tracking_uri: str, analysis: SweepAnalysis, report: Com
     """What a reviewer sees first in the MLflow UI: the decision and the verdict table and Pareto plots as the
     parent run's description, and the experiment's shared runs view (this sweep's runs, the verdict columns)."""
     parent = analysis.sweep.parent_run_id
-    images = [(p.stem, artifact_url(parent, f"{REPORT_ARTIFACT_DIR}/{p.name}")) for p in report.plots if p.name.startswith("pareto_")]
+    images = [
+        (p.stem, artifact_url(parent, f"{REPORT_ARTIFACT_DIR}/{p.name}"))
+        for p in report.plots
+        if p.name.startswith("pareto_")
+    ]
     metrics = [M.MMLU_ACC, M.MMLU_ACC_STDERR, M.DECODE_TOK_S, M.WEIGHT_BYTES]
     metrics += [ax.metric for ax in analysis.axes if ax.metric not in metrics]
     view = ReviewView(
         run_ids=(parent, *(r.run_id for r in analysis.records)),
         metric_columns=tuple(metrics),
-        tag_columns=(M.TAG_ROLE, M.TAG_VERDICT, *(f"frontier.{ax.metric}" for ax in analysis.axes)),
+        tag_columns=(M.TAG_ROLE, M.TAG_VERDICT, *(M.TAG_FRONTIER_PREFIX + ax.metric for ax in analysis.axes)),
     )
     text = review_markdown(analysis, report.rows, images, max_chars=NOTE_MAX - len(sentence) - 2)
     publish_review(tracking_uri, parent, (sentence + "\n\n" if sentence else "") + text, view)
@@ -212,7 +216,9 @@ def run_gate(
         sweep = load_sweep(uri, run_id=run_id, experiment=experiment)
         result.parent_run_id, result.experiment = sweep.parent_run_id, sweep.experiment
         if sweep.tags.get(M.TAG_KIND) != "sweep":
-            raise GateError(f"run {sweep.parent_run_id} is not a sweep parent run (tag {M.TAG_KIND}=sweep); give the parent's id to --run")
+            raise GateError(
+                f"run {sweep.parent_run_id} is not a sweep parent run (tag {M.TAG_KIND}=sweep); give the parent's id to --run"
+            )
         if not sweep.children:
             raise GateError(f"sweep run {sweep.parent_run_id} has no child runs; nothing to gate")
         problem = sweep.completeness_problem()
@@ -220,7 +226,9 @@ def run_gate(
             raise GateError(problem)
         result.variants = evaluate(sweep, result.policy)
         if not result.variants:
-            raise GateError(f"sweep run {sweep.parent_run_id} has no candidate variant besides the unmodified model; nothing to gate")
+            raise GateError(
+                f"sweep run {sweep.parent_run_id} has no candidate variant besides the unmodified model; nothing to gate"
+            )
     except Exception as exc:  # noqa: BLE001 - every error is exit 2 with one line
         known = isinstance(exc, (RecipeError, TrackingError, GateError))
         result.error = _one_line(exc, with_type=not known)
@@ -244,7 +252,9 @@ def run_gate(
                     Path(d, p.name).write_bytes(p.read_bytes())
             log_run_artifacts(uri, sweep.parent_run_id, d, f"{GATE_ARTIFACT_DIR}/{key}")
     except Exception as exc:  # noqa: BLE001
-        result.error = result.error or f"report not logged to run {sweep.parent_run_id}: {_one_line(exc, with_type=True)}"
+        result.error = (
+            result.error or f"report not logged to run {sweep.parent_run_id}: {_one_line(exc, with_type=True)}"
+        )
         result.exit_code = 2
     print_gate(result, console, table=table)
     return result
@@ -260,7 +270,7 @@ def _record(result: GateResult, sweep: SweepRecord, uri: str, key: str, policy_l
     on the parent."""
     policy = result.policy
     by_id = {r.run_id: r for r in sweep.children}
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     set_run_tags(uri, child_tags(result.variants, key))
     if policy.register_model:
         for g in result.variants:
@@ -274,7 +284,13 @@ def _record(result: GateResult, sweep: SweepRecord, uri: str, key: str, policy_l
                 alias=policy.alias,
                 files=registry_bundle(g, r, policy, sweep),
                 parent_run_id=sweep.parent_run_id,
-                tags={"gate.verdict": "pass", "gate.policy": policy_label, "gate.policy_key": key, "model": r.model, "variant": r.variant},
+                tags={
+                    M.TAG_GATE_PREFIX + M.GATE_VERDICT: "pass",
+                    M.TAG_GATE_PREFIX + M.GATE_POLICY: policy_label,
+                    M.TAG_GATE_PREFIX + M.GATE_POLICY_KEY: key,
+                    M.TAG_MODEL: r.model,
+                    M.TAG_VARIANT: r.variant,
+                },
             )
             g.registered = f"{reg_name} v{version} @{policy.alias}"
     set_run_tags(uri, {sweep.parent_run_id: parent_tags(result, key, policy_label, stamp)})

@@ -58,18 +58,18 @@ def _int(value: str | None) -> int | None:
 def design_of(r: VariantRecord) -> Design:
     """The run's design from its tags, else from its `eval.*` params (older runs), else `unknown`."""
     kind = r.tags.get(M.TAG_MMLU_DESIGN)
-    first_n = _int(r.params.get("eval.limit_per_subject"))
+    first_n = _int(r.params.get(M.PARAM_EVAL_LIMIT_PER_SUBJECT))
     seq = dict(order_seed=_int(r.tags.get(M.TAG_MMLU_ORDER_SEED)), population=_int(r.tags.get(M.TAG_MMLU_POPULATION)))
     inferred = kind is None
     if kind is None:
-        questions = r.params.get("eval.sample.questions")
+        questions = r.params.get(M.PARAM_EVAL_SAMPLE_QUESTIONS)
         if r.tags.get(M.TAG_MMLU_ORDER_SEED) is not None or questions == "auto":
             kind = "sequential"
         elif questions is not None:
             kind = "stratified"
         elif first_n is not None:
             kind = "first-n"
-        elif r.params.get("eval.limit_per_subject") == "None" and r.params.get("eval.sample") == "None":
+        elif r.params.get(M.PARAM_EVAL_LIMIT_PER_SUBJECT) == "None" and r.params.get(M.PARAM_EVAL_SAMPLE) == "None":
             kind = "all"
         else:
             return Design("unknown")
@@ -82,4 +82,10 @@ def design_of(r: VariantRecord) -> Design:
             strata = {str(k): int(v) for k, v in raw.items()} if isinstance(raw, dict) and raw else None
         except (ValueError, TypeError, AttributeError):
             strata = None
-    return Design(kind, strata=strata, first_n=first_n if kind == "first-n" else None, inferred=inferred, **(seq if kind == "sequential" else {}))
+    return Design(
+        kind,
+        strata=strata,
+        first_n=first_n if kind == "first-n" else None,
+        inferred=inferred,
+        **(seq if kind == "sequential" else {}),
+    )

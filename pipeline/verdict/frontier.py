@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterable, Literal, Sequence
+from typing import Literal
 
 from pipeline import metrics as M
 from pipeline.records import VariantRecord
@@ -72,7 +73,9 @@ def axis_by_name(name: str) -> Axis:
     batch = M.predicted_axis_batch(name)
     if batch is not None:
         return Axis(name, True, f"predicted decode tok/s (batch {batch})", speed=True)
-    raise ValueError(f"unknown axis {name!r}: use decode_tok_s, decode_tok_s_bs<N>, weight_bytes or predicted_decode_tok_s[_bs<N>]")
+    raise ValueError(
+        f"unknown axis {name!r}: use decode_tok_s, decode_tok_s_bs<N>, weight_bytes or predicted_decode_tok_s[_bs<N>]"
+    )
 
 
 def batch_sizes(records: Iterable[VariantRecord]) -> list[int]:
@@ -181,7 +184,9 @@ def _equal(x: float, y: float, tolerance: float) -> bool:
     return tolerance > 0 and lo > 0 and (x > 0) == (y > 0) and hi / lo <= 1.0 + tolerance
 
 
-def dominates(b: VariantRecord, a: VariantRecord, axis: Axis, *, margin: Margin | float = 0.0, tolerance: float = 0.0) -> bool:
+def dominates(
+    b: VariantRecord, a: VariantRecord, axis: Axis, *, margin: Margin | float = 0.0, tolerance: float = 0.0
+) -> bool:
     """Does `b` dominate `a` on `axis`? (see the module docstring; unplaced records never take part)"""
     if a.run_id == b.run_id or placement_problem(a, axis) or placement_problem(b, axis):
         return False
@@ -208,9 +213,9 @@ def frontier_verdicts(
     dominators: Callable[[VariantRecord], bool] | None = None,
 ) -> dict[str, Verdict]:
     """One verdict per record (keyed by run id). `dominators` restricts which records may dominate
-    (e.g. references only); every record still gets a verdict. Only records measured on the same engine
+    (e.g. references only); every record still gets a verdict. Only records measured on the same runtime
     (`runtime` tag) are compared. A record that no placed record dominates is `undecided` while a reference
-    or its model's base on its engine that may dominate it is unplaced."""
+    or its model's base on its runtime that may dominate it is unplaced."""
     margin_fn = _as_margin(margin)
     placed = [r for r in records if placement_problem(r, axis) is None]
     can_dominate = [r for r in placed if dominators is None or dominators(r)]
@@ -221,9 +226,19 @@ def frontier_verdicts(
         if problem:
             out[a.run_id] = Verdict(a.run_id, a.label, axis.metric, "unplaced", reason=problem)
             continue
-        # like with like: only records measured on the same engine can dominate (or leave undecided)
-        by = [b for b in can_dominate if b.runtime == a.runtime and dominates(b, a, axis, margin=margin_fn, tolerance=tolerance)]
-        by.sort(key=lambda b: (-b.metric(M.MMLU_ACC), -b.metric(axis.metric) if axis.higher_is_better else b.metric(axis.metric), b.label))
+        # like with like: only records measured on the same runtime can dominate (or leave undecided)
+        by = [
+            b
+            for b in can_dominate
+            if b.runtime == a.runtime and dominates(b, a, axis, margin=margin_fn, tolerance=tolerance)
+        ]
+        by.sort(
+            key=lambda b: (
+                -b.metric(M.MMLU_ACC),
+                -b.metric(axis.metric) if axis.higher_is_better else b.metric(axis.metric),
+                b.label,
+            )
+        )
         if by:
             out[a.run_id] = Verdict(a.run_id, a.label, axis.metric, "dominated", tuple(b.label for b in by))
             continue
@@ -236,7 +251,9 @@ def frontier_verdicts(
             and placement_problem(y, axis)
         ]
         if unknown:
-            out[a.run_id] = Verdict(a.run_id, a.label, axis.metric, "undecided", reason="cannot compare with " + ", ".join(unknown))
+            out[a.run_id] = Verdict(
+                a.run_id, a.label, axis.metric, "undecided", reason="cannot compare with " + ", ".join(unknown)
+            )
         else:
             out[a.run_id] = Verdict(a.run_id, a.label, axis.metric, "frontier")
     return out
@@ -248,7 +265,13 @@ def frontier(
     """The non-dominated placed records, ordered along the axis from worst to best (for drawing the line)."""
     verdicts = frontier_verdicts(records, axis, margin=margin, tolerance=tolerance)
     front = [r for r in records if verdicts[r.run_id].status in ("frontier", "undecided")]
-    return sorted(front, key=lambda r: (r.metric(axis.metric) if axis.higher_is_better else -r.metric(axis.metric), r.metric(M.MMLU_ACC)))
+    return sorted(
+        front,
+        key=lambda r: (
+            r.metric(axis.metric) if axis.higher_is_better else -r.metric(axis.metric),
+            r.metric(M.MMLU_ACC),
+        ),
+    )
 
 
 # -- baseline ladder ----------------------------------------------------------------------------------
@@ -294,7 +317,9 @@ def baseline_ladder(records: Sequence[VariantRecord], batch_size: int = 1) -> li
             label=r.label,
             status=r.status,
             mmlu_acc=r.metric(M.MMLU_ACC),
-            mmlu_stderr=None if design_of(r).kind == "sequential" else r.metric(M.MMLU_ACC_STDERR),  # no fixed-n interval after stopping
+            mmlu_stderr=None
+            if design_of(r).kind == "sequential"
+            else r.metric(M.MMLU_ACC_STDERR),  # no fixed-n interval after stopping
             weight_bytes=r.metric(M.WEIGHT_BYTES),
             decode_tok_s=r.metric(M.batch_metric(M.DECODE_TOK_S, batch_size)),
             wall_tok_s=roofline_tok_s(r, batch_size),

@@ -14,7 +14,6 @@ and registers the passes.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -144,7 +143,10 @@ def _no_base(r: VariantRecord, records: list[VariantRecord]) -> str:
     found = [b for b in records if b.is_base and b.model == r.model and b.runtime == r.runtime]
     if not found:
         return f"no FINISHED unmodified candidate (method none) for model {r.model} to compare with: none in the sweep"
-    states = ", ".join(f"{b.label} is {b.status}" + (f" ({b.tags[M.TAG_STATUS_ERROR]})" if b.tags.get(M.TAG_STATUS_ERROR) else "") for b in found)
+    states = ", ".join(
+        f"{b.label} is {b.status}" + (f" ({b.tags[M.TAG_STATUS_ERROR]})" if b.tags.get(M.TAG_STATUS_ERROR) else "")
+        for b in found
+    )
     return f"no FINISHED unmodified candidate (method none) for model {r.model} to compare with: {states}"
 
 
@@ -160,7 +162,12 @@ def _repeats(r: VariantRecord, records: list[VariantRecord]) -> list[VariantReco
     return [
         x
         for x in records
-        if x.run_id != r.run_id and x.model == r.model and x.runtime == r.runtime and x.status == "FINISHED" and x.questions and what(x) == mine
+        if x.run_id != r.run_id
+        and x.model == r.model
+        and x.runtime == r.runtime
+        and x.status == "FINISHED"
+        and x.questions
+        and what(x) == mine
     ]
 
 
@@ -175,7 +182,11 @@ def _noise_floor(r: VariantRecord, records: list[VariantRecord]) -> tuple[float 
     value = r.tags.get(M.TAG_DETERMINISTIC)
     if value == "true":
         return 0.0, ""
-    why = f"{r.label} is tagged {M.TAG_DETERMINISTIC}={value}" if value else f"{r.label} has no {M.TAG_DETERMINISTIC} tag, so its run-to-run noise is unknown"
+    why = (
+        f"{r.label} is tagged {M.TAG_DETERMINISTIC}={value}"
+        if value
+        else f"{r.label} has no {M.TAG_DETERMINISTIC} tag, so its run-to-run noise is unknown"
+    )
     basis = r.tags.get(M.TAG_DETERMINISTIC_BASIS)
     return None, why + (f" ({basis})" if basis else "")
 
@@ -195,7 +206,9 @@ def _pair_noise(r: VariantRecord, base: VariantRecord, records: list[VariantReco
     return noise + base_noise, "; ".join(x for x in (source, base_source) if x)
 
 
-def _mmlu_check(r: VariantRecord, base: VariantRecord | None, policy: Policy, records: list[VariantRecord]) -> tuple[Check, NonInferiority | None]:
+def _mmlu_check(
+    r: VariantRecord, base: VariantRecord | None, policy: Policy, records: list[VariantRecord]
+) -> tuple[Check, NonInferiority | None]:
     name = "mmlu_drop"
     if base is None:
         return Check(name, "fail", _no_base(r, records)), None
@@ -207,7 +220,8 @@ def _mmlu_check(r: VariantRecord, base: VariantRecord | None, policy: Policy, re
     unknown = next((x for x, d in ((r, design), (base, base_design)) if d.kind == "unknown"), None)
     if unknown is not None:
         return Check(
-            name, "undecided",
+            name,
+            "undecided",
             f"{unknown.label} records no sampling design ({M.TAG_MMLU_DESIGN}; an older shrinkgate wrote it), so no bound can say "
             "what it holds for: rerun the recipe",
         ), None
@@ -215,24 +229,37 @@ def _mmlu_check(r: VariantRecord, base: VariantRecord | None, policy: Policy, re
         return _sequential_check(r, base, policy, records)
     if design.kind != base_design.kind:
         return Check(
-            name, "fail",
+            name,
+            "fail",
             f"{r.label} ({design.label()}) and {base.label} ({base_design.label()}) were scored with different sampling designs: score both with one eval section",
         ), None
     if design.kind == "stratified" and not design.strata:
-        return Check(name, "undecided", f"{r.label}: a stratified sample without its stratum sizes ({M.TAG_MMLU_STRATA}; an older shrinkgate wrote it): rerun the recipe"), None
+        return Check(
+            name,
+            "undecided",
+            f"{r.label}: a stratified sample without its stratum sizes ({M.TAG_MMLU_STRATA}; an older shrinkgate wrote it): rerun the recipe",
+        ), None
     try:
         p = pairing_of(base, r)  # of the drop: base - variant
         if not p.complete:
-            return Check(name, "fail", f"question sets differ from {base.label}: {p.only_b} only here, {p.only_a} only in base"), None
+            return Check(
+                name, "fail", f"question sets differ from {base.label}: {p.only_b} only here, {p.only_a} only in base"
+            ), None
         noise, source = _pair_noise(r, base, records)
         bounds = bounds_of(p, design, confidence=policy.confidence, n_boot=policy.bootstrap_samples, seed=policy.seed)
     except PairingError as exc:
         return Check(name, "fail", str(exc)), None
     if design.kind == "first-n":
         # lm-eval's --limit rows are a fixed slice of each subject: a bound over them is about those rows, not MMLU
-        ni = decide_drop(bounds, policy.max_mmlu_drop_points, noise_points=noise or 0.0, bound=f"first {design.first_n or 'N'} rows per subject only, not a sample of MMLU")
+        ni = decide_drop(
+            bounds,
+            policy.max_mmlu_drop_points,
+            noise_points=noise or 0.0,
+            bound=f"first {design.first_n or 'N'} rows per subject only, not a sample of MMLU",
+        )
         return Check(
-            name, "undecided",
+            name,
+            "undecided",
             f"{ni.reason}; the first {design.first_n or 'N'} test rows of each subject (eval.limit_per_subject) are not a random "
             "sample, so these bounds hold for those rows only, not for MMLU: score a seeded sample (eval.sample, or run --sample N) to decide",
         ), replace(ni, decision="undecided")
@@ -242,7 +269,9 @@ def _mmlu_check(r: VariantRecord, base: VariantRecord | None, policy: Policy, re
     return Check(name, ni.decision, ni.reason + (f"; noise floor {noise:.2f} pts ({source})" if noise else "")), ni
 
 
-def _sequential_check(r: VariantRecord, base: VariantRecord, policy: Policy, records: list[VariantRecord]) -> tuple[Check, NonInferiority | None]:
+def _sequential_check(
+    r: VariantRecord, base: VariantRecord, policy: Policy, records: list[VariantRecord]
+) -> tuple[Check, NonInferiority | None]:
     """A variant scored as a sequential sample (`eval.sample.questions: auto`; it may have stopped early): the
     anytime-valid paired test walks its questions in the seeded order against the same questions of the base,
     at the policy's margin (less the noise floor) and confidence. Fixed-sample bounds after optional stopping
@@ -252,17 +281,24 @@ def _sequential_check(r: VariantRecord, base: VariantRecord, policy: Policy, rec
     if seed is None or base.tags.get(M.TAG_MMLU_ORDER_SEED) != seed:
         who, other = (r, base) if seed is not None else (base, r)
         return Check(
-            name, "fail",
+            name,
+            "fail",
             f"{who.label} was scored in the seeded order {who.tags.get(M.TAG_MMLU_ORDER_SEED)} and {other.label} was not: score both with the same eval.sample",
         ), None
     base_right = {(q.subject, q.index): q.correct for q in base.questions or ()}
     missing = [q for q in r.questions or () if (q.subject, q.index) not in base_right]
     if missing:
-        return Check(name, "fail", f"{len(missing)} questions of {r.label} were not scored for {base.label} (its sample.max is smaller): rerun the base"), None
+        return Check(
+            name,
+            "fail",
+            f"{len(missing)} questions of {r.label} were not scored for {base.label} (its sample.max is smaller): rerun the base",
+        ), None
     try:
         population, seed_value = int(r.tags.get(M.TAG_MMLU_POPULATION, "")), int(seed)
     except ValueError:
-        return Check(name, "fail", f"{r.label}: tags {M.TAG_MMLU_POPULATION} / {M.TAG_MMLU_ORDER_SEED} missing or not numbers"), None
+        return Check(
+            name, "fail", f"{r.label}: tags {M.TAG_MMLU_POPULATION} / {M.TAG_MMLU_ORDER_SEED} missing or not numbers"
+        ), None
     noise, source = _pair_noise(r, base, records)
     if noise is None:
         return Check(name, "undecided", f"{source} {_NO_REPEAT}"), None
@@ -270,11 +306,19 @@ def _sequential_check(r: VariantRecord, base: VariantRecord, policy: Policy, rec
     d = [int(q.correct) - int(base_right[(q.subject, q.index)]) for q in order]
     margin = policy.max_mmlu_drop_points - noise  # a rerun can move the variant by up to the noise floor
     if margin < 0:
-        return Check(name, "fail", f"noise floor {noise:.2f} pts ({source}) exceeds the {policy.max_mmlu_drop_points:g}-point margin"), None
+        return Check(
+            name,
+            "fail",
+            f"noise floor {noise:.2f} pts ({source}) exceeds the {policy.max_mmlu_drop_points:g}-point margin",
+        ), None
     seq = sequential_non_inferiority(d, margin, policy.confidence, population=population)
     lower, upper = drop_bounds(d, policy.confidence, population)
     losses, gains = sum(x < 0 for x in d), sum(x > 0 for x in d)
-    needed = questions_to_decide(losses, gains, len(d), margin, policy.confidence, population) if seq.decision == "undecided" else None
+    needed = (
+        questions_to_decide(losses, gains, len(d), margin, policy.confidence, population)
+        if seq.decision == "undecided"
+        else None
+    )
     detail = f"sequential (anytime-valid) over {len(d)} questions of the seeded order: {seq.reason}"
     if seq.decision == "undecided":
         detail += (
@@ -316,7 +360,9 @@ def evaluate(sweep: SweepRecord, policy: Policy) -> list[VariantGate]:
     for name, r in gated:
         if r is None:
             g = VariantGate(name, name.split("/")[0] if "/" in name else "?", name.split("/")[-1], None)
-            g.checks.append(Check("run", "fail", f"no candidate child run named {name!r} in sweep {sweep.parent_run_id}"))
+            g.checks.append(
+                Check("run", "fail", f"no candidate child run named {name!r} in sweep {sweep.parent_run_id}")
+            )
             out.append(g)
             continue
         g = VariantGate(r.label, r.model, r.variant, r.run_id)
@@ -346,81 +392,7 @@ def evaluate(sweep: SweepRecord, policy: Policy) -> list[VariantGate]:
             elif v.status == "undecided":  # a reference or the base it must be held against is unusable
                 g.checks.append(Check(f"not_dominated[{ax.metric}]", "undecided", v.reason))
             else:
-                g.checks.append(Check(f"not_dominated[{ax.metric}]", "fail", "dominated by " + ", ".join(v.dominated_by)))
+                g.checks.append(
+                    Check(f"not_dominated[{ax.metric}]", "fail", "dominated by " + ", ".join(v.dominated_by))
+                )
     return out
-
-
-# -- what the verdicts write (pure; `commands.run_gate` does the writing) -----------------------------
-
-
-def child_tags(variants: list[VariantGate], key: str) -> dict[str, dict[str, str]]:
-    """run id -> `gate.<key>.verdict` and `gate.<key>.reasons` for each gated child: namespaced by the policy's
-    key, so a gate with another policy never rewrites what this one shows (nor the sweep's own `verdict`)."""
-    return {
-        g.run_id: {f"gate.{key}.verdict": g.verdict, f"gate.{key}.reasons": "; ".join(g.reasons) or "all checks passed"}
-        for g in variants
-        if g.run_id
-    }
-
-
-def parent_tags(result: GateResult, key: str, policy_label: str, stamp: str) -> dict[str, str]:
-    """The gate's own record on the sweep's parent, under `gate.<key>.*` (see `child_tags`)."""
-    tags = {
-        f"gate.{key}.verdict": {0: "pass", 1: "fail"}[result.exit_code],
-        f"gate.{key}.summary": ", ".join(f"{g.label}={g.verdict}" for g in result.variants)[:5000],
-        f"gate.{key}.policy": policy_label,
-        f"gate.{key}.time": stamp,
-    }
-    registered = [f"{g.label} -> {g.registered}" for g in result.variants if g.registered]
-    if registered:
-        tags[f"gate.{key}.registered"] = ", ".join(registered)
-    return tags
-
-
-def sweep_verdict_tags(sweep: SweepRecord, variants: list[VariantGate], policy_label: str, key: str) -> dict[str, dict[str, str]]:
-    """run id -> the sweep's verdict on each of its children (`verdict`, `verdict.reasons` and a one-line
-    description) and on the parent (`verdict`, `verdict.policy`)."""
-    gated = {g.run_id: g for g in variants if g.run_id}
-    tags: dict[str, dict[str, str]] = {}
-    for r in sweep.children:
-        g = gated.get(r.run_id)
-        if g is not None:
-            line = g.line()
-            tags[r.run_id] = {M.TAG_VERDICT: g.verdict, M.TAG_VERDICT_REASONS: line[:5000], M.TAG_DESCRIPTION: f"**{g.verdict}** ({policy_label}): {line}"[:8000]}
-            continue
-        what = "reference" if r.role == "reference" else "base" if r.is_base else "not gated"
-        note = {
-            "reference": "reference: a published model as published, what the variants are held against",
-            "base": f"base: the unmodified {r.model} that each of its variants is compared with",
-            "not gated": f"not gated: the policy's `variants` leave {r.label} out",
-        }[what]
-        if r.status != "FINISHED":
-            note += f" ({r.status}: {r.tags.get(M.TAG_STATUS_ERROR, 'no error recorded')})"
-        tags[r.run_id] = {M.TAG_VERDICT: what, M.TAG_DESCRIPTION: note[:8000]}
-    overall = "none gated" if not variants else "pass" if all(g.verdict == "pass" for g in variants) else "fail"
-    tags[sweep.parent_run_id] = {M.TAG_VERDICT: overall, M.TAG_VERDICT_POLICY: f"{policy_label} [key {key}]"}
-    return tags
-
-
-def registry_name(policy: Policy, sweep: SweepRecord, r: VariantRecord) -> str:
-    return policy.registry_name.format(experiment=sweep.experiment, model=r.model, variant=r.variant).replace("/", "-").replace(":", "-")
-
-
-def registry_bundle(g: VariantGate, r: VariantRecord, policy: Policy, sweep: SweepRecord) -> dict[str, str]:
-    """What a passing variant registers (file name -> text): how to rebuild it and why it passed."""
-    provenance = {k: v for k, v in r.tags.items() if k.startswith("provenance.")}
-    doc = {
-        "model": r.model,
-        "variant": r.variant,
-        "method": r.tags.get("method"),
-        "run_id": r.run_id,
-        "parent_run_id": sweep.parent_run_id,
-        "experiment": sweep.experiment,
-        "content_key": r.tags.get(M.TAG_CONTENT_KEY),
-        "provenance": provenance,
-        "params": r.params,
-        "metrics": r.metrics,
-        "gate": {"verdict": g.verdict, "checks": [c.__dict__ for c in g.checks], "policy": policy.model_dump(mode="json")},
-        "note": "the compressed weights are not serialized: rebuild them from recipe.yaml + this variant's params",
-    }
-    return {"shrinkgate_variant.json": json.dumps(doc, indent=2, default=str)}

@@ -18,7 +18,16 @@ from pipeline.records import VariantRecord
 from pipeline.results import question_rank
 from pipeline.verdict.design import Design, design_of
 from pipeline.verdict.sequential import drop_bounds
-from pipeline.verdict.stats import PairedBounds, PairedComparison, Pairing, PairingError, comparison, pair, srs_bounds, two_sided
+from pipeline.verdict.stats import (
+    PairedBounds,
+    PairedComparison,
+    Pairing,
+    PairingError,
+    comparison,
+    pair,
+    srs_bounds,
+    two_sided,
+)
 from pipeline.verdict.stratified import stratified_bounds
 
 
@@ -85,14 +94,18 @@ def bounds_between(a: VariantRecord, b: VariantRecord, *, confidence: float, n_b
     return bounds_of(pairing_of(a, b), joint_design(a, b), confidence=confidence, n_boot=n_boot, seed=seed)
 
 
-def compare_records(a: VariantRecord, b: VariantRecord, *, confidence: float, n_boot: int, seed: int) -> PairedComparison:
+def compare_records(
+    a: VariantRecord, b: VariantRecord, *, confidence: float, n_boot: int, seed: int
+) -> PairedComparison:
     """`a` vs `b` with a two-sided interval at `confidence` by the rule of their design (compare's table)."""
     p = pairing_of(a, b)
     bounds = bounds_of(p, joint_design(a, b), confidence=two_sided(confidence), n_boot=n_boot, seed=seed)
     return comparison(p, bounds, a_label=a.label, b_label=b.label, confidence=confidence)
 
 
-def paired_margin(confidence: float = 0.95, *, n_boot: int = 2_000, seed: int = 0, fallback: Callable | None = None) -> Callable:
+def paired_margin(
+    confidence: float = 0.95, *, n_boot: int = 2_000, seed: int = 0, fallback: Callable | None = None
+) -> Callable:
     """A `frontier` margin: how far b's accuracy may sit below a's while b still counts as "at least as accurate".
 
     margin(a, b) = acc(a) - acc(b) - the one-sided lower bound of their paired difference (the design's rule: the

@@ -4,8 +4,8 @@ ceiling; per-subject accuracy change against the unmodified model."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from pipeline import metrics as M
 from pipeline.records import VariantRecord
@@ -89,7 +89,16 @@ def plot_pareto(analysis: SweepAnalysis, axis: Axis, path: Path) -> Path | None:
             wall = roofline_tok_s(r, batch)
             if wall:
                 ax.plot([x, wall], [y, y], ":", color=color, linewidth=0.8)
-                ax.plot([wall], [y], marker="|", markersize=18, markeredgewidth=2.0, color=color, alpha=0.8, linestyle="none")
+                ax.plot(
+                    [wall],
+                    [y],
+                    marker="|",
+                    markersize=18,
+                    markeredgewidth=2.0,
+                    color=color,
+                    alpha=0.8,
+                    linestyle="none",
+                )
                 xs_all.append(wall)
     front = sorted((r for r in placed if verdicts[r.run_id].status == "frontier"), key=lambda r: r.metric(axis.metric))
     if front:
@@ -97,7 +106,16 @@ def plot_pareto(analysis: SweepAnalysis, axis: Axis, path: Path) -> Path | None:
         fy = [100 * r.metric(M.MMLU_ACC) for r in front]
         ax.plot(fx, fy, "--", color="black", linewidth=1.2, label="frontier", zorder=0)
     if axis.speed:
-        ax.plot([], [], marker="|", markersize=12, markeredgewidth=2.0, color="grey", linestyle="none", label="memory-wall ceiling (wall_tok_s)")
+        ax.plot(
+            [],
+            [],
+            marker="|",
+            markersize=12,
+            markeredgewidth=2.0,
+            color="grey",
+            linestyle="none",
+            label="memory-wall ceiling (wall_tok_s)",
+        )
     positive = [v for v in xs_all if v > 0]
     if positive and max(positive) / min(positive) > 20:
         from matplotlib.ticker import FuncFormatter, LogLocator
@@ -137,7 +155,14 @@ def plot_subject_heatmap(analysis: SweepAnalysis, model: str, path: Path) -> Pat
         for i in range(arr.shape[0]):
             for j in range(arr.shape[1]):
                 if np.isfinite(arr[i, j]):
-                    ax.text(j, i, f"{arr[i, j]:+.1f}" if lim < 10 else f"{arr[i, j]:+.0f}", ha="center", va="center", fontsize=6)
+                    ax.text(
+                        j,
+                        i,
+                        f"{arr[i, j]:+.1f}" if lim < 10 else f"{arr[i, j]:+.0f}",
+                        ha="center",
+                        va="center",
+                        fontsize=6,
+                    )
     fig.colorbar(im, ax=ax, label=f"MMLU points vs {model}/none")
     ax.set_title(f"Per-subject accuracy change vs the unmodified {model}")
     return _save(plt, fig, path)

@@ -81,7 +81,11 @@ class SequentialResult:
 
 
 def sequential_non_inferiority(
-    differences, delta_points: float, confidence: float = 0.95, max_questions: int | None = None, population: int | None = None
+    differences,
+    delta_points: float,
+    confidence: float = 0.95,
+    max_questions: int | None = None,
+    population: int | None = None,
 ) -> SequentialResult:
     """Walk the paired differences (variant right - other right, in the seeded question order) and stop at the
     first question where a pass or a fail is decided at `confidence`; undecided when neither by the end (or
@@ -122,7 +126,9 @@ def _crosses(d: np.ndarray, delta_points: float, confidence: float, population: 
     return bool(log_capitals(d, delta_points, confidence, population)[side].max() >= math.log(1.0 / (1.0 - confidence)))
 
 
-def drop_bounds(differences, confidence: float = 0.95, population: int | None = None, *, tol: float = 1e-3) -> tuple[float, float]:
+def drop_bounds(
+    differences, confidence: float = 0.95, population: int | None = None, *, tol: float = 1e-3
+) -> tuple[float, float]:
     """Anytime-valid (lower, upper) bounds of the drop in points after the questions in `differences`, each
     one-sided at `confidence`: the drops the two capitals have rejected by now. Upper: the smallest margin the
     test has passed at some question so far; lower: the largest it has failed. They hold however the sample was
@@ -152,7 +158,9 @@ def drop_bounds(differences, confidence: float = 0.95, population: int | None = 
     return search(1), search(0)
 
 
-def questions_to_decide(losses: int, gains: int, n: int, delta_points: float, confidence: float = 0.95, population: int | None = None) -> int | None:
+def questions_to_decide(
+    losses: int, gains: int, n: int, delta_points: float, confidence: float = 0.95, population: int | None = None
+) -> int | None:
     """About how many questions in all the sequential test would take to decide at the observed loss and gain
     shares: run it on a sequence that spreads losses and gains evenly at those shares, doubling its length until
     it decides. None when no length up to `population` (or 10^6) would."""

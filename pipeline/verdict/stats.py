@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterable, Literal, Sequence
+from typing import Literal
 
 import numpy as np
 from scipy import stats as _st
@@ -183,7 +184,12 @@ def paired_bootstrap_counts(
 
 
 def paired_bootstrap(
-    a: Sequence[QuestionOutcome], b: Sequence[QuestionOutcome], *, confidence: float = 0.95, n_boot: int = 10_000, seed: int = 0
+    a: Sequence[QuestionOutcome],
+    b: Sequence[QuestionOutcome],
+    *,
+    confidence: float = 0.95,
+    n_boot: int = 10_000,
+    seed: int = 0,
 ) -> BootstrapCI:
     p = pair(a, b)
     return paired_bootstrap_counts(p.n, *p.discordant, confidence=confidence, n_boot=n_boot, seed=seed)
@@ -226,7 +232,9 @@ class PairedBounds:
     anytime_valid: bool = False  # holds however the sample was stopped (a confidence sequence)
 
 
-def srs_bounds(n: int, a_only_right: int, b_only_right: int, *, confidence: float = 0.95, n_boot: int = 10_000, seed: int = 0) -> PairedBounds:
+def srs_bounds(
+    n: int, a_only_right: int, b_only_right: int, *, confidence: float = 0.95, n_boot: int = 10_000, seed: int = 0
+) -> PairedBounds:
     """Bounds for questions that are exchangeable draws (every question, or a simple random sample): the wider of
     the paired bootstrap's and the exact (Clopper-Pearson, Bonferroni-split) bound, on each side."""
     boot = paired_bootstrap_counts(n, a_only_right, b_only_right, confidence=confidence, n_boot=n_boot, seed=seed)
@@ -333,7 +341,9 @@ def two_sided_z(confidence: float) -> float:
 # -- non-inferiority ---------------------------------------------------------------------------------
 
 
-def questions_needed(delta_points: float, acc: float = 0.5, confidence: float = 0.95, *, discordance: float | None = None) -> int:
+def questions_needed(
+    delta_points: float, acc: float = 0.5, confidence: float = 0.95, *, discordance: float | None = None
+) -> int:
     """Questions needed so that a one-sided `confidence` bound is within `delta_points` of the estimate.
 
     Unpaired (default): one accuracy's standard error sqrt(acc(1-acc)/n), e.g. 0.42 points at acc 0.5 on
@@ -383,7 +393,12 @@ class NonInferiority:
 
 
 def decide_drop(
-    bounds: PairedBounds, delta_points: float, *, noise_points: float = 0.0, needed: int | None = None, bound: str | None = None
+    bounds: PairedBounds,
+    delta_points: float,
+    *,
+    noise_points: float = 0.0,
+    needed: int | None = None,
+    bound: str | None = None,
 ) -> NonInferiority:
     """pass: upper bound of the drop (+ noise) <= delta; fail: lower bound (- noise) > delta; else undecided.
     `bounds` are of acc(base) - acc(variant). `needed`: questions in all a decision would take (default: the
@@ -411,7 +426,9 @@ def decide_drop(
             tail = f"at this drop no number of questions decides it ({discord:.1%} of answers differ)"
         else:
             tail = f"a decision needs about {max(needed - bounds.n, 1):,} more questions ({needed:,} in all) at this discordance ({discord:.1%} of answers differ)"
-        reason = f"drop {drop:+.2f} pts, {conf_s} bounds [{lower:.2f}, {upper:.2f}] straddle {delta_points:g} {over}; {tail}"
+        reason = (
+            f"drop {drop:+.2f} pts, {conf_s} bounds [{lower:.2f}, {upper:.2f}] straddle {delta_points:g} {over}; {tail}"
+        )
     return NonInferiority(
         decision=decision,
         delta_points=float(delta_points),
@@ -484,7 +501,9 @@ def _fewest(ok: Callable[[int], bool], start: int, cap: int) -> int | None:
     return lo
 
 
-def questions_for_pass(n: int, losses: int, gains: int, delta_points: float, confidence: float = 0.95, cap: int = 10_000_000) -> int | None:
+def questions_for_pass(
+    n: int, losses: int, gains: int, delta_points: float, confidence: float = 0.95, cap: int = 10_000_000
+) -> int | None:
     """Fewest questions for which `non_inferiority` would pass if the observed loss/gain shares held: the
     decision bound (the exact one, which dominates the bootstrap's, and a normal approximation of the
     bootstrap's) falls to `delta_points`. None when the observed drop is already >= delta (or beyond `cap`)."""
@@ -496,7 +515,9 @@ def questions_for_pass(n: int, losses: int, gains: int, delta_points: float, con
     return _fewest(lambda m: _decision_bound(m, p_loss, p_gain, confidence, "upper") <= delta, n, cap)
 
 
-def questions_for_fail(n: int, losses: int, gains: int, delta_points: float, confidence: float = 0.95, cap: int = 10_000_000) -> int | None:
+def questions_for_fail(
+    n: int, losses: int, gains: int, delta_points: float, confidence: float = 0.95, cap: int = 10_000_000
+) -> int | None:
     """Fewest questions for which the lower bound of the drop would exceed `delta_points` if the observed shares
     held (a fail). None when the observed drop is not above delta (or beyond `cap`)."""
     if n <= 0:

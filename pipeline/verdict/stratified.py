@@ -14,7 +14,7 @@ sum_s W_s * mean_s(d), and its bounds are, on each side, the wider of
   Kish's weight-based n = (sum w)^2 / sum w^2), Bonferroni-split as in `exact_diff_bounds`.
 
 A subject with one sampled question has no within-subject variance to measure; it borrows the pooled
-variance (as `pipeline.data.mmlu.stratified_estimate` does for accuracy), so the exact side still widens
+variance (as `pipeline.data.estimates.stratified_estimate` does for accuracy), so the exact side still widens
 where the bootstrap cannot.
 """
 
@@ -38,7 +38,9 @@ def _beta_bounds(x: float, n: float, confidence: float) -> tuple[float, float]:
     return lo, hi
 
 
-def stratified_bounds(p: Pairing, strata: Mapping[str, int], *, confidence: float = 0.95, n_boot: int = 10_000, seed: int = 0) -> PairedBounds:
+def stratified_bounds(
+    p: Pairing, strata: Mapping[str, int], *, confidence: float = 0.95, n_boot: int = 10_000, seed: int = 0
+) -> PairedBounds:
     """One-sided bounds of the weighted acc(a) - acc(b) at `confidence` for a pairing of a stratified sample.
     `strata`: test rows per subject (each stratum's population); every paired subject must be in it."""
     if p.n == 0:
@@ -75,7 +77,9 @@ def stratified_bounds(p: Pairing, strata: Mapping[str, int], *, confidence: floa
 
     # exact side: Clopper-Pearson of each weighted share at its design-effective sample size
     n = p.n
-    kish = float(w.sum() ** 2 / (w * w / n_s).sum()) if n else 0.0  # sum over questions of (W_s / n_s)^2 = sum_s W_s^2 / n_s
+    kish = (
+        float(w.sum() ** 2 / (w * w / n_s).sum()) if n else 0.0
+    )  # sum over questions of (W_s / n_s)^2 = sum_s W_s^2 / n_s
     kish = min(kish, float(n))
 
     def effective_n(share: float, x: np.ndarray) -> float:

@@ -53,7 +53,16 @@ class ServerCompletionsLM(LocalCompletionsAPI):
         key = self.api_key
         return {"Authorization": f"Bearer {key}"} if key else {}
 
-    def parse_logprobs(self, outputs: Any, tokens: list[list[int]] | None = None, ctxlens: list[int] | None = None, **kwargs: Any) -> list[tuple[float, bool]]:  # type: ignore[override]
+    def _loglikelihood_tokens(self, requests: Any, **kwargs: Any) -> list[tuple[float, bool]]:
+        try:
+            return super()._loglikelihood_tokens(requests, **kwargs)
+        except EchoUnsupported:  # parse_logprobs is static (lm-eval's signature): name the server here
+            raise EchoUnsupported(_echo_problem(str(self.base_url))) from None
+
+    @staticmethod
+    def parse_logprobs(
+        outputs: Any, tokens: list[list[int]] | None = None, ctxlens: list[int] | None = None, **kwargs: Any
+    ) -> list[tuple[float, bool]]:
         res = []
         outs = outputs if isinstance(outputs, list) else [outputs]
         choices = [c for out in outs for c in sorted(out.get("choices") or [], key=itemgetter("index"))]
@@ -63,13 +72,13 @@ class ServerCompletionsLM(LocalCompletionsAPI):
             top = logprobs.get("top_logprobs")
             n_cont = len(toks) - ctxlen
             if not isinstance(token_lps, list) or not isinstance(top, list) or len(token_lps) < n_cont + 1:
-                raise EchoUnsupported(_echo_problem(str(self.base_url)))
+                raise EchoUnsupported("no prompt log-probabilities")
             span = slice(len(token_lps) - 1 - n_cont, len(token_lps) - 1)  # the last entry is the generated token
             cont_lps, cont_top = token_lps[span], top[span]
             if any(lp is None for lp in cont_lps):
-                raise EchoUnsupported(_echo_problem(str(self.base_url)))
+                raise EchoUnsupported("no prompt log-probabilities")
             greedy = all(t is not None and lp >= max(t.values()) for lp, t in zip(cont_lps, cont_top, strict=False))
             res.append((float(sum(cont_lps)), greedy))
         if len(res) != len(tokens or []):
-            raise EchoUnsupported(_echo_problem(str(self.base_url)))
+            raise EchoUnsupported("no prompt log-probabilities")
         return res

@@ -116,7 +116,7 @@ async def _one_request(session: Any, plan: LoadPlan, prompt: str, t_origin: floa
             rec.error = "the stream carried no text"
         else:
             rec.ok = True
-    except asyncio.TimeoutError:
+    except TimeoutError:
         rec.error = f"no complete answer within {plan.timeout_s:g} s (serve.request_timeout_s)"
     except aiohttp.ClientError as exc:
         rec.error = f"{type(exc).__name__}: {exc}"
@@ -125,7 +125,9 @@ async def _one_request(session: Any, plan: LoadPlan, prompt: str, t_origin: floa
     return rec
 
 
-async def _run_level(plan: LoadPlan, n_requests: int, concurrency: int | None, rate: float | None) -> tuple[list[RequestRecord], float]:
+async def _run_level(
+    plan: LoadPlan, n_requests: int, concurrency: int | None, rate: float | None
+) -> tuple[list[RequestRecord], float]:
     import aiohttp
 
     timeout = aiohttp.ClientTimeout(total=plan.timeout_s)
@@ -159,7 +161,9 @@ def _pct(values: list[float], q: float) -> float | None:
     return float(np.percentile(values, q)) if values else None
 
 
-def summarize_level(records: list[RequestRecord], duration_s: float, plan: LoadPlan, *, concurrency: int | None, rate: float | None) -> LoadLevel:
+def summarize_level(
+    records: list[RequestRecord], duration_s: float, plan: LoadPlan, *, concurrency: int | None, rate: float | None
+) -> LoadLevel:
     import numpy as np
 
     ok = [r for r in records if r.ok]
@@ -167,7 +171,11 @@ def summarize_level(records: list[RequestRecord], duration_s: float, plan: LoadP
     tpot = [t * 1e3 for r in ok if (t := r.tpot_s) is not None]
     itl = [x * 1e3 for r in ok for x in r.itl_s]
     e2e = [r.e2e_s * 1e3 for r in ok if r.e2e_s is not None]
-    decode = [(r.output_tokens - 1) / (r.e2e_s - r.ttft_s) for r in ok if r.output_tokens > 1 and r.e2e_s and r.ttft_s is not None and r.e2e_s > r.ttft_s]
+    decode = [
+        (r.output_tokens - 1) / (r.e2e_s - r.ttft_s)
+        for r in ok
+        if r.output_tokens > 1 and r.e2e_s and r.ttft_s is not None and r.e2e_s > r.ttft_s
+    ]
 
     def meets_slo(r: RequestRecord) -> bool:
         if plan.slo_ttft_ms is not None and (r.ttft_s is None or r.ttft_s * 1e3 > plan.slo_ttft_ms):
@@ -200,7 +208,9 @@ def summarize_level(records: list[RequestRecord], duration_s: float, plan: LoadP
     )
 
 
-def run_level(plan: LoadPlan, n_requests: int, *, concurrency: int | None = None, rate: float | None = None) -> LoadLevel:
+def run_level(
+    plan: LoadPlan, n_requests: int, *, concurrency: int | None = None, rate: float | None = None
+) -> LoadLevel:
     """One level of load: `concurrency` streams in flight, or requests started at `rate` per second."""
     if (concurrency is None) == (rate is None):
         raise ValueError("give a concurrency or a request rate")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ctypes
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -23,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.processes import stop_group
 from pipeline.redact import redact
 
 STOP_GRACE_S = 10.0  # SIGTERM -> SIGKILL
@@ -49,7 +49,7 @@ def _die_with_parent() -> None:  # runs in the forked child before exec
 
 def http_json(url: str, *, headers: dict[str, str] | None = None, timeout: float = 10.0) -> Any:
     """GET `url` and decode its JSON; ServerError names the URL and what went wrong."""
-    req = urllib.request.Request(url, headers=headers or {})
+    req = urllib.request.Request(url, headers=headers or {})  # noqa: S310 - a URL from the recipe
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - a URL from the recipe
             return json.loads(resp.read().decode("utf-8", "replace"))
@@ -99,7 +99,9 @@ class Server:
                     preexec_fn=_die_with_parent,  # noqa: PLW1509 - prctl only, before exec
                 )
             except OSError as exc:
-                raise ServerError(f"serve.launch: cannot start {self.argv[0]!r} ({exc.strerror}); check the command") from None
+                raise ServerError(
+                    f"serve.launch: cannot start {self.argv[0]!r} ({exc.strerror}); check the command"
+                ) from None
             finally:
                 if log is not subprocess.DEVNULL:
                     log.close()
@@ -119,7 +121,7 @@ class Server:
                     f"{self.log_tail(1) or 'no output'}"
                 )
             try:
-                req = urllib.request.Request(self.health_url, headers=self.headers)
+                req = urllib.request.Request(self.health_url, headers=self.headers)  # noqa: S310 - the recipe's server URL
                 with urllib.request.urlopen(req, timeout=5) as resp:  # noqa: S310
                     if resp.status == 200:
                         return
@@ -141,19 +143,8 @@ class Server:
 
     def stop(self) -> None:
         """SIGTERM to the server's process group, SIGKILL after a grace period; a no-op if it was not launched."""
-        proc = self.proc
-        if proc is None or proc.poll() is not None:
-            return
-        for sig, wait_s in ((signal.SIGTERM, STOP_GRACE_S), (signal.SIGKILL, STOP_GRACE_S)):
-            try:
-                os.killpg(proc.pid, sig)
-            except (ProcessLookupError, PermissionError):
-                return
-            try:
-                proc.wait(timeout=wait_s)
-                break
-            except subprocess.TimeoutExpired:
-                continue
+        if self.proc is not None:
+            stop_group(self.proc, STOP_GRACE_S)
 
     def log_tail(self, lines: int = 20) -> str:
         if self.log_path is None or not self.log_path.is_file():

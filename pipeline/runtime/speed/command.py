@@ -5,23 +5,21 @@ materialized on the target device), applies an in-memory compression method, mea
 prints a rich table. Load-time methods run through their in-memory form where the library has one
 (bitsandbytes 4-bit: `Linear4bit` over the random weights); the others, and methods that need calibration
 text, cannot run on a random in-memory model and are refused with that reason.
-
-    python -m pipeline.runtime.speed.command --config smollm2-135m --dtype fp32 --batch-sizes 1 4
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
 from pipeline.config.recipe import SpeedSpec
+from pipeline.models import shapes
 from pipeline.results import SpeedResult
-from pipeline.runtime.speed import shapes
-from pipeline.runtime.speed.measure import free_bytes, measure_decode
+from pipeline.runtime.speed.measure import measure_decode
+from pipeline.runtime.speed.torch_adapter import free_bytes
 
 
 class SpeedCommandError(ValueError):
@@ -54,7 +52,9 @@ def _in_memory_method(name: str, params: dict[str, Any] | None, device: str):
             "random model, so only methods that transform a loaded model work here — measure it in a recipe sweep"
         )
     if method.needs_calibration:
-        raise SpeedCommandError(f"--method {name} needs calibration text from a real tokenizer; measure it in a recipe sweep")
+        raise SpeedCommandError(
+            f"--method {name} needs calibration text from a real tokenizer; measure it in a recipe sweep"
+        )
     return method
 
 
@@ -75,9 +75,9 @@ def build_speed_model(
     config: str, dtype: str, method: str, device: str, *, method_params: dict[str, Any] | None = None, seed: int = 0
 ) -> SpeedModel:
     """Random weights of a published architecture on `device`, with `method` applied in memory."""
-    from pipeline.build.artifact import apply_steps
-    from pipeline.build.observe import observe_reads
     from pipeline.methods import BuildContext
+    from pipeline.variants.artifact import apply_steps
+    from pipeline.variants.observe import observe_reads
 
     device = _device(device)
     try:
@@ -183,9 +183,19 @@ def print_table(results: SpeedResult | Sequence[SpeedResult], console: Any = Non
             console = Console(width=170)
     table = Table(title="decode at the memory wall", show_lines=False)
     for col, just in (
-        ("model", "left"), ("method", "left"), ("batch", "right"), ("prompt", "right"), ("TTFT ms", "right"),
-        ("TPOT ms", "right"), ("ITL p99", "right"), ("tok/s", "right"), ("ceiling", "right"), ("MBU", "right"),
-        ("MFU", "right"), ("peak MB", "right"), ("CV", "right"),
+        ("model", "left"),
+        ("method", "left"),
+        ("batch", "right"),
+        ("prompt", "right"),
+        ("TTFT ms", "right"),
+        ("TPOT ms", "right"),
+        ("ITL p99", "right"),
+        ("tok/s", "right"),
+        ("ceiling", "right"),
+        ("MBU", "right"),
+        ("MFU", "right"),
+        ("peak MB", "right"),
+        ("CV", "right"),
     ):
         table.add_column(col, justify=just)  # type: ignore[arg-type]
     for r in results:
@@ -194,10 +204,19 @@ def print_table(results: SpeedResult | Sequence[SpeedResult], console: Any = Non
         for p in r.points:
             fell = r.dense_fallback if p.dense_fallback is None else p.dense_fallback  # observed at this batch
             table.add_row(
-                label, r.method + (" (dense fallback)" if fell else ""), str(p.batch_size), str(p.prompt_tokens),
-                _fmt(p.ttft_ms), _fmt(p.tpot_ms, ".2f"),
-                _fmt(p.itl_p99_ms, ".2f"), _fmt(p.decode_tok_s), _fmt(p.wall_tok_s), _fmt(p.mbu * 100, ".0f") + "%",
-                "—" if p.mfu is None else f"{p.mfu * 100:.2f}%", _fmt(p.peak_mem_mb, ".0f"), f"{p.cv:.0%}",
+                label,
+                r.method + (" (dense fallback)" if fell else ""),
+                str(p.batch_size),
+                str(p.prompt_tokens),
+                _fmt(p.ttft_ms),
+                _fmt(p.tpot_ms, ".2f"),
+                _fmt(p.itl_p99_ms, ".2f"),
+                _fmt(p.decode_tok_s),
+                _fmt(p.wall_tok_s),
+                _fmt(p.mbu * 100, ".0f") + "%",
+                "—" if p.mfu is None else f"{p.mfu * 100:.2f}%",
+                _fmt(p.peak_mem_mb, ".0f"),
+                f"{p.cv:.0%}",
             )
         for s in r.skipped:
             table.add_row(label, method, str(s["batch_size"]), str(s["prompt_tokens"]), *(["—"] * 8), "skipped")
@@ -209,43 +228,12 @@ def print_table(results: SpeedResult | Sequence[SpeedResult], console: Any = Non
             f"matmul {_fmt(r.matmul_tflops, '.3f')} TFLOP/s, compute-bound from batch ~{r.compute_bound_batch}; "
             f"weights read/token {r.weight_bytes_per_token / 1e6:.1f} MB; load avg {_fmt(r.load_avg, '.2f')}; "
             f"kernel: {r.kernel or 'n/a'} ({r.speed_kind})"
-            + (f"; timed steps observed: {r.kernel_observed}" if r.kernel_observed and r.kernel_observed not in r.kernel else "")
+            + (
+                f"; timed steps observed: {r.kernel_observed}"
+                if r.kernel_observed and r.kernel_observed not in r.kernel
+                else ""
+            )
         )
         console.print(f"[dim]{escape(facts)}[/dim]")
         for w in r.warnings:
             console.print(f"[yellow]warning:[/yellow] {escape(w)}")
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m pipeline.runtime.speed.command", description=__doc__.splitlines()[0])
-    ap.add_argument("--config", required=True, help=f"one of: {', '.join(sorted(shapes.PUBLISHED))}")
-    ap.add_argument("--dtype", default="bf16", help="fp32 | bf16 | fp16")
-    ap.add_argument("--method", default="none")
-    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1])
-    ap.add_argument("--prompt-tokens", type=int, default=128)
-    ap.add_argument("--prompt-lengths", type=int, nargs="+", default=None)
-    ap.add_argument("--new-tokens", type=int, default=32)
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--compile", action="store_true")
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--scenario", choices=["single-stream", "server", "offline"], default=None)
-    ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--repeats", type=int, default=3)
-    args = ap.parse_args(argv)
-    from pipeline.methods import MethodError
-
-    try:
-        result = speed_command(
-            args.config, args.dtype, args.method, args.batch_sizes, args.prompt_tokens, args.new_tokens, args.device,
-            args.compile, args.threads, scenario=args.scenario, prompt_lengths=args.prompt_lengths,
-            warmup=args.warmup, repeats=args.repeats,
-        )
-    except (SpeedCommandError, ValueError, MethodError) as exc:
-        print(f"error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
-        return 2
-    print_table([result])
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -14,8 +14,12 @@ from __future__ import annotations
 import math
 import statistics
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+if TYPE_CHECKING:
+    from pipeline.results import LoadLevel
 
 Clock = Callable[[], int]  # monotonically increasing nanoseconds
 T = TypeVar("T")
@@ -83,7 +87,9 @@ class CudaEventTimer:
         return [0] + [int(round(first.elapsed_time(ev) * 1e6)) for ev in self._events[1:]]
 
 
-def decode_timeline(prefill: Callable[[], T], step: Callable[[T], T], new_tokens: int, timer: Timer) -> tuple[list[int], T]:
+def decode_timeline(
+    prefill: Callable[[], T], step: Callable[[T], T], new_tokens: int, timer: Timer
+) -> tuple[list[int], T]:
     """Run prefill (first token) then `new_tokens - 1` decode steps, marking after each token.
 
     Returns the marks (ns since the start, `new_tokens + 1` of them) and the last token.
@@ -165,10 +171,11 @@ class TimingStats:
     itl_p90_ms: float
     itl_p99_ms: float
     e2e_ms: float
+    e2e_p90_ms: float
     decode_tok_s: float  # batch / median TPOT
     prefill_tok_s: float  # batch * prompt tokens / median TTFT
     cv: float  # coefficient of variation of per-repeat decode tok/s
-    per_repeat_decode_tok_s: tuple[float, ...]
+    per_repeat_decode_tok_s: tuple[float, ...] = ()
 
 
 def summarize(timelines: Sequence[Timeline], batch: int, prompt_tokens: int) -> TimingStats:
@@ -194,8 +201,29 @@ def summarize(timelines: Sequence[Timeline], batch: int, prompt_tokens: int) -> 
         itl_p90_ms=percentile(itls, 90),
         itl_p99_ms=percentile(itls, 99),
         e2e_ms=statistics.median(e2es),
+        e2e_p90_ms=percentile(e2es, 90),
         decode_tok_s=batch * 1000.0 / tpot,
         prefill_tok_s=batch * prompt_tokens * 1000.0 / ttft,
         cv=coefficient_of_variation(per_repeat),
         per_repeat_decode_tok_s=per_repeat,
+    )
+
+
+def level_stats(level: LoadLevel, prompt_tokens: int) -> TimingStats:
+    """The statistics of a server's concurrency-1 load level, timed per request from the client (percentiles over
+    its requests; 0 where a percentile is missing). Prefill tok/s includes the HTTP round trip."""
+    ttft = level.ttft_ms.get(50, 0.0)
+    return TimingStats(
+        ttft_ms=ttft,
+        ttft_p90_ms=level.ttft_ms.get(90, 0.0),
+        tpot_ms=level.tpot_ms.get(50, 0.0),
+        tpot_p90_ms=level.tpot_ms.get(90, 0.0),
+        itl_p50_ms=level.itl_ms.get(50, 0.0),
+        itl_p90_ms=level.itl_ms.get(90, 0.0),
+        itl_p99_ms=level.itl_ms.get(99, 0.0),
+        e2e_ms=level.e2e_ms.get(50, 0.0),
+        e2e_p90_ms=level.e2e_ms.get(90, 0.0),
+        decode_tok_s=level.decode_tok_s or 0.0,
+        prefill_tok_s=prompt_tokens / (ttft / 1e3) if ttft else 0.0,
+        cv=level.decode_cv or 0.0,
     )

@@ -21,9 +21,9 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar
 
-from pipeline.build.plan import WorkItem
 from pipeline.config.recipe import Recipe, RecipeError
 from pipeline.sweep.outcome import ChildOutcome, ProgressFn, SweepContext
+from pipeline.variants.plan import WorkItem
 
 
 class ExecutorError(RecipeError):
@@ -58,7 +58,9 @@ class Executor(ABC):
         return {}
 
     @abstractmethod
-    def submit(self, ctx: SweepContext, item: WorkItem, run_id: str, notify: ProgressFn, *, lockstep: bool = False) -> None:
+    def submit(
+        self, ctx: SweepContext, item: WorkItem, run_id: str, notify: ProgressFn, *, lockstep: bool = False
+    ) -> None:
         """Start (or queue) one child whose run `run_id` is open. The child calls `execute_child`; stage
         reports reach `notify` where the executor can relay them, always from the driver's thread. `lockstep`:
         the child waits for `tell` before it starts and after each look of its sequential sample."""
@@ -81,5 +83,5 @@ class Executor(ABC):
         """Stop every child still out. On return none of them writes to its run any more; the driver then
         ends those still open KILLED."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - a no-op default, overridden where there is something to release
         """Release what `prepare`/`submit` acquired; called once, last, also after errors."""

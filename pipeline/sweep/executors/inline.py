@@ -1,4 +1,4 @@
-"""`--executor inline` (alias `local`): children one after another in the driver's own process - for tests and
+"""`--executor inline`: children one after another in the driver's own process - for tests and
 debugging (breakpoints work). A native crash takes the whole sweep down, and peak-memory figures include
 what the driver holds; `process` is the default for that reason."""
 
@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from collections import deque
 
-from pipeline.build.plan import WorkItem
 from pipeline.sweep.child import execute_child
 from pipeline.sweep.executors.base import Done, Executor
 from pipeline.sweep.outcome import ProgressFn, SweepContext
+from pipeline.variants.plan import WorkItem
 
 
 class InlineExecutor(Executor):
@@ -19,7 +19,9 @@ class InlineExecutor(Executor):
     def __init__(self) -> None:
         self._queue: deque[tuple[SweepContext, WorkItem, str, ProgressFn]] = deque()
 
-    def submit(self, ctx: SweepContext, item: WorkItem, run_id: str, notify: ProgressFn, *, lockstep: bool = False) -> None:  # noqa: ARG002 - not lock-step: the driver refuses a sequential sample
+    def submit(
+        self, ctx: SweepContext, item: WorkItem, run_id: str, notify: ProgressFn, *, lockstep: bool = False
+    ) -> None:  # noqa: ARG002 - not lock-step: the driver refuses a sequential sample
         self._queue.append((ctx, item, run_id, notify))
 
     def wait(self, timeout: float) -> list[Done]:  # noqa: ARG002 - a child runs to its end here

@@ -1,5 +1,5 @@
 """`--executor process` (the default): each child (model x variant) runs in a fresh
-`python -m pipeline.sweep.child` process, one at a time.
+`python -m pipeline.sweep.executors.process_child` process, one at a time.
 
 Why: a native crash (a segfaulting kernel) or the OOM killer ends that child only - its run ends FAILED with
 the signal in the error tag ("child process killed by SIGSEGV") and the child's stderr tail (with
@@ -9,7 +9,7 @@ faulthandler's Python traceback) as the traceback artifact - and the sweep goes 
 The child gets this process's environment with `$SHRINKGATE_MMLU_DIR` made absolute, a PYTHONPATH that
 finds this `pipeline` and the modules that registered the child's methods here (imported by the child;
 a method defined in `__main__` cannot be, so such a child fails to start), and `$SHRINKGATE_PLUGINS`
-honoured (see `pipeline.sweep.child`). It runs in its own session, so a terminal's Ctrl-C reaches only the
+honoured (see `pipeline.sweep.executors.process_child`). It runs in its own session, so a terminal's Ctrl-C reaches only the
 driver, which ends the child's whole process group (SIGTERM, then SIGKILL after a grace period) and marks
 the run KILLED.
 While it works, the child writes library chatter to its log file (attached to its run as `logs/child.log`);
@@ -35,11 +35,12 @@ from pathlib import Path
 from typing import IO
 
 import pipeline
-from pipeline.build.plan import WorkItem
 from pipeline.env import absolute_env_paths
-from pipeline.sweep.child import read_result, write_payload
+from pipeline.processes import signal_group, stop_group
 from pipeline.sweep.executors.base import Done, Executor, ExecutorError
+from pipeline.sweep.executors.wire import read_result, write_payload
 from pipeline.sweep.outcome import ProgressFn, SweepContext
+from pipeline.variants.plan import WorkItem
 
 GRACE_S = 10.0  # SIGTERM -> SIGKILL
 FORWARD_LINES = 50  # per stream and child; more only floods the console (the tail is kept)
@@ -72,20 +73,22 @@ class _Child:
 
 
 def plugin_modules(item: WorkItem) -> tuple[list[str], list[str]]:
-    """Modules outside `pipeline` that registered the methods of `item`, and the import roots they came
-    from, so the child can import them too. A method defined in `__main__` cannot be imported elsewhere."""
+    """Modules outside `pipeline` that registered the methods and the runtime of `item`, and the import roots
+    they came from, so the child can import them too. One defined in `__main__` cannot be imported elsewhere."""
     from pipeline.methods import registry
+    from pipeline.runtime import RUNTIMES
 
     known = registry()
+    registered = [(f"method {s.method!r}", known.get(s.method)) for s in item.variant.pipeline_steps]
+    registered.append((f"runtime {item.runtime!r}", RUNTIMES.as_dict().get(item.runtime)))
     modules: list[str] = []
-    for step in item.variant.pipeline_steps:
-        cls = known.get(step.method)
-        module = getattr(cls, "__module__", "pipeline")  # an unknown method: the child reports it
+    for what, cls in registered:
+        module = getattr(cls, "__module__", "pipeline")  # an unknown name: the child reports it
         if module == "pipeline" or module.startswith("pipeline.") or module in modules:
             continue
         if module == "__main__":
             raise ExecutorError(
-                f"method {step.method!r} is defined in __main__, which a child process cannot import; "
+                f"{what} is defined in __main__, which a child process cannot import; "
                 "move it to a module, or use --executor inline"
             )
         modules.append(module)
@@ -143,7 +146,9 @@ class ProcessExecutor(Executor):
         self._looks: list[tuple[str, int]] = []
 
     # -- submit -------------------------------------------------------------------------------------------
-    def submit(self, ctx: SweepContext, item: WorkItem, run_id: str, notify: ProgressFn, *, lockstep: bool = False) -> None:
+    def submit(
+        self, ctx: SweepContext, item: WorkItem, run_id: str, notify: ProgressFn, *, lockstep: bool = False
+    ) -> None:
         plugins, roots = plugin_modules(item)
         workdir = Path(tempfile.mkdtemp(prefix="shrinkgate-child-"))
         events_r, events_w = os.pipe()
@@ -153,8 +158,13 @@ class ProcessExecutor(Executor):
         try:
             proc = subprocess.Popen(
                 [
-                    sys.executable, "-m", "pipeline.sweep.child",
-                    str(workdir / "work.pkl"), str(workdir / "outcome.pkl"), str(events_w), str(workdir / "child.log"),
+                    sys.executable,
+                    "-m",
+                    "pipeline.sweep.executors.process_child",
+                    str(workdir / "work.pkl"),
+                    str(workdir / "outcome.pkl"),
+                    str(events_w),
+                    str(workdir / "child.log"),
                 ],
                 env=child_environment(roots),
                 stdin=subprocess.DEVNULL,
@@ -179,7 +189,9 @@ class ProcessExecutor(Executor):
             child.commands = os.fdopen(commands_w, "w", encoding="utf-8", buffering=1)
         streams = ((proc.stdout, "out"), (proc.stderr, "err"), (os.fdopen(events_r, "r", errors="replace"), "stage"))
         for stream, kind in streams:
-            t = threading.Thread(target=_read_lines, args=(stream, kind, child.lines), name=f"child-{kind}", daemon=True)
+            t = threading.Thread(
+                target=_read_lines, args=(stream, kind, child.lines), name=f"child-{kind}", daemon=True
+            )
             t.start()
             child.readers.append(t)
         self._running.append(child)
@@ -215,7 +227,9 @@ class ProcessExecutor(Executor):
             if child.shown[kind] <= FORWARD_LINES:
                 print(text if len(text) <= LINE_CHARS else text[:LINE_CHARS] + " …", file=out, flush=True)
             elif child.shown[kind] == FORWARD_LINES + 1:
-                print(f"[{child.label}: further output not shown; a failure keeps the stderr tail]", file=out, flush=True)
+                print(
+                    f"[{child.label}: further output not shown; a failure keeps the stderr tail]", file=out, flush=True
+                )
 
     def _collect(self, child: _Child) -> Done:
         code = child.proc.wait()
@@ -257,7 +271,7 @@ class ProcessExecutor(Executor):
                 child.commands.close()
             except OSError:
                 pass
-        _signal_group(child.proc.pid, signal.SIGKILL)
+        signal_group(child.proc.pid, signal.SIGKILL)
         for t in child.readers:
             t.join(timeout=5)
         self._relay(child)
@@ -267,12 +281,7 @@ class ProcessExecutor(Executor):
     # -- cancel / close ---------------------------------------------------------------------------------------
     def cancel(self) -> None:
         for child in list(self._running):
-            _signal_group(child.proc.pid, signal.SIGTERM)
-            try:
-                child.proc.wait(timeout=self.grace_s)
-            except subprocess.TimeoutExpired:
-                _signal_group(child.proc.pid, signal.SIGKILL)
-                child.proc.wait()
+            stop_group(child.proc, self.grace_s)
             self._reap(child)
             shutil.rmtree(child.workdir, ignore_errors=True)
 
@@ -286,10 +295,3 @@ def _tail(path: Path, lines: int) -> list[str]:
     except OSError:
         return []
     return [ln[:LINE_CHARS] for ln in text.replace("\r", "\n").splitlines() if ln.strip()][-lines:]
-
-
-def _signal_group(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass

@@ -21,12 +21,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from pipeline.build.plan import WorkItem
+from pipeline import metrics as M
 from pipeline.config.recipe import Recipe, apply_overrides
 from pipeline.sweep.child import execute_child
 from pipeline.sweep.executors.base import Done, Executor, ExecutorError
 from pipeline.sweep.lockstep import LookChannel
 from pipeline.sweep.outcome import ChildOutcome, ProgressFn, SweepContext
+from pipeline.variants.plan import WorkItem
 
 log = logging.getLogger("shrinkgate.ray")
 
@@ -80,7 +81,7 @@ def _quiet_worker() -> None:
 
 def _import_plugins() -> None:
     """`$SHRINKGATE_PLUGINS` as in the process executor's child (forwarded to cluster workers)."""
-    from pipeline.sweep.child import env_plugins, import_plugins
+    from pipeline.sweep.plugins import env_plugins, import_plugins
 
     import_plugins(env_plugins())
 
@@ -89,16 +90,20 @@ def _worker_tags(ctx: SweepContext, device: str) -> dict[str, str]:
     """Where the child really ran: the driver's host tags describe the driver, not this node."""
     from pipeline.tracking import host_tags
 
-    tags = {k: v for k, v in host_tags(ctx.recipe.speed.threads).items() if not k.startswith(("version.", "mlflow."))}
+    tags = {
+        k: v
+        for k, v in host_tags(ctx.recipe.speed.threads).items()
+        if not k.startswith((M.TAG_VERSION_PREFIX, M.TAG_MLFLOW_PREFIX))
+    }
     tags["device"] = device
     tags["executor"] = "ray"
     try:
         import ray
 
         rc = ray.get_runtime_context()
-        tags["ray.node_id"] = rc.get_node_id()
-        tags["ray.node_ip"] = ray.util.get_node_ip_address()
-        tags["ray.task_id"] = rc.get_task_id() or ""
+        tags[M.TAG_RAY_NODE_ID] = rc.get_node_id()
+        tags[M.TAG_RAY_NODE_IP] = ray.util.get_node_ip_address()
+        tags[M.TAG_RAY_TASK_ID] = rc.get_task_id() or ""
     except Exception:  # noqa: BLE001
         pass
     return tags
@@ -172,7 +177,12 @@ def task_options(recipe: Recipe, label: str, *, forward_env: bool = True) -> dic
     """Ray options of one child task from `recipe.resources` (memory in bytes); no retries: a crash is a result.
     `forward_env`: pass the FORWARD_ENV variables set here (a cluster's workers do not inherit our environment)."""
     res = recipe.resources
-    opts: dict[str, Any] = {"num_cpus": res.num_cpus, "num_gpus": res.num_gpus, "max_retries": 0, "retry_exceptions": False}
+    opts: dict[str, Any] = {
+        "num_cpus": res.num_cpus,
+        "num_gpus": res.num_gpus,
+        "max_retries": 0,
+        "retry_exceptions": False,
+    }
     if res.memory_gb:
         opts["memory"] = int(res.memory_gb * 1024**3)
     opts["name"] = f"shrinkgate:{label}"
@@ -221,11 +231,14 @@ def check_feasible(ray, recipe: Recipe, *, strict: bool) -> None:
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     if any(all(n.get("Resources", {}).get(k, 0) >= v for k, v in need.items() if v) for n in nodes):
         return
-    have = "; ".join(
-        f"{n.get('NodeManagerAddress', '?')}: CPU {n['Resources'].get('CPU', 0):g}, GPU {n['Resources'].get('GPU', 0):g}, "
-        f"memory {n['Resources'].get('memory', 0) / 1024**3:.1f} GB"
-        for n in nodes
-    ) or "no alive node"
+    have = (
+        "; ".join(
+            f"{n.get('NodeManagerAddress', '?')}: CPU {n['Resources'].get('CPU', 0):g}, GPU {n['Resources'].get('GPU', 0):g}, "
+            f"memory {n['Resources'].get('memory', 0) / 1024**3:.1f} GB"
+            for n in nodes
+        )
+        or "no alive node"
+    )
     msg = (
         f"resources (num_cpus {res.num_cpus:g}, num_gpus {res.num_gpus:g}, memory_gb {res.memory_gb}) fit no node of the "
         f"Ray cluster ({have}); lower the recipe's `resources` or add nodes"
@@ -238,7 +251,7 @@ def check_feasible(ray, recipe: Recipe, *, strict: bool) -> None:
 def check_lockstep_fits(ray, recipe: Recipe) -> None:
     """A lock-step sweep keeps every child's task alive while it waits for its turn. A waiting task frees its
     CPUs (it blocks in ray.get) but not its GPUs, so all children must fit the cluster's GPUs at once."""
-    from pipeline.build.plan import plan
+    from pipeline.variants.plan import plan
 
     need = recipe.resources.num_gpus * len(plan(recipe))
     have = sum(n.get("Resources", {}).get("GPU", 0) for n in ray.nodes() if n.get("Alive"))
@@ -315,9 +328,14 @@ class RayExecutor(Executor):
         return recipe
 
     def parent_tags(self) -> dict[str, str]:
-        return {"ray.address": self.address or "local", "ray.version": self._ray.__version__ if self._ray else ""}
+        return {
+            M.TAG_RAY_ADDRESS: self.address or "local",
+            M.TAG_RAY_VERSION: self._ray.__version__ if self._ray else "",
+        }
 
-    def submit(self, ctx: SweepContext, item: WorkItem, run_id: str, notify: ProgressFn, *, lockstep: bool = False) -> None:  # noqa: ARG002 - no stages from workers
+    def submit(
+        self, ctx: SweepContext, item: WorkItem, run_id: str, notify: ProgressFn, *, lockstep: bool = False
+    ) -> None:  # noqa: ARG002 - no stages from workers
         ray = self._ray
         if self._ctx_ref is None:
             self._ctx_ref = ray.put(ctx)
@@ -328,7 +346,9 @@ class RayExecutor(Executor):
         if self.runtime_env:
             env_vars = {**opts.get("runtime_env", {}).get("env_vars", {}), **self.runtime_env.get("env_vars", {})}
             opts["runtime_env"] = {**self.runtime_env, "env_vars": env_vars}
-        self._pending[self._remote.options(**opts).remote(self._ctx_ref, item, run_id, self._board if lockstep else None)] = run_id
+        self._pending[
+            self._remote.options(**opts).remote(self._ctx_ref, item, run_id, self._board if lockstep else None)
+        ] = run_id
 
     def tell(self, run_id: str, reason: str | None) -> None:
         self._board.tell.remote(run_id, reason)  # calls from this driver reach the actor in order

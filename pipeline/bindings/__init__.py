@@ -1,0 +1,1 @@
+"""Bindings to native libraries (llama.cpp through llama-cpp-python), below the runtimes and the build that use them."""
