@@ -2,8 +2,7 @@
 
 Modelled on lm-eval's generic `Registry`: a registry maps a key to an object (usually a class); a class
 registers itself with `@REG.register` (the key read from its `name` attribute, or given) and callers look it up
-with `REG.get(key)`, which fails with one line naming what exists. Old spellings users already write stay
-accepted through `aliases`, and `canonical` says which name an alias stands for.
+with `REG.get(key)`, which fails with one line naming what exists.
 """
 
 from __future__ import annotations
@@ -22,12 +21,9 @@ class RegistryError(KeyError):
 
 
 class Registry(Generic[T]):
-    def __init__(
-        self, what: str, *, key_attr: str = "name", aliases: dict[str, str] | None = None, hint: str = ""
-    ) -> None:
+    def __init__(self, what: str, *, key_attr: str = "name", hint: str = "") -> None:
         self.what = what  # "method", "runtime", ... : the word the error message uses
         self.key_attr = key_attr
-        self.aliases = dict(aliases or {})
         self.hint = hint  # where to look, in brackets after an unknown-key error ("see `shrinkgate methods`")
         self._entries: dict[str, T] = {}
 
@@ -49,12 +45,9 @@ class Registry(Generic[T]):
         """Drop `key` if registered (tests that register a throwaway entry clean up with this)."""
         self._entries.pop(key, None)
 
-    def canonical(self, key: str) -> str:
-        return self.aliases.get(key, key)
-
     def get(self, key: str) -> T:
         try:
-            return self._entries[self.canonical(key)]
+            return self._entries[key]
         except KeyError:
             names = ", ".join(sorted(self._entries))
             raise RegistryError(
@@ -62,16 +55,10 @@ class Registry(Generic[T]):
             ) from None
 
     def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and self.canonical(key) in self._entries
+        return isinstance(key, str) and key in self._entries
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._entries)
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def names(self) -> tuple[str, ...]:
-        return tuple(self._entries)
 
     def items(self) -> list[tuple[str, T]]:
         return list(self._entries.items())

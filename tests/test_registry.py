@@ -9,13 +9,13 @@ from pipeline.registry import Registry, RegistryError
 
 
 def test_registry_registers_by_name_and_fails_in_one_line():
-    reg: Registry[type] = Registry("widget", aliases={"old": "new"}, hint="see `widgets`")
+    reg: Registry[type] = Registry("widget", hint="see `widgets`")
 
     @reg.register
     class New:
         name = "new"
 
-    assert reg.get("new") is New and reg.get("old") is New and "old" in reg and reg.canonical("old") == "new"
+    assert reg.get("new") is New and "new" in reg and "old" not in reg
     with pytest.raises(RegistryError) as exc:
         reg.get("nope")
     assert str(exc.value) == "unknown widget 'nope'; use one of: new (see `widgets`)"

@@ -69,6 +69,16 @@ class VariantSpec(StrictModel):
             return list(self.steps)
         return [MethodStep(method=self.method or "none", params=self.params)]
 
+    @property
+    def unmodified(self) -> bool:
+        """Every step is `none`: the model as published."""
+        return all(s.method == "none" for s in self.pipeline_steps)
+
+    @property
+    def last_method(self) -> str:
+        """The last step that changes the model, "none" for an unmodified variant (what decides its stored form)."""
+        return next((s.method for s in reversed(self.pipeline_steps) if s.method != "none"), "none")
+
 
 class SampleSpec(StrictModel):
     """A seeded random sample of MMLU's test questions: a fixed number stratified by subject

@@ -68,7 +68,7 @@ def recipe_targets(recipe, dtype: str | None, records: Sequence[Any] = ()) -> li
     for m in recipe.models:
         facts = model_facts(m.source, dtype or RECIPE_DTYPES[m.dtype], m.name)
         for v in recipe.variants:
-            method = next((s.method for s in reversed(v.pipeline_steps) if s.method != "none"), "none")
+            method = v.last_method
             record = measured.get((m.name, v.name))
             bits = record.metric(M.BITS_PER_WEIGHT) if record is not None else None
             source = f"measured: run {record.run_id[:8]}'s fidelity record" if bits else None

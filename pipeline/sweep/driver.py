@@ -29,7 +29,7 @@ from pipeline.sweep.lockstep import LockStep, Member
 from pipeline.sweep.outcome import ChildOutcome, ProgressFn, SweepContext, SweepInterrupted, SweepOutcome, no_progress
 from pipeline.sweep.runs import finish_sweep, key_inputs, open_child, outcomes_text, start_sweep
 from pipeline.sweep.status import mark_failed, mark_killed
-from pipeline.variants.plan import WorkItem, is_unmodified, plan
+from pipeline.variants.plan import WorkItem, plan
 
 POLL_S = 1.0  # how long the driver waits for a child at a time, so Ctrl-C / SIGTERM act promptly
 
@@ -131,7 +131,7 @@ def _drive_lockstep(
             sources[item.model.name] = source_fingerprint(item.model)
         slot = open_child(ctx, tracker, item, rerun=rerun, inputs=inputs, source=sources[item.model.name])
         members[item.label] = slot.run_id
-        role = "reference" if item.model.role == "reference" else "base" if is_unmodified(item.variant) else "variant"
+        role = "reference" if item.model.role == "reference" else "base" if item.variant.unmodified else "variant"
         member = Member(slot.run_id, item.label, item.model.name, item.runtime, role, scored=slot.prior)
         lock.append(member)
         if slot.resumed:

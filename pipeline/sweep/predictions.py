@@ -29,7 +29,7 @@ def log_predictions(
         source = (
             str(config_dir) if config_dir is not None and (config_dir / "config.json").is_file() else item.model.source
         )
-        method = next((s.method for s in reversed(item.variant.pipeline_steps) if s.method != "none"), "none")
+        method = item.variant.last_method
         # measured bits where they are the stored form (a GGUF file, a quantized format); dense forms run in `dtype`
         stored_form = runs_stored_form or weight_format(method).bits_per_weight is not None
         bits = fidelity.bits_per_weight if fidelity is not None and stored_form else None

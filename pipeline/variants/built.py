@@ -242,7 +242,7 @@ class NothingBuilder(Builder):
     builds = False
 
     def problem(self, variant: VariantSpec, runtime: str) -> str | None:
-        if any(s.method != "none" for s in variant.pipeline_steps):
+        if not variant.unmodified:
             return (
                 f"runtime {runtime!r} with `serve.artifact: none` measures the model the server already serves, so only "
                 "method `none`; set `serve.artifact: gguf` or `checkpoint` to serve what shrinkgate builds"

@@ -45,16 +45,12 @@ def plan(recipe: Recipe) -> list[WorkItem]:
         if model.role == "candidate":
             items += [WorkItem(model, v, recipe.runtime_of(v)) for v in recipe.variants]
             for rt in recipe.runtimes:
-                has_base = any(recipe.runtime_of(v) == rt and is_unmodified(v) for v in recipe.variants)
+                has_base = any(recipe.runtime_of(v) == rt and v.unmodified for v in recipe.variants)
                 if rt != recipe.runtime and not has_base:
                     items.append(WorkItem(model, as_published(rt, recipe), rt))
         else:
             items += [WorkItem(model, as_published(rt, recipe), rt) for rt in recipe.runtimes]
     return items
-
-
-def is_unmodified(variant: VariantSpec) -> bool:
-    return all(s.method == "none" for s in variant.pipeline_steps)
 
 
 def check_recipe(recipe: Recipe, path: str | Path = "<recipe>") -> Recipe:

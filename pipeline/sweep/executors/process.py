@@ -80,7 +80,7 @@ def plugin_modules(item: WorkItem) -> tuple[list[str], list[str]]:
 
     known = registry()
     registered = [(f"method {s.method!r}", known.get(s.method)) for s in item.variant.pipeline_steps]
-    registered.append((f"runtime {item.runtime!r}", RUNTIMES.as_dict().get(item.runtime)))
+    registered.append((f"runtime {item.runtime!r}", RUNTIMES.get(item.runtime) if item.runtime in RUNTIMES else None))
     modules: list[str] = []
     for what, cls in registered:
         module = getattr(cls, "__module__", "pipeline")  # an unknown name: the child reports it
